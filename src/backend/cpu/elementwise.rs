@@ -1,0 +1,97 @@
+//! Elementwise kernels: residual add, scaling, tanh, and row gather/scatter.
+
+use rayon::prelude::*;
+
+use super::Real;
+
+/// Chunk size for parallel elementwise loops (elements).
+const CHUNK: usize = 1 << 14;
+
+/// `out = a + b`.
+pub fn add<T: Real>(out: &mut [T], a: &[T], b: &[T]) {
+    out.par_chunks_mut(CHUNK).zip(a.par_chunks(CHUNK)).zip(b.par_chunks(CHUNK)).for_each(|((o, a), b)| {
+        for ((o, &a), &b) in o.iter_mut().zip(a).zip(b) {
+            *o = a + b;
+        }
+    });
+}
+
+/// `dst += alpha · src`.
+pub fn axpy<T: Real>(dst: &mut [T], alpha: T, src: &[T]) {
+    dst.par_chunks_mut(CHUNK).zip(src.par_chunks(CHUNK)).for_each(|(d, s)| {
+        for (d, &s) in d.iter_mut().zip(s) {
+            *d += alpha * s;
+        }
+    });
+}
+
+/// `out = alpha · x`.
+pub fn scale<T: Real>(out: &mut [T], alpha: T, x: &[T]) {
+    out.par_chunks_mut(CHUNK).zip(x.par_chunks(CHUNK)).for_each(|(o, x)| {
+        for (o, &x) in o.iter_mut().zip(x) {
+            *o = alpha * x;
+        }
+    });
+}
+
+/// `out[j] += Σ_rows x[row, j]` for a row-major `[rows, cols]` matrix (bias gradients).
+pub fn column_sums_into<T: Real>(out: &mut [T], x: &[T], cols: usize) {
+    let rows_per_task = (CHUNK / cols.max(1)).max(1);
+    let sums = x
+        .par_chunks(cols * rows_per_task)
+        .map(|block| {
+            let mut s = vec![T::zero(); cols];
+            for row in block.chunks(cols) {
+                for (s, &v) in s.iter_mut().zip(row) {
+                    *s += v;
+                }
+            }
+            s
+        })
+        .reduce(
+            || vec![T::zero(); cols],
+            |mut a, b| {
+                for (a, b) in a.iter_mut().zip(b) {
+                    *a += b;
+                }
+                a
+            },
+        );
+    for (o, s) in out.iter_mut().zip(sums) {
+        *o += s;
+    }
+}
+
+/// `y = tanh(x)`.
+pub fn tanh_forward<T: Real>(y: &mut [T], x: &[T]) {
+    y.par_chunks_mut(CHUNK).zip(x.par_chunks(CHUNK)).for_each(|(y, x)| {
+        for (y, &x) in y.iter_mut().zip(x) {
+            *y = x.tanh();
+        }
+    });
+}
+
+/// `dx += dy · (1 − y²)`.
+pub fn tanh_backward<T: Real>(dx: &mut [T], dy: &[T], y: &[T]) {
+    dx.par_chunks_mut(CHUNK).zip(dy.par_chunks(CHUNK)).zip(y.par_chunks(CHUNK)).for_each(|((dx, dy), y)| {
+        for ((dx, &dy), &y) in dx.iter_mut().zip(dy).zip(y) {
+            *dx += dy * (T::one() - y * y);
+        }
+    });
+}
+
+/// `out[i, :] = x[rows[i], :]`.
+pub fn gather_rows<T: Real>(out: &mut [T], x: &[T], rows: &[i32], dim: usize) {
+    for (o, &r) in out.chunks_mut(dim).zip(rows) {
+        o.copy_from_slice(&x[r as usize * dim..][..dim]);
+    }
+}
+
+/// `dx[rows[i], :] += dout[i, :]` (rows may repeat).
+pub fn scatter_add_rows<T: Real>(dx: &mut [T], dout: &[T], rows: &[i32], dim: usize) {
+    for (d, &r) in dout.chunks(dim).zip(rows) {
+        for (x, &g) in dx[r as usize * dim..][..dim].iter_mut().zip(d) {
+            *x += g;
+        }
+    }
+}

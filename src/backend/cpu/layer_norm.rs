@@ -1,0 +1,106 @@
+//! LayerNorm over the last dimension (Ba et al. 2016), as `torch.nn.LayerNorm`:
+//! `y = (x − μ)·rstd·w + b` with `rstd = 1/sqrt(var + eps)` and the biased variance.
+//!
+//! Backward, with `x̂ = (x − μ)·rstd` and `g = dy·w`:
+//! `dx = rstd·(g − mean(g) − x̂·mean(g·x̂))`, `dw = Σ_rows dy·x̂`, `db = Σ_rows dy`.
+
+use rayon::prelude::*;
+
+use super::Real;
+
+/// Rows per parallel task in the backward's parameter-gradient reduction.
+const ROWS_PER_TASK: usize = 64;
+
+#[allow(clippy::too_many_arguments)]
+pub fn forward<T: Real>(y: &mut [T], mean: &mut [T], rstd: &mut [T], x: &[T], w: &[T], b: &[T], dim: usize, eps: f64) {
+    let inv_d = T::from_f64(1.0 / dim as f64);
+    let eps = T::from_f64(eps);
+    y.par_chunks_mut(dim)
+        .zip(x.par_chunks(dim))
+        .zip(mean.par_iter_mut().zip(rstd.par_iter_mut()))
+        .for_each(|((y, x), (mu, rs))| {
+            let m = x.iter().copied().sum::<T>() * inv_d;
+            let var = x.iter().map(|&v| (v - m) * (v - m)).sum::<T>() * inv_d;
+            let r = T::one() / (var + eps).sqrt();
+            for (((y, &x), &w), &b) in y.iter_mut().zip(x).zip(w).zip(b) {
+                *y = (x - m) * r * w + b;
+            }
+            *mu = m;
+            *rs = r;
+        });
+}
+
+/// Accumulates into `dx`, `dw` and `db`; an empty output slice is not computed.
+#[allow(clippy::too_many_arguments)]
+pub fn backward<T: Real>(
+    dx: &mut [T],
+    dw: &mut [T],
+    db: &mut [T],
+    dy: &[T],
+    x: &[T],
+    w: &[T],
+    mean: &[T],
+    rstd: &[T],
+    dim: usize,
+) {
+    let inv_d = T::from_f64(1.0 / dim as f64);
+    if !dx.is_empty() {
+        input_grad(dx, dy, x, w, mean, rstd, dim, inv_d);
+    }
+    if !dw.is_empty() || !db.is_empty() {
+        let (pw, pb) = param_grads(dy, x, mean, rstd, dim);
+        for (d, p) in dw.iter_mut().zip(pw) {
+            *d += p;
+        }
+        for (d, p) in db.iter_mut().zip(pb) {
+            *d += p;
+        }
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+fn input_grad<T: Real>(dx: &mut [T], dy: &[T], x: &[T], w: &[T], mean: &[T], rstd: &[T], dim: usize, inv_d: T) {
+    dx.par_chunks_mut(dim).zip(dy.par_chunks(dim)).zip(x.par_chunks(dim)).zip(mean.par_iter().zip(rstd.par_iter())).for_each(
+        |(((dx, dy), x), (&m, &r))| {
+            let (mut sum_g, mut sum_gx) = (T::zero(), T::zero());
+            for ((&dy, &x), &w) in dy.iter().zip(x).zip(w) {
+                let g = dy * w;
+                sum_g += g;
+                sum_gx += g * (x - m) * r;
+            }
+            let (mean_g, mean_gx) = (sum_g * inv_d, sum_gx * inv_d);
+            for (((dx, &dy), &x), &w) in dx.iter_mut().zip(dy).zip(x).zip(w) {
+                let xhat = (x - m) * r;
+                *dx += r * (dy * w - mean_g - xhat * mean_gx);
+            }
+        },
+    );
+}
+
+/// `(Σ_rows dy·x̂, Σ_rows dy)`, reduced over row blocks in parallel.
+fn param_grads<T: Real>(dy: &[T], x: &[T], mean: &[T], rstd: &[T], dim: usize) -> (Vec<T>, Vec<T>) {
+    dy
+        .par_chunks(dim * ROWS_PER_TASK)
+        .zip(x.par_chunks(dim * ROWS_PER_TASK))
+        .zip(mean.par_chunks(ROWS_PER_TASK).zip(rstd.par_chunks(ROWS_PER_TASK)))
+        .map(|((dy, x), (mean, rstd))| {
+            let (mut pw, mut pb) = (vec![T::zero(); dim], vec![T::zero(); dim]);
+            for (((dy, x), &m), &r) in dy.chunks(dim).zip(x.chunks(dim)).zip(mean).zip(rstd) {
+                for j in 0..dim {
+                    pw[j] += dy[j] * (x[j] - m) * r;
+                    pb[j] += dy[j];
+                }
+            }
+            (pw, pb)
+        })
+        .reduce(
+            || (vec![T::zero(); dim], vec![T::zero(); dim]),
+            |(mut aw, mut ab), (bw, bb)| {
+                for j in 0..dim {
+                    aw[j] += bw[j];
+                    ab[j] += bb[j];
+                }
+                (aw, ab)
+            },
+        )
+}

@@ -1,0 +1,88 @@
+//! The CPU backend: plain Rust, generic over f32 and f64, parallel with rayon.
+//!
+//! It is the reference every CUDA kernel is tested against (in f64 for tight checks)
+//! and what `qf-engine train` runs on when there is no GPU. Kernels here work on
+//! slices; `crate::ops` wraps them into tape-recording ops.
+
+pub mod attention;
+pub mod bce;
+pub mod cross_entropy;
+pub mod elementwise;
+pub mod embedding;
+pub mod gelu;
+pub mod layer_norm;
+pub mod matmul;
+pub mod real;
+pub mod rotary;
+
+use anyhow::{bail, Result};
+
+use crate::tensor::DType;
+pub use real::Real;
+
+/// Host memory of a CPU tensor.
+#[derive(Debug, Clone)]
+pub enum CpuStorage {
+    F32(Vec<f32>),
+    F64(Vec<f64>),
+    I32(Vec<i32>),
+}
+
+impl CpuStorage {
+    pub fn dtype(&self) -> DType {
+        match self {
+            CpuStorage::F32(_) => DType::F32,
+            CpuStorage::F64(_) => DType::F64,
+            CpuStorage::I32(_) => DType::I32,
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        match self {
+            CpuStorage::F32(v) => v.len(),
+            CpuStorage::F64(v) => v.len(),
+            CpuStorage::I32(v) => v.len(),
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    pub fn to_f32_vec(&self) -> Vec<f32> {
+        match self {
+            CpuStorage::F32(v) => v.clone(),
+            CpuStorage::F64(v) => v.iter().map(|&x| x as f32).collect(),
+            CpuStorage::I32(v) => v.iter().map(|&x| x as f32).collect(),
+        }
+    }
+
+    /// Convert between the CPU element types (f16/bf16 are GPU compute types only).
+    pub fn to_dtype(&self, dtype: DType) -> Result<CpuStorage> {
+        Ok(match (self, dtype) {
+            (s, d) if s.dtype() == d => s.clone(),
+            (CpuStorage::F32(v), DType::F64) => CpuStorage::F64(v.iter().map(|&x| x as f64).collect()),
+            (CpuStorage::F64(v), DType::F32) => CpuStorage::F32(v.iter().map(|&x| x as f32).collect()),
+            (s, d) => bail!("the CPU backend cannot convert {} to {d}", s.dtype()),
+        })
+    }
+}
+
+/// Raw pointer that may be shared across rayon tasks writing disjoint regions.
+///
+/// Safety: users guarantee that concurrent tasks never touch the same element.
+#[derive(Clone, Copy)]
+pub(crate) struct SharedMut<T>(pub *mut T);
+unsafe impl<T> Send for SharedMut<T> {}
+unsafe impl<T> Sync for SharedMut<T> {}
+
+impl<T> SharedMut<T> {
+    /// Pointer to element `i`.
+    ///
+    /// # Safety
+    /// `i` must be in bounds of the allocation this pointer came from.
+    #[inline]
+    pub unsafe fn at(self, i: usize) -> *mut T {
+        self.0.add(i)
+    }
+}

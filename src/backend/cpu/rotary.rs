@@ -1,0 +1,82 @@
+//! Rotary position embedding, GPT-NeoX "rotate half" form, as Hugging Face ESM-2
+//! (Su et al. 2021, RoFormer, eq. 34 with the halves paired instead of interleaved).
+//!
+//! For head dimension `d`, pair `(i, i + d/2)` of every head is rotated by
+//! `θ = pos · inv_freq[i]`, `inv_freq[i] = 1 / 10000^(2i/d)`:
+//! `y₁ = x₁·cosθ − x₂·sinθ`, `y₂ = x₂·cosθ + x₁·sinθ`, then multiplied by `scale`
+//! (ESM-2 scales q by `d^-½` before the rotation). The backward applies the inverse
+//! rotation (θ → −θ). `pos` is the token's true position, so a crop keeps its offset.
+
+use rayon::prelude::*;
+
+use super::Real;
+
+/// `inv_freq` exactly as HF computes it, in f32: `1 / 10000^(float(2i) / d)`.
+pub fn inv_freq(head_dim: usize) -> Vec<f32> {
+    (0..head_dim / 2).map(|i| 1.0 / 10000f32.powf((2 * i) as f32 / head_dim as f32)).collect()
+}
+
+/// cos/sin of `pos · inv_freq[i]` for every position up to `max_pos`, `[pos][i]`. The
+/// angle is formed in f32 like HF's `torch.outer(t, inv_freq)` and then evaluated in T.
+fn tables<T: Real>(max_pos: usize, head_dim: usize) -> (Vec<T>, Vec<T>) {
+    let f = inv_freq(head_dim);
+    let half = head_dim / 2;
+    let mut cos = vec![T::zero(); (max_pos + 1) * half];
+    let mut sin = vec![T::zero(); (max_pos + 1) * half];
+    for p in 0..=max_pos {
+        for (i, &fi) in f.iter().enumerate() {
+            let angle = T::from_f64((p as f32 * fi) as f64);
+            let (s, c) = angle.sin_cos();
+            cos[p * half + i] = c;
+            sin[p * half + i] = s;
+        }
+    }
+    (cos, sin)
+}
+
+/// Shape of one rotary application.
+#[derive(Clone, Copy, Debug)]
+pub struct RotaryDims {
+    pub n_heads: usize,
+    pub head_dim: usize,
+    /// Row stride of the input (≥ n_heads·head_dim).
+    pub in_stride: usize,
+    /// Row stride of the output.
+    pub out_stride: usize,
+}
+
+/// `out[t] = R(pos[t])·x[t]·scale` for every head.
+pub fn forward<T: Real>(out: &mut [T], x: &[T], positions: &[i32], dims: RotaryDims, scale: T) {
+    rotate(out, x, positions, dims, scale, false, false);
+}
+
+/// `dx[t] += R(pos[t])ᵀ·dout[t]·scale`.
+pub fn backward<T: Real>(dx: &mut [T], dout: &[T], positions: &[i32], dims: RotaryDims, scale: T) {
+    rotate(dx, dout, positions, dims, scale, true, true);
+}
+
+fn rotate<T: Real>(out: &mut [T], x: &[T], positions: &[i32], dims: RotaryDims, scale: T, inverse: bool, accumulate: bool) {
+    let RotaryDims { n_heads, head_dim, in_stride, out_stride } = dims;
+    let half = head_dim / 2;
+    let max_pos = positions.iter().copied().max().unwrap_or(0).max(0) as usize;
+    let (cos, sin) = tables::<T>(max_pos, head_dim);
+    out.par_chunks_mut(out_stride).zip(x.par_chunks(in_stride)).zip(positions.par_iter()).for_each(|((o, x), &p)| {
+        let (c, s) = (&cos[p as usize * half..][..half], &sin[p as usize * half..][..half]);
+        for h in 0..n_heads {
+            let base = h * head_dim;
+            for i in 0..half {
+                let (x1, x2) = (x[base + i], x[base + i + half]);
+                let sn = if inverse { -s[i] } else { s[i] };
+                let y1 = (x1 * c[i] - x2 * sn) * scale;
+                let y2 = (x2 * c[i] + x1 * sn) * scale;
+                if accumulate {
+                    o[base + i] += y1;
+                    o[base + i + half] += y2;
+                } else {
+                    o[base + i] = y1;
+                    o[base + i + half] = y2;
+                }
+            }
+        }
+    });
+}

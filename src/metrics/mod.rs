@@ -1,0 +1,3 @@
+//! Evaluation metrics: family classification and residue-residue contacts.
+
+pub mod classification;

@@ -1,0 +1,54 @@
+//! Weighted softmax cross-entropy with an ignore index (see
+//! `backend/cpu/cross_entropy.rs`). The loss and the logits' gradient are computed in one
+//! pass in the forward; the backward only scales that gradient by the upstream one.
+
+use anyhow::{bail, Result};
+
+use super::{out_grad, with_real};
+use crate::autograd::Tape;
+use crate::backend::cpu::cross_entropy as cpu;
+use crate::backend::cpu::Real;
+use crate::tensor::{DType, Tensor};
+
+pub use crate::backend::cpu::cross_entropy::IGNORE_INDEX;
+
+/// Mean weighted cross-entropy of `logits: [rows, classes]` against i32 `labels: [rows]`
+/// (`IGNORE_INDEX` rows skipped), with optional per-class `weights: [classes]` (f32).
+/// Returns a one-element tensor.
+pub fn cross_entropy(tape: &Tape, logits: &Tensor, labels: &Tensor, weights: Option<&Tensor>) -> Result<Tensor> {
+    let (rows, classes) = logits.dims2()?;
+    if labels.dtype() != DType::I32 || labels.numel() != rows {
+        bail!("cross_entropy: need {rows} i32 labels, got {} {}", labels.numel(), labels.dtype());
+    }
+    if let Some(w) = weights {
+        if w.shape() != [classes] || w.dtype() != DType::F32 {
+            bail!("cross_entropy: class weights must be f32 [{classes}], got {} {:?}", w.dtype(), w.shape());
+        }
+    }
+    // Labels and weights are small and needed on the host (the weight sum normalises).
+    let lab = labels.to_vec_i32()?;
+    if let Some(bad) = lab.iter().find(|&&y| y != IGNORE_INDEX && (y < 0 || y as usize >= classes)) {
+        bail!("cross_entropy: label {bad} is outside 0..{classes}");
+    }
+    let w: Vec<f32> = match weights {
+        Some(w) => w.to_vec_f32()?,
+        None => Vec::new(),
+    };
+    if !logits.is_cpu() {
+        return crate::backend::cuda::cross_entropy::cross_entropy(tape, logits, labels, weights, &lab, &w);
+    }
+    with_real!(logits.dtype(), T => {
+        let mut dlogits = vec![T::zero(); rows * classes];
+        let loss = cpu::forward_backward(&mut dlogits, logits.as_slice::<T>()?, &lab, &w, classes);
+        let loss = Tensor::from_vec(vec![T::from_f64(loss)], &[1])?.with_requires_grad(tape.needs_grad(&[logits]));
+        if loss.requires_grad() {
+            let logits = logits.clone();
+            tape.record("cross_entropy", &[&loss], move |outs, grads| {
+                let g = out_grad(outs, 0)?.as_slice::<T>()?[0];
+                crate::backend::cpu::elementwise::axpy(grads.acc_slice::<T>(&logits)?, g, &dlogits);
+                Ok(())
+            });
+        }
+        Ok(loss)
+    })
+}

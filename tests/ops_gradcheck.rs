@@ -1,0 +1,164 @@
+//! Every op's backward against central finite differences in f64, on random shapes with
+//! odd sizes and several packed sequences of different lengths.
+
+mod common;
+
+use common::gradcheck::{check, param};
+use common::TestRng;
+use qf_engine::ops::{self, SeqLayout};
+use qf_engine::{Device, Tensor};
+
+const TOL: f64 = 1e-6;
+
+fn ints(v: &[i32]) -> Tensor {
+    Tensor::from_vec(v.to_vec(), &[v.len()]).unwrap()
+}
+
+#[test]
+fn linear_with_and_without_bias() {
+    let mut rng = TestRng::new(1);
+    let (x, w, b) = (param(&mut rng, &[7, 5], 1.0), param(&mut rng, &[3, 5], 0.5), param(&mut rng, &[3], 0.5));
+    let f = |t: &qf_engine::Tape, i: &[Tensor]| Ok(vec![ops::linear(t, &i[0], &i[1], Some(&i[2]))?]);
+    assert!(check(&f, &[x.clone(), w.clone(), b], &mut rng, 1e-6, 100) < TOL);
+    let g = |t: &qf_engine::Tape, i: &[Tensor]| Ok(vec![ops::linear(t, &i[0], &i[1], None)?]);
+    assert!(check(&g, &[x, w], &mut rng, 1e-6, 100) < TOL);
+}
+
+#[test]
+fn linear_skips_frozen_inputs() {
+    let mut rng = TestRng::new(2);
+    let x = param(&mut rng, &[4, 6], 1.0);
+    let w = param(&mut rng, &[5, 6], 0.5).with_requires_grad(false);
+    let f = |t: &qf_engine::Tape, i: &[Tensor]| Ok(vec![ops::linear(t, &i[0], &i[1], None)?]);
+    assert!(check(&f, &[x, w], &mut rng, 1e-6, 100) < TOL);
+}
+
+#[test]
+fn layer_norm() {
+    let mut rng = TestRng::new(3);
+    let x = param(&mut rng, &[9, 13], 2.0);
+    let (w, b) = (param(&mut rng, &[13], 1.0), param(&mut rng, &[13], 1.0));
+    let f = |t: &qf_engine::Tape, i: &[Tensor]| Ok(vec![ops::layer_norm(t, &i[0], &i[1], &i[2], 1e-5)?]);
+    assert!(check(&f, &[x, w, b], &mut rng, 1e-6, 200) < TOL);
+}
+
+#[test]
+fn bias_gelu_and_tanh() {
+    let mut rng = TestRng::new(4);
+    let (x, b) = (param(&mut rng, &[6, 11], 1.5), param(&mut rng, &[11], 1.0));
+    let f = |t: &qf_engine::Tape, i: &[Tensor]| Ok(vec![ops::bias_gelu(t, &i[0], Some(&i[1]))?]);
+    assert!(check(&f, &[x.clone(), b], &mut rng, 1e-6, 200) < TOL);
+    let g = |t: &qf_engine::Tape, i: &[Tensor]| Ok(vec![ops::bias_gelu(t, &i[0], None)?, ops::tanh(t, &i[0])?]);
+    assert!(check(&g, &[x], &mut rng, 1e-6, 200) < TOL);
+}
+
+#[test]
+fn add_and_scale_share_gradients() {
+    let mut rng = TestRng::new(5);
+    let (a, b) = (param(&mut rng, &[3, 7], 1.0), param(&mut rng, &[3, 7], 1.0));
+    // `a` is used twice: the gradient buffers must accumulate, not overwrite.
+    let f = |t: &qf_engine::Tape, i: &[Tensor]| {
+        let s = ops::add(t, &i[0], &i[1])?;
+        let s2 = ops::scale(t, &s, -1.7)?;
+        Ok(vec![ops::add(t, &s2, &i[0])?])
+    };
+    assert!(check(&f, &[a, b], &mut rng, 1e-6, 100) < TOL);
+}
+
+#[test]
+fn embedding_with_row_scale_and_repeated_ids() {
+    let mut rng = TestRng::new(6);
+    let w = param(&mut rng, &[33, 7], 1.0);
+    let ids = ints(&[0, 5, 5, 32, 2, 9, 5]);
+    let scale = Tensor::from_vec(vec![0.88, 0.9, 1.1, 0.0, 0.88, 1.0, 0.5], &[7]).unwrap();
+    let f = move |t: &qf_engine::Tape, i: &[Tensor]| Ok(vec![ops::embedding(t, &ids, &i[0], &scale)?]);
+    assert!(check(&f, &[w], &mut rng, 1e-6, 300) < TOL);
+}
+
+#[test]
+fn gather_rows_scatters_back() {
+    let mut rng = TestRng::new(7);
+    let x = param(&mut rng, &[10, 5], 1.0);
+    let rows = ints(&[0, 4, 9]);
+    let f = move |t: &qf_engine::Tape, i: &[Tensor]| Ok(vec![ops::gather_rows(t, &i[0], &rows)?]);
+    assert!(check(&f, &[x], &mut rng, 1e-6, 100) < TOL);
+}
+
+#[test]
+fn rotary_with_offsets() {
+    let mut rng = TestRng::new(8);
+    let x = param(&mut rng, &[9, 3 * 6], 1.0);
+    let pos = ints(&[0, 1, 2, 3, 117, 118, 119, 1020, 1021]);
+    let f = move |t: &qf_engine::Tape, i: &[Tensor]| Ok(vec![ops::rotary(t, &i[0], &pos, 3, 0.37)?]);
+    assert!(check(&f, &[x], &mut rng, 1e-6, 200) < TOL);
+}
+
+#[test]
+fn attention_over_packed_sequences_with_probs_gradient() {
+    let mut rng = TestRng::new(9);
+    let cu = [0u32, 5, 6, 13, 16];
+    let layout = SeqLayout::new(&cu, &Device::Cpu).unwrap();
+    let (heads, d) = (3, 4);
+    let q = param(&mut rng, &[16, heads * d], 1.0);
+    let k = param(&mut rng, &[16, heads * d], 1.0);
+    let v = param(&mut rng, &[16, heads * d], 1.0);
+    let f = move |t: &qf_engine::Tape, i: &[Tensor]| {
+        let (o, p) = ops::attention(t, &i[0], &i[1], &i[2], &layout, heads, 0.6, true)?;
+        Ok(vec![o, p.unwrap()])
+    };
+    assert!(check(&f, &[q, k, v], &mut rng, 1e-6, 400) < TOL);
+}
+
+#[test]
+fn attention_with_only_some_inputs_trainable() {
+    let mut rng = TestRng::new(10);
+    let layout = SeqLayout::new(&[0, 4, 11], &Device::Cpu).unwrap();
+    let q = param(&mut rng, &[11, 8], 1.0);
+    let k = param(&mut rng, &[11, 8], 1.0).with_requires_grad(false);
+    let v = param(&mut rng, &[11, 8], 1.0);
+    let f = move |t: &qf_engine::Tape, i: &[Tensor]| Ok(vec![ops::attention(t, &i[0], &i[1], &i[2], &layout, 2, 1.0, false)?.0]);
+    assert!(check(&f, &[q, k, v], &mut rng, 1e-6, 200) < TOL);
+}
+
+#[test]
+fn weighted_cross_entropy_with_ignored_rows() {
+    let mut rng = TestRng::new(11);
+    let logits = param(&mut rng, &[6, 7], 2.0);
+    let labels = ints(&[3, -100, 0, 6, 3, 1]);
+    let w = Tensor::from_vec(vec![0.5f32, 2.0, 1.0, 3.0, 0.25, 1.0, 1.5], &[7]).unwrap();
+    let f = move |t: &qf_engine::Tape, i: &[Tensor]| Ok(vec![ops::cross_entropy(t, &i[0], &labels, Some(&w))?]);
+    assert!(check(&f, &[logits], &mut rng, 1e-6, 100) < TOL);
+}
+
+#[test]
+fn bce_with_mask() {
+    let mut rng = TestRng::new(12);
+    let logits = param(&mut rng, &[4, 5], 2.0);
+    let targets = Tensor::from_vec((0..20).map(|i| (i % 3 == 0) as i32 as f64).collect(), &[4, 5]).unwrap();
+    let mask = Tensor::from_vec((0..20).map(|i| (i % 4 != 1) as i32 as f64).collect(), &[4, 5]).unwrap();
+    let f = move |t: &qf_engine::Tape, i: &[Tensor]| Ok(vec![ops::bce_with_logits(t, &i[0], &targets, &mask)?]);
+    assert!(check(&f, &[logits], &mut rng, 1e-6, 100) < TOL);
+}
+
+#[test]
+fn cross_entropy_matches_a_hand_computed_value() {
+    // logits [[0, ln 3]], label 1: p = 3/4, loss = −ln(3/4).
+    let logits = Tensor::from_vec(vec![0.0f64, 3f64.ln()], &[1, 2]).unwrap();
+    let loss = ops::cross_entropy(&qf_engine::Tape::inference(), &logits, &ints(&[1]), None).unwrap();
+    assert!((loss.to_vec_f64().unwrap()[0] - (4.0f64 / 3.0).ln()).abs() < 1e-12);
+}
+
+#[test]
+fn bad_inputs_are_errors() {
+    let t = qf_engine::Tape::inference();
+    let x = Tensor::from_vec(vec![0.0f32; 6], &[2, 3]).unwrap();
+    let w = Tensor::from_vec(vec![0.0f32; 8], &[2, 4]).unwrap();
+    let e = ops::linear(&t, &x, &w, None).unwrap_err().to_string();
+    assert!(e.contains("input has 3 features but the weight [2, 4] expects 4"), "{e}");
+    let e = ops::cross_entropy(&t, &x, &ints(&[0, 7]), None).unwrap_err().to_string();
+    assert!(e.contains("label 7 is outside 0..3"), "{e}");
+    let table = Tensor::from_vec(vec![0.0f32; 6], &[2, 3]).unwrap();
+    let s = Tensor::from_vec(vec![1.0f32], &[1]).unwrap();
+    let e = ops::embedding(&t, &ints(&[2]), &table, &s).unwrap_err().to_string();
+    assert!(e.contains("token id 2 is outside the vocabulary of 2"), "{e}");
+}
