@@ -10,6 +10,7 @@ pub mod autograd;
 pub mod backend;
 pub mod data;
 pub mod metrics;
+pub mod model;
 pub mod ops;
 pub mod optim;
 pub mod tensor;

@@ -11,7 +11,7 @@
 //! until [`Grads::clear`]: gradient accumulation over micro-batches needs nothing else.
 //! An inference tape ([`Tape::inference`]) records nothing.
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
 
 use anyhow::{bail, Result};
@@ -30,17 +30,33 @@ struct Node {
 pub struct Tape {
     recording: bool,
     nodes: RefCell<Vec<Node>>,
+    /// Dropout stream: the step's seed and the next unused element offset.
+    dropout_seed: u64,
+    dropout_offset: Cell<u64>,
 }
 
 impl Tape {
     /// A tape that records (training).
     pub fn new() -> Self {
-        Tape { recording: true, nodes: RefCell::new(Vec::new()) }
+        Tape::with_seed(0)
     }
 
-    /// A tape that records nothing (inference): ops only compute outputs.
+    /// A recording tape whose dropout masks derive from `seed` (one seed per step).
+    pub fn with_seed(seed: u64) -> Self {
+        Tape { recording: true, nodes: RefCell::new(Vec::new()), dropout_seed: seed, dropout_offset: Cell::new(0) }
+    }
+
+    /// A tape that records nothing (inference): ops only compute outputs, dropout is off.
     pub fn inference() -> Self {
-        Tape { recording: false, nodes: RefCell::new(Vec::new()) }
+        Tape { recording: false, nodes: RefCell::new(Vec::new()), dropout_seed: 0, dropout_offset: Cell::new(0) }
+    }
+
+    /// `(seed, offset)` for a dropout over `n` elements; advances the offset so the next
+    /// call draws different bits.
+    pub fn dropout_stream(&self, n: usize) -> (u64, u64) {
+        let off = self.dropout_offset.get();
+        self.dropout_offset.set(off + n.div_ceil(4) as u64);
+        (self.dropout_seed, off)
     }
 
     pub fn is_recording(&self) -> bool {

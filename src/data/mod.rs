@@ -2,5 +2,13 @@
 //! sets), family selection, class weights, and packed batching.
 
 pub mod batch;
+pub mod batching;
+pub mod class_weights;
+pub mod dataset;
+pub mod fasta;
+pub mod pfam;
 pub mod rng;
+pub mod stats;
+pub mod stockholm;
+pub mod stratify;
 pub mod tokenizer;

@@ -31,6 +31,34 @@ pub fn fnv1a64(bytes: &[u8]) -> u64 {
     h
 }
 
+/// FNV-1a as a [`std::hash::Hasher`]: a fast hash for maps keyed by short byte strings
+/// (family ids, looked up once per row while reading). Not DoS-resistant; the keys come
+/// from the user's own files.
+#[derive(Debug, Clone, Copy)]
+pub struct FnvHasher(u64);
+
+impl Default for FnvHasher {
+    fn default() -> Self {
+        FnvHasher(0xCBF2_9CE4_8422_2325)
+    }
+}
+
+impl std::hash::Hasher for FnvHasher {
+    fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.0 ^= b as u64;
+            self.0 = self.0.wrapping_mul(0x0000_0100_0000_01B3);
+        }
+    }
+
+    fn finish(&self) -> u64 {
+        self.0
+    }
+}
+
+/// `HashMap<K, V, FnvBuildHasher>` uses [`FnvHasher`].
+pub type FnvBuildHasher = std::hash::BuildHasherDefault<FnvHasher>;
+
 /// xoshiro256** generator.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Rng {
@@ -189,6 +217,16 @@ mod tests {
         s.dedup();
         assert_eq!(s.len(), 10);
         assert_eq!(r.sample(&xs, 1000).len(), 100);
+    }
+
+    #[test]
+    fn fnv_hasher_agrees_with_fnv1a64() {
+        use std::hash::Hasher;
+        let mut h = FnvHasher::default();
+        h.write(b"Pkinase");
+        assert_eq!(h.finish(), fnv1a64(b"Pkinase"));
+        // Reference value of FNV-1a 64 for "a".
+        assert_eq!(fnv1a64(b"a"), 0xAF63_DC4C_8601_EC8C);
     }
 
     #[test]

@@ -7,7 +7,9 @@
 
 pub mod attention;
 pub mod bce;
+pub mod contact_head;
 pub mod cross_entropy;
+pub mod dropout;
 pub mod elementwise;
 pub mod embedding;
 pub mod gather;
@@ -18,7 +20,9 @@ pub mod rotary;
 
 pub use attention::{attention, SeqLayout};
 pub use bce::bce_with_logits;
+pub use contact_head::contact_head;
 pub use cross_entropy::cross_entropy;
+pub use dropout::dropout;
 pub use elementwise::{add, scale, tanh};
 pub use embedding::embedding;
 pub use gather::gather_rows;

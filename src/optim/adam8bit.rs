@@ -45,8 +45,7 @@ use crate::optim::quant8::{
 };
 use anyhow::{bail, ensure, Context, Result};
 use rayon::prelude::*;
-use safetensors::{Dtype, SafeTensors, View};
-use std::borrow::Cow;
+use safetensors::{Dtype, SafeTensors};
 
 /// Tensors with fewer elements keep fp32 moments (bitsandbytes' `min_8bit_size`).
 pub const MIN_8BIT_SIZE: usize = 4096;
@@ -71,32 +70,8 @@ pub enum Adam8bitState {
     Fp32 { m: Vec<f32>, v: Vec<f32> },
 }
 
-/// One named state tensor for a checkpoint; `&StateTensor` implements safetensors' `View`,
-/// so a list of them can go straight to `safetensors::serialize`.
-#[derive(Clone, Debug, PartialEq)]
-pub struct StateTensor {
-    pub name: String,
-    /// `Dtype::U8` (codes) or `Dtype::F32` (absmax, fp32 moments).
-    pub dtype: Dtype,
-    pub shape: Vec<usize>,
-    /// Little-endian element bytes.
-    pub data: Vec<u8>,
-}
-
-impl View for &StateTensor {
-    fn dtype(&self) -> Dtype {
-        self.dtype
-    }
-    fn shape(&self) -> &[usize] {
-        &self.shape
-    }
-    fn data(&self) -> Cow<'_, [u8]> {
-        Cow::Borrowed(&self.data)
-    }
-    fn data_len(&self) -> usize {
-        self.data.len()
-    }
-}
+/// Named state tensors for checkpoints (safetensors views).
+pub use crate::model::checkpoint::NamedTensor as StateTensor;
 
 /// Bytes of optimizer state for a tensor of `n_elems` elements under the default
 /// [`MIN_8BIT_SIZE`]: `8·n` below it, else `2·n + 8·ceil(n/256)` (≈ 2.03 bytes/param).
@@ -176,14 +151,14 @@ impl Adam8bitState {
     pub fn to_tensors(&self, prefix: &str) -> Vec<StateTensor> {
         match self {
             Self::Fp32 { m, v } => vec![
-                f32_tensor(format!("{prefix}.state1"), m),
-                f32_tensor(format!("{prefix}.state2"), v),
+                StateTensor::f32_1d(format!("{prefix}.state1"), m),
+                StateTensor::f32_1d(format!("{prefix}.state2"), v),
             ],
             Self::Blockwise8bit(q) => vec![
-                u8_tensor(format!("{prefix}.state1"), &q.m_codes),
-                f32_tensor(format!("{prefix}.absmax1"), &q.m_absmax),
-                u8_tensor(format!("{prefix}.state2"), &q.v_codes),
-                f32_tensor(format!("{prefix}.absmax2"), &q.v_absmax),
+                StateTensor::u8_1d(format!("{prefix}.state1"), &q.m_codes),
+                StateTensor::f32_1d(format!("{prefix}.absmax1"), &q.m_absmax),
+                StateTensor::u8_1d(format!("{prefix}.state2"), &q.v_codes),
+                StateTensor::f32_1d(format!("{prefix}.absmax2"), &q.v_absmax),
             ],
         }
     }
@@ -219,25 +194,6 @@ fn decode_all(codes: &[u8], absmax: &[f32], map: &QuantMap) -> Vec<f32> {
         decode_block(c, a, map, o);
     }
     out
-}
-
-fn f32_tensor(name: String, values: &[f32]) -> StateTensor {
-    let data = values.iter().flat_map(|x| x.to_le_bytes()).collect();
-    StateTensor {
-        name,
-        dtype: Dtype::F32,
-        shape: vec![values.len()],
-        data,
-    }
-}
-
-fn u8_tensor(name: String, values: &[u8]) -> StateTensor {
-    StateTensor {
-        name,
-        dtype: Dtype::U8,
-        shape: vec![values.len()],
-        data: values.to_vec(),
-    }
 }
 
 type Found<'a> = (Dtype, Vec<usize>, &'a [u8]);

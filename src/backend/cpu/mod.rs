@@ -6,12 +6,15 @@
 
 pub mod attention;
 pub mod bce;
+pub mod contact_head;
 pub mod cross_entropy;
+pub mod dropout;
 pub mod elementwise;
 pub mod embedding;
 pub mod gelu;
 pub mod layer_norm;
 pub mod matmul;
+pub mod philox;
 pub mod real;
 pub mod rotary;
 

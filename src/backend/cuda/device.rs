@@ -1,0 +1,290 @@
+//! One CUDA device: its context, the single stream everything runs on, the kernel
+//! modules (loaded once) and their functions (cached), and the cuBLAS handle.
+//!
+//! Memory comes from the driver's stream-ordered allocator (`cuMemAllocAsync`, which
+//! cudarc uses when the device supports memory pools). At start the default pool's
+//! release threshold is raised to "never", so freed blocks stay cached in the pool and
+//! the steady-state training step makes no real device allocation.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use anyhow::{anyhow, bail, Context, Result};
+use cudarc::cublas::CudaBlas;
+use cudarc::driver::{sys, CudaContext, CudaFunction, CudaModule, CudaStream};
+
+use super::kernels;
+use super::storage::{CudaBuf, CudaStorage};
+use crate::backend::cpu::CpuStorage;
+use crate::tensor::{DType, Tensor, TensorId};
+
+/// A handle to an opened CUDA device (cheap to clone).
+#[derive(Clone)]
+pub struct CudaDevice {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    ctx: Arc<CudaContext>,
+    stream: Arc<CudaStream>,
+    blas: CudaBlas,
+    name: String,
+    modules: Mutex<HashMap<&'static str, Arc<CudaModule>>>,
+    functions: Mutex<HashMap<String, CudaFunction>>,
+    /// Activation dtype of this run (f32, f16 or bf16).
+    compute_dtype: Mutex<DType>,
+    /// Half-precision copies of fp32 master weights, by the master's id. The optimizer
+    /// rewrites them in the same pass that updates the masters.
+    compute_copies: Mutex<HashMap<TensorId, Tensor>>,
+}
+
+impl std::fmt::Debug for CudaDevice {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "CudaDevice({}: {})", self.ordinal(), self.inner.name)
+    }
+}
+
+/// Why CUDA cannot be used on this machine, or `None` when a device can be opened.
+pub fn unavailable_reason() -> Option<String> {
+    // Safety: only probes whether the shared libraries can be loaded.
+    if !unsafe { sys::is_culib_present() } {
+        return Some("no NVIDIA driver found (libcuda.so could not be loaded)".into());
+    }
+    if !unsafe { cudarc::cublas::sys::is_culib_present() } {
+        return Some("cuBLAS not found (libcublas.so could not be loaded; add the CUDA libraries to LD_LIBRARY_PATH)".into());
+    }
+    match CudaContext::device_count() {
+        Ok(0) => Some("the NVIDIA driver reports no GPU".into()),
+        Ok(_) => None,
+        Err(e) => Some(format!("the NVIDIA driver could not be initialised: {e}")),
+    }
+}
+
+impl CudaDevice {
+    /// Open device `ordinal`: context, stream, cuBLAS, caching memory pool. Never panics
+    /// when CUDA is missing; the error says what is missing.
+    pub fn open(ordinal: usize) -> Result<CudaDevice> {
+        if let Some(why) = unavailable_reason() {
+            bail!("CUDA is not available: {why}");
+        }
+        if !kernels::BUILT_WITH_KERNELS {
+            bail!(
+                "this qf-engine was built without CUDA kernels — install nvcc (tools/install_cuda_toolchain.sh) and rebuild"
+            );
+        }
+        let ctx = CudaContext::new(ordinal).with_context(|| format!("opening CUDA device {ordinal}"))?;
+        // One stream: ordering is implicit, so cudarc's per-buffer events are not needed.
+        // Safety: no buffer is shared with another stream.
+        unsafe { ctx.disable_event_tracking() };
+        let stream = ctx.default_stream();
+        let blas = CudaBlas::new(stream.clone()).context("creating the cuBLAS handle")?;
+        let name = ctx.name().unwrap_or_else(|_| "unknown GPU".into());
+        keep_freed_memory_in_pool(&ctx)?;
+        Ok(CudaDevice {
+            inner: Arc::new(Inner {
+                ctx,
+                stream,
+                blas,
+                name,
+                modules: Mutex::new(HashMap::new()),
+                functions: Mutex::new(HashMap::new()),
+                compute_dtype: Mutex::new(DType::F32),
+                compute_copies: Mutex::new(HashMap::new()),
+            }),
+        })
+    }
+
+    pub fn ordinal(&self) -> usize {
+        self.inner.ctx.ordinal()
+    }
+
+    pub fn name(&self) -> &str {
+        &self.inner.name
+    }
+
+    pub fn stream(&self) -> &Arc<CudaStream> {
+        &self.inner.stream
+    }
+
+    pub fn context(&self) -> &Arc<CudaContext> {
+        &self.inner.ctx
+    }
+
+    pub fn blas(&self) -> &CudaBlas {
+        &self.inner.blas
+    }
+
+    /// Activation dtype (the precision of this run).
+    pub fn compute_dtype(&self) -> DType {
+        *self.inner.compute_dtype.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Choose the activation dtype: f32, f16 or bf16.
+    pub fn set_compute_dtype(&self, dtype: DType) -> Result<()> {
+        if !matches!(dtype, DType::F32 | DType::F16 | DType::BF16) {
+            bail!("compute dtype must be f32, f16 or bf16, not {dtype}");
+        }
+        *self.inner.compute_dtype.lock().unwrap_or_else(|e| e.into_inner()) = dtype;
+        Ok(())
+    }
+
+    /// `w` in `dtype`: `w` itself when it already is, else its cached half copy (made on
+    /// first use).
+    pub fn compute_copy(&self, w: &Tensor, dtype: DType) -> Result<Tensor> {
+        if w.dtype() == dtype {
+            return Ok(w.clone());
+        }
+        let mut cache = self.inner.compute_copies.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(c) = cache.get(&w.id()) {
+            if c.dtype() == dtype {
+                return Ok(c.clone());
+            }
+        }
+        let c = w.to_dtype(dtype)?.with_requires_grad(false);
+        cache.insert(w.id(), c.clone());
+        Ok(c)
+    }
+
+    /// The cached half copy of `w`, if one was made (the optimizer refreshes it).
+    pub fn cached_compute_copy(&self, w: &Tensor) -> Option<Tensor> {
+        self.inner.compute_copies.lock().unwrap_or_else(|e| e.into_inner()).get(&w.id()).cloned()
+    }
+
+    /// Forget all half copies (after weights change outside the optimizer).
+    pub fn clear_compute_copies(&self) {
+        self.inner.compute_copies.lock().unwrap_or_else(|e| e.into_inner()).clear();
+    }
+
+    /// Wait for all queued work (only where a result is read on the host).
+    pub fn synchronize(&self) -> Result<()> {
+        self.inner.stream.synchronize().context("CUDA stream synchronisation failed")
+    }
+
+    /// Free and total device memory in bytes.
+    pub fn memory_info(&self) -> Result<(usize, usize)> {
+        Ok(self.inner.ctx.mem_get_info()?)
+    }
+
+    /// A kernel function, loading its module on first use and caching both.
+    pub fn function(&self, module: &'static str, name: &str) -> Result<CudaFunction> {
+        let key = format!("{module}::{name}");
+        if let Some(f) = self.inner.functions.lock().map_err(|_| anyhow!("CUDA function cache poisoned"))?.get(&key) {
+            return Ok(f.clone());
+        }
+        let m = self.module(module)?;
+        let f = m.load_function(name).with_context(|| format!("kernel `{name}` is missing from module `{module}`"))?;
+        self.inner.functions.lock().map_err(|_| anyhow!("CUDA function cache poisoned"))?.insert(key, f.clone());
+        Ok(f)
+    }
+
+    fn module(&self, module: &'static str) -> Result<Arc<CudaModule>> {
+        let mut modules = self.inner.modules.lock().map_err(|_| anyhow!("CUDA module cache poisoned"))?;
+        if let Some(m) = modules.get(module) {
+            return Ok(m.clone());
+        }
+        let image = kernels::module_image(module)
+            .ok_or_else(|| anyhow!("kernel module `{module}` was not compiled into this binary"))?;
+        let m = self
+            .inner
+            .ctx
+            .load_module(cudarc::nvrtc::Ptx::from_binary(image.to_vec()))
+            .with_context(|| format!("loading kernel module `{module}` (is the driver new enough for PTX 9.0 / CUDA 13?)"))?;
+        modules.insert(module, m.clone());
+        Ok(m)
+    }
+
+    /// Zero-filled device memory.
+    pub fn zeros(&self, dtype: DType, n: usize) -> Result<CudaStorage> {
+        let s = &self.inner.stream;
+        let buf = match dtype {
+            DType::F32 => CudaBuf::F32(s.alloc_zeros(n).map_err(oom(n * 4))?),
+            DType::F16 => CudaBuf::F16(s.alloc_zeros(n).map_err(oom(n * 2))?),
+            DType::BF16 => CudaBuf::BF16(s.alloc_zeros(n).map_err(oom(n * 2))?),
+            DType::I32 => CudaBuf::I32(s.alloc_zeros(n).map_err(oom(n * 4))?),
+            DType::F64 => bail!("the CUDA backend does not store f64 tensors"),
+        };
+        Ok(CudaStorage::new(buf, self.clone()))
+    }
+
+    /// Uninitialised device memory, for outputs a kernel writes completely.
+    pub fn uninit(&self, dtype: DType, n: usize) -> Result<CudaStorage> {
+        let s = &self.inner.stream;
+        // Safety: every caller's kernel writes all `n` elements before any read.
+        let buf = unsafe {
+            match dtype {
+                DType::F32 => CudaBuf::F32(s.alloc(n).map_err(oom(n * 4))?),
+                DType::F16 => CudaBuf::F16(s.alloc(n).map_err(oom(n * 2))?),
+                DType::BF16 => CudaBuf::BF16(s.alloc(n).map_err(oom(n * 2))?),
+                DType::I32 => CudaBuf::I32(s.alloc(n).map_err(oom(n * 4))?),
+                DType::F64 => bail!("the CUDA backend does not store f64 tensors"),
+            }
+        };
+        Ok(CudaStorage::new(buf, self.clone()))
+    }
+
+    /// Copy host memory to the device (f64 is narrowed to f32).
+    pub fn upload(&self, s: &CpuStorage) -> Result<CudaStorage> {
+        let st = &self.inner.stream;
+        let buf = match s {
+            CpuStorage::F32(v) => CudaBuf::F32(st.clone_htod(v).map_err(oom(v.len() * 4))?),
+            CpuStorage::F64(v) => {
+                let v: Vec<f32> = v.iter().map(|&x| x as f32).collect();
+                CudaBuf::F32(st.clone_htod(&v).map_err(oom(v.len() * 4))?)
+            }
+            CpuStorage::I32(v) => CudaBuf::I32(st.clone_htod(v).map_err(oom(v.len() * 4))?),
+        };
+        Ok(CudaStorage::new(buf, self.clone()))
+    }
+}
+
+/// Map an allocation failure to a clear out-of-memory error.
+fn oom(bytes: usize) -> impl Fn(cudarc::driver::DriverError) -> anyhow::Error {
+    move |e| {
+        if e.0 == sys::cudaError_enum::CUDA_ERROR_OUT_OF_MEMORY {
+            anyhow!(
+                "CUDA out of memory allocating {:.1} MiB: lower --max-tokens (the token budget per batch), \
+                 or use --recompute layer / --optimizer adamw8bit",
+                bytes as f64 / (1 << 20) as f64
+            )
+        } else {
+            anyhow!("CUDA allocation of {bytes} bytes failed: {e}")
+        }
+    }
+}
+
+/// Raise the default memory pool's release threshold so freed memory is kept for reuse.
+fn keep_freed_memory_in_pool(ctx: &Arc<CudaContext>) -> Result<()> {
+    if !ctx.has_async_alloc() {
+        return Ok(());
+    }
+    let mut pool: sys::CUmemoryPool = std::ptr::null_mut();
+    let mut threshold: u64 = u64::MAX;
+    // Safety: plain driver calls on the context's own device.
+    unsafe {
+        sys::cuDeviceGetDefaultMemPool(&mut pool, ctx.cu_device()).result().context("querying the CUDA memory pool")?;
+        sys::cuMemPoolSetAttribute(
+            pool,
+            sys::CUmemPool_attribute::CU_MEMPOOL_ATTR_RELEASE_THRESHOLD,
+            &mut threshold as *mut u64 as *mut std::ffi::c_void,
+        )
+        .result()
+        .context("configuring the CUDA memory pool")?;
+    }
+    Ok(())
+}
+
+/// Peak bytes in use in the device's memory pool since the last reset.
+pub fn pool_peak_bytes(dev: &CudaDevice) -> Result<u64> {
+    let mut pool: sys::CUmemoryPool = std::ptr::null_mut();
+    let mut value: u64 = 0;
+    unsafe {
+        sys::cuDeviceGetDefaultMemPool(&mut pool, dev.context().cu_device()).result()?;
+        sys::cuMemPoolGetAttribute(
+            pool,
+            sys::CUmemPool_attribute::CU_MEMPOOL_ATTR_USED_MEM_HIGH,
+            &mut value as *mut u64 as *mut std::ffi::c_void,
+        )
+        .result()?;
+    }
+    Ok(value)
+}

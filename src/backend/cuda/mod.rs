@@ -1,0 +1,27 @@
+//! The CUDA backend: device and module management (`device`), GPU tensor storage
+//! (`storage`), the kernels compiled by `build.rs` (`kernels`), and the launch code of
+//! each op (one module per op, named like `kernels/<op>.cu`).
+//!
+//! Everything is loaded at run time through `cudarc`'s dynamic loading: the binary
+//! builds and runs without CUDA, and `--device cuda` then says why it cannot start.
+
+pub mod attention;
+pub mod bce;
+pub mod bias_gelu;
+pub mod contact_head;
+pub mod cross_entropy;
+pub mod device;
+pub mod dropout;
+pub mod elementwise;
+pub mod embedding;
+pub mod gather;
+pub mod gemm;
+pub mod kernels;
+pub mod launch;
+pub mod layer_norm;
+pub mod linear;
+pub mod rotary;
+pub mod storage;
+
+pub use device::CudaDevice;
+pub use storage::{CudaBuf, CudaStorage};

@@ -1,0 +1,132 @@
+//! Device memory of a GPU tensor: a typed `cudarc` slice and its device.
+
+use anyhow::{bail, Result};
+use cudarc::driver::{CudaSlice, LaunchConfig, PushKernelArg};
+use half::{bf16, f16};
+
+use super::device::CudaDevice;
+use crate::backend::cpu::CpuStorage;
+use crate::tensor::DType;
+
+/// A typed device buffer.
+#[derive(Debug)]
+pub enum CudaBuf {
+    F32(CudaSlice<f32>),
+    F16(CudaSlice<f16>),
+    BF16(CudaSlice<bf16>),
+    I32(CudaSlice<i32>),
+}
+
+/// GPU tensor storage.
+#[derive(Debug)]
+pub struct CudaStorage {
+    pub buf: CudaBuf,
+    device: CudaDevice,
+}
+
+/// Threads per block for one-dimensional grid-stride kernels.
+pub const BLOCK: u32 = 256;
+
+/// Launch shape for a grid-stride kernel over `n` elements (enough blocks to fill any
+/// current GPU; the kernels loop over the rest).
+pub fn grid_stride_config(n: usize) -> LaunchConfig {
+    let blocks = n.div_ceil(BLOCK as usize).clamp(1, 65_535) as u32;
+    LaunchConfig { grid_dim: (blocks, 1, 1), block_dim: (BLOCK, 1, 1), shared_mem_bytes: 0 }
+}
+
+impl CudaStorage {
+    pub fn new(buf: CudaBuf, device: CudaDevice) -> Self {
+        CudaStorage { buf, device }
+    }
+
+    pub fn device(&self) -> &CudaDevice {
+        &self.device
+    }
+
+    pub fn dtype(&self) -> DType {
+        match self.buf {
+            CudaBuf::F32(_) => DType::F32,
+            CudaBuf::F16(_) => DType::F16,
+            CudaBuf::BF16(_) => DType::BF16,
+            CudaBuf::I32(_) => DType::I32,
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        match &self.buf {
+            CudaBuf::F32(s) => s.len(),
+            CudaBuf::F16(s) => s.len(),
+            CudaBuf::BF16(s) => s.len(),
+            CudaBuf::I32(s) => s.len(),
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Copy to the host; half-precision values become f32 there.
+    pub fn download(&self) -> Result<CpuStorage> {
+        let st = self.device.stream();
+        Ok(match &self.buf {
+            CudaBuf::F32(s) => CpuStorage::F32(st.clone_dtoh(s)?),
+            CudaBuf::F16(s) => CpuStorage::F32(st.clone_dtoh(s)?.into_iter().map(f32::from).collect()),
+            CudaBuf::BF16(s) => CpuStorage::F32(st.clone_dtoh(s)?.into_iter().map(f32::from).collect()),
+            CudaBuf::I32(s) => CpuStorage::I32(st.clone_dtoh(s)?),
+        })
+    }
+
+    pub fn to_f32_vec(&self) -> Result<Vec<f32>> {
+        Ok(self.download()?.to_f32_vec())
+    }
+
+    pub fn to_i32_vec(&self) -> Result<Vec<i32>> {
+        match self.download()? {
+            CpuStorage::I32(v) => Ok(v),
+            s => bail!("tensor has dtype {}, expected i32", s.dtype()),
+        }
+    }
+
+    /// A device-to-device copy.
+    pub fn duplicate(&self) -> Result<CudaStorage> {
+        let st = self.device.stream();
+        let buf = match &self.buf {
+            CudaBuf::F32(s) => CudaBuf::F32(st.clone_dtod(s)?),
+            CudaBuf::F16(s) => CudaBuf::F16(st.clone_dtod(s)?),
+            CudaBuf::BF16(s) => CudaBuf::BF16(st.clone_dtod(s)?),
+            CudaBuf::I32(s) => CudaBuf::I32(st.clone_dtod(s)?),
+        };
+        Ok(CudaStorage::new(buf, self.device.clone()))
+    }
+
+    /// Convert between f32 and the half types on the device (`kernels/cast.cu`).
+    pub fn to_dtype(&self, dtype: DType) -> Result<CudaStorage> {
+        if dtype == self.dtype() {
+            return self.duplicate();
+        }
+        let n = self.len();
+        let out = self.device.uninit(dtype, n)?;
+        let name = match (self.dtype(), dtype) {
+            (DType::F32, DType::F16) => "cast_f32_to_f16",
+            (DType::F32, DType::BF16) => "cast_f32_to_bf16",
+            (DType::F16, DType::F32) => "cast_f16_to_f32",
+            (DType::BF16, DType::F32) => "cast_bf16_to_f32",
+            (a, b) => bail!("no CUDA conversion from {a} to {b}"),
+        };
+        let f = self.device.function("cast", name)?;
+        let st = self.device.stream();
+        let mut b = st.launch_builder(&f);
+        let n_arg = n as i64;
+        match (&out.buf, &self.buf) {
+            (CudaBuf::F16(o), CudaBuf::F32(i)) => b.arg(o).arg(i),
+            (CudaBuf::BF16(o), CudaBuf::F32(i)) => b.arg(o).arg(i),
+            (CudaBuf::F32(o), CudaBuf::F16(i)) => b.arg(o).arg(i),
+            (CudaBuf::F32(o), CudaBuf::BF16(i)) => b.arg(o).arg(i),
+            _ => unreachable!("pairs checked above"),
+        };
+        b.arg(&n_arg);
+        // Safety: argument order and types follow kernels/cast.cu.
+        unsafe { b.launch(grid_stride_config(n)) }?;
+        Ok(out)
+    }
+}

@@ -1,0 +1,129 @@
+//! ESM-2 for sequence classification (Pfam family prediction): the encoder, the `<cls>`
+//! vector, a head, and the label map. Saved as a Hugging Face
+//! `EsmForSequenceClassification` directory (`config.json` with `id2label`,
+//! `model.safetensors`) that `transformers` loads unchanged.
+
+use std::path::Path;
+
+use anyhow::{bail, Result};
+
+use super::checkpoint::{write_atomic, NamedTensor};
+use super::config::EsmConfig;
+use super::contact::ContactHead;
+use super::esm2::Esm2;
+use super::heads::{Head, HeadKind};
+use super::init::Init;
+use super::inputs::ModelInputs;
+use super::params::Params;
+use super::pretrained::{load_params, open_weights, save_params, LoadReport, CONFIG_FILE, WEIGHTS_FILE};
+use crate::autograd::Tape;
+use crate::backend::cpu::rotary::inv_freq;
+use crate::ops;
+use crate::tensor::Tensor;
+
+pub struct SequenceClassifier {
+    pub params: Params,
+    pub esm: Esm2,
+    pub head: Head,
+    /// Frozen here; kept so that a round trip through a checkpoint preserves it.
+    pub contact: ContactHead,
+    pub labels: Vec<String>,
+}
+
+impl SequenceClassifier {
+    /// A randomly initialised model (HF initialisation, seeded).
+    pub fn new_random(cfg: &EsmConfig, labels: Vec<String>, head: HeadKind, head_dropout: f64, seed: u64) -> Result<Self> {
+        if labels.is_empty() {
+            bail!("a classifier needs at least one class label");
+        }
+        let mut params = Params::new();
+        let mut init = Init::new(seed, cfg.initializer_range);
+        let esm = Esm2::new(cfg, &mut params, &mut init)?;
+        let contact = ContactHead::new(cfg, &mut params, &mut init)?;
+        params.set_trainable(contact.weight, false);
+        params.set_trainable(contact.bias, false);
+        let head = Head::new(head, &mut params, cfg.hidden_size, labels.len(), head_dropout, &mut init)?;
+        Ok(SequenceClassifier { params, esm, head, contact, labels })
+    }
+
+    /// Load a Hugging Face checkpoint directory (`EsmModel`, `EsmForMaskedLM` or
+    /// `EsmForSequenceClassification`). The encoder must be complete. The head is loaded
+    /// when the file has one of the requested kind with the same labels (`labels =
+    /// None` takes the checkpoint's own); otherwise a fresh head is initialised and
+    /// listed in the report.
+    pub fn from_pretrained(dir: &Path, labels: Option<Vec<String>>, head: HeadKind, head_dropout: f64, seed: u64) -> Result<(Self, LoadReport)> {
+        let (cfg, json) = EsmConfig::from_dir(dir)?;
+        let file_labels = EsmConfig::labels_from_json(&json);
+        let labels = match (labels, &file_labels) {
+            (Some(l), _) => l,
+            (None, Some(l)) => l.clone(),
+            (None, None) => bail!("{}: config.json has no id2label; give the class labels (training data) to build a head", dir.display()),
+        };
+        let mut model = SequenceClassifier::new_random(&cfg, labels, head, head_dropout, seed)?;
+        let file = open_weights(dir)?;
+        let head_matches = file_labels.as_deref() == Some(&model.labels[..]);
+        let mut report = load_params(&mut model.params, &file, |name| name.starts_with("esm.") && !name.starts_with("esm.contact_head"))?;
+        if !head_matches {
+            // Labels differ: a head in the file belongs to other classes; start it fresh.
+            let fresh = SequenceClassifier::new_random(&cfg, model.labels.clone(), head, head_dropout, seed)?;
+            for (name, t) in fresh.params.iter().filter(|(n, _)| n.starts_with("classifier")) {
+                let id = model.params.id(name).expect("same layout");
+                model.params.set(id, t.clone())?;
+                if !report.fresh.iter().any(|f| f == name) {
+                    report.fresh.push(name.to_string());
+                }
+            }
+        }
+        Ok((model, report))
+    }
+
+    pub fn config(&self) -> &EsmConfig {
+        &self.esm.cfg
+    }
+
+    pub fn n_classes(&self) -> usize {
+        self.labels.len()
+    }
+
+    /// Logits `[n_seqs, n_classes]`.
+    pub fn forward(&self, tape: &Tape, inp: &ModelInputs) -> Result<Tensor> {
+        let enc = self.esm.forward(&self.params, tape, inp, false)?;
+        let cls = ops::gather_rows(tape, &enc.hidden, &inp.cls_rows)?;
+        self.head.forward(&self.params, tape, &cls)
+    }
+
+    /// Logits and the (weighted) cross-entropy against the batch's labels.
+    pub fn forward_loss(&self, tape: &Tape, inp: &ModelInputs, class_weights: Option<&Tensor>) -> Result<(Tensor, Tensor)> {
+        let Some(labels) = &inp.labels else {
+            bail!("this batch has no labels to compute a loss against");
+        };
+        let logits = self.forward(tape, inp)?;
+        let loss = ops::cross_entropy(tape, &logits, labels, class_weights)?;
+        Ok((logits, loss))
+    }
+
+    /// Save as a Hugging Face `EsmForSequenceClassification` directory (or a qf-engine
+    /// linear-head checkpoint) with the label map in `config.json`.
+    pub fn save(&self, dir: &Path) -> Result<()> {
+        std::fs::create_dir_all(dir)?;
+        let arch = match self.head.kind() {
+            HeadKind::Classification => "EsmForSequenceClassification",
+            HeadKind::Linear => "QfEngineEsmLinearClassifier",
+        };
+        let mut cfg_json = self.config().to_hf_json(&self.labels, arch);
+        if self.head.kind() == HeadKind::Linear {
+            cfg_json["qf_engine_head"] = "linear".into();
+        }
+        write_atomic(&dir.join(CONFIG_FILE), serde_json::to_string_pretty(&cfg_json)?.as_bytes())?;
+        save_params(&self.params, &dir.join(WEIGHTS_FILE), rotary_buffers(self.config()))
+    }
+}
+
+/// The per-layer `inv_freq` buffers hub checkpoints carry (transformers recomputes them,
+/// but writing them keeps `from_pretrained` free of missing-key warnings).
+pub fn rotary_buffers(cfg: &EsmConfig) -> Vec<NamedTensor> {
+    let f = inv_freq(cfg.head_dim());
+    (0..cfg.num_hidden_layers)
+        .map(|i| NamedTensor::f32(format!("esm.encoder.layer.{i}.attention.self.rotary_embeddings.inv_freq"), &[f.len()], &f))
+        .collect()
+}

@@ -1,0 +1,120 @@
+//! The ESM-2 encoder, exactly as Hugging Face `EsmModel` (Lin et al. 2023):
+//!
+//! ```text
+//! x = embed(tokens) · token-dropout scale                      (no position embedding)
+//! for each layer:  x = x + Wo·Attn(LN₁(x)) + bo                (pre-LayerNorm)
+//!                  x = x + W₂·gelu(W₁·LN₂(x) + b₁) + b₂
+//! h = LN_final(x)                                              (emb_layer_norm_after)
+//! ```
+//! Attention: `q = (Wq·x + bq)·d^-½` is scaled *before* the rotary embedding, `k` is
+//! rotated unscaled, the softmax uses scale 1, sequences are packed (no padding).
+//! Parameter names are Hugging Face's under the `esm.` prefix.
+
+use anyhow::Result;
+
+use super::config::EsmConfig;
+use super::init::Init;
+use super::inputs::ModelInputs;
+use super::linear::{LayerNorm, Linear};
+use super::params::{ParamId, Params};
+use crate::autograd::Tape;
+use crate::ops;
+use crate::tensor::Tensor;
+
+/// Hugging Face prefix of the encoder inside task models.
+pub const ESM_PREFIX: &str = "esm";
+
+#[derive(Clone, Debug)]
+pub struct EsmLayer {
+    pub attn_ln: LayerNorm,
+    pub query: Linear,
+    pub key: Linear,
+    pub value: Linear,
+    pub attn_out: Linear,
+    pub ffn_ln: LayerNorm,
+    pub ffn_in: Linear,
+    pub ffn_out: Linear,
+}
+
+#[derive(Clone, Debug)]
+pub struct Esm2 {
+    pub cfg: EsmConfig,
+    pub word_embeddings: ParamId,
+    pub layers: Vec<EsmLayer>,
+    pub final_ln: LayerNorm,
+}
+
+/// Encoder outputs: the final hidden states `[tokens, hidden]`, and per layer the
+/// attention probabilities when they were asked for.
+pub struct EncoderOutput {
+    pub hidden: Tensor,
+    pub attention_probs: Vec<Tensor>,
+}
+
+impl Esm2 {
+    /// Register every encoder parameter (randomly initialised) in `params`.
+    pub fn new(cfg: &EsmConfig, params: &mut Params, init: &mut Init) -> Result<Esm2> {
+        let (h, f) = (cfg.hidden_size, cfg.intermediate_size);
+        let mut emb = init.normal(cfg.vocab_size * h);
+        emb[cfg.pad_token_id as usize * h..][..h].iter_mut().for_each(|v| *v = 0.0);
+        let word_embeddings = params.add(&format!("{ESM_PREFIX}.embeddings.word_embeddings.weight"), Tensor::from_vec(emb, &[cfg.vocab_size, h])?, false)?;
+        let mut layers = Vec::with_capacity(cfg.num_hidden_layers);
+        for i in 0..cfg.num_hidden_layers {
+            let p = format!("{ESM_PREFIX}.encoder.layer.{i}");
+            layers.push(EsmLayer {
+                attn_ln: LayerNorm::new(params, &format!("{p}.attention.LayerNorm"), h, cfg.layer_norm_eps)?,
+                query: Linear::new(params, &format!("{p}.attention.self.query"), h, h, true, init)?,
+                key: Linear::new(params, &format!("{p}.attention.self.key"), h, h, true, init)?,
+                value: Linear::new(params, &format!("{p}.attention.self.value"), h, h, true, init)?,
+                attn_out: Linear::new(params, &format!("{p}.attention.output.dense"), h, h, true, init)?,
+                ffn_ln: LayerNorm::new(params, &format!("{p}.LayerNorm"), h, cfg.layer_norm_eps)?,
+                ffn_in: Linear::new(params, &format!("{p}.intermediate.dense"), h, f, true, init)?,
+                ffn_out: Linear::new(params, &format!("{p}.output.dense"), f, h, true, init)?,
+            });
+        }
+        let final_ln = LayerNorm::new(params, &format!("{ESM_PREFIX}.encoder.emb_layer_norm_after"), h, cfg.layer_norm_eps)?;
+        Ok(Esm2 { cfg: cfg.clone(), word_embeddings, layers, final_ln })
+    }
+
+    /// Run the encoder over a packed batch.
+    pub fn forward(&self, p: &Params, tape: &Tape, inp: &ModelInputs, want_attention: bool) -> Result<EncoderOutput> {
+        let mut x = ops::embedding(tape, &inp.ids, p.get(self.word_embeddings), &inp.row_scale)?;
+        let mut probs = Vec::new();
+        for layer in &self.layers {
+            let (y, pr) = self.layer_forward(layer, p, tape, inp, &x, want_attention)?;
+            x = y;
+            probs.extend(pr);
+        }
+        let hidden = self.final_ln.forward(p, tape, &x)?;
+        Ok(EncoderOutput { hidden, attention_probs: probs })
+    }
+
+    /// One transformer block; returns the new hidden states and the attention
+    /// probabilities when asked.
+    pub fn layer_forward(
+        &self,
+        layer: &EsmLayer,
+        p: &Params,
+        tape: &Tape,
+        inp: &ModelInputs,
+        x: &Tensor,
+        want_attention: bool,
+    ) -> Result<(Tensor, Option<Tensor>)> {
+        let heads = self.cfg.num_attention_heads;
+        let h = layer.attn_ln.forward(p, tape, x)?;
+        let q = layer.query.forward(p, tape, &h)?;
+        let k = layer.key.forward(p, tape, &h)?;
+        let v = layer.value.forward(p, tape, &h)?;
+        let q_scale = (self.cfg.head_dim() as f64).powf(-0.5);
+        let q = ops::rotary(tape, &q, &inp.positions, heads, q_scale)?;
+        let k = ops::rotary(tape, &k, &inp.positions, heads, 1.0)?;
+        let (ctx, probs) = ops::attention(tape, &q, &k, &v, &inp.layout, heads, 1.0, want_attention)?;
+        let a = layer.attn_out.forward(p, tape, &ctx)?;
+        let x = ops::add(tape, x, &a)?;
+        let h = layer.ffn_ln.forward(p, tape, &x)?;
+        let f = layer.ffn_in.forward_no_bias(p, tape, &h)?;
+        let f = ops::bias_gelu(tape, &f, layer.ffn_in.bias.map(|b| p.get(b)))?;
+        let f = layer.ffn_out.forward(p, tape, &f)?;
+        Ok((ops::add(tape, &x, &f)?, probs))
+    }
+}

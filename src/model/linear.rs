@@ -1,0 +1,73 @@
+//! A linear layer of a model: weight (and bias) ids into the parameter store, and an
+//! optional LoRA adapter (see `lora.rs`).
+
+use anyhow::Result;
+
+use super::init::Init;
+use super::lora::LoraAdapter;
+use super::params::{ParamId, Params};
+use crate::autograd::Tape;
+use crate::ops;
+use crate::tensor::Tensor;
+
+#[derive(Clone, Debug)]
+pub struct Linear {
+    pub weight: ParamId,
+    pub bias: Option<ParamId>,
+    pub lora: Option<LoraAdapter>,
+    pub in_features: usize,
+    pub out_features: usize,
+}
+
+impl Linear {
+    /// Register `{prefix}.weight` `[out, in]` (N(0, std²)) and `{prefix}.bias` (zeros).
+    pub fn new(params: &mut Params, prefix: &str, in_f: usize, out_f: usize, bias: bool, init: &mut Init) -> Result<Linear> {
+        let w = Tensor::from_vec(init.normal(in_f * out_f), &[out_f, in_f])?;
+        let weight = params.add(&format!("{prefix}.weight"), w, true)?;
+        let bias = if bias {
+            Some(params.add(&format!("{prefix}.bias"), Tensor::from_vec(vec![0f32; out_f], &[out_f])?, false)?)
+        } else {
+            None
+        };
+        Ok(Linear { weight, bias, lora: None, in_features: in_f, out_features: out_f })
+    }
+
+    /// `x·Wᵀ + b` (+ the LoRA update when an adapter is attached).
+    pub fn forward(&self, p: &Params, tape: &Tape, x: &Tensor) -> Result<Tensor> {
+        let y = ops::linear(tape, x, p.get(self.weight), self.bias.map(|b| p.get(b)))?;
+        match &self.lora {
+            Some(lora) => lora.add_update(p, tape, x, y),
+            None => Ok(y),
+        }
+    }
+
+    /// `x·Wᵀ` without the bias (so that the caller can fuse bias and activation).
+    pub fn forward_no_bias(&self, p: &Params, tape: &Tape, x: &Tensor) -> Result<Tensor> {
+        let y = ops::linear(tape, x, p.get(self.weight), None)?;
+        match &self.lora {
+            Some(lora) => lora.add_update(p, tape, x, y),
+            None => Ok(y),
+        }
+    }
+}
+
+/// LayerNorm parameters.
+#[derive(Clone, Debug)]
+pub struct LayerNorm {
+    pub weight: ParamId,
+    pub bias: ParamId,
+    pub eps: f64,
+}
+
+impl LayerNorm {
+    /// Register `{prefix}.weight` (ones) and `{prefix}.bias` (zeros).
+    pub fn new(params: &mut Params, prefix: &str, dim: usize, eps: f64) -> Result<LayerNorm> {
+        let weight = params.add(&format!("{prefix}.weight"), Tensor::from_vec(vec![1f32; dim], &[dim])?, false)?;
+        let bias = params.add(&format!("{prefix}.bias"), Tensor::from_vec(vec![0f32; dim], &[dim])?, false)?;
+        Ok(LayerNorm { weight, bias, eps })
+    }
+
+    pub fn forward(&self, p: &Params, tape: &Tape, x: &Tensor) -> Result<Tensor> {
+        ops::layer_norm(tape, x, p.get(self.weight), p.get(self.bias), self.eps)
+    }
+}

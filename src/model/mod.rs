@@ -1,0 +1,21 @@
+//! Models: the ESM-2 encoder, its heads, LoRA adapters, and checkpoints in the Hugging
+//! Face layout.
+
+pub mod checkpoint;
+pub mod classifier;
+pub mod config;
+pub mod contact;
+pub mod esm2;
+pub mod heads;
+pub mod init;
+pub mod inputs;
+pub mod linear;
+pub mod lora;
+pub mod params;
+pub mod pretrained;
+
+pub use classifier::SequenceClassifier;
+pub use config::EsmConfig;
+pub use heads::HeadKind;
+pub use inputs::ModelInputs;
+pub use params::{ParamId, Params};
