@@ -268,9 +268,9 @@ impl Tensor {
     /// Host slice of a CPU tensor of element type `T`.
     pub fn as_slice<T: Element>(&self) -> Result<&[T]> {
         match &*self.storage {
-            Storage::Cpu(s) => T::slice(s).ok_or_else(|| {
-                anyhow::anyhow!("tensor has dtype {}, expected {}", self.dtype, T::DTYPE)
-            }),
+            Storage::Cpu(s) => {
+                T::slice(s).ok_or_else(|| anyhow::anyhow!("tensor has dtype {}, expected {}", self.dtype, T::DTYPE))
+            }
             Storage::Cuda(_) => bail!("tensor is on the GPU; copy it to the CPU first"),
         }
     }
@@ -279,8 +279,9 @@ impl Tensor {
     pub fn as_mut_slice<T: Element>(&mut self) -> Result<&mut [T]> {
         let dtype = self.dtype;
         match self.storage_mut()? {
-            Storage::Cpu(s) => T::slice_mut(s)
-                .ok_or_else(|| anyhow::anyhow!("tensor has dtype {dtype}, expected {}", T::DTYPE)),
+            Storage::Cpu(s) => {
+                T::slice_mut(s).ok_or_else(|| anyhow::anyhow!("tensor has dtype {dtype}, expected {}", T::DTYPE))
+            }
             Storage::Cuda(_) => bail!("tensor is on the GPU; use the CUDA backend"),
         }
     }
@@ -344,12 +345,8 @@ impl Tensor {
             return Ok(self.clone());
         }
         match &*self.storage {
-            Storage::Cpu(s) => {
-                Ok(Tensor::from_storage(Storage::Cpu(s.to_dtype(dtype)?), &self.shape, dtype))
-            }
-            Storage::Cuda(c) => {
-                Ok(Tensor::from_storage(Storage::Cuda(c.to_dtype(dtype)?), &self.shape, dtype))
-            }
+            Storage::Cpu(s) => Ok(Tensor::from_storage(Storage::Cpu(s.to_dtype(dtype)?), &self.shape, dtype)),
+            Storage::Cuda(c) => Ok(Tensor::from_storage(Storage::Cuda(c.to_dtype(dtype)?), &self.shape, dtype)),
         }
     }
 

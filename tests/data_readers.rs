@@ -16,22 +16,14 @@ use qf_engine::data::stockholm::read_stockholm;
 /// Rows of the fixture CSVs parsed naively (name → (family, accession, sequence)), as an
 /// independent reference for the reader.
 fn naive_rows(split_dir: &Path) -> Vec<(String, String, String, String)> {
-    let mut files: Vec<PathBuf> = std::fs::read_dir(split_dir)
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .collect();
+    let mut files: Vec<PathBuf> = std::fs::read_dir(split_dir).unwrap().map(|e| e.unwrap().path()).collect();
     files.sort();
     let mut rows = Vec::new();
     for f in files {
         let text = std::fs::read_to_string(&f).unwrap();
         for line in text.lines().skip(1) {
             let v: Vec<&str> = line.split(',').collect();
-            rows.push((
-                v[1].to_string(),
-                v[0].to_string(),
-                v[2].to_string(),
-                v[4].to_string(),
-            ));
+            rows.push((v[1].to_string(), v[0].to_string(), v[2].to_string(), v[4].to_string()));
         }
     }
     rows
@@ -48,10 +40,7 @@ fn write(path: &Path, text: &str) {
 
 fn gzip_copy(src: &Path, dst: &Path) {
     let bytes = std::fs::read(src).unwrap();
-    let mut enc = flate2::write::GzEncoder::new(
-        std::fs::File::create(dst).unwrap(),
-        flate2::Compression::default(),
-    );
+    let mut enc = flate2::write::GzEncoder::new(std::fs::File::create(dst).unwrap(), flate2::Compression::default());
     enc.write_all(&bytes).unwrap();
     enc.finish().unwrap();
 }
@@ -64,9 +53,7 @@ fn err_text<T>(r: anyhow::Result<T>) -> String {
 }
 
 fn count_of(set: &LabelledSet, family: &str) -> usize {
-    let f = set
-        .family_index(family)
-        .unwrap_or_else(|| panic!("family {family} missing"));
+    let f = set.family_index(family).unwrap_or_else(|| panic!("family {family} missing"));
     set.family_counts()[f as usize]
 }
 
@@ -118,10 +105,7 @@ fn real_train_split_has_the_readme_counts() {
     // First row of shard 0 and last row of shard 8.
     assert_eq!(set.name(0), "Q9RR60/137-422");
     assert_eq!(set.family(0).unwrap().id, "Enolase_C");
-    assert_eq!(
-        set.family(0).unwrap().accession.as_deref(),
-        Some("PF00113.25")
-    );
+    assert_eq!(set.family(0).unwrap().accession.as_deref(), Some("PF00113.25"));
     assert_eq!(set.seq_len(0), 286);
     assert!(set.sequence(0).starts_with("AKTLPVPMMNVINGGAHADN"));
     let last = set.len() - 1;
@@ -155,10 +139,7 @@ fn split_with(rows_per_shard: &[&str]) -> tempfile::TempDir {
     let tmp = tempfile::tempdir().unwrap();
     let n = rows_per_shard.len();
     for (k, body) in rows_per_shard.iter().enumerate() {
-        write(
-            &tmp.path().join(format!("train/data-{k:05}-of-{n:05}")),
-            body,
-        );
+        write(&tmp.path().join(format!("train/data-{k:05}-of-{n:05}")), body);
     }
     tmp
 }
@@ -174,36 +155,21 @@ fn missing_split_dir_and_missing_shards_are_reported() {
     let e = err_text(read_pfam_split(tmp.path(), "train"));
     assert!(e.contains("no shards named data-NNNNN-of-MMMMM"), "{e}");
 
-    write(
-        &tmp.path().join("train/data-00000-of-00003"),
-        &format!("{PFAM_HEADER}\n{GOOD_ROW}\n"),
-    );
-    write(
-        &tmp.path().join("train/data-00002-of-00003"),
-        &format!("{PFAM_HEADER}\n"),
-    );
+    write(&tmp.path().join("train/data-00000-of-00003"), &format!("{PFAM_HEADER}\n{GOOD_ROW}\n"));
+    write(&tmp.path().join("train/data-00002-of-00003"), &format!("{PFAM_HEADER}\n"));
     let e = err_text(read_pfam_split(tmp.path(), "train"));
-    assert!(
-        e.contains("shard data-00001-of-00003 is missing (2 of 3 shards present)"),
-        "{e}"
-    );
+    assert!(e.contains("shard data-00001-of-00003 is missing (2 of 3 shards present)"), "{e}");
 }
 
 #[test]
 fn header_problems_name_the_missing_column() {
     let tmp = split_with(&["family_id,sequence_name,family_accession,aligned_sequence\nA,b,c,d\n"]);
     let e = err_text(read_pfam_split(tmp.path(), "train"));
-    assert!(
-        e.contains("data-00000-of-00001:1: header lacks column `sequence`"),
-        "{e}"
-    );
+    assert!(e.contains("data-00000-of-00001:1: header lacks column `sequence`"), "{e}");
 
     let tmp = split_with(&[&format!("{GOOD_ROW}\n")]);
     let e = err_text(read_pfam_split(tmp.path(), "train"));
-    assert!(
-        e.contains("data-00000-of-00001:1: no header: expected `family_id,sequence_name"),
-        "{e}"
-    );
+    assert!(e.contains("data-00000-of-00001:1: no header: expected `family_id,sequence_name"), "{e}");
 }
 
 #[test]
@@ -222,10 +188,7 @@ fn ragged_row_names_file_line_and_field_counts() {
     let body = format!("{PFAM_HEADER}\n{GOOD_ROW}\nFam_A,P2/1-8,PF00001.1,MKVLAAG\n");
     let tmp = split_with(&[&body]);
     let e = err_text(read_pfam_split(tmp.path(), "train"));
-    assert!(
-        e.contains("data-00000-of-00001:3: row has 4 fields, the header has 5"),
-        "{e}"
-    );
+    assert!(e.contains("data-00000-of-00001:3: row has 4 fields, the header has 5"), "{e}");
 }
 
 #[test]
@@ -233,19 +196,11 @@ fn bad_letters_empty_fields_and_duplicates_are_located() {
     let body = format!("{PFAM_HEADER}\n{GOOD_ROW}\n\nFam_A,P3/1-8,PF00001.1,MKVL1AG,MKVL1AG\n");
     let tmp = split_with(&[&body]);
     let e = err_text(read_pfam_split(tmp.path(), "train"));
-    assert!(
-        e.contains("data-00000-of-00001:4: column `sequence`: invalid residue '1' at position 5"),
-        "{e}"
-    );
+    assert!(e.contains("data-00000-of-00001:4: column `sequence`: invalid residue '1' at position 5"), "{e}");
 
-    let tmp = split_with(&[&format!(
-        "{PFAM_HEADER}\nFam_A,P1/1-8,PF00001.1,MKV-LAAG,MKV-LAAG\n"
-    )]);
+    let tmp = split_with(&[&format!("{PFAM_HEADER}\nFam_A,P1/1-8,PF00001.1,MKV-LAAG,MKV-LAAG\n")]);
     let e = err_text(read_pfam_split(tmp.path(), "train"));
-    assert!(
-        e.contains(":2: column `sequence`: invalid residue '-' at position 4"),
-        "{e}"
-    );
+    assert!(e.contains(":2: column `sequence`: invalid residue '-' at position 4"), "{e}");
 
     let tmp = split_with(&[&format!("{PFAM_HEADER}\nFam_A,P1/1-8,PF00001.1,mk,\n")]);
     let e = err_text(read_pfam_split(tmp.path(), "train"));
@@ -259,19 +214,13 @@ fn bad_letters_empty_fields_and_duplicates_are_located() {
     let shard1 = format!("{PFAM_HEADER}\nFam_B,P9/1-3,PF00002.1,MKV,MKV\n{GOOD_ROW}\n");
     let tmp = split_with(&[&shard0, &shard1]);
     let e = err_text(read_pfam_split(tmp.path(), "train"));
-    assert!(
-        e.contains("data-00001-of-00002:3: duplicate sequence_name `P1/1-8` (first at "),
-        "{e}"
-    );
+    assert!(e.contains("data-00001-of-00002:3: duplicate sequence_name `P1/1-8` (first at "), "{e}");
     assert!(e.contains("data-00000-of-00002:2)"), "{e}");
 
     let body = format!("{PFAM_HEADER}\n{GOOD_ROW}\nFam_A,P2/1-3,PF00001.2,MKV,MKV\n");
     let tmp = split_with(&[&body]);
     let e = err_text(read_pfam_split(tmp.path(), "train"));
-    assert!(
-        e.contains(":3: family `Fam_A` has family_accession `PF00001.2` here but `PF00001.1`"),
-        "{e}"
-    );
+    assert!(e.contains(":3: family `Fam_A` has family_accession `PF00001.2` here but `PF00001.1`"), "{e}");
 }
 
 #[test]
@@ -282,50 +231,32 @@ fn lines_are_counted_across_parallel_chunks() {
     let seq = "MKVLAAGLLLAAGSSA".repeat(8);
     let rows = 45_000;
     for i in 0..rows {
-        body.push_str(&format!(
-            "Fam_{},Q{i}/1-128,PF{:05}.1,{seq},{seq}\n",
-            i % 7,
-            i % 7
-        ));
+        body.push_str(&format!("Fam_{},Q{i}/1-128,PF{:05}.1,{seq},{seq}\n", i % 7, i % 7));
     }
     let tmp = split_with(&[&body]);
     let set = read_pfam_split(tmp.path(), "train").unwrap();
     assert_eq!(set.len(), rows);
     assert_eq!(set.name(rows - 1), format!("Q{}/1-128", rows - 1));
     assert_eq!(set.families().len(), 7);
-    assert_eq!(
-        set.family(rows - 1).unwrap().id,
-        format!("Fam_{}", (rows - 1) % 7)
-    );
+    assert_eq!(set.family(rows - 1).unwrap().id, format!("Fam_{}", (rows - 1) % 7));
 
     body.push_str("Fam_0,Q1/1-128,PF00000.1,MKVL,MKVL\n"); // duplicate of line 3
     body.push_str("Fam_0,Qz/1-4,PF00000.1,MK*L,MK*L\n");
     let tmp = split_with(&[&body]);
     let e = err_text(read_pfam_split(tmp.path(), "train"));
-    assert!(
-        e.contains(&format!(
-            ":{}: column `sequence`: invalid residue '*'",
-            rows + 3
-        )),
-        "{e}"
-    );
+    assert!(e.contains(&format!(":{}: column `sequence`: invalid residue '*'", rows + 3)), "{e}");
 
     body.truncate(body.len() - "Fam_0,Qz/1-4,PF00000.1,MK*L,MK*L\n".len());
     let tmp = split_with(&[&body]);
     let e = err_text(read_pfam_split(tmp.path(), "train"));
-    assert!(
-        e.contains(&format!(
-            ":{}: duplicate sequence_name `Q1/1-128`",
-            rows + 2
-        )),
-        "{e}"
-    );
+    assert!(e.contains(&format!(":{}: duplicate sequence_name `Q1/1-128`", rows + 2)), "{e}");
     assert!(e.contains("data-00000-of-00001:3)"), "{e}");
 }
 
 #[test]
 fn crlf_lowercase_and_reordered_columns_are_accepted() {
-    let body = "sequence,family_id,sequence_name,family_accession\r\nmkvL,Fam_A,P1/1-4,PF00001.1\r\nXBZU,Fam_B,P2/1-4,\r\n";
+    let body =
+        "sequence,family_id,sequence_name,family_accession\r\nmkvL,Fam_A,P1/1-4,PF00001.1\r\nXBZU,Fam_B,P2/1-4,\r\n";
     let tmp = tempfile::tempdir().unwrap();
     let path = tmp.path().join("any_name.csv");
     write(&path, body);
@@ -373,11 +304,17 @@ fn stockholm_errors_are_located() {
     let p = tmp.path().join("x.sto");
     let cases: [(&str, &str); 7] = [
         ("# STOCKHOLM 1.0\na/1-3 MKV\n//\n", "x.sto:3: record starting at line 1 has no `#=GF ID` line"),
-        ("#=GF ID F\na/1-3 MKV\nb/1-2 MK\n//\n", "x.sto:4: family `F`: aligned rows differ in length (`a/1-3` has 3 columns, `b/1-2` has 2"),
+        (
+            "#=GF ID F\na/1-3 MKV\nb/1-2 MK\n//\n",
+            "x.sto:4: family `F`: aligned rows differ in length (`a/1-3` has 3 columns, `b/1-2` has 2",
+        ),
         ("#=GF ID F\na/1-3 MK1\n//\n", "x.sto:2: sequence `a/1-3`: invalid character '1' at column 3"),
         ("#=GF ID F\na/1-3 MKV\n", "x.sto:2: file ends inside the record starting at line 1 (missing `//`)"),
         ("#=GF ID F\na/1-3 MK\na/1-3 V\n//\n", "x.sto:3: `a/1-3` appears twice in one alignment block"),
-        ("#=GF ID F\na/1-3 MKV\n//\n#=GF ID G\na/1-3 MKV\n//\n", "x.sto:5: duplicate sequence name `a/1-3` (also in family `F` at line 2)"),
+        (
+            "#=GF ID F\na/1-3 MKV\n//\n#=GF ID G\na/1-3 MKV\n//\n",
+            "x.sto:5: duplicate sequence name `a/1-3` (also in family `F` at line 2)",
+        ),
         ("", "x.sto: no Stockholm records"),
     ];
     for (text, expected) in cases {
@@ -387,10 +324,7 @@ fn stockholm_errors_are_located() {
     }
     write(&p, "#=GF ID F\na/1-3 ...\nb/1-3 MKV\n//\n");
     let e = err_text(read_stockholm(&p));
-    assert!(
-        e.contains("x.sto:2: row `a/1-3` of family `F` is all gaps"),
-        "{e}"
-    );
+    assert!(e.contains("x.sto:2: row `a/1-3` of family `F` is all gaps"), "{e}");
 }
 
 // ---------------------------------------------------------------- FASTA
@@ -447,42 +381,14 @@ fn fasta_errors_are_located() {
     let tmp = tempfile::tempdir().unwrap();
     let p = tmp.path().join("x.fasta");
     let cases: [(&str, FastaLabels, &str); 8] = [
-        (
-            "MKV\n>a\nMKV\n",
-            FastaLabels::None,
-            "x.fasta:1: sequence data before the first `>` header",
-        ),
-        (
-            ">a\n>b\nMKV\n",
-            FastaLabels::None,
-            "x.fasta:1: record `a` has no sequence",
-        ),
-        (
-            ">a\nMKV\n>b\nMK\n>a\nMKV\n",
-            FastaLabels::None,
-            "x.fasta:5: duplicate sequence name `a` (first at line 1)",
-        ),
-        (
-            ">a\nMKV\n",
-            FastaLabels::Header,
-            "x.fasta:1: header of `a` has no label (expected `>name label`)",
-        ),
-        (
-            ">a L\nMKVLAA\nGG1\n",
-            FastaLabels::Header,
-            "x.fasta:3: sequence `a`: invalid residue '1' at position 9",
-        ),
-        (
-            ">a L\nMK*\nVL\n",
-            FastaLabels::Header,
-            "x.fasta:2: sequence `a`: invalid residue '*' at position 3",
-        ),
+        ("MKV\n>a\nMKV\n", FastaLabels::None, "x.fasta:1: sequence data before the first `>` header"),
+        (">a\n>b\nMKV\n", FastaLabels::None, "x.fasta:1: record `a` has no sequence"),
+        (">a\nMKV\n>b\nMK\n>a\nMKV\n", FastaLabels::None, "x.fasta:5: duplicate sequence name `a` (first at line 1)"),
+        (">a\nMKV\n", FastaLabels::Header, "x.fasta:1: header of `a` has no label (expected `>name label`)"),
+        (">a L\nMKVLAA\nGG1\n", FastaLabels::Header, "x.fasta:3: sequence `a`: invalid residue '1' at position 9"),
+        (">a L\nMK*\nVL\n", FastaLabels::Header, "x.fasta:2: sequence `a`: invalid residue '*' at position 3"),
         ("\n\n", FastaLabels::None, "x.fasta: no FASTA records"),
-        (
-            ">\nMKV\n",
-            FastaLabels::None,
-            "x.fasta:1: header has no sequence name",
-        ),
+        (">\nMKV\n", FastaLabels::None, "x.fasta:1: header has no sequence name"),
     ];
     for (text, labels, expected) in cases {
         write(&p, text);
@@ -498,19 +404,13 @@ fn fasta_errors_are_located() {
     write(&tsv, "a\tL1\n");
     write(&p, ">a\nMKV\n>b\nMK\n");
     let e = err_text(read_fasta(&p, &FastaLabels::Tsv(tsv.clone())));
-    assert!(
-        e.contains("x.fasta:3: no label for sequence `b` in ") && e.contains("labels.tsv"),
-        "{e}"
-    );
+    assert!(e.contains("x.fasta:3: no label for sequence `b` in ") && e.contains("labels.tsv"), "{e}");
     write(&tsv, "a\tL1\nb L2\n");
     let e = err_text(read_fasta(&p, &FastaLabels::Tsv(tsv.clone())));
     assert!(e.contains("labels.tsv:2: expected `name<TAB>label`"), "{e}");
     write(&tsv, "a\tL1\na\tL2\n");
     let e = err_text(read_fasta(&p, &FastaLabels::Tsv(tsv)));
-    assert!(
-        e.contains("labels.tsv:2: `a` is labelled `L2` here but `L1` at line 1"),
-        "{e}"
-    );
+    assert!(e.contains("labels.tsv:2: `a` is labelled `L2` here but `L1` at line 1"), "{e}");
 }
 
 #[test]

@@ -24,13 +24,16 @@ impl Expected {
         Expected(MappedSafetensors::open(&fixture(&format!("esm_tiny/{name}"))).unwrap())
     }
     fn f32(&self, name: &str) -> (Vec<f32>, Vec<usize>) {
-        self.0
-            .with_view(name, |v| Ok((qf_engine::model::checkpoint::view_to_f32(v)?, v.shape().to_vec())))
-            .unwrap()
+        self.0.with_view(name, |v| Ok((qf_engine::model::checkpoint::view_to_f32(v)?, v.shape().to_vec()))).unwrap()
     }
     fn i64(&self, name: &str) -> (Vec<i64>, Vec<usize>) {
         self.0
-            .with_view(name, |v| Ok((v.data().chunks_exact(8).map(|c| i64::from_le_bytes(c.try_into().unwrap())).collect(), v.shape().to_vec())))
+            .with_view(name, |v| {
+                Ok((
+                    v.data().chunks_exact(8).map(|c| i64::from_le_bytes(c.try_into().unwrap())).collect(),
+                    v.shape().to_vec(),
+                ))
+            })
             .unwrap()
     }
     fn has(&self, name: &str) -> bool {
@@ -44,7 +47,8 @@ impl Expected {
         let labels = if self.has("labels") { Some(self.i64("labels").0) } else { None };
         let mut b = PackedBatch::new();
         for r in 0..shape[0] {
-            let toks: Vec<u32> = (0..shape[1]).filter(|&j| mask[r * shape[1] + j] == 1).map(|j| ids[r * shape[1] + j] as u32).collect();
+            let toks: Vec<u32> =
+                (0..shape[1]).filter(|&j| mask[r * shape[1] + j] == 1).map(|j| ids[r * shape[1] + j] as u32).collect();
             b.push(&toks, 0, labels.as_ref().map(|l| l[r] as u32), r);
         }
         b

@@ -1,8 +1,6 @@
 //! Tests for the classification report against hand-computed scikit-learn numbers.
 
-use qf_engine::metrics::classification::{
-    tiers_by_train_count, ClassificationReport, GroupAccuracy, Predictions,
-};
+use qf_engine::metrics::classification::{tiers_by_train_count, ClassificationReport, GroupAccuracy, Predictions};
 
 fn close(a: f64, b: f64) -> bool {
     (a - b).abs() < 1e-12
@@ -58,15 +56,8 @@ const FAMILY_SIZE: [usize; 8] = [250, 60, 12, 3, 0, 0, 1, 9];
 fn example_report() -> ClassificationReport {
     let tiers = tiers_by_train_count(&FAMILY_SIZE, &[2]);
     let top5 = example_top5();
-    ClassificationReport::compute(
-        8,
-        &LABELS,
-        Predictions::TopK(&top5),
-        &names(8),
-        Some(&tiers),
-        Some(&FAMILY_SIZE),
-    )
-    .unwrap()
+    ClassificationReport::compute(8, &LABELS, Predictions::TopK(&top5), &names(8), Some(&tiers), Some(&FAMILY_SIZE))
+        .unwrap()
 }
 
 #[test]
@@ -81,41 +72,26 @@ fn worked_example_matches_sklearn() {
     assert!(close(r.weighted_precision, 0.425));
     assert!(close(r.weighted_recall, 0.5));
     assert!(close(r.weighted_f1, 11.0 / 24.0));
-    assert!(
-        r.macro_f1 < r.weighted_f1,
-        "the big class does best, so weighting raises F1"
-    );
+    assert!(r.macro_f1 < r.weighted_f1, "the big class does best, so weighting raises F1");
     assert_eq!((r.n_precision_ill_defined, r.n_recall_ill_defined), (1, 1));
     let classes: Vec<u32> = r.per_class.iter().map(|m| m.class).collect();
     assert_eq!(classes, [0, 1, 2, 3]);
     let c0 = &r.per_class[0];
-    assert_eq!(
-        (c0.support, c0.predicted, c0.train_count, c0.tier),
-        (4, 5, Some(250), Some(0))
-    );
+    assert_eq!((c0.support, c0.predicted, c0.train_count, c0.tier), (4, 5, Some(250), Some(0)));
     assert!(close(c0.precision, 0.6) && close(c0.recall, 0.75) && close(c0.f1, 2.0 / 3.0));
     assert_eq!(c0.name, "PF00000");
 }
 
 fn group(r: &[GroupAccuracy], name: &str) -> GroupAccuracy {
-    r.iter()
-        .find(|g| g.group == name)
-        .cloned()
-        .unwrap_or_else(|| panic!("no group {name}"))
+    r.iter().find(|g| g.group == name).cloned().unwrap_or_else(|| panic!("no group {name}"))
 }
 
 #[test]
 fn per_tier_accuracy() {
     // tiers_by_train_count(sizes, [2]): the two largest families (0: 250, 1: 60) are
     // tier 0, the other six tier 1.
-    assert_eq!(
-        tiers_by_train_count(&FAMILY_SIZE, &[2]),
-        [0, 0, 1, 1, 1, 1, 1, 1]
-    );
-    assert_eq!(
-        tiers_by_train_count(&FAMILY_SIZE, &[2, 4]),
-        [0, 0, 1, 2, 2, 2, 2, 1]
-    );
+    assert_eq!(tiers_by_train_count(&FAMILY_SIZE, &[2]), [0, 0, 1, 1, 1, 1, 1, 1]);
+    assert_eq!(tiers_by_train_count(&FAMILY_SIZE, &[2, 4]), [0, 0, 1, 2, 2, 2, 2, 1]);
     let r = example_report();
     assert_eq!(r.per_tier.len(), 2);
     // Tier 0 = samples 0-5: top-1 hits 0,1,2,4 -> 4/6; top-5 hits 0-4 -> 5/6.
@@ -155,16 +131,11 @@ fn accuracy_by_family_size_bins() {
 fn worst_families_by_recall_with_ties_by_support() {
     let r = example_report();
     let worst: Vec<u32> = r.worst_families.iter().map(|m| m.class).collect();
-    assert_eq!(
-        worst,
-        [2, 1, 0],
-        "recall 0, 0.5, 0.75; class 3 has no samples"
-    );
+    assert_eq!(worst, [2, 1, 0], "recall 0, 0.5, 0.75; class 3 has no samples");
     // All recalls 0: larger support first.
     let labels = [0, 1, 1, 2, 2, 2];
     let preds: Vec<Vec<u32>> = vec![vec![1], vec![0], vec![0], vec![0], vec![0], vec![0]];
-    let r = ClassificationReport::compute(3, &labels, Predictions::TopK(&preds), &[], None, None)
-        .unwrap();
+    let r = ClassificationReport::compute(3, &labels, Predictions::TopK(&preds), &[], None, None).unwrap();
     let worst: Vec<u32> = r.worst_families.iter().map(|m| m.class).collect();
     assert_eq!(worst, [2, 1, 0]);
     assert_eq!(r.worst_families[0].name, "class_2");
@@ -193,20 +164,10 @@ fn scores_give_the_same_report_as_ranked_lists() {
     .unwrap();
     assert_eq!(from_scores, example_report());
     // Ties rank the lower class id first, like argmax.
-    let r = ClassificationReport::compute(
-        4,
-        &[2],
-        Predictions::Scores(&[0.5, 0.9, 0.9, 0.1]),
-        &[],
-        None,
-        None,
-    )
-    .unwrap();
+    let r =
+        ClassificationReport::compute(4, &[2], Predictions::Scores(&[0.5, 0.9, 0.9, 0.1]), &[], None, None).unwrap();
     assert_eq!(r.accuracy, 0.0);
-    assert_eq!(
-        r.per_class.iter().find(|m| m.class == 1).unwrap().predicted,
-        1
-    );
+    assert_eq!(r.per_class.iter().find(|m| m.class == 1).unwrap().predicted, 1);
 }
 
 #[test]
@@ -217,15 +178,7 @@ fn json_round_trip_and_table() {
     assert_eq!(back, r);
     assert!(json.contains("\"macro_f1\""));
     let table = r.to_string();
-    for needle in [
-        "macro F1",
-        "0.2917",
-        "weighted F1",
-        "0.4583",
-        "tier 1",
-        "200+",
-        "PF00002",
-    ] {
+    for needle in ["macro F1", "0.2917", "weighted F1", "0.4583", "tier 1", "200+", "PF00002"] {
         assert!(table.contains(needle), "table lacks {needle}:\n{table}");
     }
 }
@@ -234,104 +187,27 @@ fn json_round_trip_and_table() {
 fn bad_input_gives_clear_errors() {
     let err = |r: anyhow::Result<ClassificationReport>| r.unwrap_err().to_string();
     let top: Vec<Vec<u32>> = vec![];
-    let e = err(ClassificationReport::compute(
-        3,
-        &[],
-        Predictions::TopK(&top),
-        &[],
-        None,
-        None,
-    ));
+    let e = err(ClassificationReport::compute(3, &[], Predictions::TopK(&top), &[], None, None));
     assert!(e.contains("no samples"), "{e}");
     let one = vec![vec![0u32]];
-    let e = err(ClassificationReport::compute(
-        3,
-        &[5],
-        Predictions::TopK(&one),
-        &[],
-        None,
-        None,
-    ));
+    let e = err(ClassificationReport::compute(3, &[5], Predictions::TopK(&one), &[], None, None));
     assert!(e.contains("label 5") && e.contains("out of range"), "{e}");
-    let e = err(ClassificationReport::compute(
-        3,
-        &[0, 1],
-        Predictions::TopK(&one),
-        &[],
-        None,
-        None,
-    ));
+    let e = err(ClassificationReport::compute(3, &[0, 1], Predictions::TopK(&one), &[], None, None));
     assert!(e.contains("1 prediction lists for 2 labels"), "{e}");
-    let e = err(ClassificationReport::compute(
-        3,
-        &[0],
-        Predictions::TopK(&[vec![]]),
-        &[],
-        None,
-        None,
-    ));
+    let e = err(ClassificationReport::compute(3, &[0], Predictions::TopK(&[vec![]]), &[], None, None));
     assert!(e.contains("empty prediction list"), "{e}");
-    let e = err(ClassificationReport::compute(
-        3,
-        &[0],
-        Predictions::TopK(&[vec![0, 9]]),
-        &[],
-        None,
-        None,
-    ));
+    let e = err(ClassificationReport::compute(3, &[0], Predictions::TopK(&[vec![0, 9]]), &[], None, None));
     assert!(e.contains("predicted class 9"), "{e}");
-    let e = err(ClassificationReport::compute(
-        3,
-        &[0],
-        Predictions::Scores(&[0.1, 0.2]),
-        &[],
-        None,
-        None,
-    ));
+    let e = err(ClassificationReport::compute(3, &[0], Predictions::Scores(&[0.1, 0.2]), &[], None, None));
     assert!(e.contains("expected 1 samples × 3 classes"), "{e}");
-    let e = err(ClassificationReport::compute(
-        2,
-        &[0],
-        Predictions::Scores(&[0.1, f32::NAN]),
-        &[],
-        None,
-        None,
-    ));
+    let e = err(ClassificationReport::compute(2, &[0], Predictions::Scores(&[0.1, f32::NAN]), &[], None, None));
     assert!(e.contains("NaN"), "{e}");
-    let e = err(ClassificationReport::compute(
-        3,
-        &[0],
-        Predictions::TopK(&one),
-        &names(2),
-        None,
-        None,
-    ));
+    let e = err(ClassificationReport::compute(3, &[0], Predictions::TopK(&one), &names(2), None, None));
     assert!(e.contains("2 class names for 3 classes"), "{e}");
-    let e = err(ClassificationReport::compute(
-        3,
-        &[0],
-        Predictions::TopK(&one),
-        &[],
-        Some(&[0, 1]),
-        None,
-    ));
+    let e = err(ClassificationReport::compute(3, &[0], Predictions::TopK(&one), &[], Some(&[0, 1]), None));
     assert!(e.contains("2 tiers"), "{e}");
-    let e = err(ClassificationReport::compute(
-        3,
-        &[0],
-        Predictions::TopK(&one),
-        &[],
-        None,
-        Some(&[1]),
-    ));
+    let e = err(ClassificationReport::compute(3, &[0], Predictions::TopK(&one), &[], None, Some(&[1])));
     assert!(e.contains("1 family sizes"), "{e}");
-    let e = err(ClassificationReport::compute(
-        0,
-        &[0],
-        Predictions::TopK(&one),
-        &[],
-        None,
-        None,
-    ));
+    let e = err(ClassificationReport::compute(0, &[0], Predictions::TopK(&one), &[], None, None));
     assert!(e.contains("n_classes"), "{e}");
 }

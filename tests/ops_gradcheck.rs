@@ -116,7 +116,9 @@ fn attention_with_only_some_inputs_trainable() {
     let q = param(&mut rng, &[11, 8], 1.0);
     let k = param(&mut rng, &[11, 8], 1.0).with_requires_grad(false);
     let v = param(&mut rng, &[11, 8], 1.0);
-    let f = move |t: &qf_engine::Tape, i: &[Tensor]| Ok(vec![ops::attention(t, &i[0], &i[1], &i[2], &layout, 2, 1.0, false)?.0]);
+    let f = move |t: &qf_engine::Tape, i: &[Tensor]| {
+        Ok(vec![ops::attention(t, &i[0], &i[1], &i[2], &layout, 2, 1.0, false)?.0])
+    };
     assert!(check(&f, &[q, k, v], &mut rng, 1e-6, 200) < TOL);
 }
 

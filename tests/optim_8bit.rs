@@ -6,9 +6,9 @@ mod common;
 use qf_engine::optim::adam8bit::{self, state_bytes, Adam8bitState, MIN_8BIT_SIZE};
 use qf_engine::optim::adamw_step::{adamw_step_f32, adamw_update, AdamConsts, AdamHyper};
 use qf_engine::optim::quant8::{
-    block_absmax, create_dynamic_map, dequantize_blockwise, encode_block_sign_preserving,
-    max_round_trip_error, nearest_code, quantize_blockwise, round_trip, signed_dynamic_map,
-    unsigned_dynamic_map, zero_code, QuantMap, BLOCK_SIZE,
+    block_absmax, create_dynamic_map, dequantize_blockwise, encode_block_sign_preserving, max_round_trip_error,
+    nearest_code, quantize_blockwise, round_trip, signed_dynamic_map, unsigned_dynamic_map, zero_code, QuantMap,
+    BLOCK_SIZE,
 };
 
 /// SplitMix64: a small deterministic generator (no `rand` dependency).
@@ -47,12 +47,7 @@ impl Rng {
 
 fn assert_strictly_sorted(map: &QuantMap) {
     for w in map.windows(2) {
-        assert!(
-            w[0] < w[1],
-            "map not strictly increasing at {} -> {}",
-            w[0],
-            w[1]
-        );
+        assert!(w[0] < w[1], "map not strictly increasing at {} -> {}", w[0], w[1]);
     }
 }
 
@@ -66,11 +61,7 @@ fn count_in(map: &QuantMap, lo: f32, hi: f32) -> usize {
 fn reference_map_f64(signed: bool) -> Vec<f64> {
     let mut data = vec![0.0, 1.0];
     for i in 0..7 {
-        let k = if signed {
-            1usize << i
-        } else {
-            1usize << (i + 1)
-        };
+        let k = if signed { 1usize << i } else { 1usize << (i + 1) };
         for j in 0..k {
             let mid = 0.1 + 0.9 * (2 * j + 1) as f64 / (2 * k) as f64;
             let x = 10f64.powi(i - 6) * mid;
@@ -97,11 +88,7 @@ fn signed_map_has_bitsandbytes_layout() {
     assert_eq!(map[0], -0.992_968_74_f32);
     assert!((map[0] as f64 + 0.99296875).abs() < 1e-7);
     for j in 1..=127 {
-        assert_eq!(
-            map[127 - j],
-            -map[127 + j],
-            "negative half mirrors the positive half at {j}"
-        );
+        assert_eq!(map[127 - j], -map[127 + j], "negative half mirrors the positive half at {j}");
     }
     assert_eq!(map.iter().filter(|&&x| x > 0.0).count(), 128);
     assert_eq!(map.iter().filter(|&&x| x < 0.0).count(), 127);
@@ -129,28 +116,19 @@ fn unsigned_map_has_bitsandbytes_layout() {
 
 #[test]
 fn maps_match_exact_construction_to_fp32_rounding() {
-    for (signed, map) in [
-        (true, signed_dynamic_map()),
-        (false, unsigned_dynamic_map()),
-    ] {
+    for (signed, map) in [(true, signed_dynamic_map()), (false, unsigned_dynamic_map())] {
         let reference = reference_map_f64(signed);
         assert_eq!(reference.len(), 256);
         for (k, (&got, &want)) in map.iter().zip(&reference).enumerate() {
             let tol = 1e-6 * want.abs();
-            assert!(
-                (got as f64 - want).abs() <= tol,
-                "signed={signed} code {k}: {got} vs exact {want}"
-            );
+            assert!((got as f64 - want).abs() <= tol, "signed={signed} code {k}: {got} vs exact {want}");
         }
     }
 }
 
 #[test]
 fn dynamic_map_rejects_what_bitsandbytes_rejects() {
-    assert!(
-        create_dynamic_map(false, 6).is_err(),
-        "unsigned needs 7 exponent bits"
-    );
+    assert!(create_dynamic_map(false, 6).is_err(), "unsigned needs 7 exponent bits");
     assert!(create_dynamic_map(true, 0).is_err());
     assert!(create_dynamic_map(true, 8).is_err());
     for bits in 1..=7 {
@@ -176,31 +154,16 @@ fn nearest_code_is_the_nearest_entry_and_ties_go_to_the_even_code() {
         for _ in 0..20_000 {
             // Log-uniform magnitudes so every decade is exercised.
             let mag = 10f64.powf(-7.5 + 7.6 * rng.uniform());
-            let u = if map[0] < 0.0 && rng.uniform() < 0.5 {
-                -mag
-            } else {
-                mag
-            } as f32;
+            let u = if map[0] < 0.0 && rng.uniform() < 0.5 { -mag } else { mag } as f32;
             let c = nearest_code(map, u) as usize;
-            let best = map
-                .iter()
-                .map(|&x| (x as f64 - u as f64).abs())
-                .fold(f64::MAX, f64::min);
-            assert!(
-                (map[c] as f64 - u as f64).abs() <= best + 1e-9,
-                "u={u} got code {c}"
-            );
+            let best = map.iter().map(|&x| (x as f64 - u as f64).abs()).fold(f64::MAX, f64::min);
+            assert!((map[c] as f64 - u as f64).abs() <= best + 1e-9, "u={u} got code {c}");
         }
         for k in 0..255 {
             let mid = (map[k] + map[k + 1]) * 0.5;
             if mid > map[k] && mid < map[k + 1] {
                 let even = if k % 2 == 0 { k } else { k + 1 };
-                assert_eq!(
-                    nearest_code(map, mid) as usize,
-                    even,
-                    "tie between {k} and {}",
-                    k + 1
-                );
+                assert_eq!(nearest_code(map, mid) as usize, even, "tie between {k} and {}", k + 1);
             }
         }
         assert_eq!(nearest_code(map, 2.0), 255);
@@ -217,16 +180,9 @@ fn check_round_trip(x: &[f32], map: &QuantMap) -> f64 {
     let bound = max_round_trip_error(map) + 2f32.powi(-22);
     for (b, (xb, yb)) in x.chunks(BLOCK_SIZE).zip(y.chunks(BLOCK_SIZE)).enumerate() {
         let absmax = xb.iter().fold(0f32, |a, v| a.max(v.abs()));
-        assert_eq!(
-            q.absmax[b], absmax,
-            "block {b}: absmax must be exactly max|x|"
-        );
+        assert_eq!(q.absmax[b], absmax, "block {b}: absmax must be exactly max|x|");
         for (&xi, &yi) in xb.iter().zip(yb) {
-            assert!(
-                (xi - yi).abs() <= absmax * bound,
-                "block {b}: {xi} -> {yi}, bound {}",
-                absmax * bound
-            );
+            assert!((xi - yi).abs() <= absmax * bound, "block {b}: {xi} -> {yi}, bound {}", absmax * bound);
         }
     }
     common::rel_err(&y, x)
@@ -263,9 +219,7 @@ fn zero_blocks_and_bad_input() {
     assert_eq!(round_trip(&x, signed_dynamic_map()).unwrap(), x);
     let mut bad = vec![1.0f32; 10];
     bad[3] = f32::NAN;
-    let err = quantize_blockwise(&bad, signed_dynamic_map())
-        .unwrap_err()
-        .to_string();
+    let err = quantize_blockwise(&bad, signed_dynamic_map()).unwrap_err().to_string();
     assert!(err.contains("element 3"), "{err}");
     let mut q = quantize_blockwise(&[1.0; 300], signed_dynamic_map()).unwrap();
     q.absmax.pop();
@@ -278,10 +232,7 @@ fn first_moment_keeps_its_sign_through_quantisation() {
     let values = [1.0f32, -1e-9, 1e-9, 0.0, -0.5];
     let mut codes = [0u8; 5];
     encode_block_sign_preserving(&values, block_absmax(&values), map, &mut codes);
-    assert!(
-        map[codes[1] as usize] < 0.0,
-        "tiny negative must stay negative"
-    );
+    assert!(map[codes[1] as usize] < 0.0, "tiny negative must stay negative");
     assert_eq!(codes[1], 126, "smallest negative entry");
     assert_eq!(map[codes[2] as usize], 0.0, "tiny positive rounds to zero");
     assert_eq!(map[codes[3] as usize], 0.0);
@@ -298,10 +249,7 @@ fn small_tensors_keep_fp32_state_and_byte_counts() {
         assert_eq!(Adam8bitState::new(n).bytes(), state_bytes(n), "n = {n}");
     }
     let per_param = state_bytes(1 << 20) as f64 / (1 << 20) as f64;
-    assert!(
-        (per_param - (2.0 + 8.0 / 256.0)).abs() < 1e-12,
-        "{per_param} bytes/param"
-    );
+    assert!((per_param - (2.0 + 8.0 / 256.0)).abs() < 1e-12, "{per_param} bytes/param");
     let (m, v) = Adam8bitState::new(5000).moments_f32();
     assert!(m.iter().chain(&v).all(|&x| x == 0.0));
 }
@@ -317,26 +265,14 @@ fn fp32_step_matches_two_hand_computed_steps() {
     //   bc2 = 1 − 0.998001 = 0.001999; m̂ = 0.02/0.19 = 0.105263158;
     //   sqrt(v̂) = sqrt(0.00031225/0.001999) = 0.395225381; update = 0.266337033;
     //   p ← 0.898101002 − 0.1·0.266337033 = 0.871467299.
-    let mut hp = AdamHyper {
-        lr: 0.1,
-        weight_decay: 0.01,
-        ..AdamHyper::default()
-    };
+    let mut hp = AdamHyper { lr: 0.1, weight_decay: 0.01, ..AdamHyper::default() };
     let (mut p, mut m, mut v) = (vec![1.0f32], vec![0.0f32], vec![0.0f32]);
     adamw_step_f32(&mut p, &[0.5], &mut m, &mut v, &hp).unwrap();
-    assert!(
-        (p[0] as f64 - 0.899_000_002).abs() < 1e-6,
-        "step 1: {}",
-        p[0]
-    );
+    assert!((p[0] as f64 - 0.899_000_002).abs() < 1e-6, "step 1: {}", p[0]);
     assert!((m[0] - 0.05).abs() < 1e-8 && (v[0] - 0.00025).abs() < 1e-10);
     hp.step = 2;
     adamw_step_f32(&mut p, &[-0.25], &mut m, &mut v, &hp).unwrap();
-    assert!(
-        (p[0] as f64 - 0.871_467_299).abs() < 1e-6,
-        "step 2: {}",
-        p[0]
-    );
+    assert!((p[0] as f64 - 0.871_467_299).abs() < 1e-6, "step 2: {}", p[0]);
     assert!((m[0] - 0.02).abs() < 1e-8 && (v[0] - 0.000_312_25).abs() < 1e-10);
 }
 
@@ -364,22 +300,12 @@ fn fp32_step_matches_an_f64_reference_with_grad_scale() {
     for step in 1..=5 {
         let g = rng.vec(n, 4.0, Rng::normal);
         let g64: Vec<f64> = g.iter().map(|&x| x as f64).collect();
-        let hp = AdamHyper {
-            lr: 1e-2,
-            weight_decay: 0.1,
-            step,
-            grad_scale: 0.25,
-            ..AdamHyper::default()
-        };
+        let hp = AdamHyper { lr: 1e-2, weight_decay: 0.1, step, grad_scale: 0.25, ..AdamHyper::default() };
         adamw_step_f32(&mut p, &g, &mut m, &mut v, &hp).unwrap();
         reference_adamw_f64(&mut p64, &g64, &mut m64, &mut v64, &hp);
     }
     let p64_f32: Vec<f32> = p64.iter().map(|&x| x as f32).collect();
-    assert!(
-        common::rel_err(&p, &p64_f32) < 1e-6,
-        "{}",
-        common::rel_err(&p, &p64_f32)
-    );
+    assert!(common::rel_err(&p, &p64_f32) < 1e-6, "{}", common::rel_err(&p, &p64_f32));
 }
 
 #[test]
@@ -390,12 +316,7 @@ fn first_8bit_step_equals_the_fp32_step_bit_for_bit() {
     let n = 5000;
     let p0 = rng.vec(n, 0.1, Rng::normal);
     let g = rng.vec(n, 1e-3, Rng::cauchy);
-    let hp = AdamHyper {
-        lr: 1e-3,
-        weight_decay: 0.01,
-        grad_scale: 0.5,
-        ..AdamHyper::default()
-    };
+    let hp = AdamHyper { lr: 1e-3, weight_decay: 0.01, grad_scale: 0.5, ..AdamHyper::default() };
     let (mut p32, mut m, mut v) = (p0.clone(), vec![0f32; n], vec![0f32; n]);
     adamw_step_f32(&mut p32, &g, &mut m, &mut v, &hp).unwrap();
     let mut p8 = p0.clone();
@@ -412,18 +333,8 @@ fn first_8bit_step_equals_the_fp32_step_bit_for_bit() {
         let r = b * BLOCK_SIZE..((b + 1) * BLOCK_SIZE).min(n);
         let (ma, va) = (block_absmax(&m[r.clone()]), block_absmax(&v[r.clone()]));
         for i in r {
-            assert!(
-                (m8[i] - m[i]).abs() <= ma * sb,
-                "m[{i}]: {} vs {}",
-                m8[i],
-                m[i]
-            );
-            assert!(
-                (v8[i] - v[i]).abs() <= va * ub,
-                "v[{i}]: {} vs {}",
-                v8[i],
-                v[i]
-            );
+            assert!((m8[i] - m[i]).abs() <= ma * sb, "m[{i}]: {} vs {}", m8[i], m[i]);
+            assert!((v8[i] - v[i]).abs() <= va * ub, "v[{i}]: {} vs {}", v8[i], v[i]);
         }
     }
 }
@@ -436,27 +347,17 @@ fn step_requantises_with_the_new_block_absmax() {
     let mut state = Adam8bitState::new(n);
     for step in 1..=3 {
         let g = rng.vec(n, 1e-2, Rng::student_t3);
-        let hp = AdamHyper {
-            lr: 1e-3,
-            step,
-            ..AdamHyper::default()
-        };
+        let hp = AdamHyper { lr: 1e-3, step, ..AdamHyper::default() };
         let (m_old, v_old) = state.moments_f32();
         let c = AdamConsts::new(&hp).unwrap();
         let mut expect_p = p.clone();
         let (mut expect_m, mut expect_v) = (m_old.clone(), v_old.clone());
         for i in 0..n {
-            (expect_p[i], expect_m[i], expect_v[i]) =
-                adamw_update(p[i], g[i], m_old[i], v_old[i], &c);
+            (expect_p[i], expect_m[i], expect_v[i]) = adamw_update(p[i], g[i], m_old[i], v_old[i], &c);
         }
         adam8bit::step(&mut p, &g, &mut state, &hp).unwrap();
-        assert_eq!(
-            p, expect_p,
-            "step {step}: parameters use the dequantised moments exactly"
-        );
-        let Adam8bitState::Blockwise8bit(q) = &state else {
-            panic!("expected 8-bit state")
-        };
+        assert_eq!(p, expect_p, "step {step}: parameters use the dequantised moments exactly");
+        let Adam8bitState::Blockwise8bit(q) = &state else { panic!("expected 8-bit state") };
         for b in 0..q.m_absmax.len() {
             let r = b * BLOCK_SIZE..((b + 1) * BLOCK_SIZE).min(n);
             assert_eq!(q.m_absmax[b], block_absmax(&expect_m[r.clone()]));
@@ -495,28 +396,13 @@ fn invalid_calls_are_errors_and_leave_parameters_untouched() {
     let mut state = Adam8bitState::new(5000);
     assert!(adam8bit::step(&mut p, &[0.0; 4999], &mut state, &AdamHyper::default()).is_err());
     let bad = [
-        AdamHyper {
-            step: 0,
-            ..AdamHyper::default()
-        },
-        AdamHyper {
-            beta1: 1.0,
-            ..AdamHyper::default()
-        },
-        AdamHyper {
-            lr: -1.0,
-            ..AdamHyper::default()
-        },
-        AdamHyper {
-            grad_scale: f64::NAN,
-            ..AdamHyper::default()
-        },
+        AdamHyper { step: 0, ..AdamHyper::default() },
+        AdamHyper { beta1: 1.0, ..AdamHyper::default() },
+        AdamHyper { lr: -1.0, ..AdamHyper::default() },
+        AdamHyper { grad_scale: f64::NAN, ..AdamHyper::default() },
     ];
     for hp in bad {
-        assert!(
-            adam8bit::step(&mut p, &[0.5; 5000], &mut state, &hp).is_err(),
-            "{hp:?}"
-        );
+        assert!(adam8bit::step(&mut p, &[0.5; 5000], &mut state, &hp).is_err(), "{hp:?}");
     }
     assert!(p.iter().all(|&x| x == 1.0));
     let mut small = Adam8bitState::new(3);
@@ -524,19 +410,10 @@ fn invalid_calls_are_errors_and_leave_parameters_untouched() {
 }
 
 /// Run the given steps with random gradients.
-fn run_steps(
-    p: &mut [f32],
-    state: &mut Adam8bitState,
-    rng: &mut Rng,
-    steps: std::ops::RangeInclusive<u64>,
-) {
+fn run_steps(p: &mut [f32], state: &mut Adam8bitState, rng: &mut Rng, steps: std::ops::RangeInclusive<u64>) {
     for step in steps {
         let g = rng.vec(p.len(), 1e-2, Rng::normal);
-        let hp = AdamHyper {
-            lr: 1e-3,
-            step,
-            ..AdamHyper::default()
-        };
+        let hp = AdamHyper { lr: 1e-3, step, ..AdamHyper::default() };
         adam8bit::step(p, &g, state, &hp).unwrap();
     }
 }
@@ -554,25 +431,16 @@ fn state_save_restore_gives_an_identical_next_step() {
         if state.is_8bit() {
             assert_eq!(
                 names,
-                [
-                    "layer.0.weight.state1",
-                    "layer.0.weight.absmax1",
-                    "layer.0.weight.state2",
-                    "layer.0.weight.absmax2"
-                ]
+                ["layer.0.weight.state1", "layer.0.weight.absmax1", "layer.0.weight.state2", "layer.0.weight.absmax2"]
             );
         } else {
             assert_eq!(names, ["layer.0.weight.state1", "layer.0.weight.state2"]);
         }
-        let bytes =
-            safetensors::serialize(tensors.iter().map(|t| (t.name.clone(), t)), None).unwrap();
+        let bytes = safetensors::serialize(tensors.iter().map(|t| (t.name.clone(), t)), None).unwrap();
         let file = safetensors::SafeTensors::deserialize(&bytes).unwrap();
         let mut restored = Adam8bitState::from_safetensors("layer.0.weight", n, &file).unwrap();
         assert_eq!(restored, state);
-        assert_eq!(
-            Adam8bitState::from_tensors("layer.0.weight", n, &tensors).unwrap(),
-            state
-        );
+        assert_eq!(Adam8bitState::from_tensors("layer.0.weight", n, &tensors).unwrap(), state);
 
         let mut p2 = p.clone();
         run_steps(&mut p, &mut state, &mut Rng(99), 4..=4);
@@ -586,22 +454,12 @@ fn state_save_restore_gives_an_identical_next_step() {
 fn restoring_bad_state_names_the_tensor() {
     let state = Adam8bitState::new(5000);
     let tensors = state.to_tensors("w");
-    let err = Adam8bitState::from_tensors("w", 5001, &tensors)
-        .unwrap_err()
-        .to_string();
+    let err = Adam8bitState::from_tensors("w", 5001, &tensors).unwrap_err().to_string();
     assert!(err.contains("w.state1") && err.contains("shape"), "{err}");
-    let err = Adam8bitState::from_tensors("x", 5000, &tensors)
-        .unwrap_err()
-        .to_string();
+    let err = Adam8bitState::from_tensors("x", 5000, &tensors).unwrap_err().to_string();
     assert!(err.contains("x.state1") && err.contains("missing"), "{err}");
-    let partial: Vec<_> = tensors
-        .iter()
-        .filter(|t| t.name != "w.absmax2")
-        .cloned()
-        .collect();
-    let err = Adam8bitState::from_tensors("w", 5000, &partial)
-        .unwrap_err()
-        .to_string();
+    let partial: Vec<_> = tensors.iter().filter(|t| t.name != "w.absmax2").cloned().collect();
+    let err = Adam8bitState::from_tensors("w", 5000, &partial).unwrap_err().to_string();
     assert!(err.contains("w.absmax2"), "{err}");
     let mut negative = tensors.clone();
     negative[1].data[..4].copy_from_slice(&(-1.0f32).to_le_bytes());
@@ -679,12 +537,7 @@ fn train(problem: &LeastSquares, eight_bit: bool) -> Vec<f64> {
     for step in 1..=300u64 {
         let (loss, gw, gb) = problem.loss_and_grad(&w, &b);
         losses.push(loss);
-        let hp = AdamHyper {
-            lr: 1e-2,
-            weight_decay: 1e-2,
-            step,
-            ..AdamHyper::default()
-        };
+        let hp = AdamHyper { lr: 1e-2, weight_decay: 1e-2, step, ..AdamHyper::default() };
         adam8bit::step(&mut w, &gw, &mut w_state, &hp).unwrap();
         adam8bit::step(&mut b, &gb, &mut b_state, &hp).unwrap();
     }
@@ -697,19 +550,9 @@ fn eight_bit_and_fp32_adamw_loss_curves_agree() {
     let problem = LeastSquares::new(&mut Rng(11), 256, 100);
     let fp32 = train(&problem, false);
     let int8 = train(&problem, true);
-    let worst = fp32
-        .iter()
-        .zip(&int8)
-        .map(|(a, b)| (a - b).abs() / a)
-        .fold(0f64, f64::max);
+    let worst = fp32.iter().zip(&int8).map(|(a, b)| (a - b).abs() / a).fold(0f64, f64::max);
     let (first, last) = (fp32[0], *fp32.last().unwrap());
-    eprintln!(
-        "loss fp32 {first:.4} -> {last:.4}, 8-bit -> {:.4}; worst relative gap {worst:.4}",
-        int8.last().unwrap()
-    );
+    eprintln!("loss fp32 {first:.4} -> {last:.4}, 8-bit -> {:.4}; worst relative gap {worst:.4}", int8.last().unwrap());
     assert!(last < 0.2 * first, "the problem must actually be optimised");
-    assert!(
-        worst < 0.03,
-        "8-bit and fp32 loss curves differ by {worst:.4}"
-    );
+    assert!(worst < 0.03, "8-bit and fp32 loss curves differ by {worst:.4}");
 }

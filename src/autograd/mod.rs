@@ -117,8 +117,7 @@ impl Tape {
             if outs.iter().all(Option::is_none) {
                 continue;
             }
-            (node.backward)(&outs, grads)
-                .map_err(|e| e.context(format!("in the backward pass of `{}`", node.name)))?;
+            (node.backward)(&outs, grads).map_err(|e| e.context(format!("in the backward pass of `{}`", node.name)))?;
         }
         Ok(())
     }

@@ -68,11 +68,7 @@ impl BatchConfig {
                  would not fit in a batch; raise max_tokens or lower max_len"
             );
         }
-        Ok(BatchConfig {
-            max_tokens,
-            max_len,
-            seed,
-        })
+        Ok(BatchConfig { max_tokens, max_len, seed })
     }
 
     /// Residues in a full window (`max_len − 2`).
@@ -122,10 +118,7 @@ impl PlannedBatch {
 /// Residue count of `row` from the token lengths, checking the row exists and is non-empty.
 fn residues_of(row: usize, token_lens: &[u32]) -> Result<usize> {
     match token_lens.get(row) {
-        None => bail!(
-            "row {row} is out of range: the set has {} rows",
-            token_lens.len()
-        ),
+        None => bail!("row {row} is out of range: the set has {} rows", token_lens.len()),
         Some(&t) if t < 3 => bail!("row {row} has no residues (token length {t})"),
         Some(&t) => Ok(t as usize - 2),
     }
@@ -142,12 +135,7 @@ pub fn crop_start(seed: u64, epoch: u64, row: usize, residues: usize, window: us
 }
 
 /// The training batches of one epoch (see the module documentation).
-pub fn training_plan(
-    rows: &[usize],
-    token_lens: &[u32],
-    cfg: &BatchConfig,
-    epoch: u64,
-) -> Result<Vec<PlannedBatch>> {
+pub fn training_plan(rows: &[usize], token_lens: &[u32], cfg: &BatchConfig, epoch: u64) -> Result<Vec<PlannedBatch>> {
     let window = cfg.window_residues();
     let mut rng = Rng::from_words(&[cfg.seed, epoch, SHUFFLE_STREAM]);
     let mut order = rows.to_vec();
@@ -156,11 +144,7 @@ pub fn training_plan(
     for &row in &order {
         let residues = residues_of(row, token_lens)?;
         let residue_start = crop_start(cfg.seed, epoch, row, residues, window);
-        items.push(PlanItem {
-            row,
-            residue_start,
-            residue_len: residues.min(window),
-        });
+        items.push(PlanItem { row, residue_start, residue_len: residues.min(window) });
     }
     sort_within_chunks(&mut items, cfg.max_tokens);
     let mut batches = fill_greedily(&items, cfg.max_tokens);
@@ -215,21 +199,13 @@ pub fn eval_windows(residues: usize, window: usize) -> Vec<(usize, usize)> {
 }
 
 /// Evaluation batches: every row, long rows as overlapping windows, in row order.
-pub fn eval_plan(
-    rows: &[usize],
-    token_lens: &[u32],
-    cfg: &BatchConfig,
-) -> Result<Vec<PlannedBatch>> {
+pub fn eval_plan(rows: &[usize], token_lens: &[u32], cfg: &BatchConfig) -> Result<Vec<PlannedBatch>> {
     let window = cfg.window_residues();
     let mut items = Vec::with_capacity(rows.len());
     for &row in rows {
         let residues = residues_of(row, token_lens)?;
         for (residue_start, residue_len) in eval_windows(residues, window) {
-            items.push(PlanItem {
-                row,
-                residue_start,
-                residue_len,
-            });
+            items.push(PlanItem { row, residue_start, residue_len });
         }
     }
     Ok(fill_greedily(&items, cfg.max_tokens))
@@ -252,18 +228,11 @@ fn token_table() -> &'static [u8; 256] {
 /// Build the model input of one planned batch. `label_of_row` gives the class of a row
 /// (all `None` for unlabelled prediction). Errors on rows or ranges outside the set and
 /// on a batch in which only some items have labels.
-pub fn pack(
-    batch: &[PlanItem],
-    set: &LabelledSet,
-    label_of_row: impl Fn(usize) -> Option<u32>,
-) -> Result<PackedBatch> {
+pub fn pack(batch: &[PlanItem], set: &LabelledSet, label_of_row: impl Fn(usize) -> Option<u32>) -> Result<PackedBatch> {
     if batch.is_empty() {
         bail!("cannot pack an empty batch");
     }
-    let crops = batch
-        .iter()
-        .map(|item| item_residues(item, set))
-        .collect::<Result<Vec<_>>>()?;
+    let crops = batch.iter().map(|item| item_residues(item, set)).collect::<Result<Vec<_>>>()?;
     let labels: Vec<Option<u32>> = batch.iter().map(|item| label_of_row(item.row)).collect();
     let labelled = labels.iter().any(Option::is_some);
     if let Some(i) = labels.iter().position(|l| labelled && l.is_none()) {
@@ -293,11 +262,7 @@ pub fn pack(
 /// The residues an item refers to, checked against the set.
 fn item_residues<'s>(item: &PlanItem, set: &'s LabelledSet) -> Result<&'s [u8]> {
     if item.row >= set.len() {
-        bail!(
-            "row {} is out of range: the set has {} rows",
-            item.row,
-            set.len()
-        );
+        bail!("row {} is out of range: the set has {} rows", item.row, set.len());
     }
     let seq = set.sequence_bytes(item.row);
     let end = item.residue_start.saturating_add(item.residue_len);
@@ -345,12 +310,7 @@ pub fn average_by_row(item_rows: &[usize], values: &[f32], width: usize) -> Resu
         );
     }
     let mut slot_of_row = std::collections::HashMap::new();
-    let mut out = RowAverages {
-        rows: Vec::new(),
-        windows: Vec::new(),
-        values: Vec::new(),
-        width,
-    };
+    let mut out = RowAverages { rows: Vec::new(), windows: Vec::new(), values: Vec::new(), width };
     let mut sums: Vec<f64> = Vec::new();
     for (i, &row) in item_rows.iter().enumerate() {
         let slot = *slot_of_row.entry(row).or_insert_with(|| {
@@ -360,10 +320,7 @@ pub fn average_by_row(item_rows: &[usize], values: &[f32], width: usize) -> Resu
             out.rows.len() - 1
         });
         out.windows[slot] += 1;
-        for (s, &v) in sums[slot * width..(slot + 1) * width]
-            .iter_mut()
-            .zip(&values[i * width..(i + 1) * width])
-        {
+        for (s, &v) in sums[slot * width..(slot + 1) * width].iter_mut().zip(&values[i * width..(i + 1) * width]) {
             *s += v as f64;
         }
     }
@@ -385,15 +342,9 @@ mod tests {
     #[test]
     fn config_refuses_window_over_budget() {
         let e = BatchConfig::new(512, 1024, 0).unwrap_err().to_string();
-        assert!(
-            e.contains("max_len 1024 exceeds the token budget max_tokens 512"),
-            "{e}"
-        );
+        assert!(e.contains("max_len 1024 exceeds the token budget max_tokens 512"), "{e}");
         assert!(BatchConfig::new(10, 2, 0).is_err());
-        assert_eq!(
-            BatchConfig::new(1024, 1024, 0).unwrap().window_residues(),
-            1022
-        );
+        assert_eq!(BatchConfig::new(1024, 1024, 0).unwrap().window_residues(), 1022);
     }
 
     #[test]
@@ -401,14 +352,8 @@ mod tests {
         assert_eq!(eval_windows(5, 10), vec![(0, 5)]);
         assert_eq!(eval_windows(10, 10), vec![(0, 10)]);
         assert_eq!(eval_windows(11, 10), vec![(0, 10), (1, 10)]);
-        assert_eq!(
-            eval_windows(25, 10),
-            vec![(0, 10), (5, 10), (10, 10), (15, 10)]
-        );
-        assert_eq!(
-            eval_windows(26, 10),
-            vec![(0, 10), (5, 10), (10, 10), (15, 10), (16, 10)]
-        );
+        assert_eq!(eval_windows(25, 10), vec![(0, 10), (5, 10), (10, 10), (15, 10)]);
+        assert_eq!(eval_windows(26, 10), vec![(0, 10), (5, 10), (10, 10), (15, 10), (16, 10)]);
     }
 
     #[test]

@@ -44,10 +44,8 @@ impl FromStr for ClassWeighting {
         let Some(alpha) = s.strip_prefix("tempered:") else {
             bail!("class weighting `{s}`: expected `none`, `balanced` or `tempered:<alpha>` (e.g. `tempered:0.5`)");
         };
-        let alpha: f64 = alpha
-            .trim()
-            .parse()
-            .map_err(|_| anyhow!("class weighting `{s}`: `{alpha}` is not a number"))?;
+        let alpha: f64 =
+            alpha.trim().parse().map_err(|_| anyhow!("class weighting `{s}`: `{alpha}` is not a number"))?;
         if !alpha.is_finite() || alpha < 0.0 {
             bail!("class weighting `{s}`: alpha must be a finite number >= 0");
         }
@@ -80,45 +78,26 @@ impl ClassWeights {
         if n == 0 {
             return 0.0;
         }
-        let total: f64 = counts
-            .iter()
-            .zip(&self.weights)
-            .map(|(&c, &w)| c as f64 * w as f64)
-            .sum();
+        let total: f64 = counts.iter().zip(&self.weights).map(|(&c, &w)| c as f64 * w as f64).sum();
         total / n as f64
     }
 }
 
 /// Weights for classes with `counts[c]` training rows each.
 pub fn class_weights(counts: &[usize], scheme: ClassWeighting) -> ClassWeights {
-    let zero_count_classes: Vec<usize> = counts
-        .iter()
-        .enumerate()
-        .filter(|&(_, &c)| c == 0)
-        .map(|(i, _)| i)
-        .collect();
+    let zero_count_classes: Vec<usize> = counts.iter().enumerate().filter(|&(_, &c)| c == 0).map(|(i, _)| i).collect();
     let n_samples = counts.iter().sum::<usize>() as f64;
     let n_present = (counts.len() - zero_count_classes.len()) as f64;
     let raw: Box<dyn Fn(f64) -> f64> = match scheme {
         ClassWeighting::None => Box::new(|_| 1.0),
         ClassWeighting::Balanced => Box::new(move |count| n_samples / (n_present * count)),
         ClassWeighting::Tempered { alpha } => {
-            let norm: f64 = counts
-                .iter()
-                .filter(|&&c| c > 0)
-                .map(|&c| (c as f64).powf(1.0 - alpha))
-                .sum();
+            let norm: f64 = counts.iter().filter(|&&c| c > 0).map(|&c| (c as f64).powf(1.0 - alpha)).sum();
             Box::new(move |count: f64| count.powf(-alpha) * n_samples / norm)
         }
     };
-    let weights = counts
-        .iter()
-        .map(|&c| if c == 0 { 0.0 } else { raw(c as f64) as f32 })
-        .collect();
-    ClassWeights {
-        weights,
-        zero_count_classes,
-    }
+    let weights = counts.iter().map(|&c| if c == 0 { 0.0 } else { raw(c as f64) as f32 }).collect();
+    ClassWeights { weights, zero_count_classes }
 }
 
 #[cfg(test)]
@@ -127,28 +106,13 @@ mod tests {
 
     #[test]
     fn parses_schemes() {
-        assert_eq!(
-            "none".parse::<ClassWeighting>().unwrap(),
-            ClassWeighting::None
-        );
-        assert_eq!(
-            "balanced".parse::<ClassWeighting>().unwrap(),
-            ClassWeighting::Balanced
-        );
-        assert_eq!(
-            "tempered:0.5".parse::<ClassWeighting>().unwrap(),
-            ClassWeighting::Tempered { alpha: 0.5 }
-        );
-        let e = "tempered:x"
-            .parse::<ClassWeighting>()
-            .unwrap_err()
-            .to_string();
+        assert_eq!("none".parse::<ClassWeighting>().unwrap(), ClassWeighting::None);
+        assert_eq!("balanced".parse::<ClassWeighting>().unwrap(), ClassWeighting::Balanced);
+        assert_eq!("tempered:0.5".parse::<ClassWeighting>().unwrap(), ClassWeighting::Tempered { alpha: 0.5 });
+        let e = "tempered:x".parse::<ClassWeighting>().unwrap_err().to_string();
         assert!(e.contains("`x` is not a number"), "{e}");
         assert!("tempered:-1".parse::<ClassWeighting>().is_err());
         assert!("inverse".parse::<ClassWeighting>().is_err());
-        assert_eq!(
-            ClassWeighting::Tempered { alpha: 0.5 }.to_string(),
-            "tempered:0.5"
-        );
+        assert_eq!(ClassWeighting::Tempered { alpha: 0.5 }.to_string(), "tempered:0.5");
     }
 }

@@ -21,11 +21,7 @@ use std::path::Path;
 
 fn check_square(map: &[f32], len: usize, what: &str) -> Result<()> {
     if map.len() != len * len {
-        bail!(
-            "{what} has {} values, expected L×L = {}",
-            map.len(),
-            len * len
-        );
+        bail!("{what} has {} values, expected L×L = {}", map.len(), len * len);
     }
     Ok(())
 }
@@ -127,20 +123,11 @@ pub fn default_scale(len: usize) -> u32 {
 
 /// Draw a contact map. `pred` is L×L probabilities (upper triangle used); `truth` is L×L
 /// labels 0 / 1 / other (not evaluated), e.g. [`crate::data::contacts::ContactLabels::masked`].
-pub fn render_contact_image(
-    pred: &[f32],
-    truth: Option<&[u8]>,
-    len: usize,
-    scale: u32,
-) -> Result<RgbImage> {
+pub fn render_contact_image(pred: &[f32], truth: Option<&[u8]>, len: usize, scale: u32) -> Result<RgbImage> {
     check_square(pred, len, "predicted contact map")?;
     if let Some(truth) = truth {
         if truth.len() != len * len {
-            bail!(
-                "true contact map has {} values, expected L×L = {}",
-                truth.len(),
-                len * len
-            );
+            bail!("true contact map has {} values, expected L×L = {}", truth.len(), len * len);
         }
     }
     if len == 0 || scale == 0 {
@@ -155,19 +142,11 @@ pub fn render_contact_image(
     for y in 0..side {
         for x in 0..side {
             let (i, j) = ((y / scale) as usize, (x / scale) as usize);
-            let colour = if i == j {
-                diagonal_colour(x, y)
-            } else {
-                cell_colour(pred, truth, len, i, j)
-            };
+            let colour = if i == j { diagonal_colour(x, y) } else { cell_colour(pred, truth, len, i, j) };
             pixels.extend_from_slice(&colour);
         }
     }
-    Ok(RgbImage {
-        width: side,
-        height: side,
-        pixels,
-    })
+    Ok(RgbImage { width: side, height: side, pixels })
 }
 
 /// A diagonal cell (never evaluated): light grey, with the one-pixel separator line.
@@ -214,9 +193,7 @@ pub fn encode_png(image: &RgbImage) -> Result<Vec<u8>> {
     encoder.set_color(png::ColorType::Rgb);
     encoder.set_depth(png::BitDepth::Eight);
     let mut writer = encoder.write_header().context("cannot encode PNG header")?;
-    writer
-        .write_image_data(&image.pixels)
-        .context("cannot encode PNG data")?;
+    writer.write_image_data(&image.pixels).context("cannot encode PNG data")?;
     writer.finish().context("cannot finish PNG")?;
     Ok(bytes)
 }

@@ -78,12 +78,7 @@ pub fn evaluation_mask(cb: &[[f32; 3]], min_sep: usize) -> Vec<u8> {
 
 /// Contacts and evaluation mask of a chain's C-betas.
 pub fn contact_labels(cb: &[[f32; 3]], cutoff: f32, min_sep: usize) -> ContactLabels {
-    ContactLabels {
-        len: cb.len(),
-        min_sep,
-        contacts: contact_map(cb, cutoff),
-        evaluated: evaluation_mask(cb, min_sep),
-    }
+    ContactLabels { len: cb.len(), min_sep, contacts: contact_map(cb, cutoff), evaluated: evaluation_mask(cb, min_sep) }
 }
 
 fn squared_distance(a: [f32; 3], b: [f32; 3]) -> f32 {
@@ -114,11 +109,7 @@ impl ContactLabels {
     /// Labels with the mask folded in: 0 or 1 where evaluated, [`UNKNOWN`] elsewhere — the
     /// form [`crate::metrics::contact::ContactMetrics::add`] takes.
     pub fn masked(&self) -> Vec<u8> {
-        self.contacts
-            .iter()
-            .zip(&self.evaluated)
-            .map(|(&c, &e)| if e == 1 { c } else { UNKNOWN })
-            .collect()
+        self.contacts.iter().zip(&self.evaluated).map(|(&c, &e)| if e == 1 { c } else { UNKNOWN }).collect()
     }
 }
 
@@ -204,31 +195,23 @@ impl ContactSet {
         if !dir.is_dir() {
             bail!("contact dataset directory {} does not exist", dir.display());
         }
-        Self::open_files(
-            &dir.join(format!("{split}.fasta")),
-            &dir.join(format!("{split}.safetensors")),
-        )
+        Self::open_files(&dir.join(format!("{split}.fasta")), &dir.join(format!("{split}.safetensors")))
     }
 
     /// `<prefix>.fasta` and `<prefix>.safetensors`, e.g. prefix `data/contacts/valid`.
     pub fn open_prefix(prefix: impl AsRef<Path>) -> Result<Self> {
         let prefix = prefix.as_ref().as_os_str().to_string_lossy().into_owned();
-        Self::open_files(
-            Path::new(&format!("{prefix}.fasta")),
-            Path::new(&format!("{prefix}.safetensors")),
-        )
+        Self::open_files(Path::new(&format!("{prefix}.fasta")), Path::new(&format!("{prefix}.safetensors")))
     }
 
     pub fn open_files(fasta: &Path, tensors: &Path) -> Result<Self> {
         let text = std::fs::read_to_string(fasta)
             .with_context(|| format!("cannot read contact dataset FASTA {}", fasta.display()))?;
         let records = parse_fasta(&text, &fasta.display().to_string())?;
-        let file = std::fs::File::open(tensors).with_context(|| {
-            format!("cannot open contact dataset tensors {}", tensors.display())
-        })?;
+        let file = std::fs::File::open(tensors)
+            .with_context(|| format!("cannot open contact dataset tensors {}", tensors.display()))?;
         // SAFETY: read-only map; the dataset files must not be modified while open.
-        let mmap = unsafe { Mmap::map(&file) }
-            .with_context(|| format!("cannot memory-map {}", tensors.display()))?;
+        let mmap = unsafe { Mmap::map(&file) }.with_context(|| format!("cannot memory-map {}", tensors.display()))?;
         let layout = read_tensor_layout(&mmap, tensors)?;
         let offsets = read_offsets(&mmap[layout.offsets.clone()], layout.rows, tensors)?;
         check_chain_lengths(&records, &offsets, fasta, tensors)?;
@@ -280,19 +263,13 @@ impl ContactSet {
 
     /// C-beta of every residue of chain `i`: borrowed from the map when aligned.
     pub fn cb(&self, i: usize) -> Cow<'_, [[f32; 3]]> {
-        points(
-            &self.mmap[self.cb_bytes.clone()],
-            self.offsets[i]..self.offsets[i + 1],
-        )
+        points(&self.mmap[self.cb_bytes.clone()], self.offsets[i]..self.offsets[i + 1])
     }
 
     /// CA of every residue of chain `i` (`None` when the file has no `ca` tensor).
     pub fn ca(&self, i: usize) -> Option<Cow<'_, [[f32; 3]]>> {
         let bytes = self.ca_bytes.clone()?;
-        Some(points(
-            &self.mmap[bytes],
-            self.offsets[i]..self.offsets[i + 1],
-        ))
+        Some(points(&self.mmap[bytes], self.offsets[i]..self.offsets[i + 1]))
     }
 
     /// Contact labels of chain `i`.
@@ -320,12 +297,7 @@ fn points(data: &[u8], rows: Range<usize>) -> Cow<'_, [[f32; 3]]> {
         }
     }
     let value = |b: &[u8]| f32::from_le_bytes([b[0], b[1], b[2], b[3]]);
-    Cow::Owned(
-        bytes
-            .chunks_exact(12)
-            .map(|p| [value(&p[0..4]), value(&p[4..8]), value(&p[8..12])])
-            .collect(),
-    )
+    Cow::Owned(bytes.chunks_exact(12).map(|p| [value(&p[0..4]), value(&p[4..8]), value(&p[8..12])]).collect())
 }
 
 /// Where the tensors lie in the file.
@@ -338,24 +310,18 @@ struct TensorLayout {
 
 fn read_tensor_layout(bytes: &[u8], path: &Path) -> Result<TensorLayout> {
     let shown = path.display();
-    let (header_len, metadata) = SafeTensors::read_metadata(bytes)
-        .map_err(|e| anyhow!("{shown}: not a valid safetensors file: {e}"))?;
+    let (header_len, metadata) =
+        SafeTensors::read_metadata(bytes).map_err(|e| anyhow!("{shown}: not a valid safetensors file: {e}"))?;
     let data_start = 8 + header_len;
     let tensor = |name: &str, dtype: Dtype| -> Result<Option<(Vec<usize>, Range<usize>)>> {
         let Some(info) = metadata.info(name) else {
             return Ok(None);
         };
         if info.dtype != dtype {
-            bail!(
-                "{shown}: tensor '{name}' has dtype {:?}, expected {dtype:?}",
-                info.dtype
-            );
+            bail!("{shown}: tensor '{name}' has dtype {:?}, expected {dtype:?}", info.dtype);
         }
         let (begin, end) = info.data_offsets;
-        Ok(Some((
-            info.shape.clone(),
-            data_start + begin..data_start + end,
-        )))
+        Ok(Some((info.shape.clone(), data_start + begin..data_start + end)))
     };
     let missing = |name: &str| anyhow!("{shown}: no tensor '{name}' (expected cb, ca, offsets)");
     let (cb_shape, cb) = tensor("cb", Dtype::F32)?.ok_or_else(|| missing("cb"))?;
@@ -370,48 +336,32 @@ fn read_tensor_layout(bytes: &[u8], path: &Path) -> Result<TensorLayout> {
         }
         None => None,
     };
-    let (offsets_shape, offsets) =
-        tensor("offsets", Dtype::I64)?.ok_or_else(|| missing("offsets"))?;
+    let (offsets_shape, offsets) = tensor("offsets", Dtype::I64)?.ok_or_else(|| missing("offsets"))?;
     if offsets_shape.len() != 1 || offsets_shape[0] == 0 {
         bail!("{shown}: tensor 'offsets' has shape {offsets_shape:?}, expected [N + 1]");
     }
-    Ok(TensorLayout {
-        rows,
-        cb,
-        ca,
-        offsets,
-    })
+    Ok(TensorLayout { rows, cb, ca, offsets })
 }
 
 /// R of an [R, 3] tensor.
 fn point_rows(shape: &[usize], name: &str, path: &Path) -> Result<usize> {
     match shape {
         [rows, 3] => Ok(*rows),
-        _ => bail!(
-            "{}: tensor '{name}' has shape {shape:?}, expected [R, 3]",
-            path.display()
-        ),
+        _ => bail!("{}: tensor '{name}' has shape {shape:?}, expected [R, 3]", path.display()),
     }
 }
 
 /// `offsets` as row indices: starts at 0, never decreases, ends at R.
 fn read_offsets(bytes: &[u8], rows: usize, path: &Path) -> Result<Vec<usize>> {
     let shown = path.display();
-    let values: Vec<i64> = bytes
-        .chunks_exact(8)
-        .map(|b| i64::from_le_bytes(b.try_into().expect("chunks of 8 bytes")))
-        .collect();
+    let values: Vec<i64> =
+        bytes.chunks_exact(8).map(|b| i64::from_le_bytes(b.try_into().expect("chunks of 8 bytes"))).collect();
     if values[0] != 0 {
         bail!("{shown}: offsets[0] is {}, expected 0", values[0]);
     }
     for (k, pair) in values.windows(2).enumerate() {
         if pair[1] < pair[0] {
-            bail!(
-                "{shown}: offsets are not monotone: offsets[{}] = {} < offsets[{k}] = {}",
-                k + 1,
-                pair[1],
-                pair[0]
-            );
+            bail!("{shown}: offsets are not monotone: offsets[{}] = {} < offsets[{k}] = {}", k + 1, pair[1], pair[0]);
         }
     }
     let last = *values.last().expect("offsets is not empty");
@@ -421,12 +371,7 @@ fn read_offsets(bytes: &[u8], rows: usize, path: &Path) -> Result<Vec<usize>> {
     Ok(values.into_iter().map(|v| v as usize).collect())
 }
 
-fn check_chain_lengths(
-    records: &[FastaRecord],
-    offsets: &[usize],
-    fasta: &Path,
-    tensors: &Path,
-) -> Result<()> {
+fn check_chain_lengths(records: &[FastaRecord], offsets: &[usize], fasta: &Path, tensors: &Path) -> Result<()> {
     let chains = offsets.len() - 1;
     if records.len() != chains {
         bail!(
@@ -489,47 +434,25 @@ fn parse_fasta(text: &str, source: &str) -> Result<Vec<FastaRecord>> {
             record.sequence.push_str(line);
         }
     }
-    records
-        .into_iter()
-        .map(|(record, declared)| check_fasta_record(record, declared, source))
-        .collect()
+    records.into_iter().map(|(record, declared)| check_fasta_record(record, declared, source)).collect()
 }
 
 /// Name (first word) and the `len=` field, when present.
-fn parse_fasta_header(
-    header: &str,
-    line_no: usize,
-    source: &str,
-) -> Result<(FastaRecord, Option<usize>)> {
+fn parse_fasta_header(header: &str, line_no: usize, source: &str) -> Result<(FastaRecord, Option<usize>)> {
     let name = header.split_whitespace().next().unwrap_or("");
     if name.is_empty() {
         bail!("{source}:{line_no}: FASTA header has no name");
     }
-    let declared = match header
-        .split_whitespace()
-        .find_map(|w| w.strip_prefix("len="))
-    {
-        Some(field) => Some(
-            field
-                .parse()
-                .map_err(|_| anyhow!("{source}:{line_no}: len={field} is not a number"))?,
-        ),
+    let declared = match header.split_whitespace().find_map(|w| w.strip_prefix("len=")) {
+        Some(field) => Some(field.parse().map_err(|_| anyhow!("{source}:{line_no}: len={field} is not a number"))?),
         None => None,
     };
-    let record = FastaRecord {
-        name: name.to_string(),
-        sequence: String::new(),
-        line: line_no,
-    };
+    let record = FastaRecord { name: name.to_string(), sequence: String::new(), line: line_no };
     Ok((record, declared))
 }
 
 /// Empty sequences are an error; a `len=` field must match the sequence.
-fn check_fasta_record(
-    record: FastaRecord,
-    declared: Option<usize>,
-    source: &str,
-) -> Result<FastaRecord> {
+fn check_fasta_record(record: FastaRecord, declared: Option<usize>, source: &str) -> Result<FastaRecord> {
     let line_no = record.line;
     if record.sequence.is_empty() {
         bail!("{source}:{line_no}: record {} has no sequence", record.name);

@@ -51,12 +51,9 @@ pub struct LabelledSet {
 /// (recognised by its magic bytes `1f 8b`, whatever the extension; multi-member
 /// gzip such as bgzip is read to the end).
 pub fn open_input(path: &Path) -> Result<Box<dyn BufRead + Send>> {
-    let file =
-        std::fs::File::open(path).with_context(|| format!("{}: cannot open", path.display()))?;
+    let file = std::fs::File::open(path).with_context(|| format!("{}: cannot open", path.display()))?;
     let mut reader = BufReader::with_capacity(1 << 18, file);
-    let magic = reader
-        .fill_buf()
-        .with_context(|| format!("{}: cannot read", path.display()))?;
+    let magic = reader.fill_buf().with_context(|| format!("{}: cannot read", path.display()))?;
     if magic.starts_with(&[0x1f, 0x8b]) {
         let decoder = flate2::bufread::MultiGzDecoder::new(reader);
         Ok(Box::new(BufReader::with_capacity(1 << 18, decoder)))
@@ -67,19 +64,11 @@ pub fn open_input(path: &Path) -> Result<Box<dyn BufRead + Send>> {
 
 /// Read the next line (without `\n` / `\r\n`) into `buf`; `false` at end of input.
 /// `line_no` is the 1-based number of the line read, used in the error text.
-pub fn read_line_bytes(
-    reader: &mut dyn BufRead,
-    buf: &mut Vec<u8>,
-    path: &Path,
-    line_no: usize,
-) -> Result<bool> {
+pub fn read_line_bytes(reader: &mut dyn BufRead, buf: &mut Vec<u8>, path: &Path, line_no: usize) -> Result<bool> {
     buf.clear();
-    let n = reader.read_until(b'\n', buf).with_context(|| {
-        format!(
-            "{}:{line_no}: cannot read (truncated or corrupt gzip?)",
-            path.display()
-        )
-    })?;
+    let n = reader
+        .read_until(b'\n', buf)
+        .with_context(|| format!("{}:{line_no}: cannot read (truncated or corrupt gzip?)", path.display()))?;
     if n == 0 {
         return Ok(false);
     }
@@ -107,8 +96,7 @@ pub fn find_bad_residue(seq: &[u8]) -> Option<usize> {
 
 /// True when every byte is an ASCII letter (branch-free, so it vectorizes).
 pub fn all_letters(seq: &[u8]) -> bool {
-    seq.iter()
-        .fold(true, |ok, &b| ok & ((b | 0x20).wrapping_sub(b'a') < 26))
+    seq.iter().fold(true, |ok, &b| ok & ((b | 0x20).wrapping_sub(b'a') < 26))
 }
 
 /// Human-readable description of the (possibly multi-byte) character at `pos`:
@@ -140,11 +128,7 @@ pub fn bad_residue_message(seq: &[u8], pos: usize) -> String {
 impl LabelledSet {
     /// An empty set.
     pub fn new() -> Self {
-        LabelledSet {
-            residue_offsets: vec![0],
-            name_offsets: vec![0],
-            ..Default::default()
-        }
+        LabelledSet { residue_offsets: vec![0], name_offsets: vec![0], ..Default::default() }
     }
 
     /// Assemble a set from already-built columns (used by the parallel CSV reader).
@@ -173,14 +157,7 @@ impl LabelledSet {
         if std::str::from_utf8(&names).is_err() {
             bail!("internal: sequence names are not UTF-8");
         }
-        Ok(LabelledSet {
-            residues,
-            residue_offsets,
-            names,
-            name_offsets,
-            family,
-            families,
-        })
+        Ok(LabelledSet { residues, residue_offsets, names, name_offsets, family, families })
     }
 
     /// Number of rows (sequences).
@@ -252,35 +229,22 @@ impl LabelledSet {
 
     /// Family id → family index.
     pub fn family_lookup(&self) -> HashMap<&str, u32> {
-        self.families
-            .iter()
-            .enumerate()
-            .map(|(i, f)| (f.id.as_str(), i as u32))
-            .collect()
+        self.families.iter().enumerate().map(|(i, f)| (f.id.as_str(), i as u32)).collect()
     }
 
     /// Index of the family with this id.
     pub fn family_index(&self, id: &str) -> Option<u32> {
-        self.families
-            .iter()
-            .position(|f| f.id == id)
-            .map(|i| i as u32)
+        self.families.iter().position(|f| f.id == id).map(|i| i as u32)
     }
 
     /// Model input length of every row: residues + `<cls>` + `<eos>`.
     pub fn token_lengths(&self) -> Vec<u32> {
-        self.residue_offsets
-            .windows(2)
-            .map(|w| (w[1] - w[0] + 2) as u32)
-            .collect()
+        self.residue_offsets.windows(2).map(|w| (w[1] - w[0] + 2) as u32).collect()
     }
 
     /// Residue count of every row.
     pub fn residue_lengths(&self) -> Vec<usize> {
-        self.residue_offsets
-            .windows(2)
-            .map(|w| w[1] - w[0])
-            .collect()
+        self.residue_offsets.windows(2).map(|w| w[1] - w[0]).collect()
     }
 
     /// Total number of residues.
@@ -291,10 +255,7 @@ impl LabelledSet {
     /// Number of residues that are letters outside the 20 canonical amino acids
     /// (`X B U Z O J` and other letters). ESM-2 has tokens for `X B U Z O`; others become `<unk>`.
     pub fn nonstandard_residues(&self) -> usize {
-        self.residues
-            .iter()
-            .filter(|&&b| !is_canonical_residue(b))
-            .count()
+        self.residues.iter().filter(|&&b| !is_canonical_residue(b)).count()
     }
 
     /// Row index of every name (first occurrence wins).
@@ -312,19 +273,15 @@ impl LabelledSet {
     /// Parallel: every name is hashed (FNV-1a), the `(hash, row)` pairs are sorted, and
     /// only rows with equal hashes are compared byte for byte.
     pub fn first_duplicate_name(&self) -> Option<(usize, usize)> {
-        let mut keyed: Vec<(u64, usize)> = (0..self.len())
-            .into_par_iter()
-            .map(|i| (fnv1a64(self.name_bytes(i)), i))
-            .collect();
+        let mut keyed: Vec<(u64, usize)> =
+            (0..self.len()).into_par_iter().map(|i| (fnv1a64(self.name_bytes(i)), i)).collect();
         keyed.par_sort_unstable();
         let mut best: Option<(usize, usize)> = None;
         for group in keyed.chunk_by(|a, b| a.0 == b.0).filter(|g| g.len() > 1) {
             // Rows ascending within a group; the first equal earlier row is the first occurrence.
             for (k, &(_, row)) in group.iter().enumerate().skip(1) {
                 let name = self.name_bytes(row);
-                let earlier = group[..k]
-                    .iter()
-                    .find(|&&(_, r)| self.name_bytes(r) == name);
+                let earlier = group[..k].iter().find(|&&(_, r)| self.name_bytes(r) == name);
                 if let Some(&(_, first)) = earlier {
                     if best.is_none_or(|(_, b)| row < b) {
                         best = Some((first, row));
@@ -353,8 +310,7 @@ impl LabelledSet {
     /// Append one row. `residues` must already be validated letters; they are stored
     /// upper-cased. Use [`LabelledSetBuilder`] from readers.
     fn push_row(&mut self, name: &str, residues: &[u8], family: Option<u32>) {
-        self.residues
-            .extend(residues.iter().map(|b| b.to_ascii_uppercase()));
+        self.residues.extend(residues.iter().map(|b| b.to_ascii_uppercase()));
         self.residue_offsets.push(self.residues.len());
         self.names.extend_from_slice(name.as_bytes());
         self.name_offsets.push(self.names.len());
@@ -377,10 +333,7 @@ pub struct LabelledSetBuilder {
 impl LabelledSetBuilder {
     /// An empty builder.
     pub fn new() -> Self {
-        LabelledSetBuilder {
-            set: LabelledSet::new(),
-            ..Default::default()
-        }
+        LabelledSetBuilder { set: LabelledSet::new(), ..Default::default() }
     }
 
     /// Number of rows pushed so far.
@@ -408,10 +361,7 @@ impl LabelledSetBuilder {
             return Ok(f);
         }
         let f = self.set.families.len() as u32;
-        self.set.families.push(Family {
-            id: id.to_string(),
-            accession: accession.map(str::to_string),
-        });
+        self.set.families.push(Family { id: id.to_string(), accession: accession.map(str::to_string) });
         self.family_index.insert(id.to_string(), f);
         Ok(f)
     }
@@ -435,10 +385,7 @@ impl LabelledSetBuilder {
             bail!("sequence `{name}`: {}", bad_residue_message(residues, pos));
         }
         if let Some(&first) = self.name_index.get(name) {
-            bail!(
-                "duplicate sequence name `{name}` (first seen as row {})",
-                first + 1
-            );
+            bail!("duplicate sequence name `{name}` (first seen as row {})", first + 1);
         }
         match self.labelled {
             None => self.labelled = Some(family.is_some()),
@@ -480,10 +427,7 @@ mod tests {
         assert_eq!(s.len(), 3);
         assert_eq!(s.sequence(0), "MKV");
         assert_eq!(s.name(1), "b/2-6");
-        assert_eq!(
-            s.family(2).unwrap().accession.as_deref(),
-            Some("PF00069.25")
-        );
+        assert_eq!(s.family(2).unwrap().accession.as_deref(), Some("PF00069.25"));
         assert_eq!(s.family_counts(), vec![2, 1]);
         assert_eq!(s.token_lengths(), vec![5, 7, 4]);
         assert_eq!(s.nonstandard_residues(), 2);

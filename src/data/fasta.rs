@@ -21,8 +21,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{anyhow, bail, Result};
 
 use crate::data::dataset::{
-    bad_residue_message, find_bad_residue, open_input, read_line_bytes, LabelledSet,
-    LabelledSetBuilder,
+    bad_residue_message, find_bad_residue, open_input, read_line_bytes, LabelledSet, LabelledSetBuilder,
 };
 
 /// Where the labels of a FASTA file come from.
@@ -75,28 +74,21 @@ pub fn read_label_tsv(path: &Path) -> Result<HashMap<String, (String, usize)>> {
         if text.trim().is_empty() || text.starts_with('#') {
             continue;
         }
-        let (name, label) = text
-            .split_once('\t')
-            .ok_or_else(|| at("expected `name<TAB>label` (no tab found)"))?;
+        let (name, label) = text.split_once('\t').ok_or_else(|| at("expected `name<TAB>label` (no tab found)"))?;
         let (name, label) = (name.trim(), label.trim());
         if name.is_empty() || label.is_empty() {
             return Err(at("empty name or label (expected `name<TAB>label`)"));
         }
         if let Some((old, old_line)) = labels.get(name) {
             if old != label {
-                return Err(at(&format!(
-                    "`{name}` is labelled `{label}` here but `{old}` at line {old_line}"
-                )));
+                return Err(at(&format!("`{name}` is labelled `{label}` here but `{old}` at line {old_line}")));
             }
             continue;
         }
         labels.insert(name.to_string(), (label.to_string(), line_no));
     }
     if labels.is_empty() {
-        bail!(
-            "{}: no `name<TAB>label` lines (empty label file?)",
-            path.display()
-        );
+        bail!("{}: no `name<TAB>label` lines (empty label file?)", path.display());
     }
     Ok(labels)
 }
@@ -123,14 +115,7 @@ struct FastaParser<'a> {
 
 impl<'a> FastaParser<'a> {
     fn new(path: &'a Path, labels: &'a FastaLabels, tsv: Option<TsvLabels<'a>>) -> Self {
-        FastaParser {
-            path,
-            labels,
-            tsv,
-            builder: LabelledSetBuilder::new(),
-            header_lines: Vec::new(),
-            current: None,
-        }
+        FastaParser { path, labels, tsv, builder: LabelledSetBuilder::new(), header_lines: Vec::new(), current: None }
     }
 
     fn error(&self, line_no: usize, what: impl std::fmt::Display) -> anyhow::Error {
@@ -155,18 +140,12 @@ impl<'a> FastaParser<'a> {
     }
 
     fn parse_header(&self, header: &[u8], line_no: usize) -> Result<Record> {
-        let text = std::str::from_utf8(header)
-            .map_err(|_| self.error(line_no, "header is not valid UTF-8"))?;
+        let text = std::str::from_utf8(header).map_err(|_| self.error(line_no, "header is not valid UTF-8"))?;
         let mut tokens = text.split_whitespace();
-        let name = tokens
-            .next()
-            .ok_or_else(|| self.error(line_no, "header has no sequence name after `>`"))?;
+        let name = tokens.next().ok_or_else(|| self.error(line_no, "header has no sequence name after `>`"))?;
         let label = match self.labels {
             FastaLabels::Header => Some(tokens.next().ok_or_else(|| {
-                self.error(
-                    line_no,
-                    format!("header of `{name}` has no label (expected `>name label`)"),
-                )
+                self.error(line_no, format!("header of `{name}` has no label (expected `>name label`)"))
             })?),
             _ => None,
         };
@@ -191,11 +170,7 @@ impl<'a> FastaParser<'a> {
                 ),
             ));
         }
-        let mut residues: Vec<u8> = line
-            .iter()
-            .copied()
-            .filter(|b| !b.is_ascii_whitespace())
-            .collect();
+        let mut residues: Vec<u8> = line.iter().copied().filter(|b| !b.is_ascii_whitespace()).collect();
         if residues.last() == Some(&b'*') {
             residues.pop();
             record.stop_line = Some(line_no);
@@ -221,24 +196,15 @@ impl<'a> FastaParser<'a> {
         if let Some(row) = self.builder.row_of_name(&record.name) {
             return Err(self.error(
                 line,
-                format!(
-                    "duplicate sequence name `{}` (first at line {})",
-                    record.name, self.header_lines[row]
-                ),
+                format!("duplicate sequence name `{}` (first at line {})", record.name, self.header_lines[row]),
             ));
         }
         let label = self.label_of(&record)?;
         let family = match label {
-            Some(l) => Some(
-                self.builder
-                    .intern_family(&l, None)
-                    .map_err(|e| self.error(line, e))?,
-            ),
+            Some(l) => Some(self.builder.intern_family(&l, None).map_err(|e| self.error(line, e))?),
             None => None,
         };
-        self.builder
-            .push(&record.name, &record.residues, family)
-            .map_err(|e| self.error(line, e))?;
+        self.builder.push(&record.name, &record.residues, family).map_err(|e| self.error(line, e))?;
         self.header_lines.push(line);
         Ok(())
     }
@@ -262,10 +228,7 @@ impl<'a> FastaParser<'a> {
     fn finish(mut self) -> Result<LabelledSet> {
         self.finish_record()?;
         if self.builder.is_empty() {
-            bail!(
-                "{}: no FASTA records (empty file, or no `>` header)",
-                self.path.display()
-            );
+            bail!("{}: no FASTA records (empty file, or no `>` header)", self.path.display());
         }
         Ok(self.builder.finish())
     }

@@ -4,6 +4,8 @@
 pub mod batch;
 pub mod batching;
 pub mod class_weights;
+pub mod contact_io;
+pub mod contacts;
 pub mod dataset;
 pub mod fasta;
 pub mod pfam;
@@ -11,4 +13,5 @@ pub mod rng;
 pub mod stats;
 pub mod stockholm;
 pub mod stratify;
+pub mod structure;
 pub mod tokenizer;

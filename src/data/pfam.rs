@@ -31,9 +31,7 @@ use anyhow::{anyhow, bail, Context, Result};
 use memmap2::Mmap;
 use rayon::prelude::*;
 
-use crate::data::dataset::{
-    all_letters, bad_residue_message, find_bad_residue, Family, LabelledSet,
-};
+use crate::data::dataset::{all_letters, bad_residue_message, find_bad_residue, Family, LabelledSet};
 use crate::data::rng::FnvBuildHasher;
 
 /// The header of Google's Pfam split files.
@@ -59,10 +57,7 @@ pub fn read_pfam_split(dir: &Path, split: &str) -> Result<LabelledSet> {
     let shards = list_shards(&split_dir)?;
     let set = read_pfam_shards(&shards)?;
     if set.is_empty() {
-        bail!(
-            "{}: the split has no rows (every shard holds only a header)",
-            split_dir.display()
-        );
+        bail!("{}: the split has no rows (every shard holds only a header)", split_dir.display());
     }
     Ok(set)
 }
@@ -81,10 +76,7 @@ pub fn list_shards(split_dir: &Path) -> Result<Vec<PathBuf>> {
         }
     }
     if found.is_empty() {
-        bail!(
-            "{}: no shards named data-NNNNN-of-MMMMM in this directory",
-            split_dir.display()
-        );
+        bail!("{}: no shards named data-NNNNN-of-MMMMM in this directory", split_dir.display());
     }
     found.sort();
     if let Some(w) = found.windows(2).find(|w| w[0].0 == w[1].0) {
@@ -114,10 +106,7 @@ pub fn list_shards(split_dir: &Path) -> Result<Vec<PathBuf>> {
         }
     }
     if found.len() != total {
-        bail!(
-            "{}: more shards than data-*-of-{total:05} promises",
-            split_dir.display()
-        );
+        bail!("{}: more shards than data-*-of-{total:05} promises", split_dir.display());
     }
     Ok(found.into_iter().map(|(_, _, p)| p).collect())
 }
@@ -176,32 +165,18 @@ struct Shard {
 
 impl Shard {
     fn open(path: &Path) -> Result<Shard> {
-        let file = std::fs::File::open(path)
-            .with_context(|| format!("{}: cannot open", path.display()))?;
-        let len = file
-            .metadata()
-            .with_context(|| format!("{}: cannot stat", path.display()))?
-            .len();
+        let file = std::fs::File::open(path).with_context(|| format!("{}: cannot open", path.display()))?;
+        let len = file.metadata().with_context(|| format!("{}: cannot stat", path.display()))?.len();
         if len == 0 {
-            bail!(
-                "{}: file is empty (expected the header `{PFAM_HEADER}`)",
-                path.display()
-            );
+            bail!("{}: file is empty (expected the header `{PFAM_HEADER}`)", path.display());
         }
         // SAFETY: the map is read-only and lives as long as this `Shard`; as with any
         // memory-mapped input, the file must not be truncated while it is being read.
-        let map = unsafe { Mmap::map(&file) }
-            .with_context(|| format!("{}: cannot memory-map", path.display()))?;
+        let map = unsafe { Mmap::map(&file) }.with_context(|| format!("{}: cannot memory-map", path.display()))?;
         let header_end = map.iter().position(|&b| b == b'\n').unwrap_or(map.len());
-        let columns = parse_header(&map[..header_end])
-            .map_err(|msg| anyhow!("{}:1: {msg}", path.display()))?;
+        let columns = parse_header(&map[..header_end]).map_err(|msg| anyhow!("{}:1: {msg}", path.display()))?;
         let data_start = (header_end + 1).min(map.len());
-        Ok(Shard {
-            path: path.to_path_buf(),
-            map,
-            columns,
-            data_start,
-        })
+        Ok(Shard { path: path.to_path_buf(), map, columns, data_start })
     }
 
     fn bytes(&self) -> &[u8] {
@@ -210,9 +185,7 @@ impl Shard {
 
     /// 1-based file line of the `k`-th line (0-based, blank lines included) of a chunk.
     fn line_number(&self, chunk: &Range<usize>, k: usize) -> usize {
-        let before = self.bytes()[self.data_start..chunk.start]
-            .iter()
-            .filter(|&&b| b == b'\n');
+        let before = self.bytes()[self.data_start..chunk.start].iter().filter(|&&b| b == b'\n');
         1 + before.count() + k + 1
     }
 }
@@ -224,21 +197,13 @@ fn parse_header(line: &[u8]) -> std::result::Result<Columns, String> {
     let text = String::from_utf8_lossy(line);
     let names: Vec<&str> = text.split(',').map(str::trim).collect();
     let find = |col: &str| names.iter().position(|n| *n == col);
-    let present: Vec<&str> = REQUIRED_COLUMNS
-        .iter()
-        .copied()
-        .filter(|c| find(c).is_some())
-        .collect();
+    let present: Vec<&str> = REQUIRED_COLUMNS.iter().copied().filter(|c| find(c).is_some()).collect();
     if present.is_empty() {
         let shown: String = text.chars().take(60).collect();
-        return Err(format!(
-            "no header: expected `{PFAM_HEADER}`, found `{shown}`"
-        ));
+        return Err(format!("no header: expected `{PFAM_HEADER}`, found `{shown}`"));
     }
     if let Some(missing) = REQUIRED_COLUMNS.iter().find(|c| find(c).is_none()) {
-        return Err(format!(
-            "header lacks column `{missing}` (header is `{text}`)"
-        ));
+        return Err(format!("header lacks column `{missing}` (header is `{text}`)"));
     }
     Ok(Columns {
         count: names.len(),
@@ -271,10 +236,7 @@ fn cut_chunks(shards: &[Shard]) -> Vec<Chunk> {
                 Some(p) => target + p + 1,
                 None => bytes.len(),
             };
-            chunks.push(Chunk {
-                shard: s,
-                range: start..end,
-            });
+            chunks.push(Chunk { shard: s, range: start..end });
             start = end;
         }
     }
@@ -382,23 +344,14 @@ fn check_row(row: &RowFields) -> std::result::Result<(), String> {
     }
     if !all_letters(row.sequence) {
         let pos = find_bad_residue(row.sequence).unwrap_or(0);
-        return Err(format!(
-            "column `sequence`: {}",
-            bad_residue_message(row.sequence, pos)
-        ));
+        return Err(format!("column `sequence`: {}", bad_residue_message(row.sequence, pos)));
     }
     Ok(())
 }
 
 /// Iterate the non-blank lines of a chunk with their 0-based line index.
 fn data_lines(bytes: &[u8]) -> impl Iterator<Item = (usize, &[u8])> {
-    Lines {
-        rest: bytes,
-        done: false,
-    }
-    .map(trim_cr)
-    .enumerate()
-    .filter(|(_, line)| !line.is_empty())
+    Lines { rest: bytes, done: false }.map(trim_cr).enumerate().filter(|(_, line)| !line.is_empty())
 }
 
 /// Lines of a byte slice split at `\n` (like `split`, but with a word-at-a-time search).
@@ -444,11 +397,7 @@ fn find_byte(hay: &[u8], needle: u8) -> Option<usize> {
         }
         at += 8;
     }
-    words
-        .remainder()
-        .iter()
-        .position(|&b| b == needle)
-        .map(|p| at + p)
+    words.remainder().iter().position(|&b| b == needle).map(|p| at + p)
 }
 
 /// Split a line at commas into `fields` (cleared first).
@@ -463,10 +412,7 @@ fn split_fields<'a>(line: &'a [u8], fields: &mut Vec<&'a [u8]>) {
 }
 
 /// Pass 1 over one chunk.
-fn scan_chunk<'a>(
-    bytes: &'a [u8],
-    columns: &Columns,
-) -> std::result::Result<ChunkScan<'a>, ChunkError> {
+fn scan_chunk<'a>(bytes: &'a [u8], columns: &Columns) -> std::result::Result<ChunkScan<'a>, ChunkError> {
     if bytes.len() > u32::MAX as usize {
         // Row spans are stored as u32 offsets; a 4 GiB chunk means a 4 GiB line.
         return Err(ChunkError {
@@ -485,23 +431,15 @@ fn scan_chunk<'a>(
     let mut local: HashMap<&'a [u8], u32, FnvBuildHasher> = HashMap::default();
     let mut fields = Vec::with_capacity(columns.count);
     for (k, line) in data_lines(bytes) {
-        let fail = |message: String| ChunkError {
-            line_in_chunk: k,
-            message,
-        };
+        let fail = |message: String| ChunkError { line_in_chunk: k, message };
         let row = split_row(line, columns, &mut fields).map_err(fail)?;
         check_row(&row).map_err(fail)?;
         let next = scan.families.len() as u32;
         let f = *local.entry(row.family_id).or_insert(next);
         if f == next {
-            scan.families
-                .push((row.family_id, row.accession, scan.rows));
+            scan.families.push((row.family_id, row.accession, scan.rows));
         } else if scan.families[f as usize].1 != row.accession {
-            return Err(fail(accession_conflict(
-                row.family_id,
-                row.accession,
-                scan.families[f as usize].1,
-            )));
+            return Err(fail(accession_conflict(row.family_id, row.accession, scan.families[f as usize].1)));
         }
         scan.family_local.push(f);
         scan.spans.push(RowSpan::new(bytes, row.name, row.sequence));
@@ -579,17 +517,11 @@ impl Layout {
 /// File and 1-based line of a global row (used only to report errors).
 fn locate_row(shards: &[Shard], chunks: &[Chunk], layout: &Layout, row: usize) -> (PathBuf, usize) {
     // Last chunk starting at or before `row`; chunks without rows share the next base.
-    let c = layout
-        .row_base
-        .partition_point(|&base| base <= row)
-        .saturating_sub(1);
+    let c = layout.row_base.partition_point(|&base| base <= row).saturating_sub(1);
     let chunk = &chunks[c];
     let shard = &shards[chunk.shard];
     let local = row - layout.row_base[c];
-    let k = data_lines(&shard.bytes()[chunk.range.clone()])
-        .nth(local)
-        .map(|(k, _)| k)
-        .unwrap_or(0);
+    let k = data_lines(&shard.bytes()[chunk.range.clone()]).nth(local).map(|(k, _)| k).unwrap_or(0);
     (shard.path.clone(), shard.line_number(&chunk.range, k))
 }
 
@@ -599,12 +531,7 @@ struct MergedFamilies {
     local_to_global: Vec<Vec<u32>>,
 }
 
-fn merge_families(
-    shards: &[Shard],
-    chunks: &[Chunk],
-    scans: &[ChunkScan],
-    layout: &Layout,
-) -> Result<MergedFamilies> {
+fn merge_families(shards: &[Shard], chunks: &[Chunk], scans: &[ChunkScan], layout: &Layout) -> Result<MergedFamilies> {
     let mut index: HashMap<&[u8], u32, FnvBuildHasher> = HashMap::default();
     let mut accessions: Vec<&[u8]> = Vec::new();
     let mut families = Vec::new();
@@ -617,27 +544,18 @@ fn merge_families(
             if g == next {
                 families.push(Family {
                     id: String::from_utf8_lossy(id).into_owned(),
-                    accession: (!accession.is_empty())
-                        .then(|| String::from_utf8_lossy(accession).into_owned()),
+                    accession: (!accession.is_empty()).then(|| String::from_utf8_lossy(accession).into_owned()),
                 });
                 accessions.push(accession);
             } else if accessions[g as usize] != accession {
-                let (path, line) =
-                    locate_row(shards, chunks, layout, layout.row_base[c] + first_row);
-                bail!(
-                    "{}:{line}: {}",
-                    path.display(),
-                    accession_conflict(id, accession, accessions[g as usize])
-                );
+                let (path, line) = locate_row(shards, chunks, layout, layout.row_base[c] + first_row);
+                bail!("{}:{line}: {}", path.display(), accession_conflict(id, accession, accessions[g as usize]));
             }
             map.push(g);
         }
         local_to_global.push(map);
     }
-    Ok(MergedFamilies {
-        families,
-        local_to_global,
-    })
+    Ok(MergedFamilies { families, local_to_global })
 }
 
 /// One chunk's disjoint slices of the final columns.
@@ -662,34 +580,14 @@ fn fill_set(
     let mut names = vec![0u8; layout.names];
     let mut name_offsets = vec![0usize; layout.rows + 1];
     let mut family = vec![0u32; layout.rows];
-    let targets = split_targets(
-        scans,
-        &mut residues,
-        &mut residue_offsets[1..],
-        &mut names,
-        &mut name_offsets[1..],
-        &mut family,
-    );
+    let targets =
+        split_targets(scans, &mut residues, &mut residue_offsets[1..], &mut names, &mut name_offsets[1..], &mut family);
     targets.into_par_iter().enumerate().for_each(|(c, target)| {
         let shard = &shards[chunks[c].shard];
         let bytes = &shard.bytes()[chunks[c].range.clone()];
-        fill_chunk(
-            bytes,
-            &scans[c],
-            &merged.local_to_global[c],
-            layout,
-            c,
-            target,
-        );
+        fill_chunk(bytes, &scans[c], &merged.local_to_global[c], layout, c, target);
     });
-    LabelledSet::from_parts(
-        residues,
-        residue_offsets,
-        names,
-        name_offsets,
-        family,
-        merged.families,
-    )
+    LabelledSet::from_parts(residues, residue_offsets, names, name_offsets, family, merged.families)
 }
 
 fn split_targets<'t>(
@@ -712,26 +610,13 @@ fn split_targets<'t>(
         name_ends = rest;
         let (f, rest) = std::mem::take(&mut family).split_at_mut(s.rows);
         family = rest;
-        targets.push(ChunkTarget {
-            residues: r,
-            residue_ends: re,
-            names: n,
-            name_ends: ne,
-            family: f,
-        });
+        targets.push(ChunkTarget { residues: r, residue_ends: re, names: n, name_ends: ne, family: f });
     }
     targets
 }
 
 /// Copy one validated chunk into its slices (residues upper-cased).
-fn fill_chunk(
-    bytes: &[u8],
-    scan: &ChunkScan,
-    to_global: &[u32],
-    layout: &Layout,
-    c: usize,
-    target: ChunkTarget,
-) {
+fn fill_chunk(bytes: &[u8], scan: &ChunkScan, to_global: &[u32], layout: &Layout, c: usize, target: ChunkTarget) {
     let (mut r_at, mut n_at) = (0usize, 0usize);
     for (row, span) in scan.spans.iter().enumerate() {
         let sequence = span.sequence(bytes);
@@ -757,18 +642,10 @@ mod tests {
         let hay = b"abc,defghijklmn,opqrstuvwxyz0123456789,";
         for start in 0..hay.len() {
             let h = &hay[start..];
-            assert_eq!(
-                find_byte(h, b','),
-                h.iter().position(|&b| b == b','),
-                "{start}"
-            );
+            assert_eq!(find_byte(h, b','), h.iter().position(|&b| b == b','), "{start}");
             assert_eq!(find_byte(h, b'\n'), None);
         }
-        let lines: Vec<&[u8]> = Lines {
-            rest: b"a\nbc\n\nd",
-            done: false,
-        }
-        .collect();
+        let lines: Vec<&[u8]> = Lines { rest: b"a\nbc\n\nd", done: false }.collect();
         assert_eq!(lines, vec![&b"a"[..], b"bc", b"", b"d"]);
         let mut fields = Vec::new();
         split_fields(b"x,,yz,", &mut fields);
@@ -785,15 +662,11 @@ mod tests {
 
     #[test]
     fn header_names_missing_column() {
-        let e =
-            parse_header(b"family_id,sequence_name,family_accession,aligned_sequence").unwrap_err();
+        let e = parse_header(b"family_id,sequence_name,family_accession,aligned_sequence").unwrap_err();
         assert!(e.contains("lacks column `sequence`"), "{e}");
         let e = parse_header(b"Pkinase,P1/1-9,PF1.1,MKV,MKV").unwrap_err();
         assert!(e.starts_with("no header"), "{e}");
         let c = parse_header(PFAM_HEADER.as_bytes()).unwrap();
-        assert_eq!(
-            (c.count, c.family_id, c.name, c.accession, c.sequence),
-            (5, 0, 1, 2, 4)
-        );
+        assert_eq!((c.count, c.family_id, c.name, c.accession, c.sequence), (5, 0, 1, 2, 4));
     }
 }

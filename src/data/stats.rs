@@ -101,11 +101,7 @@ pub fn gini(sizes: &[usize]) -> f64 {
     if total == 0.0 {
         return 0.0;
     }
-    let weighted: f64 = x
-        .iter()
-        .enumerate()
-        .map(|(i, &v)| (2.0 * (i + 1) as f64 - n - 1.0) * v as f64)
-        .sum();
+    let weighted: f64 = x.iter().enumerate().map(|(i, &v)| (2.0 * (i + 1) as f64 - n - 1.0) * v as f64).sum();
     weighted / (n * total)
 }
 
@@ -113,11 +109,7 @@ pub fn gini(sizes: &[usize]) -> f64 {
 pub fn length_summary(set: &LabelledSet) -> LengthSummary {
     let mut lengths = set.residue_lengths();
     lengths.sort_unstable();
-    let mean = if lengths.is_empty() {
-        0.0
-    } else {
-        set.total_residues() as f64 / lengths.len() as f64
-    };
+    let mean = if lengths.is_empty() { 0.0 } else { set.total_residues() as f64 / lengths.len() as f64 };
     LengthSummary {
         min: lengths.first().copied().unwrap_or(0),
         median: percentile(&lengths, 50.0),
@@ -141,22 +133,14 @@ fn size_bands(sizes: &[usize]) -> SizeBands {
 
 /// Statistics of `set`, with tier coverage for `spec` (e.g. `1000x200,4000x50`).
 pub fn dataset_stats(set: &LabelledSet, spec: &StratifySpec) -> Result<DatasetStats> {
-    let long_rows = set
-        .residue_lengths()
-        .iter()
-        .filter(|&&l| l > LONG_ROW_RESIDUES)
-        .count();
+    let long_rows = set.residue_lengths().iter().filter(|&&l| l > LONG_ROW_RESIDUES).count();
     let mut stats = DatasetStats {
         sequences: set.len(),
         residues: set.total_residues(),
         families: 0,
         length: length_summary(set),
         long_rows,
-        long_share: if set.is_empty() {
-            0.0
-        } else {
-            long_rows as f64 / set.len() as f64
-        },
+        long_share: if set.is_empty() { 0.0 } else { long_rows as f64 / set.len() as f64 },
         nonstandard_residues: set.nonstandard_residues(),
         gini: None,
         family_size_median: None,
@@ -176,11 +160,8 @@ pub fn dataset_stats(set: &LabelledSet, spec: &StratifySpec) -> Result<DatasetSt
     stats.gini = Some(gini(&sizes));
     stats.family_size_median = Some(percentile(&ascending, 50.0));
     stats.size_bands = Some(size_bands(&sizes));
-    stats.largest_families = ranked
-        .iter()
-        .take(10)
-        .map(|r| (set.families()[r.family as usize].id.clone(), r.count))
-        .collect();
+    stats.largest_families =
+        ranked.iter().take(10).map(|r| (set.families()[r.family as usize].id.clone(), r.count)).collect();
     for (tier, range) in spec.tiers.iter().zip(tier_ranges(ranked.len(), spec)) {
         let members = &sizes[range];
         let rows: usize = members.iter().sum();
@@ -217,30 +198,16 @@ impl fmt::Display for DatasetStats {
             self.long_rows,
             100.0 * self.long_share
         )?;
-        writeln!(
-            f,
-            "{:<28} {}",
-            "non-standard residues", self.nonstandard_residues
-        )?;
-        if let (Some(g), Some(m), Some(b)) = (self.gini, self.family_size_median, &self.size_bands)
-        {
+        writeln!(f, "{:<28} {}", "non-standard residues", self.nonstandard_residues)?;
+        if let (Some(g), Some(m), Some(b)) = (self.gini, self.family_size_median, &self.size_bands) {
             writeln!(f, "{:<28} {g:.4}", "Gini of family sizes")?;
             writeln!(f, "{:<28} {m:.1}", "median family size")?;
             writeln!(
                 f,
                 "{:<28} >=200: {}, 50-199: {}, 10-49: {}, <10: {} ({} singletons)",
-                "families by size",
-                b.at_least_200,
-                b.from_50_to_199,
-                b.from_10_to_49,
-                b.below_10,
-                b.singletons
+                "families by size", b.at_least_200, b.from_50_to_199, b.from_10_to_49, b.below_10, b.singletons
             )?;
-            let largest: Vec<String> = self
-                .largest_families
-                .iter()
-                .map(|(id, n)| format!("{id} ({n})"))
-                .collect();
+            let largest: Vec<String> = self.largest_families.iter().map(|(id, n)| format!("{id} ({n})")).collect();
             writeln!(f, "{:<28} {}", "largest families", largest.join(", "))?;
             writeln!(f, "selection {}:", self.spec)?;
             writeln!(
@@ -249,9 +216,7 @@ impl fmt::Display for DatasetStats {
                 "tier", "asked", "families", "rows", "capped", "% rows", "largest", "smallest"
             )?;
             for t in &self.tiers {
-                let asked = t
-                    .families_requested
-                    .map_or("rest".to_string(), |n| n.to_string());
+                let asked = t.families_requested.map_or("rest".to_string(), |n| n.to_string());
                 writeln!(
                     f,
                     "  {:<10} {:>8} {:>9} {:>10} {:>10} {:>7.1}% {:>8} {:>8}",

@@ -21,9 +21,7 @@ use std::path::Path;
 
 use anyhow::{anyhow, bail, Result};
 
-use crate::data::dataset::{
-    describe_char_at, open_input, read_line_bytes, LabelledSet, LabelledSetBuilder,
-};
+use crate::data::dataset::{describe_char_at, open_input, read_line_bytes, LabelledSet, LabelledSetBuilder};
 
 /// Read every record of a Stockholm file (gzip recognised by content).
 pub fn read_stockholm(path: &Path) -> Result<LabelledSet> {
@@ -115,20 +113,12 @@ impl<'a> StockholmParser<'a> {
         let text = String::from_utf8_lossy(rest);
         let mut parts = text.trim().splitn(2, char::is_whitespace);
         let tag = parts.next().unwrap_or("");
-        let value = parts
-            .next()
-            .unwrap_or("")
-            .trim()
-            .trim_end_matches(';')
-            .trim();
+        let value = parts.next().unwrap_or("").trim().trim_end_matches(';').trim();
         if tag != "ID" && tag != "AC" {
             return Ok(());
         }
         if value.is_empty() || value.contains(char::is_whitespace) {
-            return Err(self.error(
-                line_no,
-                format!("`#=GF {tag}` needs one value, found `{value}`"),
-            ));
+            return Err(self.error(line_no, format!("`#=GF {tag}` needs one value, found `{value}`")));
         }
         match tag {
             "ID" => self.record.id = Some(value.to_string()),
@@ -138,26 +128,14 @@ impl<'a> StockholmParser<'a> {
     }
 
     fn sequence_line(&mut self, line: &[u8], line_no: usize) -> Result<()> {
-        let fields: Vec<&[u8]> = line
-            .split(u8::is_ascii_whitespace)
-            .filter(|f| !f.is_empty())
-            .collect();
+        let fields: Vec<&[u8]> = line.split(u8::is_ascii_whitespace).filter(|f| !f.is_empty()).collect();
         if fields.len() != 2 {
-            return Err(self.error(
-                line_no,
-                format!(
-                    "expected `name aligned-sequence`, found {} fields",
-                    fields.len()
-                ),
-            ));
+            return Err(self.error(line_no, format!("expected `name aligned-sequence`, found {} fields", fields.len())));
         }
-        let name = std::str::from_utf8(fields[0])
-            .map_err(|_| self.error(line_no, "sequence name is not valid UTF-8"))?;
+        let name =
+            std::str::from_utf8(fields[0]).map_err(|_| self.error(line_no, "sequence name is not valid UTF-8"))?;
         let aligned = fields[1];
-        if let Some(pos) = aligned
-            .iter()
-            .position(|&b| !(b.is_ascii_alphabetic() || b == b'.' || b == b'-'))
-        {
+        if let Some(pos) = aligned.iter().position(|&b| !(b.is_ascii_alphabetic() || b == b'.' || b == b'-')) {
             return Err(self.error(
                 line_no,
                 format!(
@@ -169,21 +147,14 @@ impl<'a> StockholmParser<'a> {
             ));
         }
         if !self.record.names_in_block.insert(name.to_string()) {
-            return Err(self.error(
-                line_no,
-                format!("`{name}` appears twice in one alignment block"),
-            ));
+            return Err(self.error(line_no, format!("`{name}` appears twice in one alignment block")));
         }
         let record = &mut self.record;
         match record.row_index.get(name) {
             Some(&i) => record.rows[i].aligned.extend_from_slice(aligned),
             None => {
                 record.row_index.insert(name.to_string(), record.rows.len());
-                record.rows.push(AlignedRow {
-                    name: name.to_string(),
-                    aligned: aligned.to_vec(),
-                    first_line: line_no,
-                });
+                record.rows.push(AlignedRow { name: name.to_string(), aligned: aligned.to_vec(), first_line: line_no });
             }
         }
         Ok(())
@@ -192,22 +163,16 @@ impl<'a> StockholmParser<'a> {
     fn finish_record(&mut self, end_line: usize) -> Result<()> {
         let record = std::mem::take(&mut self.record);
         let Some(id) = record.id.clone() else {
-            return Err(self.error(
-                end_line,
-                format!(
-                    "record starting at line {} has no `#=GF ID` line",
-                    record.start_line
-                ),
-            ));
+            return Err(
+                self.error(end_line, format!("record starting at line {} has no `#=GF ID` line", record.start_line))
+            );
         };
         if record.rows.is_empty() {
             return Err(self.error(end_line, format!("family `{id}` has no sequences")));
         }
         check_equal_widths(&record.rows, &id).map_err(|e| self.error(end_line, e))?;
-        let family = self
-            .builder
-            .intern_family(&id, record.accession.as_deref())
-            .map_err(|e| self.error(end_line, e))?;
+        let family =
+            self.builder.intern_family(&id, record.accession.as_deref()).map_err(|e| self.error(end_line, e))?;
         for row in &record.rows {
             self.store_row(row, &id, family)?;
         }
@@ -218,29 +183,15 @@ impl<'a> StockholmParser<'a> {
         if let Some((line, other)) = self.first_seen.get(&row.name) {
             return Err(self.error(
                 row.first_line,
-                format!(
-                    "duplicate sequence name `{}` (also in family `{other}` at line {line})",
-                    row.name
-                ),
+                format!("duplicate sequence name `{}` (also in family `{other}` at line {line})", row.name),
             ));
         }
-        let residues: Vec<u8> = row
-            .aligned
-            .iter()
-            .copied()
-            .filter(|&b| b != b'.' && b != b'-')
-            .collect();
+        let residues: Vec<u8> = row.aligned.iter().copied().filter(|&b| b != b'.' && b != b'-').collect();
         if residues.is_empty() {
-            return Err(self.error(
-                row.first_line,
-                format!("row `{}` of family `{id}` is all gaps", row.name),
-            ));
+            return Err(self.error(row.first_line, format!("row `{}` of family `{id}` is all gaps", row.name)));
         }
-        self.builder
-            .push(&row.name, &residues, Some(family))
-            .map_err(|e| self.error(row.first_line, e))?;
-        self.first_seen
-            .insert(row.name.clone(), (row.first_line, id.to_string()));
+        self.builder.push(&row.name, &residues, Some(family)).map_err(|e| self.error(row.first_line, e))?;
+        self.first_seen.insert(row.name.clone(), (row.first_line, id.to_string()));
         Ok(())
     }
 
@@ -248,17 +199,11 @@ impl<'a> StockholmParser<'a> {
         if self.record.has_content() {
             return Err(self.error(
                 last_line.max(1),
-                format!(
-                    "file ends inside the record starting at line {} (missing `//`)",
-                    self.record.start_line
-                ),
+                format!("file ends inside the record starting at line {} (missing `//`)", self.record.start_line),
             ));
         }
         if self.builder.is_empty() {
-            bail!(
-                "{}: no Stockholm records (empty file?)",
-                self.path.display()
-            );
+            bail!("{}: no Stockholm records (empty file?)", self.path.display());
         }
         Ok(self.builder.finish())
     }

@@ -60,22 +60,12 @@ pub struct StratifySpec {
 impl StratifySpec {
     /// Every family, every row.
     pub fn all() -> Self {
-        StratifySpec {
-            tiers: vec![Tier {
-                families: None,
-                max_per_family: None,
-            }],
-        }
+        StratifySpec { tiers: vec![Tier { families: None, max_per_family: None }] }
     }
 
     /// The `n` largest families, every row.
     pub fn top(n: usize) -> Self {
-        StratifySpec {
-            tiers: vec![Tier {
-                families: Some(n),
-                max_per_family: None,
-            }],
-        }
+        StratifySpec { tiers: vec![Tier { families: Some(n), max_per_family: None }] }
     }
 }
 
@@ -119,16 +109,9 @@ fn parse_tier(part: &str, whole: &str) -> Result<Tier> {
         Some((c, m)) => (c.trim(), Some(m.trim())),
         None => (part, None),
     };
-    let families = if count == "rest" {
-        None
-    } else {
-        Some(parse_count(count, whole)?)
-    };
+    let families = if count == "rest" { None } else { Some(parse_count(count, whole)?) };
     let max_per_family = cap.map(|m| parse_count(m, whole)).transpose()?;
-    Ok(Tier {
-        families,
-        max_per_family,
-    })
+    Ok(Tier { families, max_per_family })
 }
 
 fn parse_count(text: &str, whole: &str) -> Result<usize> {
@@ -162,17 +145,10 @@ pub fn rank_families(set: &LabelledSet) -> Result<Vec<RankedFamily>> {
         .into_iter()
         .enumerate()
         .filter(|&(_, count)| count > 0)
-        .map(|(f, count)| RankedFamily {
-            family: f as u32,
-            count,
-        })
+        .map(|(f, count)| RankedFamily { family: f as u32, count })
         .collect();
     ranked.sort_by(|a, b| {
-        b.count.cmp(&a.count).then_with(|| {
-            families[a.family as usize]
-                .id
-                .cmp(&families[b.family as usize].id)
-        })
+        b.count.cmp(&a.count).then_with(|| families[a.family as usize].id.cmp(&families[b.family as usize].id))
     });
     Ok(ranked)
 }
@@ -212,19 +188,12 @@ impl LabelMap {
 
     /// Family id → class index.
     pub fn lookup(&self) -> HashMap<&str, u32> {
-        self.classes
-            .iter()
-            .enumerate()
-            .map(|(i, c)| (c.as_str(), i as u32))
-            .collect()
+        self.classes.iter().enumerate().map(|(i, c)| (c.as_str(), i as u32)).collect()
     }
 
     /// Class index of a family id.
     pub fn class_of(&self, family_id: &str) -> Option<u32> {
-        self.classes
-            .iter()
-            .position(|c| c == family_id)
-            .map(|i| i as u32)
+        self.classes.iter().position(|c| c == family_id).map(|i| i as u32)
     }
 }
 
@@ -287,26 +256,14 @@ impl fmt::Display for Stratified {
             "tier", "asked", "families", "rows avail", "rows kept", "largest", "smallest"
         )?;
         for t in &self.tiers {
-            let asked = t
-                .families_requested
-                .map_or("rest".to_string(), |n| n.to_string());
+            let asked = t.families_requested.map_or("rest".to_string(), |n| n.to_string());
             writeln!(
                 f,
                 "{:<10} {:>9} {:>9} {:>10} {:>10} {:>8} {:>8}",
-                t.tier,
-                asked,
-                t.families,
-                t.rows_available,
-                t.rows_selected,
-                t.largest_family,
-                t.smallest_family
+                t.tier, asked, t.families, t.rows_available, t.rows_selected, t.largest_family, t.smallest_family
             )?;
         }
-        write!(
-            f,
-            "left out: {} families, {} rows",
-            self.unselected_families, self.unselected_rows
-        )
+        write!(f, "left out: {} families, {} rows", self.unselected_families, self.unselected_rows)
     }
 }
 
@@ -341,12 +298,8 @@ pub fn stratify(train: &LabelledSet, spec: &StratifySpec, seed: u64) -> Result<S
     let ranges = tier_ranges(ranked.len(), spec);
     let rows_of_family = rows_by_family(train);
     let families = train.families();
-    let mut label_map = LabelMap {
-        classes: Vec::new(),
-        accessions: Vec::new(),
-        tier_of_class: Vec::new(),
-        spec: spec.to_string(),
-    };
+    let mut label_map =
+        LabelMap { classes: Vec::new(), accessions: Vec::new(), tier_of_class: Vec::new(), spec: spec.to_string() };
     let mut chosen: Vec<(usize, u32)> = Vec::new();
     let mut tiers = Vec::with_capacity(spec.tiers.len());
     for (t, (tier, range)) in spec.tiers.iter().zip(&ranges).enumerate() {
@@ -358,12 +311,7 @@ pub fn stratify(train: &LabelledSet, spec: &StratifySpec, seed: u64) -> Result<S
             label_map.classes.push(family.id.clone());
             label_map.accessions.push(family.accession.clone());
             label_map.tier_of_class.push(t as u32);
-            let rows = sample_family_rows(
-                &rows_of_family[rf.family as usize],
-                tier.max_per_family,
-                seed,
-                &family.id,
-            );
+            let rows = sample_family_rows(&rows_of_family[rf.family as usize], tier.max_per_family, seed, &family.id);
             kept += rows.len();
             chosen.extend(rows.into_iter().map(|r| (r, class)));
         }
@@ -399,12 +347,7 @@ fn rows_by_family(set: &LabelledSet) -> Vec<Vec<usize>> {
 }
 
 /// All rows of a family, or a seeded uniform sample of `cap` of them (ascending).
-fn sample_family_rows(
-    rows: &[usize],
-    cap: Option<usize>,
-    seed: u64,
-    family_id: &str,
-) -> Vec<usize> {
+fn sample_family_rows(rows: &[usize], cap: Option<usize>, seed: u64, family_id: &str) -> Vec<usize> {
     match cap {
         Some(cap) if rows.len() > cap => {
             let mut rng = Rng::from_words(&[seed, fnv1a64(family_id.as_bytes())]);
@@ -459,12 +402,8 @@ impl fmt::Display for MappedSplit {
             self.dropped_rows,
             self.missing_families.len()
         )?;
-        let shown: Vec<String> = self
-            .missing_families
-            .iter()
-            .take(10)
-            .map(|m| format!("{} ({})", m.id, m.rows))
-            .collect();
+        let shown: Vec<String> =
+            self.missing_families.iter().take(10).map(|m| format!("{} ({})", m.id, m.rows)).collect();
         if !shown.is_empty() {
             write!(f, ": {}", shown.join(", "))?;
             if self.missing_families.len() > shown.len() {
@@ -481,11 +420,8 @@ pub fn map_split(split: &LabelledSet, label_map: &LabelMap) -> Result<MappedSpli
         bail!("cannot map an unlabelled set onto the classes");
     }
     let lookup = label_map.lookup();
-    let class_of_family: Vec<Option<u32>> = split
-        .families()
-        .iter()
-        .map(|f| lookup.get(f.id.as_str()).copied())
-        .collect();
+    let class_of_family: Vec<Option<u32>> =
+        split.families().iter().map(|f| lookup.get(f.id.as_str()).copied()).collect();
     let mut mapped = MappedSplit {
         rows: Vec::new(),
         labels: Vec::new(),
@@ -508,15 +444,10 @@ pub fn map_split(split: &LabelledSet, label_map: &LabelMap) -> Result<MappedSpli
         match (class_of_family[f], counts[f]) {
             (_, 0) => {}
             (Some(_), _) => mapped.families_kept += 1,
-            (None, rows) => mapped.missing_families.push(MissingFamily {
-                id: family.id.clone(),
-                rows,
-            }),
+            (None, rows) => mapped.missing_families.push(MissingFamily { id: family.id.clone(), rows }),
         }
     }
-    mapped
-        .missing_families
-        .sort_by(|a, b| b.rows.cmp(&a.rows).then_with(|| a.id.cmp(&b.id)));
+    mapped.missing_families.sort_by(|a, b| b.rows.cmp(&a.rows).then_with(|| a.id.cmp(&b.id)));
     Ok(mapped)
 }
 
@@ -528,24 +459,12 @@ mod tests {
     fn specs_parse_and_print() {
         let s: StratifySpec = QUANTAFOLD_SPEC.parse().unwrap();
         assert_eq!(s.tiers.len(), 2);
-        assert_eq!(
-            s.tiers[1],
-            Tier {
-                families: Some(4000),
-                max_per_family: Some(50)
-            }
-        );
+        assert_eq!(s.tiers[1], Tier { families: Some(4000), max_per_family: Some(50) });
         assert_eq!(s.to_string(), QUANTAFOLD_SPEC);
         assert_eq!("all".parse::<StratifySpec>().unwrap(), StratifySpec::all());
-        assert_eq!(
-            "top:1000".parse::<StratifySpec>().unwrap(),
-            StratifySpec::top(1000)
-        );
+        assert_eq!("top:1000".parse::<StratifySpec>().unwrap(), StratifySpec::top(1000));
         assert_eq!("1000".parse::<StratifySpec>().unwrap().to_string(), "1000");
-        assert_eq!(
-            "100x5,restx2".parse::<StratifySpec>().unwrap().to_string(),
-            "100x5,restx2"
-        );
+        assert_eq!("100x5,restx2".parse::<StratifySpec>().unwrap().to_string(), "100x5,restx2");
         let e = "1000x,5".parse::<StratifySpec>().unwrap_err().to_string();
         assert!(e.contains("`` is not a positive number"), "{e}");
         let e = "restx2,5".parse::<StratifySpec>().unwrap_err().to_string();

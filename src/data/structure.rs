@@ -177,10 +177,7 @@ impl Chain {
     /// contact labels treat those pairs as unknown.
     pub fn cb_coords(&self, mode: CbMode) -> Vec<[f32; 3]> {
         let nan = [f32::NAN; 3];
-        self.residues
-            .iter()
-            .map(|r| r.cb_position(mode).unwrap_or(nan))
-            .collect()
+        self.residues.iter().map(|r| r.cb_position(mode).unwrap_or(nan)).collect()
     }
 
     /// CA of every residue.
@@ -190,9 +187,7 @@ impl Chain {
 
     /// Index of the residue with this author number and insertion code.
     pub fn position(&self, number: i32, ins_code: Option<char>) -> Option<usize> {
-        self.residues
-            .iter()
-            .position(|r| r.number == number && r.ins_code == ins_code)
+        self.residues.iter().position(|r| r.number == number && r.ins_code == ins_code)
     }
 }
 
@@ -244,8 +239,7 @@ fn chain_display(id: &str) -> &str {
 /// returned, and it is an error if the file has no such protein chain.
 pub fn read_structure(path: impl AsRef<Path>, chain: Option<&str>) -> Result<Structure> {
     let path = path.as_ref();
-    let bytes = std::fs::read(path)
-        .with_context(|| format!("cannot read structure file {}", path.display()))?;
+    let bytes = std::fs::read(path).with_context(|| format!("cannot read structure file {}", path.display()))?;
     let source = path.display().to_string();
     let text = decompress_if_gzip(bytes, &source)?;
     let format = detect_format(&text, path);
@@ -257,9 +251,7 @@ pub fn read_structure(path: impl AsRef<Path>, chain: Option<&str>) -> Result<Str
 /// not itself an existing file; otherwise the spec is all path.
 pub fn parse_structure_spec(spec: &str) -> (PathBuf, Option<String>) {
     if let Some((path, chain)) = spec.rsplit_once(':') {
-        let chain_like = !chain.is_empty()
-            && chain.len() <= 4
-            && chain.chars().all(|c| c.is_ascii_alphanumeric());
+        let chain_like = !chain.is_empty() && chain.len() <= 4 && chain.chars().all(|c| c.is_ascii_alphanumeric());
         if chain_like && !path.is_empty() && !Path::new(spec).exists() {
             return (PathBuf::from(path), Some(chain.to_string()));
         }
@@ -274,12 +266,7 @@ pub fn read_structure_spec(spec: &str) -> Result<Structure> {
 }
 
 /// Parse structure text already in memory; `source` names it in error messages.
-pub fn parse_structure(
-    text: &[u8],
-    source: &str,
-    format: StructureFormat,
-    chain: Option<&str>,
-) -> Result<Structure> {
+pub fn parse_structure(text: &[u8], source: &str, format: StructureFormat, chain: Option<&str>) -> Result<Structure> {
     if text.iter().all(|b| b.is_ascii_whitespace()) {
         bail!("{source}: the file is empty");
     }
@@ -289,13 +276,7 @@ pub fn parse_structure(
     };
     let models = parsed.models;
     let (chains, skipped) = assemble_chains(parsed);
-    let mut structure = Structure {
-        source: source.to_string(),
-        format,
-        models,
-        chains,
-        skipped,
-    };
+    let mut structure = Structure { source: source.to_string(), format, models, chains, skipped };
     if structure.chains.is_empty() {
         bail!("{source}: no protein residues with a CA atom in the first model");
     }
@@ -307,17 +288,8 @@ pub fn parse_structure(
 
 fn select_chain(structure: &mut Structure, id: &str) -> Result<()> {
     if structure.chain(id).is_none() {
-        let present: Vec<&str> = structure
-            .chains
-            .iter()
-            .map(|c| chain_display(&c.id))
-            .collect();
-        bail!(
-            "{}: chain '{}' not found (protein chains in the file: {})",
-            structure.source,
-            id,
-            present.join(", ")
-        );
+        let present: Vec<&str> = structure.chains.iter().map(|c| chain_display(&c.id)).collect();
+        bail!("{}: chain '{}' not found (protein chains in the file: {})", structure.source, id, present.join(", "));
     }
     structure.chains.retain(|c| c.id == id);
     structure.skipped.retain(|s| s.chain == id);
@@ -342,10 +314,7 @@ fn decompress_if_gzip(bytes: Vec<u8>, source: &str) -> Result<Vec<u8>> {
 /// mmCIF when the first meaningful line is a `data_` block header (or the name ends in
 /// `.cif`/`.mmcif` and the content does not look like PDB records); PDB otherwise.
 fn detect_format(text: &[u8], path: &Path) -> StructureFormat {
-    let first = text
-        .split(|&b| b == b'\n')
-        .map(|l| l.trim_ascii())
-        .find(|l| !l.is_empty() && !l.starts_with(b"#"));
+    let first = text.split(|&b| b == b'\n').map(|l| l.trim_ascii()).find(|l| !l.is_empty() && !l.starts_with(b"#"));
     match first {
         Some(l) if l.len() >= 5 && l[..5].eq_ignore_ascii_case(b"data_") => StructureFormat::Mmcif,
         Some(l) if looks_like_pdb_record(l) => StructureFormat::Pdb,
@@ -355,16 +324,12 @@ fn detect_format(text: &[u8], path: &Path) -> StructureFormat {
 }
 
 fn looks_like_pdb_record(line: &[u8]) -> bool {
-    const RECORDS: [&[u8]; 8] = [
-        b"HEADER", b"ATOM", b"HETATM", b"REMARK", b"TITLE", b"CRYST1", b"MODEL", b"COMPND",
-    ];
+    const RECORDS: [&[u8]; 8] = [b"HEADER", b"ATOM", b"HETATM", b"REMARK", b"TITLE", b"CRYST1", b"MODEL", b"COMPND"];
     RECORDS.iter().any(|r| line.starts_with(r))
 }
 
 fn has_cif_extension(path: &Path) -> bool {
-    let name = path
-        .file_name()
-        .map(|n| n.to_string_lossy().to_ascii_lowercase());
+    let name = path.file_name().map(|n| n.to_string_lossy().to_ascii_lowercase());
     let name = name.unwrap_or_default();
     let name = name.strip_suffix(".gz").unwrap_or(&name);
     name.ends_with(".cif") || name.ends_with(".mmcif")
@@ -451,11 +416,7 @@ fn parse_pdb(text: &[u8], source: &str) -> Result<ParsedAtoms> {
             _ => {}
         }
     }
-    Ok(ParsedAtoms {
-        atoms,
-        modres,
-        models: models.max(1),
-    })
+    Ok(ParsedAtoms { atoms, modres, models: models.max(1) })
 }
 
 /// Record name: columns 1-6 without trailing blanks.
@@ -464,13 +425,7 @@ fn record_name(line: &[u8]) -> &[u8] {
 }
 
 /// Text of 1-based columns `first..=last` (clipped to the line), as ASCII.
-fn columns<'a>(
-    line: &'a [u8],
-    first: usize,
-    last: usize,
-    line_no: usize,
-    source: &str,
-) -> Result<&'a str> {
+fn columns<'a>(line: &'a [u8], first: usize, last: usize, line_no: usize, source: &str) -> Result<&'a str> {
     let start = (first - 1).min(line.len());
     let end = last.min(line.len());
     std::str::from_utf8(&line[start..end])
@@ -489,32 +444,21 @@ fn parse_pdb_atom(line: &[u8], line_no: usize, source: &str) -> Result<AtomRecor
     let col = |first, last| columns(line, first, last, line_no, source);
     let number_text = col(23, 26)?.trim();
     let number: i32 = number_text.parse().map_err(|_| {
-        anyhow!(
-            "{source}:{line_no}: residue number '{number_text}' in columns 23-26 is not an integer"
-        )
+        anyhow!("{source}:{line_no}: residue number '{number_text}' in columns 23-26 is not an integer")
     })?;
     let coordinate = |axis: &str, first: usize| -> Result<f32> {
         let text = col(first, first + 7)?.trim();
         parse_finite(text).ok_or_else(|| {
-            anyhow!(
-                "{source}:{line_no}: {axis} coordinate '{text}' in columns {first}-{} is not a number",
-                first + 7
-            )
+            anyhow!("{source}:{line_no}: {axis} coordinate '{text}' in columns {first}-{} is not a number", first + 7)
         })
     };
-    let xyz = [
-        coordinate("x", 31)?,
-        coordinate("y", 39)?,
-        coordinate("z", 47)?,
-    ];
+    let xyz = [coordinate("x", 31)?, coordinate("y", 39)?, coordinate("z", 47)?];
     let occupancy_text = col(55, 60)?.trim();
     let occupancy = if occupancy_text.is_empty() {
         1.0
     } else {
         parse_finite(occupancy_text).ok_or_else(|| {
-            anyhow!(
-                "{source}:{line_no}: occupancy '{occupancy_text}' in columns 55-60 is not a number"
-            )
+            anyhow!("{source}:{line_no}: occupancy '{occupancy_text}' in columns 55-60 is not a number")
         })?
     };
     Ok(AtomRecord {
@@ -545,9 +489,7 @@ fn parse_pdb_modres(line: &[u8], line_no: usize, source: &str) -> Result<(Residu
     let col = |first, last| columns(line, first, last, line_no, source);
     let number_text = col(19, 22)?.trim();
     let number: i32 = number_text.parse().map_err(|_| {
-        anyhow!(
-            "{source}:{line_no}: MODRES residue number '{number_text}' in columns 19-22 is not an integer"
-        )
+        anyhow!("{source}:{line_no}: MODRES residue number '{number_text}' in columns 19-22 is not an integer")
     })?;
     let chain = col(17, 17)?.trim().to_string();
     let parent = col(25, 27)?.trim().to_ascii_uppercase();
@@ -608,14 +550,7 @@ struct CifTokenizer<'a> {
 
 impl<'a> CifTokenizer<'a> {
     fn new(text: &'a str, source: &'a str) -> Self {
-        CifTokenizer {
-            text,
-            bytes: text.as_bytes(),
-            pos: 0,
-            line: 1,
-            at_line_start: true,
-            source,
-        }
+        CifTokenizer { text, bytes: text.as_bytes(), pos: 0, line: 1, at_line_start: true, source }
     }
 
     fn next_token(&mut self) -> Result<Option<Token<'a>>> {
@@ -652,10 +587,7 @@ impl<'a> CifTokenizer<'a> {
         let start_line = self.line;
         let body_start = self.pos + 1;
         let Some(rel_end) = self.text[body_start..].find("\n;") else {
-            bail!(
-                "{}:{start_line}: text field opened by ';' is never closed by a line starting with ';'",
-                self.source
-            );
+            bail!("{}:{start_line}: text field opened by ';' is never closed by a line starting with ';'", self.source);
         };
         let body = &self.text[body_start..body_start + rel_end];
         self.line += body.matches('\n').count() + 1;
@@ -694,12 +626,7 @@ impl<'a> CifTokenizer<'a> {
         self.pos = end + 1;
         self.at_line_start = false;
         let text = Cow::Borrowed(&self.text[start..end]);
-        Ok(Token {
-            kind: TokenKind::Value,
-            text,
-            line: self.line,
-            quoted: true,
-        })
+        Ok(Token { kind: TokenKind::Value, text, line: self.line, quoted: true })
     }
 
     fn bare(&mut self) -> Token<'a> {
@@ -721,12 +648,7 @@ impl<'a> CifTokenizer<'a> {
         } else {
             TokenKind::Value
         };
-        Token {
-            kind,
-            text: Cow::Borrowed(text),
-            line: self.line,
-            quoted: false,
-        }
+        Token { kind, text: Cow::Borrowed(text), line: self.line, quoted: false }
     }
 }
 
@@ -754,12 +676,10 @@ impl AtomSiteColumns {
     fn find(items: &[String], line: usize, source: &str) -> Result<Self> {
         let index = |name: &str| items.iter().position(|i| i.eq_ignore_ascii_case(name));
         let required = |names: &[&str]| -> Result<usize> {
-            names.iter().find_map(|n| index(n)).ok_or_else(|| {
-                anyhow!(
-                    "{source}:{line}: the _atom_site loop has no _atom_site.{} column",
-                    names[0]
-                )
-            })
+            names
+                .iter()
+                .find_map(|n| index(n))
+                .ok_or_else(|| anyhow!("{source}:{line}: the _atom_site loop has no _atom_site.{} column", names[0]))
         };
         Ok(AtomSiteColumns {
             group: index("group_PDB"),
@@ -770,11 +690,7 @@ impl AtomSiteColumns {
             label_seq: index("label_seq_id"),
             number: required(&["auth_seq_id", "label_seq_id"])?,
             ins_code: index("pdbx_PDB_ins_code"),
-            xyz: [
-                required(&["Cartn_x"])?,
-                required(&["Cartn_y"])?,
-                required(&["Cartn_z"])?,
-            ],
+            xyz: [required(&["Cartn_x"])?, required(&["Cartn_y"])?, required(&["Cartn_z"])?],
             occupancy: index("occupancy"),
             model: index("pdbx_PDB_model_num"),
         })
@@ -805,11 +721,7 @@ impl<'s> AtomSiteReader<'s> {
         let chain = text(cols.chain).to_string();
         let number = self.residue_number(&row[cols.number])?;
         let mut xyz = [0f32; 3];
-        for ((axis, &i), item) in xyz
-            .iter_mut()
-            .zip(&cols.xyz)
-            .zip(["Cartn_x", "Cartn_y", "Cartn_z"])
-        {
+        for ((axis, &i), item) in xyz.iter_mut().zip(&cols.xyz).zip(["Cartn_x", "Cartn_y", "Cartn_z"]) {
             *axis = self.number(&row[i], item)?;
         }
         let occupancy = match cols.occupancy.and_then(|i| row[i].value().map(|_| i)) {
@@ -818,17 +730,12 @@ impl<'s> AtomSiteReader<'s> {
         };
         self.atoms.push(AtomRecord {
             line: row[0].line,
-            hetatm: cols
-                .group
-                .is_some_and(|i| text(i).eq_ignore_ascii_case("HETATM")),
+            hetatm: cols.group.is_some_and(|i| text(i).eq_ignore_ascii_case("HETATM")),
             polymer,
             after_ter: false,
             chain,
             number,
-            ins_code: cols
-                .ins_code
-                .and_then(|i| row[i].value())
-                .and_then(optional_char),
+            ins_code: cols.ins_code.and_then(|i| row[i].value()).and_then(optional_char),
             res_name: text(cols.res_name).to_ascii_uppercase(),
             atom_name: text(cols.atom_name).to_string(),
             has_alt_loc: cols.alt_id.is_some_and(|i| row[i].value().is_some()),
@@ -840,78 +747,49 @@ impl<'s> AtomSiteReader<'s> {
 
     fn model_of(&self, cols: &AtomSiteColumns, row: &[Token]) -> Result<Option<i64>> {
         match cols.model.map(|i| &row[i]) {
-            Some(token) if token.value().is_some() => {
-                self.integer(token, "pdbx_PDB_model_num").map(Some)
-            }
+            Some(token) if token.value().is_some() => self.integer(token, "pdbx_PDB_model_num").map(Some),
             _ => Ok(None),
         }
     }
 
     fn integer(&self, token: &Token, item: &str) -> Result<i64> {
         let text = token.value().unwrap_or(&token.text);
-        text.parse::<i64>().map_err(|_| {
-            anyhow!(
-                "{}:{}: _atom_site.{item} value '{text}' is not an integer",
-                self.source,
-                token.line
-            )
-        })
+        text.parse::<i64>()
+            .map_err(|_| anyhow!("{}:{}: _atom_site.{item} value '{text}' is not an integer", self.source, token.line))
     }
 
     fn residue_number(&self, token: &Token) -> Result<i32> {
         let number = self.integer(token, "auth_seq_id")?;
         i32::try_from(number).map_err(|_| {
-            anyhow!(
-                "{}:{}: _atom_site.auth_seq_id value {number} is out of range",
-                self.source,
-                token.line
-            )
+            anyhow!("{}:{}: _atom_site.auth_seq_id value {number} is out of range", self.source, token.line)
         })
     }
 
     fn number(&self, token: &Token, item: &str) -> Result<f32> {
         let text = token.value().unwrap_or(&token.text);
-        parse_finite(text).ok_or_else(|| {
-            anyhow!(
-                "{}:{}: _atom_site.{item} value '{text}' is not a number",
-                self.source,
-                token.line
-            )
-        })
+        parse_finite(text)
+            .ok_or_else(|| anyhow!("{}:{}: _atom_site.{item} value '{text}' is not a number", self.source, token.line))
     }
 }
 
 /// Rows of `_pdbx_struct_mod_residue` → parent residue names by author residue.
-fn mod_residue_rows(
-    items: &[String],
-    values: &[Token],
-    source: &str,
-) -> Result<HashMap<ResidueKey, String>> {
+fn mod_residue_rows(items: &[String], values: &[Token], source: &str) -> Result<HashMap<ResidueKey, String>> {
     let mut map = HashMap::new();
     let index = |name: &str| items.iter().position(|i| i == name);
-    let (Some(chain), Some(number), Some(parent)) = (
-        index("auth_asym_id"),
-        index("auth_seq_id"),
-        index("parent_comp_id"),
-    ) else {
+    let (Some(chain), Some(number), Some(parent)) =
+        (index("auth_asym_id"), index("auth_seq_id"), index("parent_comp_id"))
+    else {
         return Ok(map); // without these items the category cannot be used
     };
     let ins_code = index("pdb_ins_code");
     for row in values.chunks_exact(items.len()) {
-        let (Some(c), Some(n), Some(p)) =
-            (row[chain].value(), row[number].value(), row[parent].value())
-        else {
+        let (Some(c), Some(n), Some(p)) = (row[chain].value(), row[number].value(), row[parent].value()) else {
             continue;
         };
         let n: i32 = n.parse().map_err(|_| {
-            anyhow!(
-                "{source}:{}: _pdbx_struct_mod_residue.auth_seq_id value '{n}' is not an integer",
-                row[number].line
-            )
+            anyhow!("{source}:{}: _pdbx_struct_mod_residue.auth_seq_id value '{n}' is not an integer", row[number].line)
         })?;
-        let icode = ins_code
-            .and_then(|i| row[i].value())
-            .and_then(optional_char);
+        let icode = ins_code.and_then(|i| row[i].value()).and_then(optional_char);
         map.insert((c.to_string(), n, icode), p.to_ascii_uppercase());
     }
     Ok(map)
@@ -923,20 +801,11 @@ fn mod_residue_rows(
 
 fn parse_mmcif(bytes: &[u8], source: &str) -> Result<ParsedAtoms> {
     let text = std::str::from_utf8(bytes).map_err(|e| {
-        let line = bytes[..e.valid_up_to()]
-            .iter()
-            .filter(|&&b| b == b'\n')
-            .count()
-            + 1;
+        let line = bytes[..e.valid_up_to()].iter().filter(|&&b| b == b'\n').count() + 1;
         anyhow!("{source}:{line}: mmCIF text is not valid UTF-8")
     })?;
     let mut tokens = CifTokenizer::new(text, source);
-    let mut reader = AtomSiteReader {
-        source,
-        first_model: None,
-        models: HashSet::new(),
-        atoms: Vec::new(),
-    };
+    let mut reader = AtomSiteReader { source, first_model: None, models: HashSet::new(), atoms: Vec::new() };
     let mut modres = HashMap::new();
     // Single-valued items (`_tag value`) of the categories we read, for files that write a
     // one-row category without `loop_`.
@@ -959,28 +828,16 @@ fn parse_mmcif(bytes: &[u8], source: &str) -> Result<ParsedAtoms> {
                     "_atom_site" => {
                         saw_atom_site = true;
                         let cols = AtomSiteColumns::find(&items, token.line, source)?;
-                        stream_loop_rows(
-                            &mut tokens,
-                            next,
-                            items.len(),
-                            token.line,
-                            source,
-                            |row| reader.row(&cols, row),
-                        )?
+                        stream_loop_rows(&mut tokens, next, items.len(), token.line, source, |row| {
+                            reader.row(&cols, row)
+                        })?
                     }
                     "_pdbx_struct_mod_residue" => {
                         let mut values = Vec::new();
-                        let next = stream_loop_rows(
-                            &mut tokens,
-                            next,
-                            items.len(),
-                            token.line,
-                            source,
-                            |row| {
-                                values.extend_from_slice(row);
-                                Ok(())
-                            },
-                        )?;
+                        let next = stream_loop_rows(&mut tokens, next, items.len(), token.line, source, |row| {
+                            values.extend_from_slice(row);
+                            Ok(())
+                        })?;
                         modres.extend(mod_residue_rows(&items, &values, source)?);
                         next
                     }
@@ -990,11 +847,7 @@ fn parse_mmcif(bytes: &[u8], source: &str) -> Result<ParsedAtoms> {
             TokenKind::Tag => {
                 let value = match tokens.next_token()? {
                     Some(v) if v.kind == TokenKind::Value => v,
-                    _ => bail!(
-                        "{source}:{}: data item {} has no value",
-                        token.line,
-                        token.text
-                    ),
+                    _ => bail!("{source}:{}: data item {} has no value", token.line, token.text),
                 };
                 let (category, item) = split_tag(&token.text);
                 if category == "_atom_site" || category == "_pdbx_struct_mod_residue" {
@@ -1002,11 +855,9 @@ fn parse_mmcif(bytes: &[u8], source: &str) -> Result<ParsedAtoms> {
                 }
                 pending = tokens.next_token()?;
             }
-            TokenKind::Value => bail!(
-                "{source}:{}: value '{}' is not inside a loop_ and follows no data item",
-                token.line,
-                token.text
-            ),
+            TokenKind::Value => {
+                bail!("{source}:{}: value '{}' is not inside a loop_ and follows no data item", token.line, token.text)
+            }
             TokenKind::Reserved => pending = tokens.next_token()?,
         }
     }
@@ -1024,11 +875,7 @@ fn parse_mmcif(bytes: &[u8], source: &str) -> Result<ParsedAtoms> {
         bail!("{source}: no _atom_site category (no atomic coordinates) in the mmCIF file");
     }
     let models = reader.models.len().max(1);
-    Ok(ParsedAtoms {
-        atoms: reader.atoms,
-        modres,
-        models,
-    })
+    Ok(ParsedAtoms { atoms: reader.atoms, modres, models })
 }
 
 /// `_category.item` → (`_category`, `item`), lower case (CIF names are case-insensitive).
@@ -1056,10 +903,7 @@ fn read_loop_header<'a>(
                 if items.is_empty() {
                     category = c;
                 } else if c != category {
-                    bail!(
-                        "{source}:{}: loop_ mixes categories {category} and {c}",
-                        t.line
-                    );
+                    bail!("{source}:{}: loop_ mixes categories {category} and {c}", t.line);
                 }
                 items.push(item);
             }
@@ -1198,10 +1042,7 @@ fn assemble_chains(parsed: ParsedAtoms) -> (Vec<Chain>, Vec<SkippedResidue>) {
     for site in &sites {
         let resolved = resolve_site(site, &parsed.atoms, &parsed.modres);
         if resolved.class != SiteClass::Excluded {
-            by_chain
-                .entry(site.key.0.clone())
-                .or_default()
-                .push(resolved);
+            by_chain.entry(site.key.0.clone()).or_default().push(resolved);
         }
     }
     let mut chains = Vec::new();
@@ -1233,10 +1074,7 @@ fn group_sites(atoms: &[AtomRecord]) -> (Vec<Site>, Vec<String>) {
             if !chain_order.contains(&key.0) {
                 chain_order.push(key.0.clone());
             }
-            sites.push(Site {
-                key: key.clone(),
-                atoms: Vec::new(),
-            });
+            sites.push(Site { key: key.clone(), atoms: Vec::new() });
             sites.len() - 1
         });
         sites[slot].atoms.push(i);
@@ -1244,18 +1082,10 @@ fn group_sites(atoms: &[AtomRecord]) -> (Vec<Site>, Vec<String>) {
     (sites, chain_order)
 }
 
-fn resolve_site(
-    site: &Site,
-    atoms: &[AtomRecord],
-    modres: &HashMap<ResidueKey, String>,
-) -> ResolvedSite {
+fn resolve_site(site: &Site, atoms: &[AtomRecord], modres: &HashMap<ResidueKey, String>) -> ResolvedSite {
     let records: Vec<&AtomRecord> = site.atoms.iter().map(|&i| &atoms[i]).collect();
     let name = choose_residue_name(&records).to_string();
-    let own: Vec<&AtomRecord> = records
-        .iter()
-        .copied()
-        .filter(|a| a.res_name == name)
-        .collect();
+    let own: Vec<&AtomRecord> = records.iter().copied().filter(|a| a.res_name == name).collect();
     let class = classify_site(&name, &own, modres.contains_key(&site.key));
     let atom = |atom_name: &str| pick_atom(&records, &name, atom_name);
     ResolvedSite {
@@ -1277,11 +1107,7 @@ fn resolve_site(
 fn choose_residue_name<'a>(records: &[&'a AtomRecord]) -> &'a str {
     let mut names: Vec<(&str, f32, f32)> = Vec::new(); // (name, best altloc occ, best occ)
     for &atom in records {
-        let alt_occ = if atom.has_alt_loc {
-            atom.occupancy
-        } else {
-            f32::NEG_INFINITY
-        };
+        let alt_occ = if atom.has_alt_loc { atom.occupancy } else { f32::NEG_INFINITY };
         match names.iter_mut().find(|(n, _, _)| *n == atom.res_name) {
             Some(entry) => {
                 entry.1 = entry.1.max(alt_occ);
@@ -1307,11 +1133,7 @@ fn pick_atom(records: &[&AtomRecord], res_name: &str, atom_name: &str) -> Option
     let best = |own: bool| {
         let mut found: Option<&AtomRecord> = None;
         for atom in records.iter().filter(|a| a.atom_name == atom_name) {
-            let eligible = if own {
-                atom.res_name == res_name
-            } else {
-                !atom.has_alt_loc
-            };
+            let eligible = if own { atom.res_name == res_name } else { !atom.has_alt_loc };
             if eligible && found.is_none_or(|f| atom.occupancy > f.occupancy) {
                 found = Some(atom);
             }
@@ -1395,14 +1217,10 @@ fn keep_site(sites: &[ResolvedSite], i: usize) -> bool {
             let (Some(n), Some(_), Some(c)) = (site.n, site.ca, site.c) else {
                 return false;
             };
-            let bonded_before = i
-                .checked_sub(1)
-                .and_then(|p| sites[p].c)
-                .is_some_and(|prev_c| distance(prev_c, n) < PEPTIDE_BOND_MAX);
-            let bonded_after = sites
-                .get(i + 1)
-                .and_then(|s| s.n)
-                .is_some_and(|next_n| distance(c, next_n) < PEPTIDE_BOND_MAX);
+            let bonded_before =
+                i.checked_sub(1).and_then(|p| sites[p].c).is_some_and(|prev_c| distance(prev_c, n) < PEPTIDE_BOND_MAX);
+            let bonded_after =
+                sites.get(i + 1).and_then(|s| s.n).is_some_and(|next_n| distance(c, next_n) < PEPTIDE_BOND_MAX);
             bonded_before || bonded_after
         }
     }
@@ -1414,12 +1232,10 @@ fn residue_code(name: &str, modres_parent: Option<&String>) -> (char, Option<Mod
     if let Some(code) = standard_code(name) {
         return (code, None);
     }
-    let from_file = modres_parent
-        .and_then(|p| standard_code(p).map(|c| (c, p.clone(), ModificationSource::ModRes)));
+    let from_file = modres_parent.and_then(|p| standard_code(p).map(|c| (c, p.clone(), ModificationSource::ModRes)));
     let from_table = || {
-        modified_parent(name).and_then(|p| {
-            standard_code(p).map(|c| (c, p.to_string(), ModificationSource::BuiltinTable))
-        })
+        modified_parent(name)
+            .and_then(|p| standard_code(p).map(|c| (c, p.to_string(), ModificationSource::BuiltinTable)))
     };
     match from_file.or_else(from_table) {
         Some((code, parent, source)) => (code, Some(Modification { parent, source })),
@@ -1483,8 +1299,8 @@ pub fn modified_parent(name: &str) -> Option<&'static str> {
         "SEP" | "SAC" | "DSN" => "SER",
         "TPO" | "DTH" => "THR",
         "PTR" | "TYS" | "TPQ" | "DTY" => "TYR",
-        "CSO" | "CSD" | "CME" | "CSS" | "CAS" | "OCS" | "SCH" | "SMC" | "CSX" | "CMT" | "SNC"
-        | "CCS" | "YCM" | "CSW" | "DCY" => "CYS",
+        "CSO" | "CSD" | "CME" | "CSS" | "CAS" | "OCS" | "SCH" | "SMC" | "CSX" | "CMT" | "SNC" | "CCS" | "YCM"
+        | "CSW" | "DCY" => "CYS",
         "MLY" | "M3L" | "MLZ" | "ALY" | "KCX" | "LLP" | "KPI" | "DLY" => "LYS",
         "HYP" | "DPR" => "PRO",
         "CGU" | "DGL" => "GLU",
@@ -1510,10 +1326,7 @@ fn is_water(name: &str) -> bool {
 
 /// Standard ribo- and deoxyribonucleotides: polymer residues that are not protein.
 fn is_nucleotide(name: &str) -> bool {
-    matches!(
-        name,
-        "A" | "C" | "G" | "U" | "I" | "N" | "DA" | "DC" | "DG" | "DT" | "DU" | "DI"
-    )
+    matches!(name, "A" | "C" | "G" | "U" | "I" | "N" | "DA" | "DC" | "DG" | "DT" | "DU" | "DI")
 }
 
 // ---------------------------------------------------------------------------------------
@@ -1529,11 +1342,7 @@ pub fn virtual_cb(n: [f32; 3], ca: [f32; 3], c: [f32; 3]) -> [f32; 3] {
     let b = [ca[0] - n[0], ca[1] - n[1], ca[2] - n[2]];
     let cc = [c[0] - ca[0], c[1] - ca[1], c[2] - ca[2]];
     // a = b × c, perpendicular to the N-CA-C plane
-    let a = [
-        b[1] * cc[2] - b[2] * cc[1],
-        b[2] * cc[0] - b[0] * cc[2],
-        b[0] * cc[1] - b[1] * cc[0],
-    ];
+    let a = [b[1] * cc[2] - b[2] * cc[1], b[2] * cc[0] - b[0] * cc[2], b[0] * cc[1] - b[1] * cc[0]];
     let mut cb = [0f32; 3];
     for k in 0..3 {
         cb[k] = (-0.58273431 * a[k] + 0.56802827 * b[k] - 0.54067466 * cc[k] + ca[k]) as f32;

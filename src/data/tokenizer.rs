@@ -12,9 +12,8 @@
 use anyhow::{bail, Result};
 
 pub const VOCAB: [&str; 33] = [
-    "<cls>", "<pad>", "<eos>", "<unk>", "L", "A", "G", "V", "S", "E", "R", "T", "I", "D", "P",
-    "N", "K", "Q", "F", "Y", "M", "H", "W", "C", "X", "B", "U", "Z", "O", ".", "-", "<null_1>",
-    "<mask>",
+    "<cls>", "<pad>", "<eos>", "<unk>", "L", "A", "G", "V", "S", "E", "R", "T", "I", "D", "P", "N", "K", "Q", "F", "Y",
+    "M", "H", "W", "C", "X", "B", "U", "Z", "O", ".", "-", "<null_1>", "<mask>",
 ];
 pub const VOCAB_SIZE: usize = 33;
 pub const CLS: u32 = 0;

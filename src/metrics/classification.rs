@@ -140,16 +140,9 @@ impl ClassificationReport {
             .map(|c| class_metrics(c, &counts, name_of(c), class_tier, family_size))
             .collect();
         let n = labels.len();
-        let mean = |f: fn(&ClassMetrics) -> f64| {
-            per_class.iter().map(f).sum::<f64>() / per_class.len() as f64
-        };
-        let weighted = |f: fn(&ClassMetrics) -> f64| {
-            per_class
-                .iter()
-                .map(|m| m.support as f64 * f(m))
-                .sum::<f64>()
-                / n as f64
-        };
+        let mean = |f: fn(&ClassMetrics) -> f64| per_class.iter().map(f).sum::<f64>() / per_class.len() as f64;
+        let weighted =
+            |f: fn(&ClassMetrics) -> f64| per_class.iter().map(|m| m.support as f64 * f(m)).sum::<f64>() / n as f64;
         let tiers = class_tier.map(tier_groups);
         let size_groups = family_size.map(|s| size_bin_groups(s, &FAMILY_SIZE_BIN_EDGES));
         Ok(Self {
@@ -167,8 +160,7 @@ impl ClassificationReport {
             n_precision_ill_defined: per_class.iter().filter(|m| m.predicted == 0).count(),
             n_recall_ill_defined: per_class.iter().filter(|m| m.support == 0).count(),
             per_tier: tiers.map_or_else(Vec::new, |g| group_accuracy(&g, labels, &counts)),
-            by_family_size: size_groups
-                .map_or_else(Vec::new, |g| group_accuracy(&g, labels, &counts)),
+            by_family_size: size_groups.map_or_else(Vec::new, |g| group_accuracy(&g, labels, &counts)),
             worst_families: worst_by_recall(&per_class, N_WORST),
             per_class,
         })
@@ -187,68 +179,37 @@ fn validate_inputs(
     class_tier: Option<&[u32]>,
     family_size: Option<&[usize]>,
 ) -> Result<()> {
-    ensure!(
-        !labels.is_empty(),
-        "classification report: no samples (the label list is empty)"
-    );
-    ensure!(
-        n_classes > 0,
-        "classification report: n_classes must be at least 1"
-    );
+    ensure!(!labels.is_empty(), "classification report: no samples (the label list is empty)");
+    ensure!(n_classes > 0, "classification report: n_classes must be at least 1");
     ensure!(
         class_names.is_empty() || class_names.len() == n_classes,
         "classification report: {} class names for {n_classes} classes",
         class_names.len()
     );
     if let Some(t) = class_tier {
-        ensure!(
-            t.len() == n_classes,
-            "classification report: {} tiers for {n_classes} classes",
-            t.len()
-        );
+        ensure!(t.len() == n_classes, "classification report: {} tiers for {n_classes} classes", t.len());
     }
     if let Some(s) = family_size {
-        ensure!(
-            s.len() == n_classes,
-            "classification report: {} family sizes for {n_classes} classes",
-            s.len()
-        );
+        ensure!(s.len() == n_classes, "classification report: {} family sizes for {n_classes} classes", s.len());
     }
     if let Some(i) = labels.iter().position(|&y| y as usize >= n_classes) {
-        bail!(
-            "classification report: label {} of sample {i} is out of range for {n_classes} classes",
-            labels[i]
-        );
+        bail!("classification report: label {} of sample {i} is out of range for {n_classes} classes", labels[i]);
     }
     Ok(())
 }
 
 /// Up to [`TOP_K`] ranked class ids per sample, from either kind of prediction.
-fn ranked_predictions(
-    n_classes: usize,
-    n: usize,
-    predictions: Predictions,
-) -> Result<Vec<Vec<u32>>> {
+fn ranked_predictions(n_classes: usize, n: usize, predictions: Predictions) -> Result<Vec<Vec<u32>>> {
     match predictions {
         Predictions::TopK(lists) => {
-            ensure!(
-                lists.len() == n,
-                "classification report: {} prediction lists for {n} labels",
-                lists.len()
-            );
+            ensure!(lists.len() == n, "classification report: {} prediction lists for {n} labels", lists.len());
             for (i, list) in lists.iter().enumerate() {
-                ensure!(
-                    !list.is_empty(),
-                    "classification report: sample {i} has an empty prediction list"
-                );
+                ensure!(!list.is_empty(), "classification report: sample {i} has an empty prediction list");
                 if let Some(&c) = list.iter().find(|&&c| c as usize >= n_classes) {
                     bail!("classification report: predicted class {c} of sample {i} is out of range for {n_classes} classes");
                 }
             }
-            Ok(lists
-                .iter()
-                .map(|l| l.iter().take(TOP_K).copied().collect())
-                .collect())
+            Ok(lists.iter().map(|l| l.iter().take(TOP_K).copied().collect()).collect())
         }
         Predictions::Scores(scores) => {
             ensure!(
@@ -257,11 +218,7 @@ fn ranked_predictions(
                 scores.len()
             );
             if let Some(i) = scores.iter().position(|s| s.is_nan()) {
-                bail!(
-                    "classification report: score of sample {} class {} is NaN",
-                    i / n_classes,
-                    i % n_classes
-                );
+                bail!("classification report: score of sample {} class {} is NaN", i / n_classes, i % n_classes);
             }
             Ok(scores.par_chunks(n_classes).map(top_k_of_row).collect())
         }
@@ -340,15 +297,7 @@ fn tier_groups(class_tier: &[u32]) -> Vec<(String, Vec<bool>)> {
     let mut tiers: Vec<u32> = class_tier.to_vec();
     tiers.sort_unstable();
     tiers.dedup();
-    tiers
-        .into_iter()
-        .map(|t| {
-            (
-                format!("tier {t}"),
-                class_tier.iter().map(|&x| x == t).collect(),
-            )
-        })
-        .collect()
+    tiers.into_iter().map(|t| (format!("tier {t}"), class_tier.iter().map(|&x| x == t).collect())).collect()
 }
 
 /// Label of the bin `[edges[i], edges[i+1])`: `0`, `1-9`, ..., `200+`.
@@ -365,21 +314,14 @@ fn size_bin_groups(family_size: &[usize], edges: &[usize]) -> Vec<(String, Vec<b
     (0..edges.len())
         .map(|i| {
             let hi = edges.get(i + 1).copied().unwrap_or(usize::MAX);
-            let members = family_size
-                .iter()
-                .map(|&s| s >= edges[i] && s < hi)
-                .collect();
+            let members = family_size.iter().map(|&s| s >= edges[i] && s < hi).collect();
             (bin_label(edges, i), members)
         })
         .collect()
 }
 
 /// Accuracy over the samples whose true class belongs to each group.
-fn group_accuracy(
-    groups: &[(String, Vec<bool>)],
-    labels: &[u32],
-    counts: &Counts,
-) -> Vec<GroupAccuracy> {
+fn group_accuracy(groups: &[(String, Vec<bool>)], labels: &[u32], counts: &Counts) -> Vec<GroupAccuracy> {
     groups
         .iter()
         .map(|(name, member)| {
@@ -405,12 +347,8 @@ fn group_accuracy(
 /// Classes with samples, lowest recall first (ties: larger support, then lower id).
 fn worst_by_recall(per_class: &[ClassMetrics], k: usize) -> Vec<ClassMetrics> {
     let mut with_samples: Vec<&ClassMetrics> = per_class.iter().filter(|m| m.support > 0).collect();
-    with_samples.sort_by(|a, b| {
-        a.recall
-            .total_cmp(&b.recall)
-            .then(b.support.cmp(&a.support))
-            .then(a.class.cmp(&b.class))
-    });
+    with_samples
+        .sort_by(|a, b| a.recall.total_cmp(&b.recall).then(b.support.cmp(&a.support)).then(a.class.cmp(&b.class)));
     with_samples.into_iter().take(k).cloned().collect()
 }
 
@@ -432,18 +370,9 @@ fn fmt_opt(x: Option<f64>) -> String {
     x.map_or_else(|| "-".to_string(), |v| format!("{v:.4}"))
 }
 
-fn fmt_groups(
-    f: &mut fmt::Formatter<'_>,
-    title: &str,
-    head: &str,
-    groups: &[GroupAccuracy],
-) -> fmt::Result {
+fn fmt_groups(f: &mut fmt::Formatter<'_>, title: &str, head: &str, groups: &[GroupAccuracy]) -> fmt::Result {
     writeln!(f, "\n{title}")?;
-    writeln!(
-        f,
-        "  {head:<12} {:>8} {:>8} {:>8} {:>8}",
-        "classes", "samples", "top-1", "top-5"
-    )?;
+    writeln!(f, "  {head:<12} {:>8} {:>8} {:>8} {:>8}", "classes", "samples", "top-1", "top-5")?;
     for g in groups {
         writeln!(
             f,
@@ -492,35 +421,19 @@ impl fmt::Display for ClassificationReport {
             )?;
         }
         if !self.per_tier.is_empty() {
-            fmt_groups(
-                f,
-                "Accuracy per tier of the true class",
-                "tier",
-                &self.per_tier,
-            )?;
+            fmt_groups(f, "Accuracy per tier of the true class", "tier", &self.per_tier)?;
         }
         if !self.by_family_size.is_empty() {
-            fmt_groups(
-                f,
-                "Accuracy by training family size",
-                "train count",
-                &self.by_family_size,
-            )?;
+            fmt_groups(f, "Accuracy by training family size", "train count", &self.by_family_size)?;
         }
-        writeln!(
-            f,
-            "\nWorst {} families by recall",
-            self.worst_families.len()
-        )?;
+        writeln!(f, "\nWorst {} families by recall", self.worst_families.len())?;
         writeln!(
             f,
             "  {:>7} {:<24} {:>8} {:>9} {:>7} {:>9} {:>7} {:>7}",
             "class", "name", "support", "predicted", "recall", "precision", "F1", "train"
         )?;
         for m in &self.worst_families {
-            let train = m
-                .train_count
-                .map_or_else(|| "-".to_string(), |t| t.to_string());
+            let train = m.train_count.map_or_else(|| "-".to_string(), |t| t.to_string());
             writeln!(
                 f,
                 "  {:>7} {:<24} {:>8} {:>9} {:>7.4} {:>9.4} {:>7.4} {:>7}",

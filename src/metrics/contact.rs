@@ -13,14 +13,18 @@
 //!   (L ≤ `min_sep`) has no MCC and does not enter the mean.
 //! * **Per-protein MCC** is the mean over proteins; **pooled MCC** sums the confusion counts
 //!   of all pairs of all proteins first (what the seed report's code computed).
-//! * **Precision at L/k** (fair-esm `compute_precisions`): the evaluated pairs of a range are
-//!   ranked by probability, the top ⌊L/k⌋ (at least 1) are taken and the fraction that are
-//!   contacts is the precision. Ranges: short 6 ≤ |i−j| ≤ 11, medium 12–23, long ≥ 24, and
-//!   all ≥ `min_sep`. L is the sequence length passed in. Differences from ESM's code, where
-//!   it is ill-defined: ties are broken by position (row-major i, j) instead of an unstable
-//!   sort; when a range has fewer evaluated pairs than ⌊L/k⌋ the precision is over the pairs
-//!   there are (ESM pads with pairs from outside the range); a range with no evaluated pair
-//!   gives no precision for that protein, and the average is over the proteins that have one.
+//! * **Precision at L/k** (fair-esm `compute_precisions`, from its contact-prediction
+//!   example): the evaluated pairs of a range are ranked by probability, the top ⌊L/k⌋ (at
+//!   least 1) are taken and the fraction that are contacts is the precision. Ranges as ESM's
+//!   `(minsep, maxsep)` with maxsep exclusive: short 6 ≤ |i−j| ≤ 11, medium 12–23, long ≥ 24,
+//!   plus all ≥ `min_sep`. L is the sequence length passed in (ESM counts the residues with a
+//!   valid target in the first row, the same number when every residue has coordinates, as
+//!   in the contact dataset). Where ESM's code is ill-defined we differ: ties are broken by
+//!   position (row-major i, j) instead of by an unstable `argsort`; when a range has fewer
+//!   evaluated pairs than ⌊L/k⌋ the precision is over the pairs there are (ESM then counts
+//!   masked pairs from outside the range, or zero padding, among its top k); ⌊L/5⌋ = 0 takes
+//!   one pair (ESM indexes position −1); a range with no evaluated pair gives no precision for
+//!   that protein, and the average is over the proteins that have one.
 
 use crate::data::contacts::ContactLabels;
 use anyhow::{bail, Result};
@@ -118,12 +122,7 @@ impl Confusion {
         if self.mcc_is_degenerate() {
             return 0.0;
         }
-        let (tp, fp, tn, fn_) = (
-            self.tp as f64,
-            self.fp as f64,
-            self.tn as f64,
-            self.fn_ as f64,
-        );
+        let (tp, fp, tn, fn_) = (self.tp as f64, self.fp as f64, self.tn as f64, self.fn_ as f64);
         let denominator = ((tp + fp) * (tp + fn_) * (tn + fp) * (tn + fn_)).sqrt();
         (tp * tn - fp * fn_) / denominator
     }
@@ -163,12 +162,7 @@ impl ContactMetrics {
     }
 
     pub fn with_options(min_sep: usize, threshold: f32) -> Self {
-        ContactMetrics {
-            min_sep,
-            threshold,
-            proteins: Vec::new(),
-            pooled: Confusion::default(),
-        }
+        ContactMetrics { min_sep, threshold, proteins: Vec::new(), pooled: Confusion::default() }
     }
 
     /// Score one protein: `probs` and `labels` are row-major L×L. Errors on wrong sizes or a
@@ -202,27 +196,15 @@ impl ContactMetrics {
         for (row, range) in precision.iter_mut().zip(SeparationRange::ALL) {
             *row = top_precisions(pairs, range, self.min_sep, len);
         }
-        ProteinScores {
-            len,
-            confusion,
-            mcc,
-            precision,
-        }
+        ProteinScores { len, confusion, mcc, precision }
     }
 
     /// Averages over the proteins added so far.
     pub fn finish(&self) -> ContactReport {
         let mccs: Vec<f64> = self.proteins.iter().filter_map(|p| p.mcc).collect();
-        let degenerate = self
-            .proteins
-            .iter()
-            .filter(|p| p.mcc.is_some() && p.confusion.mcc_is_degenerate())
-            .count();
-        let precision = SeparationRange::ALL
-            .iter()
-            .enumerate()
-            .map(|(r, &range)| self.range_precision(r, range))
-            .collect();
+        let degenerate = self.proteins.iter().filter(|p| p.mcc.is_some() && p.confusion.mcc_is_degenerate()).count();
+        let precision =
+            SeparationRange::ALL.iter().enumerate().map(|(r, &range)| self.range_precision(r, range)).collect();
         ContactReport {
             proteins: self.proteins.len(),
             min_sep: self.min_sep,
@@ -237,12 +219,7 @@ impl ContactMetrics {
     }
 
     fn range_precision(&self, r: usize, range: SeparationRange) -> RangePrecision {
-        let column = |k: usize| -> Vec<f64> {
-            self.proteins
-                .iter()
-                .filter_map(|p| p.precision[r][k])
-                .collect()
-        };
+        let column = |k: usize| -> Vec<f64> { self.proteins.iter().filter_map(|p| p.precision[r][k]).collect() };
         let (min_sep, max_sep) = range.bounds(self.min_sep);
         RangePrecision {
             range: range.name(),
@@ -267,16 +244,10 @@ struct Pair {
 fn check_sizes(probs: &[f32], labels: &[u8], len: usize) -> Result<()> {
     let expected = len * len;
     if probs.len() != expected {
-        bail!(
-            "contact probabilities have {} values, expected L×L = {expected}",
-            probs.len()
-        );
+        bail!("contact probabilities have {} values, expected L×L = {expected}", probs.len());
     }
     if labels.len() != expected {
-        bail!(
-            "contact labels have {} values, expected L×L = {expected}",
-            labels.len()
-        );
+        bail!("contact labels have {} values, expected L×L = {expected}", labels.len());
     }
     Ok(())
 }
@@ -294,27 +265,15 @@ fn upper_pairs(probs: &[f32], labels: &[u8], len: usize) -> Result<Vec<Pair>> {
             if !prob.is_finite() {
                 bail!("contact probability at ({i}, {j}) is {prob}");
             }
-            pairs.push(Pair {
-                prob,
-                contact: label == 1,
-                sep: j - i,
-            });
+            pairs.push(Pair { prob, contact: label == 1, sep: j - i });
         }
     }
     Ok(pairs)
 }
 
 /// Precision of the top ⌊L/k⌋ (≥ 1) pairs of `range`, for k = 1, 2, 5.
-fn top_precisions(
-    pairs: &[Pair],
-    range: SeparationRange,
-    min_sep: usize,
-    len: usize,
-) -> [Option<f64>; 3] {
-    let mut ranked: Vec<&Pair> = pairs
-        .iter()
-        .filter(|p| range.contains(p.sep, min_sep))
-        .collect();
+fn top_precisions(pairs: &[Pair], range: SeparationRange, min_sep: usize, len: usize) -> [Option<f64>; 3] {
+    let mut ranked: Vec<&Pair> = pairs.iter().filter(|p| range.contains(p.sep, min_sep)).collect();
     if ranked.is_empty() {
         return [None; 3];
     }
@@ -383,11 +342,7 @@ impl fmt::Display for ContactReport {
             self.mcc_degenerate,
             show(self.mcc_pooled)
         )?;
-        writeln!(
-            f,
-            "{:<14} {:>7} {:>7} {:>7} {:>9}",
-            "range", "P@L", "P@L/2", "P@L/5", "proteins"
-        )?;
+        writeln!(f, "{:<14} {:>7} {:>7} {:>7} {:>9}", "range", "P@L", "P@L/2", "P@L/5", "proteins")?;
         for row in &self.precision {
             let span = match row.max_sep {
                 Some(hi) => format!("{}-{}", row.min_sep, hi),

@@ -29,7 +29,12 @@ pub struct NamedTensor {
 
 impl NamedTensor {
     pub fn f32(name: impl Into<String>, shape: &[usize], values: &[f32]) -> Self {
-        NamedTensor { name: name.into(), dtype: Dtype::F32, shape: shape.to_vec(), data: values.iter().flat_map(|x| x.to_le_bytes()).collect() }
+        NamedTensor {
+            name: name.into(),
+            dtype: Dtype::F32,
+            shape: shape.to_vec(),
+            data: values.iter().flat_map(|x| x.to_le_bytes()).collect(),
+        }
     }
 
     pub fn u8(name: impl Into<String>, shape: &[usize], values: &[u8]) -> Self {
@@ -47,7 +52,12 @@ impl NamedTensor {
     }
 
     pub fn i64(name: impl Into<String>, shape: &[usize], values: &[i64]) -> Self {
-        NamedTensor { name: name.into(), dtype: Dtype::I64, shape: shape.to_vec(), data: values.iter().flat_map(|x| x.to_le_bytes()).collect() }
+        NamedTensor {
+            name: name.into(),
+            dtype: Dtype::I64,
+            shape: shape.to_vec(),
+            data: values.iter().flat_map(|x| x.to_le_bytes()).collect(),
+        }
     }
 }
 
@@ -82,7 +92,11 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
 }
 
 /// Serialise tensors (with optional string metadata) to a safetensors file, atomically.
-pub fn write_safetensors(path: &Path, tensors: &[NamedTensor], metadata: Option<HashMap<String, String>>) -> Result<()> {
+pub fn write_safetensors(
+    path: &Path,
+    tensors: &[NamedTensor],
+    metadata: Option<HashMap<String, String>>,
+) -> Result<()> {
     let views: Vec<(&str, &NamedTensor)> = tensors.iter().map(|t| (t.name.as_str(), t)).collect();
     let bytes = safetensors::serialize(views, metadata).with_context(|| format!("serialising {}", path.display()))?;
     write_atomic(path, &bytes)
@@ -96,7 +110,8 @@ pub struct MappedSafetensors {
 
 impl MappedSafetensors {
     pub fn open(path: &Path) -> Result<MappedSafetensors> {
-        let file = File::open(path).with_context(|| format!("{}: cannot open (is the checkpoint complete?)", path.display()))?;
+        let file = File::open(path)
+            .with_context(|| format!("{}: cannot open (is the checkpoint complete?)", path.display()))?;
         // Safety: the file is opened read-only and not modified while mapped.
         let mmap = unsafe { Mmap::map(&file) }.with_context(|| format!("{}: cannot memory-map", path.display()))?;
         let m = MappedSafetensors { path: path.to_path_buf(), mmap };
@@ -110,8 +125,12 @@ impl MappedSafetensors {
 
     /// The parsed header and data (cheap: parsing reads only the header).
     pub fn tensors(&self) -> Result<SafeTensors<'_>> {
-        SafeTensors::deserialize(&self.mmap)
-            .map_err(|e| anyhow::anyhow!("{}: not a valid safetensors file ({e}); it may be truncated or corrupt", self.path.display()))
+        SafeTensors::deserialize(&self.mmap).map_err(|e| {
+            anyhow::anyhow!(
+                "{}: not a valid safetensors file ({e}); it may be truncated or corrupt",
+                self.path.display()
+            )
+        })
     }
 
     /// String metadata of the header.
@@ -136,9 +155,15 @@ impl MappedSafetensors {
     /// converted; any other dtype is an error.
     pub fn read_f32(&self, name: &str, expected_shape: &[usize]) -> Result<Vec<f32>> {
         let st = self.tensors()?;
-        let view = st.tensor(name).map_err(|_| anyhow::anyhow!("{}: tensor `{name}` is missing", self.path.display()))?;
+        let view =
+            st.tensor(name).map_err(|_| anyhow::anyhow!("{}: tensor `{name}` is missing", self.path.display()))?;
         if view.shape() != expected_shape {
-            bail!("{}: tensor `{name}` has shape {:?}, expected {:?}", self.path.display(), view.shape(), expected_shape);
+            bail!(
+                "{}: tensor `{name}` has shape {:?}, expected {:?}",
+                self.path.display(),
+                view.shape(),
+                expected_shape
+            );
         }
         view_to_f32(&view).with_context(|| format!("{}: tensor `{name}`", self.path.display()))
     }
@@ -146,7 +171,8 @@ impl MappedSafetensors {
     /// Raw view of tensor `name` (for non-float state such as 8-bit codes).
     pub fn with_view<R>(&self, name: &str, f: impl FnOnce(&TensorView<'_>) -> Result<R>) -> Result<R> {
         let st = self.tensors()?;
-        let view = st.tensor(name).map_err(|_| anyhow::anyhow!("{}: tensor `{name}` is missing", self.path.display()))?;
+        let view =
+            st.tensor(name).map_err(|_| anyhow::anyhow!("{}: tensor `{name}` is missing", self.path.display()))?;
         f(&view)
     }
 }
@@ -175,8 +201,12 @@ pub fn hf_name_candidates(name: &str) -> Vec<String> {
             n.strip_suffix("LayerNorm.weight")
                 .map(|p| format!("{p}LayerNorm.gamma"))
                 .or_else(|| n.strip_suffix("LayerNorm.bias").map(|p| format!("{p}LayerNorm.beta")))
-                .or_else(|| n.strip_suffix("emb_layer_norm_after.weight").map(|p| format!("{p}emb_layer_norm_after.gamma")))
-                .or_else(|| n.strip_suffix("emb_layer_norm_after.bias").map(|p| format!("{p}emb_layer_norm_after.beta")))
+                .or_else(|| {
+                    n.strip_suffix("emb_layer_norm_after.weight").map(|p| format!("{p}emb_layer_norm_after.gamma"))
+                })
+                .or_else(|| {
+                    n.strip_suffix("emb_layer_norm_after.bias").map(|p| format!("{p}emb_layer_norm_after.beta"))
+                })
         })
         .collect();
     out.extend(aliases);

@@ -32,7 +32,13 @@ pub struct SequenceClassifier {
 
 impl SequenceClassifier {
     /// A randomly initialised model (HF initialisation, seeded).
-    pub fn new_random(cfg: &EsmConfig, labels: Vec<String>, head: HeadKind, head_dropout: f64, seed: u64) -> Result<Self> {
+    pub fn new_random(
+        cfg: &EsmConfig,
+        labels: Vec<String>,
+        head: HeadKind,
+        head_dropout: f64,
+        seed: u64,
+    ) -> Result<Self> {
         if labels.is_empty() {
             bail!("a classifier needs at least one class label");
         }
@@ -51,18 +57,29 @@ impl SequenceClassifier {
     /// when the file has one of the requested kind with the same labels (`labels =
     /// None` takes the checkpoint's own); otherwise a fresh head is initialised and
     /// listed in the report.
-    pub fn from_pretrained(dir: &Path, labels: Option<Vec<String>>, head: HeadKind, head_dropout: f64, seed: u64) -> Result<(Self, LoadReport)> {
+    pub fn from_pretrained(
+        dir: &Path,
+        labels: Option<Vec<String>>,
+        head: HeadKind,
+        head_dropout: f64,
+        seed: u64,
+    ) -> Result<(Self, LoadReport)> {
         let (cfg, json) = EsmConfig::from_dir(dir)?;
         let file_labels = EsmConfig::labels_from_json(&json);
         let labels = match (labels, &file_labels) {
             (Some(l), _) => l,
             (None, Some(l)) => l.clone(),
-            (None, None) => bail!("{}: config.json has no id2label; give the class labels (training data) to build a head", dir.display()),
+            (None, None) => bail!(
+                "{}: config.json has no id2label; give the class labels (training data) to build a head",
+                dir.display()
+            ),
         };
         let mut model = SequenceClassifier::new_random(&cfg, labels, head, head_dropout, seed)?;
         let file = open_weights(dir)?;
         let head_matches = file_labels.as_deref() == Some(&model.labels[..]);
-        let mut report = load_params(&mut model.params, &file, |name| name.starts_with("esm.") && !name.starts_with("esm.contact_head"))?;
+        let mut report = load_params(&mut model.params, &file, |name| {
+            name.starts_with("esm.") && !name.starts_with("esm.contact_head")
+        })?;
         if !head_matches {
             // Labels differ: a head in the file belongs to other classes; start it fresh.
             let fresh = SequenceClassifier::new_random(&cfg, model.labels.clone(), head, head_dropout, seed)?;
@@ -93,7 +110,12 @@ impl SequenceClassifier {
     }
 
     /// Logits and the (weighted) cross-entropy against the batch's labels.
-    pub fn forward_loss(&self, tape: &Tape, inp: &ModelInputs, class_weights: Option<&Tensor>) -> Result<(Tensor, Tensor)> {
+    pub fn forward_loss(
+        &self,
+        tape: &Tape,
+        inp: &ModelInputs,
+        class_weights: Option<&Tensor>,
+    ) -> Result<(Tensor, Tensor)> {
         let Some(labels) = &inp.labels else {
             bail!("this batch has no labels to compute a loss against");
         };
@@ -124,6 +146,8 @@ impl SequenceClassifier {
 pub fn rotary_buffers(cfg: &EsmConfig) -> Vec<NamedTensor> {
     let f = inv_freq(cfg.head_dim());
     (0..cfg.num_hidden_layers)
-        .map(|i| NamedTensor::f32(format!("esm.encoder.layer.{i}.attention.self.rotary_embeddings.inv_freq"), &[f.len()], &f))
+        .map(|i| {
+            NamedTensor::f32(format!("esm.encoder.layer.{i}.attention.self.rotary_embeddings.inv_freq"), &[f.len()], &f)
+        })
         .collect()
 }

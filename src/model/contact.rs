@@ -20,7 +20,8 @@ pub struct ContactHead {
 impl ContactHead {
     pub fn new(cfg: &EsmConfig, params: &mut Params, init: &mut Init) -> Result<ContactHead> {
         let ch = cfg.num_hidden_layers * cfg.num_attention_heads;
-        let weight = params.add("esm.contact_head.regression.weight", Tensor::from_vec(init.normal(ch), &[1, ch])?, false)?;
+        let weight =
+            params.add("esm.contact_head.regression.weight", Tensor::from_vec(init.normal(ch), &[1, ch])?, false)?;
         let bias = params.add("esm.contact_head.regression.bias", Tensor::from_vec(vec![0f32], &[1])?, false)?;
         Ok(ContactHead { weight, bias, n_heads: cfg.num_attention_heads })
     }

@@ -57,7 +57,11 @@ impl Esm2 {
         let (h, f) = (cfg.hidden_size, cfg.intermediate_size);
         let mut emb = init.normal(cfg.vocab_size * h);
         emb[cfg.pad_token_id as usize * h..][..h].iter_mut().for_each(|v| *v = 0.0);
-        let word_embeddings = params.add(&format!("{ESM_PREFIX}.embeddings.word_embeddings.weight"), Tensor::from_vec(emb, &[cfg.vocab_size, h])?, false)?;
+        let word_embeddings = params.add(
+            &format!("{ESM_PREFIX}.embeddings.word_embeddings.weight"),
+            Tensor::from_vec(emb, &[cfg.vocab_size, h])?,
+            false,
+        )?;
         let mut layers = Vec::with_capacity(cfg.num_hidden_layers);
         for i in 0..cfg.num_hidden_layers {
             let p = format!("{ESM_PREFIX}.encoder.layer.{i}");
@@ -72,7 +76,8 @@ impl Esm2 {
                 ffn_out: Linear::new(params, &format!("{p}.output.dense"), f, h, true, init)?,
             });
         }
-        let final_ln = LayerNorm::new(params, &format!("{ESM_PREFIX}.encoder.emb_layer_norm_after"), h, cfg.layer_norm_eps)?;
+        let final_ln =
+            LayerNorm::new(params, &format!("{ESM_PREFIX}.encoder.emb_layer_norm_after"), h, cfg.layer_norm_eps)?;
         Ok(Esm2 { cfg: cfg.clone(), word_embeddings, layers, final_ln })
     }
 

@@ -41,14 +41,23 @@ pub enum Head {
 }
 
 impl Head {
-    pub fn new(kind: HeadKind, params: &mut Params, hidden: usize, n_classes: usize, dropout: f64, init: &mut Init) -> Result<Head> {
+    pub fn new(
+        kind: HeadKind,
+        params: &mut Params,
+        hidden: usize,
+        n_classes: usize,
+        dropout: f64,
+        init: &mut Init,
+    ) -> Result<Head> {
         Ok(match kind {
             HeadKind::Classification => Head::Classification {
                 dense: Linear::new(params, "classifier.dense", hidden, hidden, true, init)?,
                 out_proj: Linear::new(params, "classifier.out_proj", hidden, n_classes, true, init)?,
                 dropout,
             },
-            HeadKind::Linear => Head::Linear { out: Linear::new(params, "classifier", hidden, n_classes, true, init)?, dropout },
+            HeadKind::Linear => {
+                Head::Linear { out: Linear::new(params, "classifier", hidden, n_classes, true, init)?, dropout }
+            }
         })
     }
 

@@ -21,7 +21,14 @@ pub struct Linear {
 
 impl Linear {
     /// Register `{prefix}.weight` `[out, in]` (N(0, std²)) and `{prefix}.bias` (zeros).
-    pub fn new(params: &mut Params, prefix: &str, in_f: usize, out_f: usize, bias: bool, init: &mut Init) -> Result<Linear> {
+    pub fn new(
+        params: &mut Params,
+        prefix: &str,
+        in_f: usize,
+        out_f: usize,
+        bias: bool,
+        init: &mut Init,
+    ) -> Result<Linear> {
         let w = Tensor::from_vec(init.normal(in_f * out_f), &[out_f, in_f])?;
         let weight = params.add(&format!("{prefix}.weight"), w, true)?;
         let bias = if bias {

@@ -62,11 +62,22 @@ impl LoraConfig {
 
 impl LoraAdapter {
     /// Register the adapter of the layer whose weight is called `{prefix}.weight`.
-    pub fn new(params: &mut Params, prefix: &str, in_f: usize, out_f: usize, cfg: &LoraConfig, rng: &mut Rng) -> Result<LoraAdapter> {
+    pub fn new(
+        params: &mut Params,
+        prefix: &str,
+        in_f: usize,
+        out_f: usize,
+        cfg: &LoraConfig,
+        rng: &mut Rng,
+    ) -> Result<LoraAdapter> {
         let bound = 1.0 / (in_f as f64).sqrt();
         let a: Vec<f32> = (0..cfg.rank * in_f).map(|_| ((rng.next_f64() * 2.0 - 1.0) * bound) as f32).collect();
         let a = params.add(&format!("{prefix}.lora_A.weight"), Tensor::from_vec(a, &[cfg.rank, in_f])?, false)?;
-        let b = params.add(&format!("{prefix}.lora_B.weight"), Tensor::from_vec(vec![0f32; out_f * cfg.rank], &[out_f, cfg.rank])?, false)?;
+        let b = params.add(
+            &format!("{prefix}.lora_B.weight"),
+            Tensor::from_vec(vec![0f32; out_f * cfg.rank], &[out_f, cfg.rank])?,
+            false,
+        )?;
         Ok(LoraAdapter { a, b, rank: cfg.rank, alpha: cfg.alpha, dropout: cfg.dropout })
     }
 

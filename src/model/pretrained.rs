@@ -26,7 +26,11 @@ fn is_buffer(name: &str) -> bool {
 
 /// Load every parameter for which `required` holds (an error if absent) and every other
 /// parameter the file has. Shapes must match exactly.
-pub fn load_params(params: &mut Params, file: &MappedSafetensors, required: impl Fn(&str) -> bool) -> Result<LoadReport> {
+pub fn load_params(
+    params: &mut Params,
+    file: &MappedSafetensors,
+    required: impl Fn(&str) -> bool,
+) -> Result<LoadReport> {
     let mut report = LoadReport::default();
     let mut used = std::collections::HashSet::new();
     let ids: Vec<_> = params.ids().collect();

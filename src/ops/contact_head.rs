@@ -39,10 +39,21 @@ fn slots(layout: &SeqLayout, n_heads: usize) -> Result<Vec<SeqSlot>> {
 
 /// Contact logits from the attention probabilities of every layer; `weight: [1, layers·heads]`,
 /// `bias: [1]` (`esm.contact_head.regression`).
-pub fn contact_head(tape: &Tape, probs: &[Tensor], layout: &SeqLayout, n_heads: usize, weight: &Tensor, bias: &Tensor) -> Result<Tensor> {
+pub fn contact_head(
+    tape: &Tape,
+    probs: &[Tensor],
+    layout: &SeqLayout,
+    n_heads: usize,
+    weight: &Tensor,
+    bias: &Tensor,
+) -> Result<Tensor> {
     let n_ch = probs.len() * n_heads;
     if weight.shape() != [1, n_ch] || bias.shape() != [1] {
-        bail!("contact head: regression weight {:?} / bias {:?} do not match {n_ch} channels", weight.shape(), bias.shape());
+        bail!(
+            "contact head: regression weight {:?} / bias {:?} do not match {n_ch} channels",
+            weight.shape(),
+            bias.shape()
+        );
     }
     let mut all: Vec<&Tensor> = probs.iter().collect();
     all.push(weight);

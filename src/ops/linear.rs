@@ -65,4 +65,3 @@ pub fn linear(tape: &Tape, x: &Tensor, w: &Tensor, b: Option<&Tensor>) -> Result
         Ok(y)
     })
 }
-

@@ -40,8 +40,8 @@
 
 use crate::optim::adamw_step::{adamw_step_f32, adamw_update, AdamConsts, AdamHyper};
 use crate::optim::quant8::{
-    block_absmax, decode_block, encode_block, encode_block_sign_preserving, n_blocks,
-    signed_dynamic_map, unsigned_dynamic_map, zero_code, QuantMap, BLOCK_SIZE,
+    block_absmax, decode_block, encode_block, encode_block_sign_preserving, n_blocks, signed_dynamic_map,
+    unsigned_dynamic_map, zero_code, QuantMap, BLOCK_SIZE,
 };
 use anyhow::{bail, ensure, Context, Result};
 use rayon::prelude::*;
@@ -94,10 +94,7 @@ impl Adam8bitState {
     /// also decodes to zero).
     pub fn with_min_8bit_size(n_elems: usize, min_8bit_size: usize) -> Self {
         if n_elems < min_8bit_size {
-            return Self::Fp32 {
-                m: vec![0.0; n_elems],
-                v: vec![0.0; n_elems],
-            };
+            return Self::Fp32 { m: vec![0.0; n_elems], v: vec![0.0; n_elems] };
         }
         Self::Blockwise8bit(QuantizedMoments {
             m_codes: vec![zero_code(signed_dynamic_map()); n_elems],
@@ -128,9 +125,7 @@ impl Adam8bitState {
     /// Bytes this state occupies.
     pub fn bytes(&self) -> usize {
         match self {
-            Self::Blockwise8bit(q) => {
-                q.m_codes.len() + q.v_codes.len() + 4 * (q.m_absmax.len() + q.v_absmax.len())
-            }
+            Self::Blockwise8bit(q) => q.m_codes.len() + q.v_codes.len() + 4 * (q.m_absmax.len() + q.v_absmax.len()),
             Self::Fp32 { m, v } => 4 * (m.len() + v.len()),
         }
     }
@@ -167,30 +162,19 @@ impl Adam8bitState {
     /// [`Self::to_tensors`]; the dtype of `{prefix}.state1` says which kind it is.
     pub fn from_tensors(prefix: &str, n_elems: usize, tensors: &[StateTensor]) -> Result<Self> {
         restore(prefix, n_elems, |name| {
-            tensors
-                .iter()
-                .find(|t| t.name == name)
-                .map(|t| (t.dtype, t.shape.clone(), t.data.as_slice()))
+            tensors.iter().find(|t| t.name == name).map(|t| (t.dtype, t.shape.clone(), t.data.as_slice()))
         })
     }
 
     /// Restore from a loaded safetensors file (same names as [`Self::from_tensors`]).
     pub fn from_safetensors(prefix: &str, n_elems: usize, file: &SafeTensors) -> Result<Self> {
-        restore(prefix, n_elems, |name| {
-            file.tensor(name)
-                .ok()
-                .map(|t| (t.dtype(), t.shape().to_vec(), t.data()))
-        })
+        restore(prefix, n_elems, |name| file.tensor(name).ok().map(|t| (t.dtype(), t.shape().to_vec(), t.data())))
     }
 }
 
 fn decode_all(codes: &[u8], absmax: &[f32], map: &QuantMap) -> Vec<f32> {
     let mut out = vec![0f32; codes.len()];
-    for ((o, c), &a) in out
-        .chunks_mut(BLOCK_SIZE)
-        .zip(codes.chunks(BLOCK_SIZE))
-        .zip(absmax)
-    {
+    for ((o, c), &a) in out.chunks_mut(BLOCK_SIZE).zip(codes.chunks(BLOCK_SIZE)).zip(absmax) {
         decode_block(c, a, map, o);
     }
     out
@@ -199,57 +183,27 @@ fn decode_all(codes: &[u8], absmax: &[f32], map: &QuantMap) -> Vec<f32> {
 type Found<'a> = (Dtype, Vec<usize>, &'a [u8]);
 
 /// Fetch `name`, check its dtype and 1-D length, and return its bytes.
-fn fetch<'a>(
-    lookup: &impl Fn(&str) -> Option<Found<'a>>,
-    name: &str,
-    dtype: Dtype,
-    len: usize,
-) -> Result<&'a [u8]> {
+fn fetch<'a>(lookup: &impl Fn(&str) -> Option<Found<'a>>, name: &str, dtype: Dtype, len: usize) -> Result<&'a [u8]> {
     let (found_dtype, shape, data) =
         lookup(name).with_context(|| format!("optimizer state: tensor `{name}` is missing"))?;
-    ensure!(
-        found_dtype == dtype,
-        "optimizer state: `{name}` has dtype {found_dtype:?}, expected {dtype:?}"
-    );
-    ensure!(
-        shape == [len],
-        "optimizer state: `{name}` has shape {shape:?}, expected [{len}] for this parameter"
-    );
+    ensure!(found_dtype == dtype, "optimizer state: `{name}` has dtype {found_dtype:?}, expected {dtype:?}");
+    ensure!(shape == [len], "optimizer state: `{name}` has shape {shape:?}, expected [{len}] for this parameter");
     let elem = if dtype == Dtype::F32 { 4 } else { 1 };
-    ensure!(
-        data.len() == len * elem,
-        "optimizer state: `{name}` holds {} bytes, expected {}",
-        data.len(),
-        len * elem
-    );
+    ensure!(data.len() == len * elem, "optimizer state: `{name}` holds {} bytes, expected {}", data.len(), len * elem);
     Ok(data)
 }
 
 fn f32s_from_le(name: &str, data: &[u8], require_nonnegative: bool) -> Result<Vec<f32>> {
-    let values: Vec<f32> = data
-        .chunks_exact(4)
-        .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
-        .collect();
-    if let Some(i) = values
-        .iter()
-        .position(|x| !x.is_finite() || (require_nonnegative && *x < 0.0))
-    {
-        bail!(
-            "optimizer state: `{name}`[{i}] = {} is not a valid value",
-            values[i]
-        );
+    let values: Vec<f32> = data.chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect();
+    if let Some(i) = values.iter().position(|x| !x.is_finite() || (require_nonnegative && *x < 0.0)) {
+        bail!("optimizer state: `{name}`[{i}] = {} is not a valid value", values[i]);
     }
     Ok(values)
 }
 
-fn restore<'a>(
-    prefix: &str,
-    n: usize,
-    lookup: impl Fn(&str) -> Option<Found<'a>>,
-) -> Result<Adam8bitState> {
+fn restore<'a>(prefix: &str, n: usize, lookup: impl Fn(&str) -> Option<Found<'a>>) -> Result<Adam8bitState> {
     let s1 = format!("{prefix}.state1");
-    let (dtype, _, _) =
-        lookup(&s1).with_context(|| format!("optimizer state: tensor `{s1}` is missing"))?;
+    let (dtype, _, _) = lookup(&s1).with_context(|| format!("optimizer state: tensor `{s1}` is missing"))?;
     let s2 = format!("{prefix}.state2");
     match dtype {
         Dtype::F32 => {
@@ -275,12 +229,7 @@ fn restore<'a>(
 /// [`adamw_step_f32`]; 8-bit state is dequantised, updated and requantised block by block
 /// in one pass (see the module docs). Errors on mismatched lengths or invalid
 /// hyper-parameters; the parameters are untouched then.
-pub fn step(
-    params: &mut [f32],
-    grads: &[f32],
-    state: &mut Adam8bitState,
-    hp: &AdamHyper,
-) -> Result<()> {
+pub fn step(params: &mut [f32], grads: &[f32], state: &mut Adam8bitState, hp: &AdamHyper) -> Result<()> {
     let n = params.len();
     ensure!(
         grads.len() == n && state.len() == n,
@@ -292,9 +241,7 @@ pub fn step(
         Adam8bitState::Fp32 { m, v } => adamw_step_f32(params, grads, m, v, hp),
         Adam8bitState::Blockwise8bit(q) => {
             ensure!(
-                q.m_absmax.len() == n_blocks(n)
-                    && q.v_absmax.len() == n_blocks(n)
-                    && q.v_codes.len() == n,
+                q.m_absmax.len() == n_blocks(n) && q.v_absmax.len() == n_blocks(n) && q.v_codes.len() == n,
                 "adam8bit step: corrupt 8-bit state ({} elements need {} absmax values per moment)",
                 n,
                 n_blocks(n)
@@ -318,19 +265,7 @@ fn step_blockwise(params: &mut [f32], grads: &[f32], q: &mut QuantizedMoments, c
         .zip(q.v_absmax.par_iter_mut())
         .with_min_len(16)
         .for_each(|(((((p, g), mc), ma), vc), va)| {
-            update_block(
-                p,
-                g,
-                BlockState {
-                    m_codes: mc,
-                    m_absmax: ma,
-                    v_codes: vc,
-                    v_absmax: va,
-                },
-                c,
-                smap,
-                umap,
-            );
+            update_block(p, g, BlockState { m_codes: mc, m_absmax: ma, v_codes: vc, v_absmax: va }, c, smap, umap);
         });
 }
 
@@ -344,14 +279,7 @@ struct BlockState<'a> {
 
 /// Dequantise, update, and requantise (with the new absmax) one block.
 #[inline]
-fn update_block(
-    p: &mut [f32],
-    g: &[f32],
-    s: BlockState,
-    c: &AdamConsts,
-    smap: &QuantMap,
-    umap: &QuantMap,
-) {
+fn update_block(p: &mut [f32], g: &[f32], s: BlockState, c: &AdamConsts, smap: &QuantMap, umap: &QuantMap) {
     let len = p.len();
     let mut m = [0f32; BLOCK_SIZE];
     let mut v = [0f32; BLOCK_SIZE];

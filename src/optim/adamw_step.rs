@@ -48,55 +48,24 @@ pub struct AdamHyper {
 impl Default for AdamHyper {
     /// `torch.optim.AdamW` defaults (lr 1e-3, betas (0.9, 0.999), eps 1e-8, wd 1e-2), step 1.
     fn default() -> Self {
-        Self {
-            lr: 1e-3,
-            beta1: 0.9,
-            beta2: 0.999,
-            eps: 1e-8,
-            weight_decay: 1e-2,
-            step: 1,
-            grad_scale: 1.0,
-        }
+        Self { lr: 1e-3, beta1: 0.9, beta2: 0.999, eps: 1e-8, weight_decay: 1e-2, step: 1, grad_scale: 1.0 }
     }
 }
 
 impl AdamHyper {
     /// Check the ranges PyTorch checks (plus a 1-based step and a finite gradient scale).
     pub fn validate(&self) -> Result<()> {
-        ensure!(
-            self.lr.is_finite() && self.lr >= 0.0,
-            "AdamW: invalid learning rate {}",
-            self.lr
-        );
-        ensure!(
-            self.eps.is_finite() && self.eps >= 0.0,
-            "AdamW: invalid eps {}",
-            self.eps
-        );
-        ensure!(
-            (0.0..1.0).contains(&self.beta1),
-            "AdamW: beta1 must be in [0, 1), got {}",
-            self.beta1
-        );
-        ensure!(
-            (0.0..1.0).contains(&self.beta2),
-            "AdamW: beta2 must be in [0, 1), got {}",
-            self.beta2
-        );
+        ensure!(self.lr.is_finite() && self.lr >= 0.0, "AdamW: invalid learning rate {}", self.lr);
+        ensure!(self.eps.is_finite() && self.eps >= 0.0, "AdamW: invalid eps {}", self.eps);
+        ensure!((0.0..1.0).contains(&self.beta1), "AdamW: beta1 must be in [0, 1), got {}", self.beta1);
+        ensure!((0.0..1.0).contains(&self.beta2), "AdamW: beta2 must be in [0, 1), got {}", self.beta2);
         ensure!(
             self.weight_decay.is_finite() && self.weight_decay >= 0.0,
             "AdamW: invalid weight_decay {}",
             self.weight_decay
         );
-        ensure!(
-            self.step >= 1,
-            "AdamW: step is 1-based (bias correction), got 0"
-        );
-        ensure!(
-            self.grad_scale.is_finite(),
-            "AdamW: gradient scale must be finite, got {}",
-            self.grad_scale
-        );
+        ensure!(self.step >= 1, "AdamW: step is 1-based (bias correction), got 0");
+        ensure!(self.grad_scale.is_finite(), "AdamW: gradient scale must be finite, got {}", self.grad_scale);
         Ok(())
     }
 }
@@ -158,13 +127,7 @@ const CHUNK: usize = 16 * 1024;
 /// (initially zero). Non-finite gradients propagate as in PyTorch; the mixed-precision
 /// loop skips such steps before calling this. Errors on mismatched lengths or invalid
 /// hyper-parameters.
-pub fn adamw_step_f32(
-    params: &mut [f32],
-    grads: &[f32],
-    m: &mut [f32],
-    v: &mut [f32],
-    hp: &AdamHyper,
-) -> Result<()> {
+pub fn adamw_step_f32(params: &mut [f32], grads: &[f32], m: &mut [f32], v: &mut [f32], hp: &AdamHyper) -> Result<()> {
     let n = params.len();
     ensure!(
         grads.len() == n && m.len() == n && v.len() == n,

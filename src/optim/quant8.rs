@@ -73,31 +73,20 @@ fn torch_linspace_f32(start: f32, end: f32, steps: usize) -> Vec<f32> {
     let step = (end - start) / (steps - 1) as f32;
     let halfway = steps / 2;
     (0..steps)
-        .map(|i| {
-            if i < halfway {
-                start + step * i as f32
-            } else {
-                end - step * (steps - i - 1) as f32
-            }
-        })
+        .map(|i| if i < halfway { start + step * i as f32 } else { end - step * (steps - i - 1) as f32 })
         .collect()
 }
 
 /// Midpoints of `count` equal intervals of `[0.1, 1]` scaled by `scale` (fp32 product).
 fn scaled_interval_midpoints(count: usize, scale: f32) -> Vec<f32> {
     let bounds = torch_linspace_f32(0.1, 1.0, count + 1);
-    bounds
-        .windows(2)
-        .map(|w| scale * ((w[0] + w[1]) / 2.0))
-        .collect()
+    bounds.windows(2).map(|w| scale * ((w[0] + w[1]) / 2.0)).collect()
 }
 
 /// `10^exponent` as Python evaluates `10 ** exponent` (a correctly rounded double), cast
 /// to fp32 the way PyTorch casts a Python scalar multiplying an fp32 tensor.
 fn decade_scale(exponent: i32) -> f32 {
-    let as_double: f64 = format!("1e{exponent}")
-        .parse()
-        .expect("a literal power of ten always parses");
+    let as_double: f64 = format!("1e{exponent}").parse().expect("a literal power of ten always parses");
     as_double as f32
 }
 
@@ -124,10 +113,7 @@ pub fn create_dynamic_map(signed: bool, max_exponent_bits: u32) -> Result<QuantM
     };
     for i in 0..max_exponent_bits {
         let fraction_bits = i + NON_SIGN_BITS - max_exponent_bits + u32::from(!signed);
-        push_decade(
-            1usize << fraction_bits,
-            i as i32 - (max_exponent_bits as i32 - 1),
-        );
+        push_decade(1usize << fraction_bits, i as i32 - (max_exponent_bits as i32 - 1));
     }
     if extra_items > 0 {
         // bitsandbytes puts the "all exponent bits zero" extras at the last decade's scale.
@@ -199,10 +185,7 @@ pub fn zero_code(map: &QuantMap) -> u8 {
 /// the representable range (`[-1, 1]` when the map has negative entries, else `[0, 1]`)
 /// to the nearest map end, whichever is larger.
 pub fn max_round_trip_error(map: &QuantMap) -> f32 {
-    let half_gap = map
-        .windows(2)
-        .map(|w| (w[1] - w[0]) * 0.5)
-        .fold(0f32, f32::max);
+    let half_gap = map.windows(2).map(|w| (w[1] - w[0]) * 0.5).fold(0f32, f32::max);
     let low_end = if map[0] < 0.0 { -1.0 } else { 0.0 };
     let edge_gap = (map[0] - low_end).max(1.0 - map[MAP_SIZE - 1]);
     half_gap.max(edge_gap)
@@ -284,21 +267,17 @@ impl BlockwiseQuantized {
 /// non-finite element, naming its index.
 pub fn quantize_blockwise(x: &[f32], map: &QuantMap) -> Result<BlockwiseQuantized> {
     if let Some(i) = x.iter().position(|v| !v.is_finite()) {
-        bail!(
-            "quantize_blockwise: element {i} is {} (only finite values can be quantised)",
-            x[i]
-        );
+        bail!("quantize_blockwise: element {i} is {} (only finite values can be quantised)", x[i]);
     }
     let mut codes = vec![0u8; x.len()];
     let mut absmax = vec![0f32; n_blocks(x.len())];
-    x.par_chunks(BLOCK_SIZE)
-        .zip(codes.par_chunks_mut(BLOCK_SIZE))
-        .zip(absmax.par_iter_mut())
-        .for_each(|((block, block_codes), block_absmax_out)| {
+    x.par_chunks(BLOCK_SIZE).zip(codes.par_chunks_mut(BLOCK_SIZE)).zip(absmax.par_iter_mut()).for_each(
+        |((block, block_codes), block_absmax_out)| {
             let a = block_absmax(block);
             encode_block(block, a, map, block_codes);
             *block_absmax_out = a;
-        });
+        },
+    );
     Ok(BlockwiseQuantized { codes, absmax })
 }
 

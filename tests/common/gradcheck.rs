@@ -11,10 +11,7 @@ pub type OpFn<'a> = dyn Fn(&Tape, &[Tensor]) -> Result<Vec<Tensor>> + 'a;
 
 /// Σ_o Σ_i out_o[i]·seed_o[i]: the scalar whose gradient the check compares.
 fn weighted_sum(outs: &[Tensor], seeds: &[Vec<f64>]) -> f64 {
-    outs.iter()
-        .zip(seeds)
-        .map(|(o, s)| o.to_vec_f64().unwrap().iter().zip(s).map(|(a, b)| a * b).sum::<f64>())
-        .sum()
+    outs.iter().zip(seeds).map(|(o, s)| o.to_vec_f64().unwrap().iter().zip(s).map(|(a, b)| a * b).sum::<f64>()).sum()
 }
 
 /// Check the analytic gradient of every input that requires a gradient against central
@@ -24,11 +21,8 @@ pub fn check(f: &OpFn<'_>, inputs: &[Tensor], rng: &mut TestRng, h: f64, max_ele
     let tape = Tape::new();
     let outs = f(&tape, inputs).expect("forward");
     let seeds: Vec<Vec<f64>> = outs.iter().map(|o| rng.normals(o.numel(), 1.0)).collect();
-    let roots: Vec<(&Tensor, Tensor)> = outs
-        .iter()
-        .zip(&seeds)
-        .map(|(o, s)| (o, Tensor::from_vec(s.clone(), o.shape()).unwrap()))
-        .collect();
+    let roots: Vec<(&Tensor, Tensor)> =
+        outs.iter().zip(&seeds).map(|(o, s)| (o, Tensor::from_vec(s.clone(), o.shape()).unwrap())).collect();
     let mut grads = Grads::new();
     tape.backward_from_many(&roots, &mut grads).expect("backward");
     let mut worst = 0.0f64;
@@ -43,7 +37,8 @@ pub fn check(f: &OpFn<'_>, inputs: &[Tensor], rng: &mut TestRng, h: f64, max_ele
         };
         let base = x.to_vec_f64().unwrap();
         let n = base.len();
-        let picks: Vec<usize> = if n <= max_elems { (0..n).collect() } else { (0..max_elems).map(|_| rng.below(n)).collect() };
+        let picks: Vec<usize> =
+            if n <= max_elems { (0..n).collect() } else { (0..max_elems).map(|_| rng.below(n)).collect() };
         let (mut num_sq, mut ana_sq, mut diff_sq) = (0.0, 0.0, 0.0);
         for &j in &picks {
             let eval = |delta: f64| {

@@ -27,9 +27,7 @@ pub fn shared_data(rel: &str) -> Option<PathBuf> {
 
 /// A committed fixture under `tests/fixtures`.
 pub fn fixture(rel: &str) -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/fixtures")
-        .join(rel)
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures").join(rel)
 }
 
 /// Relative L2 error ‖a − b‖ / ‖b‖ (0 when both are zero); NaN anywhere gives infinity.

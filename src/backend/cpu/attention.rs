@@ -84,7 +84,16 @@ fn softmax_rows<T: Real>(p: &mut [T], len: usize, scale: T) {
 
 /// Writes `out` (`[tokens, width]`) and `probs` (see the module doc).
 #[allow(clippy::too_many_arguments)]
-pub fn forward<T: Real>(out: &mut [T], probs: &mut [T], q: &[T], k: &[T], v: &[T], cu: &[usize], dims: AttnDims, scale: T) {
+pub fn forward<T: Real>(
+    out: &mut [T],
+    probs: &mut [T],
+    q: &[T],
+    k: &[T],
+    v: &[T],
+    cu: &[usize],
+    dims: AttnDims,
+    scale: T,
+) {
     let out_ptr = SharedMut(out.as_mut_ptr());
     let prob_ptr = SharedMut(probs.as_mut_ptr());
     let width = dims.width();

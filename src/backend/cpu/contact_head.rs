@@ -102,7 +102,8 @@ pub fn backward<T: Real>(
                     }
                     apc_backward(&mut ds, g, w[ch], &r, &c, total, lp);
                     // Safety: each sequence owns its probability blocks.
-                    let d = unsafe { std::slice::from_raw_parts_mut(dptrs[li].at(slot.prob_offset + h * l * l), l * l) };
+                    let d =
+                        unsafe { std::slice::from_raw_parts_mut(dptrs[li].at(slot.prob_offset + h * l * l), l * l) };
                     for i in 0..lp {
                         for j in 0..lp {
                             let v = ds[i * lp + j] + ds[j * lp + i];

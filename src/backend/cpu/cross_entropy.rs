@@ -24,7 +24,13 @@ pub fn weight_sum(labels: &[i32], weights: &[f32]) -> f64 {
 
 /// Returns the loss and writes `dlogits` for an upstream gradient of 1 (the op scales it
 /// by the real upstream gradient in its backward).
-pub fn forward_backward<T: Real>(dlogits: &mut [T], logits: &[T], labels: &[i32], weights: &[f32], classes: usize) -> f64 {
+pub fn forward_backward<T: Real>(
+    dlogits: &mut [T],
+    logits: &[T],
+    labels: &[i32],
+    weights: &[f32],
+    classes: usize,
+) -> f64 {
     let wsum = weight_sum(labels, weights);
     let inv = if wsum > 0.0 { 1.0 / wsum } else { 0.0 };
     dlogits

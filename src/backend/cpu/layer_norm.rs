@@ -15,10 +15,8 @@ const ROWS_PER_TASK: usize = 64;
 pub fn forward<T: Real>(y: &mut [T], mean: &mut [T], rstd: &mut [T], x: &[T], w: &[T], b: &[T], dim: usize, eps: f64) {
     let inv_d = T::from_f64(1.0 / dim as f64);
     let eps = T::from_f64(eps);
-    y.par_chunks_mut(dim)
-        .zip(x.par_chunks(dim))
-        .zip(mean.par_iter_mut().zip(rstd.par_iter_mut()))
-        .for_each(|((y, x), (mu, rs))| {
+    y.par_chunks_mut(dim).zip(x.par_chunks(dim)).zip(mean.par_iter_mut().zip(rstd.par_iter_mut())).for_each(
+        |((y, x), (mu, rs))| {
             let m = x.iter().copied().sum::<T>() * inv_d;
             let var = x.iter().map(|&v| (v - m) * (v - m)).sum::<T>() * inv_d;
             let r = T::one() / (var + eps).sqrt();
@@ -27,7 +25,8 @@ pub fn forward<T: Real>(y: &mut [T], mean: &mut [T], rstd: &mut [T], x: &[T], w:
             }
             *mu = m;
             *rs = r;
-        });
+        },
+    );
 }
 
 /// Accumulates into `dx`, `dw` and `db`; an empty output slice is not computed.
@@ -60,8 +59,11 @@ pub fn backward<T: Real>(
 
 #[allow(clippy::too_many_arguments)]
 fn input_grad<T: Real>(dx: &mut [T], dy: &[T], x: &[T], w: &[T], mean: &[T], rstd: &[T], dim: usize, inv_d: T) {
-    dx.par_chunks_mut(dim).zip(dy.par_chunks(dim)).zip(x.par_chunks(dim)).zip(mean.par_iter().zip(rstd.par_iter())).for_each(
-        |(((dx, dy), x), (&m, &r))| {
+    dx.par_chunks_mut(dim)
+        .zip(dy.par_chunks(dim))
+        .zip(x.par_chunks(dim))
+        .zip(mean.par_iter().zip(rstd.par_iter()))
+        .for_each(|(((dx, dy), x), (&m, &r))| {
             let (mut sum_g, mut sum_gx) = (T::zero(), T::zero());
             for ((&dy, &x), &w) in dy.iter().zip(x).zip(w) {
                 let g = dy * w;
@@ -73,14 +75,12 @@ fn input_grad<T: Real>(dx: &mut [T], dy: &[T], x: &[T], w: &[T], mean: &[T], rst
                 let xhat = (x - m) * r;
                 *dx += r * (dy * w - mean_g - xhat * mean_gx);
             }
-        },
-    );
+        });
 }
 
 /// `(Σ_rows dy·x̂, Σ_rows dy)`, reduced over row blocks in parallel.
 fn param_grads<T: Real>(dy: &[T], x: &[T], mean: &[T], rstd: &[T], dim: usize) -> (Vec<T>, Vec<T>) {
-    dy
-        .par_chunks(dim * ROWS_PER_TASK)
+    dy.par_chunks(dim * ROWS_PER_TASK)
         .zip(x.par_chunks(dim * ROWS_PER_TASK))
         .zip(mean.par_chunks(ROWS_PER_TASK).zip(rstd.par_chunks(ROWS_PER_TASK)))
         .map(|((dy, x), (mean, rstd))| {

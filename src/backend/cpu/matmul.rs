@@ -125,7 +125,14 @@ pub fn gemm<T: Real>(
 /// `c` must point to an `a.rows × b.cols` block with rows `c_row_stride` apart that stays
 /// valid, and that no other task reads or writes during the call.
 #[allow(clippy::too_many_arguments)]
-pub unsafe fn gemm_into_ptr<T: Real>(c: *mut T, c_row_stride: usize, a: MatRef<'_, T>, b: MatRef<'_, T>, alpha: T, beta: T) {
+pub unsafe fn gemm_into_ptr<T: Real>(
+    c: *mut T,
+    c_row_stride: usize,
+    a: MatRef<'_, T>,
+    b: MatRef<'_, T>,
+    alpha: T,
+    beta: T,
+) {
     assert_eq!(a.cols, b.rows, "gemm: inner dimensions differ");
     let (m, n, k) = (a.rows, b.cols, a.cols);
     if m == 0 || n == 0 || k == 0 {

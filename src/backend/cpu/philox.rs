@@ -109,11 +109,7 @@ mod tests {
     //   philox4x32 10 243f6a88 85a308d3 13198a2e 03707344 a4093822 299f31d0  d16cfe09 94fdcceb 5001e420 24126ea1
     // (the last one uses the hex digits of pi as inputs).
     const KAT: [([u32; 4], [u32; 2], [u32; 4]); 3] = [
-        (
-            [0, 0, 0, 0],
-            [0, 0],
-            [0x6627_e8d5, 0xe169_c58d, 0xbc57_ac4c, 0x9b00_dbd8],
-        ),
+        ([0, 0, 0, 0], [0, 0], [0x6627_e8d5, 0xe169_c58d, 0xbc57_ac4c, 0x9b00_dbd8]),
         (
             [0xffff_ffff, 0xffff_ffff, 0xffff_ffff, 0xffff_ffff],
             [0xffff_ffff, 0xffff_ffff],
@@ -129,11 +125,7 @@ mod tests {
     #[test]
     fn philox4x32_10_known_answers() {
         for (counter, key, expected) in KAT {
-            assert_eq!(
-                philox4x32_10(counter, key),
-                expected,
-                "counter {counter:08x?} key {key:08x?}"
-            );
+            assert_eq!(philox4x32_10(counter, key), expected, "counter {counter:08x?} key {key:08x?}");
         }
     }
 

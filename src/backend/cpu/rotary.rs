@@ -55,7 +55,15 @@ pub fn backward<T: Real>(dx: &mut [T], dout: &[T], positions: &[i32], dims: Rota
     rotate(dx, dout, positions, dims, scale, true, true);
 }
 
-fn rotate<T: Real>(out: &mut [T], x: &[T], positions: &[i32], dims: RotaryDims, scale: T, inverse: bool, accumulate: bool) {
+fn rotate<T: Real>(
+    out: &mut [T],
+    x: &[T],
+    positions: &[i32],
+    dims: RotaryDims,
+    scale: T,
+    inverse: bool,
+    accumulate: bool,
+) {
     let RotaryDims { n_heads, head_dim, in_stride, out_stride } = dims;
     let half = head_dim / 2;
     let max_pos = positions.iter().copied().max().unwrap_or(0).max(0) as usize;

@@ -46,12 +46,28 @@ fn pack(dev: &CudaDevice, src: &Tensor, layout: &SeqLayout, d: Dims) -> Result<T
         "attention",
         &kname("attn_pack", src.dtype())?,
         rows_config(d.row_blocks())?,
-        &[p(&dst)?, p(src)?, p(&layout.cu_device)?, int(d.n_seqs)?, int(d.max_len)?, int(d.heads)?, int(d.head_dim)?, int(d.width)?],
+        &[
+            p(&dst)?,
+            p(src)?,
+            p(&layout.cu_device)?,
+            int(d.n_seqs)?,
+            int(d.max_len)?,
+            int(d.heads)?,
+            int(d.head_dim)?,
+            int(d.width)?,
+        ],
     )?;
     Ok(dst)
 }
 
-fn unpack_into(dev: &CudaDevice, dst: &Tensor, src: &Tensor, layout: &SeqLayout, d: Dims, accumulate: bool) -> Result<()> {
+fn unpack_into(
+    dev: &CudaDevice,
+    dst: &Tensor,
+    src: &Tensor,
+    layout: &SeqLayout,
+    d: Dims,
+    accumulate: bool,
+) -> Result<()> {
     launch(
         dev,
         "attention",
@@ -73,7 +89,21 @@ fn unpack_into(dev: &CudaDevice, dst: &Tensor, src: &Tensor, layout: &SeqLayout,
 
 /// Batched product over the `n_seqs·heads` blocks: `C = op(A)·op(B)`.
 #[allow(clippy::too_many_arguments)]
-fn batched(dev: &CudaDevice, m: usize, n: usize, k: usize, a: Operand, sa: usize, b: Operand, sb: usize, c: &Tensor, sc: usize, ldc: usize, beta: f32, count: usize) -> Result<()> {
+fn batched(
+    dev: &CudaDevice,
+    m: usize,
+    n: usize,
+    k: usize,
+    a: Operand,
+    sa: usize,
+    b: Operand,
+    sb: usize,
+    c: &Tensor,
+    sc: usize,
+    ldc: usize,
+    beta: f32,
+    count: usize,
+) -> Result<()> {
     let batch = Batch { count, stride_a: sa, stride_b: sb, stride_c: sc };
     gemm(dev, m, n, k, a, b, ptr(c)?, c.dtype(), ldc, 1.0, beta, Some(batch))
 }
@@ -95,7 +125,8 @@ pub fn attention(
     let d = Dims { n_seqs: layout.n_seqs(), heads: n_heads, max_len: layout.max_len, head_dim: width / n_heads, width };
     let (l, hd, blocks) = (d.max_len, d.head_dim, d.blocks());
     let (qp, kp, vp) = (pack(&dev, q, layout, d)?, pack(&dev, k, layout, d)?, pack(&dev, v, layout, d)?);
-    let op = |t: &Tensor, ld: usize, trans: bool| -> Result<Operand> { Ok(Operand { ptr: ptr(t)?, dtype: dt, ld, trans }) };
+    let op =
+        |t: &Tensor, ld: usize, trans: bool| -> Result<Operand> { Ok(Operand { ptr: ptr(t)?, dtype: dt, ld, trans }) };
 
     // S = Q Kᵀ in fp32, then P = softmax(scale·S) in the compute dtype.
     let scores = empty(&dev, &[d.probs_len()], DType::F32)?;
@@ -106,12 +137,34 @@ pub fn attention(
         "attention",
         &kname("attn_softmax_forward", dt)?,
         rows_config(d.row_blocks())?,
-        &[p(&probs)?, p(&scores)?, p(&layout.cu_device)?, int(d.n_seqs)?, int(n_heads)?, int(l)?, Arg::F32(scale as f32)],
+        &[
+            p(&probs)?,
+            p(&scores)?,
+            p(&layout.cu_device)?,
+            int(d.n_seqs)?,
+            int(n_heads)?,
+            int(l)?,
+            Arg::F32(scale as f32),
+        ],
     )?;
     drop(scores);
     // O = P V, back to the packed layout.
     let op_pad = empty(&dev, &[d.padded_len()], dt)?;
-    batched(&dev, l, hd, l, op(&probs, l, false)?, l * l, op(&vp, hd, false)?, l * hd, &op_pad, l * hd, hd, 0.0, blocks)?;
+    batched(
+        &dev,
+        l,
+        hd,
+        l,
+        op(&probs, l, false)?,
+        l * l,
+        op(&vp, hd, false)?,
+        l * hd,
+        &op_pad,
+        l * hd,
+        hd,
+        0.0,
+        blocks,
+    )?;
     let out = empty(&dev, &[n, width], dt)?;
     unpack_into(&dev, &out, &op_pad, layout, d, false)?;
     drop(op_pad);
@@ -124,7 +177,9 @@ pub fn attention(
         let saved = probs.clone().with_requires_grad(false);
         let outputs: Vec<&Tensor> = if want_probs { vec![&out, &probs] } else { vec![&out] };
         tape.record("attention", &outputs, move |outs, grads| {
-            let op = |t: &Tensor, ld: usize, trans: bool| -> Result<Operand> { Ok(Operand { ptr: ptr(t)?, dtype: dt, ld, trans }) };
+            let op = |t: &Tensor, ld: usize, trans: bool| -> Result<Operand> {
+                Ok(Operand { ptr: ptr(t)?, dtype: dt, ld, trans })
+            };
             // dP = dO Vᵀ (+ the gradient on P from the contact head).
             let dp = match outs.get(1).and_then(Option::as_ref) {
                 Some(g) => g.deep_clone()?,
@@ -133,11 +188,39 @@ pub fn attention(
             let beta_dp = if outs.get(1).and_then(Option::as_ref).is_some() { 1.0 } else { 0.0 };
             if let Some(dout) = outs.first().and_then(Option::as_ref) {
                 let dop = pack(&dev, dout, &layout, d)?;
-                batched(&dev, l, l, hd, op(&dop, hd, false)?, l * hd, op(&vp, hd, true)?, l * hd, &dp, l * l, l, beta_dp, blocks)?;
+                batched(
+                    &dev,
+                    l,
+                    l,
+                    hd,
+                    op(&dop, hd, false)?,
+                    l * hd,
+                    op(&vp, hd, true)?,
+                    l * hd,
+                    &dp,
+                    l * l,
+                    l,
+                    beta_dp,
+                    blocks,
+                )?;
                 if v.requires_grad() {
                     // dV = Pᵀ dO
                     let dvp = empty(&dev, &[d.padded_len()], dt)?;
-                    batched(&dev, l, hd, l, op(&saved, l, true)?, l * l, op(&dop, hd, false)?, l * hd, &dvp, l * hd, hd, 0.0, blocks)?;
+                    batched(
+                        &dev,
+                        l,
+                        hd,
+                        l,
+                        op(&saved, l, true)?,
+                        l * l,
+                        op(&dop, hd, false)?,
+                        l * hd,
+                        &dvp,
+                        l * hd,
+                        hd,
+                        0.0,
+                        blocks,
+                    )?;
                     unpack_into(&dev, grads.acc(&v)?, &dvp, &layout, d, true)?;
                 }
             } else if beta_dp == 0.0 {
@@ -150,19 +233,56 @@ pub fn attention(
                 "attention",
                 &kname("attn_softmax_backward", dt)?,
                 rows_config(d.row_blocks())?,
-                &[p(&ds)?, p(&saved)?, p(&dp)?, p(&layout.cu_device)?, int(d.n_seqs)?, int(d.heads)?, int(l)?, Arg::F32(scale as f32)],
+                &[
+                    p(&ds)?,
+                    p(&saved)?,
+                    p(&dp)?,
+                    p(&layout.cu_device)?,
+                    int(d.n_seqs)?,
+                    int(d.heads)?,
+                    int(l)?,
+                    Arg::F32(scale as f32),
+                ],
             )?;
             drop(dp);
             if q.requires_grad() {
                 // dQ = dS K
                 let dqp = empty(&dev, &[d.padded_len()], dt)?;
-                batched(&dev, l, hd, l, op(&ds, l, false)?, l * l, op(&kp, hd, false)?, l * hd, &dqp, l * hd, hd, 0.0, blocks)?;
+                batched(
+                    &dev,
+                    l,
+                    hd,
+                    l,
+                    op(&ds, l, false)?,
+                    l * l,
+                    op(&kp, hd, false)?,
+                    l * hd,
+                    &dqp,
+                    l * hd,
+                    hd,
+                    0.0,
+                    blocks,
+                )?;
                 unpack_into(&dev, grads.acc(&q)?, &dqp, &layout, d, true)?;
             }
             if k.requires_grad() {
                 // dK = dSᵀ Q
                 let dkp = empty(&dev, &[d.padded_len()], dt)?;
-                batched(&dev, l, hd, l, op(&ds, l, true)?, l * l, op(&qp, hd, false)?, l * hd, &dkp, l * hd, hd, 0.0, blocks)?;
+                batched(
+                    &dev,
+                    l,
+                    hd,
+                    l,
+                    op(&ds, l, true)?,
+                    l * l,
+                    op(&qp, hd, false)?,
+                    l * hd,
+                    &dkp,
+                    l * hd,
+                    hd,
+                    0.0,
+                    blocks,
+                )?;
                 unpack_into(&dev, grads.acc(&k)?, &dkp, &layout, d, true)?;
             }
             Ok(())

@@ -50,7 +50,14 @@ fn packed_to_padded(packed: &[f32], layout: &SeqLayout, heads: usize) -> Vec<f32
     out
 }
 
-pub fn contact_head(tape: &Tape, probs: &[Tensor], layout: &SeqLayout, n_heads: usize, weight: &Tensor, bias: &Tensor) -> Result<Tensor> {
+pub fn contact_head(
+    tape: &Tape,
+    probs: &[Tensor],
+    layout: &SeqLayout,
+    n_heads: usize,
+    weight: &Tensor,
+    bias: &Tensor,
+) -> Result<Tensor> {
     let dev = device_of(weight)?;
     let gpu = Device::Cuda(dev);
     let host_layout = SeqLayout::new(&layout.cu.iter().map(|&c| c as u32).collect::<Vec<_>>(), &Device::Cpu)?;

@@ -12,7 +12,14 @@ use crate::backend::cpu::cross_entropy::{weight_sum, IGNORE_INDEX};
 use crate::ops::out_grad;
 use crate::tensor::{DType, Tensor};
 
-pub fn cross_entropy(tape: &Tape, logits: &Tensor, labels: &Tensor, weights: Option<&Tensor>, host_labels: &[i32], host_weights: &[f32]) -> Result<Tensor> {
+pub fn cross_entropy(
+    tape: &Tape,
+    logits: &Tensor,
+    labels: &Tensor,
+    weights: Option<&Tensor>,
+    host_labels: &[i32],
+    host_weights: &[f32],
+) -> Result<Tensor> {
     let dev = device_of(logits)?;
     let (rows, classes) = logits.dims2()?;
     let wsum = weight_sum(host_labels, host_weights);
@@ -24,7 +31,17 @@ pub fn cross_entropy(tape: &Tape, logits: &Tensor, labels: &Tensor, weights: Opt
         "cross_entropy",
         &kname("cross_entropy_forward_backward", logits.dtype())?,
         rows_config(rows)?,
-        &[p(&loss_rows)?, p(&dlogits)?, p(logits)?, p(labels)?, p_opt(weights)?, int(rows)?, int(classes)?, Arg::I32(IGNORE_INDEX), Arg::F32(inv)],
+        &[
+            p(&loss_rows)?,
+            p(&dlogits)?,
+            p(logits)?,
+            p(labels)?,
+            p_opt(weights)?,
+            int(rows)?,
+            int(classes)?,
+            Arg::I32(IGNORE_INDEX),
+            Arg::F32(inv),
+        ],
     )?;
     let loss = zeros(&dev, &[1], DType::F32)?;
     launch(&dev, "reduce", "sum_f32", rows_config(1)?, &[p(&loss)?, p(&loss_rows)?, long(rows)])?;

@@ -51,7 +51,9 @@ pub fn unavailable_reason() -> Option<String> {
         return Some("no NVIDIA driver found (libcuda.so could not be loaded)".into());
     }
     if !unsafe { cudarc::cublas::sys::is_culib_present() } {
-        return Some("cuBLAS not found (libcublas.so could not be loaded; add the CUDA libraries to LD_LIBRARY_PATH)".into());
+        return Some(
+            "cuBLAS not found (libcublas.so could not be loaded; add the CUDA libraries to LD_LIBRARY_PATH)".into(),
+        );
     }
     match CudaContext::device_count() {
         Ok(0) => Some("the NVIDIA driver reports no GPU".into()),
@@ -184,11 +186,9 @@ impl CudaDevice {
         }
         let image = kernels::module_image(module)
             .ok_or_else(|| anyhow!("kernel module `{module}` was not compiled into this binary"))?;
-        let m = self
-            .inner
-            .ctx
-            .load_module(cudarc::nvrtc::Ptx::from_binary(image.to_vec()))
-            .with_context(|| format!("loading kernel module `{module}` (is the driver new enough for PTX 9.0 / CUDA 13?)"))?;
+        let m = self.inner.ctx.load_module(cudarc::nvrtc::Ptx::from_binary(image.to_vec())).with_context(|| {
+            format!("loading kernel module `{module}` (is the driver new enough for PTX 9.0 / CUDA 13?)")
+        })?;
         modules.insert(module, m.clone());
         Ok(m)
     }

@@ -30,7 +30,13 @@ pub fn scale(x: &Tensor, alpha: f32) -> Result<Tensor> {
     let dev = device_of(x)?;
     let out = empty(&dev, x.shape(), x.dtype())?;
     let n = x.numel();
-    launch(&dev, "elementwise", &kname("scale", x.dtype())?, grid_stride_config(n), &[p(&out)?, p(x)?, Arg::F32(alpha), long(n)])?;
+    launch(
+        &dev,
+        "elementwise",
+        &kname("scale", x.dtype())?,
+        grid_stride_config(n),
+        &[p(&out)?, p(x)?, Arg::F32(alpha), long(n)],
+    )?;
     Ok(out)
 }
 
@@ -41,7 +47,13 @@ pub fn scale_by_device_scalar(x: &Tensor, s: &Tensor) -> Result<()> {
     }
     let dev = device_of(x)?;
     let n = x.numel();
-    launch(&dev, "elementwise", &kname("scale_by_device_scalar", x.dtype())?, grid_stride_config(n), &[p(x)?, p(s)?, long(n)])
+    launch(
+        &dev,
+        "elementwise",
+        &kname("scale_by_device_scalar", x.dtype())?,
+        grid_stride_config(n),
+        &[p(x)?, p(s)?, long(n)],
+    )
 }
 
 /// `tanh(x)`.
@@ -49,7 +61,13 @@ pub fn tanh_forward(x: &Tensor) -> Result<Tensor> {
     let dev = device_of(x)?;
     let out = empty(&dev, x.shape(), x.dtype())?;
     let n = x.numel();
-    launch(&dev, "elementwise", &kname("tanh_forward", x.dtype())?, grid_stride_config(n), &[p(&out)?, p(x)?, long(n)])?;
+    launch(
+        &dev,
+        "elementwise",
+        &kname("tanh_forward", x.dtype())?,
+        grid_stride_config(n),
+        &[p(&out)?, p(x)?, long(n)],
+    )?;
     Ok(out)
 }
 
@@ -57,7 +75,13 @@ pub fn tanh_forward(x: &Tensor) -> Result<Tensor> {
 pub fn tanh_backward(dx: &mut Tensor, dy: &Tensor, y: &Tensor) -> Result<()> {
     let dev = device_of(dy)?;
     let n = dy.numel();
-    launch(&dev, "elementwise", &kname("tanh_backward", dy.dtype())?, grid_stride_config(n), &[p(dx)?, p(dy)?, p(y)?, long(n)])
+    launch(
+        &dev,
+        "elementwise",
+        &kname("tanh_backward", dy.dtype())?,
+        grid_stride_config(n),
+        &[p(dx)?, p(dy)?, p(y)?, long(n)],
+    )
 }
 
 fn same_dtype(a: &Tensor, b: &Tensor) -> Result<()> {

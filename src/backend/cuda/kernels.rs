@@ -86,6 +86,7 @@ mod tests {
             "gather",
             "grad_norm",
             "layer_norm",
+            "reduce",
             "rotary",
         ] {
             assert!(module_image(name).is_some(), "missing kernel module {name}");

@@ -22,7 +22,13 @@ pub fn linear(tape: &Tape, x: &Tensor, w: &Tensor, b: Option<&Tensor>) -> Result
     let wa = Operand { ptr: ptr(&wc)?, dtype: dt, ld: k, trans: true };
     gemm(&dev, n, m, k, xa, wa, ptr(&y)?, dt, m, 1.0, 0.0, None)?;
     if let Some(b) = b {
-        launch(&dev, "bias", &kname("bias_add", dt)?, grid_stride_config(n * m), &[p(&y)?, p(&y)?, p(b)?, int(n)?, int(m)?])?;
+        launch(
+            &dev,
+            "bias",
+            &kname("bias_add", dt)?,
+            grid_stride_config(n * m),
+            &[p(&y)?, p(&y)?, p(b)?, int(n)?, int(m)?],
+        )?;
     }
     let mut inputs = vec![x, w];
     inputs.extend(b);
@@ -48,7 +54,13 @@ pub fn linear(tape: &Tape, x: &Tensor, w: &Tensor, b: Option<&Tensor>) -> Result
             if let Some(b) = &b {
                 if b.requires_grad() {
                     let db = grads.acc(b)?;
-                    launch(&dev, "bias", &kname("bias_grad", dt)?, grid_stride_config(m), &[p(db)?, p(dy)?, int(n)?, int(m)?])?;
+                    launch(
+                        &dev,
+                        "bias",
+                        &kname("bias_grad", dt)?,
+                        grid_stride_config(m),
+                        &[p(db)?, p(dy)?, int(n)?, int(m)?],
+                    )?;
                 }
             }
             Ok(())

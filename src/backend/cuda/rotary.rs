@@ -18,7 +18,17 @@ pub fn rotary(tape: &Tape, x: &Tensor, positions: &Tensor, n_heads: usize, scale
         "rotary",
         &kname("rotary_forward", x.dtype())?,
         grid_stride_config(work),
-        &[p(&y)?, p(x)?, p(positions)?, int(n)?, int(n_heads)?, int(head_dim)?, int(width)?, int(width)?, Arg::F32(scale as f32)],
+        &[
+            p(&y)?,
+            p(x)?,
+            p(positions)?,
+            int(n)?,
+            int(n_heads)?,
+            int(head_dim)?,
+            int(width)?,
+            int(width)?,
+            Arg::F32(scale as f32),
+        ],
     )?;
     let y = y.with_requires_grad(tape.needs_grad(&[x]));
     if y.requires_grad() {
@@ -31,7 +41,17 @@ pub fn rotary(tape: &Tape, x: &Tensor, positions: &Tensor, n_heads: usize, scale
                 "rotary",
                 &kname("rotary_backward", dy.dtype())?,
                 grid_stride_config(work),
-                &[p(dx)?, p(dy)?, p(&positions)?, int(n)?, int(n_heads)?, int(head_dim)?, int(width)?, int(width)?, Arg::F32(scale as f32)],
+                &[
+                    p(dx)?,
+                    p(dy)?,
+                    p(&positions)?,
+                    int(n)?,
+                    int(n_heads)?,
+                    int(head_dim)?,
+                    int(width)?,
+                    int(width)?,
+                    Arg::F32(scale as f32),
+                ],
             )
         });
     }

@@ -1,0 +1,83 @@
+// cross_entropy.cu — fused weighted softmax cross-entropy, forward + backward
+// in one kernel (the logits gradient is produced while the row is hot).
+//
+// Maths (PyTorch F.cross_entropy(x, y, weight=w, ignore_index=ι,
+// reduction='mean')):
+//   L = Σ_r w_{y_r}·(lse_r − x_{r,y_r}) / Σ_{r: y_r≠ι} w_{y_r},
+//   lse_r = m_r + log Σ_j exp(x_rj − m_r),  m_r = max_j x_rj            (1)
+//   ∂L/∂x_rj = w_{y_r}·(softmax_rj − [j = y_r]) / Σ w                    (2)
+// The host knows the labels, so it passes inv_weight_sum = 1 / Σ_{r: y_r≠ι}
+// w_{y_r} (0 when every row is ignored); the upstream gradient dL is applied
+// afterwards with scale_by_device_scalar (elementwise.cu).
+// Per row: ONE pass over the logits with an online (max, sum) in fp32
+// (Milakov & Gimelshein 2018), merged across the block; then a second sweep
+// writes (2) with softmax_rj = exp(x_rj − lse_r) (the row is re-read from
+// L1/L2).  Logits equal to −inf are allowed (probability 0).
+//
+// ABI (T = float/__half/__nv_bfloat16, suffix _f32/_f16/_bf16):
+//   cross_entropy_forward_backward_T(float* loss_rows, T* dlogits /*nullable*/,
+//       const T* logits, const int* labels, const float* class_weights /*nullable = all 1*/,
+//       int rows, int n_classes, int ignore_index, float inv_weight_sum)
+//   logits, dlogits [rows, n_classes]; labels [rows]; class_weights [n_classes].
+//   loss_rows [rows] WRITES w_y·(lse − x_y)·inv_weight_sum (the mean loss is
+//   Σ loss_rows), 0 for ignored rows.  dlogits WRITES (2)·… (0 for ignored
+//   rows); null dlogits = forward only.  dlogits may alias logits (in place).
+//   A label outside [0, n_classes) other than ignore_index is a host bug: the
+//   row's loss and gradient are NaN, so it cannot go unnoticed.
+// Launch: one block per row, block (256, 1, 1) for n_classes ≤ 4096,
+// (1024, 1, 1) above (any multiple of 32 ≤ 1024), grid (min(rows, 65535), 1, 1)
+// (rows are grid-strided).  Static shared memory only (256 B).
+#include "common.cuh"
+
+namespace {
+
+template <typename T>
+__device__ void cross_entropy_forward_backward(float* __restrict__ loss_rows, T* dlogits, const T* logits,
+                                               const int* __restrict__ labels,
+                                               const float* __restrict__ class_weights, int rows, int n_classes,
+                                               int ignore_index, float inv_weight_sum) {
+    for (int r = blockIdx.x; r < rows; r += gridDim.x) {
+        const long long off = (long long)r * n_classes;
+        const int y = labels[r];
+        T* d_row = dlogits ? dlogits + off : nullptr;
+
+        if (y == ignore_index) {
+            if (threadIdx.x == 0) loss_rows[r] = 0.0f;
+            if (d_row)
+                for (int j = threadIdx.x; j < n_classes; j += blockDim.x) d_row[j] = qf::from_f32<T>(0.0f);
+            continue;
+        }
+        const bool valid = y >= 0 && y < n_classes;
+        // Read x_y before the block reduction's barrier: dlogits may alias logits.
+        const float x_y = valid ? qf::to_f32(logits[off + y]) : NAN;
+        const float w_y = valid ? (class_weights ? class_weights[y] : 1.0f) : NAN;
+
+        // pass 1: online max / sum of exp over the row
+        qf::MaxSum ms = qf::maxsum_empty();
+        for (int j = threadIdx.x; j < n_classes; j += blockDim.x) ms = qf::maxsum_push(ms, qf::to_f32(logits[off + j]));
+        ms = qf::block_maxsum(ms);
+        const float lse = ms.m + logf(ms.s);
+        const float coef = w_y * inv_weight_sum;
+        if (threadIdx.x == 0) loss_rows[r] = coef * (lse - x_y);
+
+        // pass 2: gradient
+        if (d_row) {
+            for (int j = threadIdx.x; j < n_classes; j += blockDim.x) {
+                const float softmax = expf(qf::to_f32(logits[off + j]) - lse);
+                d_row[j] = qf::from_f32<T>(coef * (softmax - (j == y ? 1.0f : 0.0f)));
+            }
+        }
+    }
+}
+
+}  // namespace
+
+#define QF_CROSS_ENTROPY_KERNELS(T, SUF)                                                                        \
+    extern "C" __global__ void cross_entropy_forward_backward_##SUF(                                            \
+        float* loss_rows, T* dlogits, const T* logits, const int* labels, const float* class_weights, int rows, \
+        int n_classes, int ignore_index, float inv_weight_sum) {                                                \
+        cross_entropy_forward_backward<T>(loss_rows, dlogits, logits, labels, class_weights, rows, n_classes,   \
+                                          ignore_index, inv_weight_sum);                                        \
+    }
+
+QF_FOR_EACH_DTYPE(QF_CROSS_ENTROPY_KERNELS)
