@@ -40,11 +40,19 @@ type TsvLabels<'a> = (&'a Path, HashMap<String, (String, usize)>);
 
 /// Read a FASTA file (gzip recognised by content) into a set, labelled as `labels` says.
 pub fn read_fasta(path: &Path, labels: &FastaLabels) -> Result<LabelledSet> {
+    read_fasta_from(open_input(path)?, path, labels)
+}
+
+/// Read FASTA text from `reader`; `path` names the source in error messages.
+pub fn read_fasta_from(
+    mut reader: Box<dyn std::io::BufRead + Send>,
+    path: &Path,
+    labels: &FastaLabels,
+) -> Result<LabelledSet> {
     let tsv = match labels {
         FastaLabels::Tsv(p) => Some((p.as_path(), read_label_tsv(p)?)),
         _ => None,
     };
-    let mut reader = open_input(path)?;
     let mut parser = FastaParser::new(path, labels, tsv);
     let mut line = Vec::new();
     let mut line_no = 0;

@@ -7,6 +7,7 @@ pub mod class_weights;
 pub mod contact_io;
 pub mod contacts;
 pub mod dataset;
+pub mod demo;
 pub mod fasta;
 pub mod pfam;
 pub mod rng;

@@ -178,6 +178,9 @@ pub struct LabelMap {
     pub tier_of_class: Vec<u32>,
     /// The selection that produced this map, e.g. `1000x200,4000x50`.
     pub spec: String,
+    /// Training rows selected per class (for per-family-size evaluation).
+    #[serde(default)]
+    pub train_counts: Vec<usize>,
 }
 
 impl LabelMap {
@@ -298,8 +301,13 @@ pub fn stratify(train: &LabelledSet, spec: &StratifySpec, seed: u64) -> Result<S
     let ranges = tier_ranges(ranked.len(), spec);
     let rows_of_family = rows_by_family(train);
     let families = train.families();
-    let mut label_map =
-        LabelMap { classes: Vec::new(), accessions: Vec::new(), tier_of_class: Vec::new(), spec: spec.to_string() };
+    let mut label_map = LabelMap {
+        classes: Vec::new(),
+        accessions: Vec::new(),
+        tier_of_class: Vec::new(),
+        spec: spec.to_string(),
+        train_counts: Vec::new(),
+    };
     let mut chosen: Vec<(usize, u32)> = Vec::new();
     let mut tiers = Vec::with_capacity(spec.tiers.len());
     for (t, (tier, range)) in spec.tiers.iter().zip(&ranges).enumerate() {
@@ -313,6 +321,7 @@ pub fn stratify(train: &LabelledSet, spec: &StratifySpec, seed: u64) -> Result<S
             label_map.tier_of_class.push(t as u32);
             let rows = sample_family_rows(&rows_of_family[rf.family as usize], tier.max_per_family, seed, &family.id);
             kept += rows.len();
+            label_map.train_counts.push(rows.len());
             chosen.extend(rows.into_iter().map(|r| (r, class)));
         }
         tiers.push(TierSummary {

@@ -15,7 +15,7 @@ use super::heads::{Head, HeadKind};
 use super::init::Init;
 use super::inputs::ModelInputs;
 use super::params::Params;
-use super::pretrained::{load_params, open_weights, save_params, LoadReport, CONFIG_FILE, WEIGHTS_FILE};
+use super::pretrained::{load_params, open_weights, save_params, LoadReport, Need, CONFIG_FILE, WEIGHTS_FILE};
 use crate::autograd::Tape;
 use crate::backend::cpu::rotary::inv_freq;
 use crate::ops;
@@ -76,21 +76,21 @@ impl SequenceClassifier {
         };
         let mut model = SequenceClassifier::new_random(&cfg, labels, head, head_dropout, seed)?;
         let file = open_weights(dir)?;
+        // A head trained for other classes is not loaded; the new one starts fresh.
         let head_matches = file_labels.as_deref() == Some(&model.labels[..]);
-        let mut report = load_params(&mut model.params, &file, |name| {
-            name.starts_with("esm.") && !name.starts_with("esm.contact_head")
-        })?;
-        if !head_matches {
-            // Labels differ: a head in the file belongs to other classes; start it fresh.
-            let fresh = SequenceClassifier::new_random(&cfg, model.labels.clone(), head, head_dropout, seed)?;
-            for (name, t) in fresh.params.iter().filter(|(n, _)| n.starts_with("classifier")) {
-                let id = model.params.id(name).expect("same layout");
-                model.params.set(id, t.clone())?;
-                if !report.fresh.iter().any(|f| f == name) {
-                    report.fresh.push(name.to_string());
+        let report = load_params(&mut model.params, &file, |name| {
+            if name.starts_with("classifier") {
+                if head_matches {
+                    Need::Optional
+                } else {
+                    Need::Skip
                 }
+            } else if name.starts_with("esm.contact_head") {
+                Need::Optional
+            } else {
+                Need::Required
             }
-        }
+        })?;
         Ok((model, report))
     }
 

@@ -24,18 +24,29 @@ fn is_buffer(name: &str) -> bool {
     name.ends_with("rotary_embeddings.inv_freq") || name.ends_with("position_ids")
 }
 
-/// Load every parameter for which `required` holds (an error if absent) and every other
-/// parameter the file has. Shapes must match exactly.
-pub fn load_params(
-    params: &mut Params,
-    file: &MappedSafetensors,
-    required: impl Fn(&str) -> bool,
-) -> Result<LoadReport> {
+/// How a parameter is treated by [`load_params`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Need {
+    /// Must be in the file.
+    Required,
+    /// Loaded when the file has it.
+    Optional,
+    /// Not read even if present (e.g. a head for other classes).
+    Skip,
+}
+
+/// Load the parameters the file has, as `need` says for each name. Shapes must match
+/// exactly.
+pub fn load_params(params: &mut Params, file: &MappedSafetensors, need: impl Fn(&str) -> Need) -> Result<LoadReport> {
     let mut report = LoadReport::default();
     let mut used = std::collections::HashSet::new();
     let ids: Vec<_> = params.ids().collect();
     for id in ids {
         let name = params.name(id).to_string();
+        if need(&name) == Need::Skip {
+            report.fresh.push(name);
+            continue;
+        }
         match file.find(&hf_name_candidates(&name))? {
             Some(found) => {
                 let shape = params.get(id).shape().to_vec();
@@ -44,7 +55,7 @@ pub fn load_params(
                 used.insert(found);
                 report.loaded += 1;
             }
-            None if required(&name) => {
+            None if need(&name) == Need::Required => {
                 bail!(
                     "{}: tensor `{name}` is missing (looked for {})",
                     file.path().display(),

@@ -3,4 +3,11 @@
 
 pub mod adam8bit;
 pub mod adamw_step;
+pub mod loss_scale;
+pub mod optimizer;
 pub mod quant8;
+pub mod schedule;
+
+pub use loss_scale::LossScaler;
+pub use optimizer::{OptimConfig, Optimizer, OptimizerKind, StepStats};
+pub use schedule::LinearSchedule;

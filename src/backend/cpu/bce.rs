@@ -25,5 +25,7 @@ pub fn forward_backward<T: Real>(dlogits: &mut [T], logits: &[T], targets: &[T],
             let l = x.max(T::zero()) - x * t + (-x.abs()).exp().ln_1p();
             (l * m).to_f64() * inv
         })
+        .collect::<Vec<f64>>()
+        .iter()
         .sum()
 }

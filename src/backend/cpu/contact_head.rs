@@ -114,15 +114,15 @@ pub fn backward<T: Real>(
             }
             (dw, g.iter().copied().sum::<T>())
         })
-        .reduce(
-            || (vec![T::zero(); n_ch], T::zero()),
-            |(mut a, ab), (b, bb)| {
-                for (x, y) in a.iter_mut().zip(b) {
-                    *x += y;
-                }
-                (a, ab + bb)
-            },
-        );
+        // Partials are summed in a fixed order so results are bit-for-bit repeatable.
+        .collect::<Vec<_>>()
+        .into_iter()
+        .fold((vec![T::zero(); n_ch], T::zero()), |(mut a, ab), (b, bb)| {
+            for (x, y) in a.iter_mut().zip(b) {
+                *x += y;
+            }
+            (a, ab + bb)
+        });
     for (d, s) in dw.iter_mut().zip(dw_sum) {
         *d += s;
     }

@@ -54,5 +54,7 @@ pub fn forward_backward<T: Real>(
             d[y as usize] -= g;
             w * inv * (lse - x[y as usize]).to_f64()
         })
+        .collect::<Vec<f64>>()
+        .iter()
         .sum()
 }

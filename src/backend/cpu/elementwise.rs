@@ -48,15 +48,15 @@ pub fn column_sums_into<T: Real>(out: &mut [T], x: &[T], cols: usize) {
             }
             s
         })
-        .reduce(
-            || vec![T::zero(); cols],
-            |mut a, b| {
-                for (a, b) in a.iter_mut().zip(b) {
-                    *a += b;
-                }
-                a
-            },
-        );
+        // Partials are summed in a fixed order so results are bit-for-bit repeatable.
+        .collect::<Vec<_>>()
+        .into_iter()
+        .fold(vec![T::zero(); cols], |mut a, b| {
+            for (a, b) in a.iter_mut().zip(b) {
+                *a += b;
+            }
+            a
+        });
     for (o, s) in out.iter_mut().zip(sums) {
         *o += s;
     }

@@ -93,14 +93,14 @@ fn param_grads<T: Real>(dy: &[T], x: &[T], mean: &[T], rstd: &[T], dim: usize) -
             }
             (pw, pb)
         })
-        .reduce(
-            || (vec![T::zero(); dim], vec![T::zero(); dim]),
-            |(mut aw, mut ab), (bw, bb)| {
-                for j in 0..dim {
-                    aw[j] += bw[j];
-                    ab[j] += bb[j];
-                }
-                (aw, ab)
-            },
-        )
+        // Partials are summed in a fixed order so results are bit-for-bit repeatable.
+        .collect::<Vec<_>>()
+        .into_iter()
+        .fold((vec![T::zero(); dim], vec![T::zero(); dim]), |(mut aw, mut ab), (bw, bb)| {
+            for j in 0..dim {
+                aw[j] += bw[j];
+                ab[j] += bb[j];
+            }
+            (aw, ab)
+        })
 }

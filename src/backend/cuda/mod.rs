@@ -20,6 +20,7 @@ pub mod kernels;
 pub mod launch;
 pub mod layer_norm;
 pub mod linear;
+pub mod optim;
 pub mod rotary;
 pub mod storage;
 

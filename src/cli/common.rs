@@ -1,0 +1,70 @@
+//! Arguments and helpers shared by several commands.
+
+use std::path::Path;
+
+use anyhow::{bail, Result};
+use clap::Args;
+
+use qf_engine::data::dataset::LabelledSet;
+use qf_engine::data::fasta::{read_fasta, FastaLabels};
+use qf_engine::data::pfam::read_pfam_split;
+use qf_engine::data::stockholm::read_stockholm;
+use qf_engine::tensor::Device;
+use qf_engine::train::{DeviceChoice, Precision};
+
+#[derive(Args, Debug, Clone)]
+pub struct DeviceArgs {
+    /// auto (GPU if present), cpu, cuda, cuda:N.
+    #[arg(long, default_value = "auto")]
+    pub device: String,
+
+    /// auto (fp32 on CPU, bf16 on GPU), fp32, fp16, bf16.
+    #[arg(long, default_value = "auto")]
+    pub precision: String,
+
+    /// CPU threads (0 = all cores).
+    #[arg(long, default_value_t = 0)]
+    pub threads: usize,
+
+    /// No progress bars.
+    #[arg(long)]
+    pub quiet: bool,
+}
+
+pub fn open_device(a: &DeviceArgs) -> Result<Device> {
+    qf_engine::train::device::set_threads(a.threads);
+    let (d, _, note) =
+        qf_engine::train::device::open(&a.device.parse::<DeviceChoice>()?, a.precision.parse::<Precision>()?)?;
+    if let Some(n) = note {
+        eprintln!("{n}");
+    }
+    Ok(d)
+}
+
+/// A labelled set from a Pfam split directory or a FASTA/Stockholm file.
+pub fn read_eval_set(
+    data: Option<&Path>,
+    split: &str,
+    file: Option<&Path>,
+    labels: Option<&Path>,
+) -> Result<LabelledSet> {
+    match (data, file) {
+        (Some(d), _) => read_pfam_split(d, split),
+        (None, Some(f)) => read_sequences(f, labels, true),
+        (None, None) => bail!("give --data DIR (a Pfam split directory) or --file FASTA"),
+    }
+}
+
+/// Sequences from FASTA or Stockholm; `labelled` reads families from headers or a TSV.
+pub fn read_sequences(path: &Path, labels: Option<&Path>, labelled: bool) -> Result<LabelledSet> {
+    let name = path.to_string_lossy();
+    if name.ends_with(".sto") || name.ends_with(".sto.gz") || name.ends_with(".stk") {
+        return read_stockholm(path);
+    }
+    let how = match (labelled, labels) {
+        (_, Some(t)) => FastaLabels::Tsv(t.to_path_buf()),
+        (true, None) => FastaLabels::Header,
+        (false, None) => FastaLabels::None,
+    };
+    read_fasta(path, &how)
+}

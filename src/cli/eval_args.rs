@@ -1,0 +1,117 @@
+//! `qf-engine eval`: accuracy, top-5, macro/weighted F1, per-tier and per-family-size
+//! accuracy of a trained classifier on a labelled split, as a table and JSON.
+
+use std::path::PathBuf;
+
+use anyhow::{bail, Result};
+use clap::Args;
+
+use qf_engine::data::batching::BatchConfig;
+use qf_engine::data::stratify::map_split;
+use qf_engine::train::eval::evaluate;
+use qf_engine::train::log::progress_bar;
+use qf_engine::train::trained::load_trained;
+
+use super::common::{open_device, read_eval_set, DeviceArgs};
+
+#[derive(Args, Debug)]
+pub struct EvalArgs {
+    /// Trained model directory (`<output>/model` of `qf-engine train`, or any HF
+    /// EsmForSequenceClassification directory).
+    #[arg(long, value_name = "DIR")]
+    pub model: PathBuf,
+
+    /// Pfam random-split directory to evaluate on.
+    #[arg(long, value_name = "DIR")]
+    pub data: Option<PathBuf>,
+
+    /// Split of --data.
+    #[arg(long, default_value = "dev")]
+    pub split: String,
+
+    /// Labelled FASTA (`>name family`) or Stockholm file instead of --data.
+    #[arg(long, value_name = "FILE", conflicts_with = "data")]
+    pub file: Option<PathBuf>,
+
+    /// TSV of `name<TAB>family` labels for a FASTA without labels in its headers.
+    #[arg(long, value_name = "TSV")]
+    pub labels: Option<PathBuf>,
+
+    /// Write the full report (per class too) as JSON here.
+    #[arg(long, value_name = "FILE")]
+    pub json: Option<PathBuf>,
+
+    /// Token budget per batch.
+    #[arg(long, default_value_t = 16384)]
+    pub max_tokens: usize,
+
+    /// Window in tokens; longer proteins are scored as overlapping windows whose logits
+    /// are averaged (no truncation).
+    #[arg(long, default_value_t = 1024)]
+    pub max_len: usize,
+
+    /// Evaluate a seeded sample of at most this many rows.
+    #[arg(long)]
+    pub limit: Option<usize>,
+
+    #[command(flatten)]
+    pub device: DeviceArgs,
+}
+
+pub fn run(args: EvalArgs) -> Result<()> {
+    let device = open_device(&args.device)?;
+    let tm = load_trained(&args.model, &device)?;
+    let set = read_eval_set(args.data.as_deref(), &args.split, args.file.as_deref(), args.labels.as_deref())?;
+    let label_map = match &tm.label_map {
+        Some(lm) => lm.clone(),
+        None => qf_engine::data::stratify::LabelMap {
+            classes: tm.model.labels.clone(),
+            accessions: vec![None; tm.model.labels.len()],
+            tier_of_class: vec![0; tm.model.labels.len()],
+            spec: "checkpoint labels".into(),
+            train_counts: Vec::new(),
+        },
+    };
+    let mut mapped = map_split(&set, &label_map)?;
+    println!("{mapped}");
+    if let Some(limit) = args.limit.filter(|&l| l < mapped.rows.len()) {
+        let mut idx: Vec<usize> = (0..mapped.rows.len()).collect();
+        qf_engine::data::rng::Rng::new(0xE7A1).shuffle(&mut idx);
+        idx.truncate(limit);
+        idx.sort_unstable();
+        mapped.rows = idx.iter().map(|&i| mapped.rows[i]).collect();
+        mapped.labels = idx.iter().map(|&i| mapped.labels[i]).collect();
+    }
+    if mapped.rows.is_empty() {
+        bail!("no evaluation row belongs to a family the model knows");
+    }
+    let bcfg = BatchConfig::new(args.max_tokens, args.max_len, 0)?;
+    let bar = progress_bar(0, "eval", !args.device.quiet);
+    let sizes = (!label_map.train_counts.is_empty()).then_some(&label_map.train_counts[..]);
+    let r = evaluate(
+        &tm.model,
+        &set,
+        &mapped.rows,
+        &mapped.labels,
+        &bcfg,
+        &device,
+        Some(&label_map.tier_of_class),
+        sizes,
+        &bar,
+    )?;
+    bar.finish_and_clear();
+    println!("{}", r.report);
+    println!(
+        "loss {:.4}; {:.1} sequences/s; {} proteins longer than the {}-token window were scored as averaged windows",
+        r.loss, r.sequences_per_s, r.long_rows, args.max_len
+    );
+    if let Some(path) = &args.json {
+        let mut v = serde_json::to_value(&r.report)?;
+        v["loss"] = r.loss.into();
+        v["sequences_per_s"] = r.sequences_per_s.into();
+        v["model"] = args.model.display().to_string().into();
+        qf_engine::model::checkpoint::write_atomic(path, serde_json::to_string_pretty(&v)?.as_bytes())?;
+        println!("report written to {}", path.display());
+    }
+    Ok(())
+}

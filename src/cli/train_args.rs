@@ -1,0 +1,241 @@
+//! `qf-engine train`.
+
+use std::path::PathBuf;
+
+use anyhow::{bail, Result};
+use clap::Args;
+
+use qf_engine::data::class_weights::ClassWeighting;
+use qf_engine::data::stratify::StratifySpec;
+use qf_engine::model::HeadKind;
+use qf_engine::optim::{OptimConfig, OptimizerKind};
+use qf_engine::train::{self, DataSource, DeviceChoice, ModelSource, Precision, TrainConfig, Warmup};
+
+#[derive(Args, Debug)]
+pub struct TrainArgs {
+    /// Task: `classify` (protein family) or `contact` (residue-residue contacts).
+    #[arg(long, default_value = "classify")]
+    pub task: String,
+
+    /// Pfam random-split directory (train/, dev/, test/ CSV shards). Without --data,
+    /// --train-file or --contacts, the built-in demo set is used.
+    #[arg(long, value_name = "DIR")]
+    pub data: Option<PathBuf>,
+
+    /// Split of --data to evaluate on after each epoch.
+    #[arg(long, default_value = "dev", value_name = "SPLIT")]
+    pub eval_split: String,
+
+    /// Labelled training sequences: FASTA (`>name family`, .gz accepted) or Stockholm (.sto).
+    #[arg(long, value_name = "FILE", conflicts_with = "data")]
+    pub train_file: Option<PathBuf>,
+
+    /// Labelled evaluation sequences (same formats as --train-file).
+    #[arg(long, value_name = "FILE", requires = "train_file")]
+    pub eval_file: Option<PathBuf>,
+
+    /// TSV of `name<TAB>family` labels for FASTA files whose headers carry none.
+    #[arg(long, value_name = "TSV")]
+    pub labels: Option<PathBuf>,
+
+    /// Model preset for random initialisation: esm2_tiny, esm2_t6_8M, esm2_t12_35M,
+    /// esm2_t30_150M, esm2_t33_650M, esm2_t36_3B, esm2_t48_15B.
+    #[arg(long, value_name = "NAME", conflicts_with = "checkpoint")]
+    pub preset: Option<String>,
+
+    /// Hugging Face checkpoint directory to fine-tune (config.json + model.safetensors of
+    /// EsmModel, EsmForMaskedLM or EsmForSequenceClassification).
+    #[arg(long, value_name = "DIR")]
+    pub checkpoint: Option<PathBuf>,
+
+    /// Classification head: `esm` (HF EsmClassificationHead: dense → tanh → out_proj,
+    /// loadable by transformers) or `linear`.
+    #[arg(long, default_value = "esm")]
+    pub head: String,
+
+    /// Dropout on the head's inputs.
+    #[arg(long, default_value_t = 0.0)]
+    pub head_dropout: f64,
+
+    /// Output directory: metrics.jsonl, checkpoints/, model/.
+    #[arg(long, short, value_name = "DIR")]
+    pub output: Option<PathBuf>,
+
+    #[arg(long)]
+    pub epochs: Option<u64>,
+
+    /// Stop after this many optimizer steps.
+    #[arg(long)]
+    pub max_steps: Option<u64>,
+
+    /// Stop after this many optimizer steps with a checkpoint, as if interrupted; `--resume`
+    /// continues the same run (the schedule is unchanged).
+    #[arg(long)]
+    pub stop_after: Option<u64>,
+
+    /// Token budget per micro-batch (sequences are packed, no padding).
+    #[arg(long, value_name = "TOKENS")]
+    pub max_tokens: Option<usize>,
+
+    /// Window in tokens (incl. <cls>/<eos>); longer proteins are randomly cropped in
+    /// training and evaluated in overlapping windows whose logits are averaged.
+    #[arg(long, default_value_t = 1024)]
+    pub max_len: usize,
+
+    /// Micro-batches whose gradients are summed per optimizer step.
+    #[arg(long, default_value_t = 1)]
+    pub grad_accum: usize,
+
+    /// Peak learning rate.
+    #[arg(long)]
+    pub lr: Option<f64>,
+
+    /// Warm-up: a number of steps (`1000`) or a fraction of all steps (`0.06`).
+    #[arg(long)]
+    pub warmup: Option<String>,
+
+    #[arg(long, default_value_t = 0.01)]
+    pub weight_decay: f64,
+
+    /// Clip the global gradient norm (0 disables clipping).
+    #[arg(long, default_value_t = 1.0)]
+    pub max_grad_norm: f64,
+
+    /// `adamw` (fp32 moments) or `adamw8bit` (blockwise 8-bit moments).
+    #[arg(long, default_value = "adamw")]
+    pub optimizer: String,
+
+    /// Class weights of the cross-entropy: none, balanced (sklearn), tempered:ALPHA.
+    #[arg(long, default_value = "none")]
+    pub class_weights: String,
+
+    /// Families to train on: all, top:N, or tiers like 1000x200,4000x50 (QuantaFold).
+    #[arg(long, default_value = "all")]
+    pub stratify: String,
+
+    /// Evaluate on at most this many rows of the evaluation split (a seeded sample).
+    #[arg(long)]
+    pub eval_limit: Option<usize>,
+
+    #[arg(long, default_value_t = 42)]
+    pub seed: u64,
+
+    /// auto (GPU if present), cpu, cuda, cuda:N.
+    #[arg(long, default_value = "auto")]
+    pub device: String,
+
+    /// auto (fp32 on CPU, bf16 on GPU), fp32, fp16 (dynamic loss scaling), bf16.
+    #[arg(long, default_value = "auto")]
+    pub precision: String,
+
+    /// CPU threads (0 = all cores).
+    #[arg(long, default_value_t = 0)]
+    pub threads: usize,
+
+    /// Save a checkpoint every N optimizer steps (one is always saved per epoch).
+    #[arg(long)]
+    pub save_every: Option<u64>,
+
+    /// Checkpoints to keep.
+    #[arg(long, default_value_t = 2)]
+    pub keep_checkpoints: usize,
+
+    /// Continue the run in --output from its latest checkpoint.
+    #[arg(long)]
+    pub resume: bool,
+
+    /// Log a metrics line every N optimizer steps.
+    #[arg(long, default_value_t = 10)]
+    pub log_every: u64,
+
+    /// No progress bars.
+    #[arg(long)]
+    pub quiet: bool,
+}
+
+impl TrainArgs {
+    /// The run configuration: the built-in demo's settings, overridden by the flags given.
+    pub fn to_config(&self) -> Result<TrainConfig> {
+        let builtin = self.data.is_none() && self.train_file.is_none();
+        let default_out = if builtin { "runs/demo" } else { "runs/train" };
+        let mut cfg = TrainConfig::demo(self.output.clone().unwrap_or_else(|| PathBuf::from(default_out)));
+        if !builtin {
+            // Defaults for real data: a real ESM-2 size and fine-tuning learning rate.
+            cfg.model = ModelSource::Preset("esm2_t6_8M".into());
+            cfg.epochs = 3;
+            cfg.lr = 1e-4;
+            cfg.max_tokens = 16384;
+        }
+        cfg.data = match (&self.data, &self.train_file) {
+            (Some(d), _) => DataSource::PfamDir { dir: d.clone(), eval_split: self.eval_split.clone() },
+            (None, Some(t)) => {
+                DataSource::Files { train: t.clone(), eval: self.eval_file.clone(), labels_tsv: self.labels.clone() }
+            }
+            (None, None) => DataSource::Builtin,
+        };
+        if let Some(p) = &self.preset {
+            cfg.model = ModelSource::Preset(p.clone());
+        }
+        if let Some(c) = &self.checkpoint {
+            cfg.model = ModelSource::Pretrained(c.clone());
+        }
+        cfg.head = self.head.parse::<HeadKind>()?;
+        cfg.head_dropout = self.head_dropout;
+        if let Some(e) = self.epochs {
+            cfg.epochs = e;
+        }
+        cfg.max_steps = self.max_steps;
+        cfg.stop_after = self.stop_after;
+        if let Some(t) = self.max_tokens {
+            cfg.max_tokens = t;
+        }
+        cfg.max_len = self.max_len;
+        cfg.grad_accum = self.grad_accum;
+        if let Some(lr) = self.lr {
+            cfg.lr = lr;
+        }
+        if let Some(w) = &self.warmup {
+            cfg.warmup = w.parse::<Warmup>()?;
+        }
+        cfg.optim = OptimConfig {
+            kind: self.optimizer.parse::<OptimizerKind>()?,
+            weight_decay: self.weight_decay,
+            max_grad_norm: (self.max_grad_norm > 0.0).then_some(self.max_grad_norm),
+            ..OptimConfig::default()
+        };
+        cfg.class_weights = self.class_weights.parse::<ClassWeighting>()?;
+        cfg.stratify = self.stratify.parse::<StratifySpec>()?;
+        cfg.eval_limit = self.eval_limit;
+        cfg.seed = self.seed;
+        cfg.device = self.device.parse::<DeviceChoice>()?;
+        cfg.precision = self.precision.parse::<Precision>()?;
+        cfg.save_every = self.save_every;
+        cfg.keep_checkpoints = self.keep_checkpoints;
+        cfg.resume = self.resume;
+        cfg.log_every = self.log_every;
+        cfg.progress = !self.quiet;
+        Ok(cfg)
+    }
+}
+
+pub fn run(args: TrainArgs) -> Result<()> {
+    qf_engine::train::device::set_threads(args.threads);
+    match args.task.as_str() {
+        "classify" | "classification" => {
+            let cfg = args.to_config()?;
+            let summary = train::train(&cfg)?;
+            if let Some(e) = &summary.eval {
+                println!(
+                    "final evaluation: accuracy {:.2}% (chance {:.2}%), top-5 {:.2}%, macro-F1 {:.3} on {} sequences",
+                    100.0 * e.accuracy,
+                    100.0 / summary.n_classes as f64,
+                    100.0 * e.top5_accuracy,
+                    e.macro_f1,
+                    e.n
+                );
+            }
+            Ok(())
+        }
+        other => bail!("unknown task `{other}`: use classify or contact"),
+    }
+}

@@ -1,0 +1,87 @@
+//! Choosing where and in which precision to train.
+
+use anyhow::{bail, Result};
+
+use crate::backend::cuda::{device::unavailable_reason, CudaDevice};
+use crate::tensor::{DType, Device};
+
+/// `--device`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum DeviceChoice {
+    /// The GPU when there is one, else the CPU.
+    Auto,
+    Cpu,
+    Cuda(usize),
+}
+
+impl std::str::FromStr for DeviceChoice {
+    type Err = anyhow::Error;
+    fn from_str(s: &str) -> Result<Self> {
+        match s {
+            "auto" => Ok(DeviceChoice::Auto),
+            "cpu" => Ok(DeviceChoice::Cpu),
+            "cuda" | "gpu" => Ok(DeviceChoice::Cuda(0)),
+            _ => match s.strip_prefix("cuda:").and_then(|n| n.parse().ok()) {
+                Some(n) => Ok(DeviceChoice::Cuda(n)),
+                None => bail!("unknown device `{s}`: use auto, cpu, cuda or cuda:N"),
+            },
+        }
+    }
+}
+
+/// `--precision`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Precision {
+    /// fp32 on the CPU, bf16 on the GPU.
+    Auto,
+    Fp32,
+    Fp16,
+    Bf16,
+}
+
+impl std::str::FromStr for Precision {
+    type Err = anyhow::Error;
+    fn from_str(s: &str) -> Result<Self> {
+        match s {
+            "auto" => Ok(Precision::Auto),
+            "fp32" | "f32" => Ok(Precision::Fp32),
+            "fp16" | "f16" => Ok(Precision::Fp16),
+            "bf16" => Ok(Precision::Bf16),
+            _ => bail!("unknown precision `{s}`: use fp32, fp16 or bf16"),
+        }
+    }
+}
+
+/// Open the chosen device and fix the activation dtype. Returns the device and the
+/// compute dtype. `Auto` falls back to the CPU and says why.
+pub fn open(choice: &DeviceChoice, precision: Precision) -> Result<(Device, DType, Option<String>)> {
+    let (device, note) = match choice {
+        DeviceChoice::Cpu => (Device::Cpu, None),
+        DeviceChoice::Cuda(n) => (Device::Cuda(CudaDevice::open(*n)?), None),
+        DeviceChoice::Auto => match unavailable_reason() {
+            Some(why) => (Device::Cpu, Some(format!("using the CPU: {why}"))),
+            None => match CudaDevice::open(0) {
+                Ok(d) => (Device::Cuda(d), None),
+                Err(e) => (Device::Cpu, Some(format!("using the CPU: {e:#}"))),
+            },
+        },
+    };
+    let dtype = match (&device, precision) {
+        (Device::Cpu, Precision::Auto | Precision::Fp32) => DType::F32,
+        (Device::Cpu, p) => bail!("the CPU backend trains in fp32; {p:?} needs --device cuda"),
+        (Device::Cuda(_), Precision::Auto | Precision::Bf16) => DType::BF16,
+        (Device::Cuda(_), Precision::Fp16) => DType::F16,
+        (Device::Cuda(_), Precision::Fp32) => DType::F32,
+    };
+    if let Device::Cuda(d) = &device {
+        d.set_compute_dtype(dtype)?;
+    }
+    Ok((device, dtype, note))
+}
+
+/// Use `n` threads for the CPU backend (0 = all cores). Only the first call takes effect.
+pub fn set_threads(n: usize) {
+    if n > 0 {
+        let _ = rayon::ThreadPoolBuilder::new().num_threads(n).build_global();
+    }
+}

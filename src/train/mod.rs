@@ -1,0 +1,15 @@
+//! Training loops (family classification; contact prediction), evaluation, checkpoints
+//! with training state, and run logging.
+
+pub mod bench;
+pub mod classify;
+pub mod data;
+pub mod device;
+pub mod eval;
+pub mod log;
+pub mod state;
+pub mod trained;
+
+pub use classify::{train, ModelSource, TrainConfig, TrainSummary, Warmup};
+pub use data::DataSource;
+pub use device::{DeviceChoice, Precision};
