@@ -13,7 +13,7 @@
 use rayon::prelude::*;
 
 use super::matmul::{gemm_into_ptr, MatRef};
-use super::{Real, SharedMut};
+use super::{simd, Real, SharedMut};
 
 /// Shape of one attention call.
 #[derive(Clone, Copy, Debug)]
@@ -67,17 +67,48 @@ fn head_block<'a, T>(m: &'a [T], t: &Task, dims: AttnDims) -> MatRef<'a, T> {
 }
 
 /// In-place row softmax of a `len × len` block after multiplying by `scale`.
-fn softmax_rows<T: Real>(p: &mut [T], len: usize, scale: T) {
-    for row in p.chunks_mut(len) {
-        let m = row.iter().fold(T::neg_infinity(), |m, &x| m.max(x * scale));
-        let mut sum = T::zero();
-        for x in row.iter_mut() {
-            *x = (*x * scale - m).exp();
-            sum += *x;
+struct SoftmaxRows<'a, T> {
+    p: &'a mut [T],
+    len: usize,
+    scale: T,
+}
+
+impl<T: Real> simd::Kernel for SoftmaxRows<'_, T> {
+    type Output = ();
+    #[inline(always)]
+    fn run(self) {
+        let scale = self.scale;
+        for row in self.p.chunks_mut(self.len) {
+            let m = row.iter().fold(T::neg_infinity(), |m, &x| m.max(x * scale));
+            let mut sum = T::zero();
+            for x in row.iter_mut() {
+                *x = (*x * scale - m).exp_fast();
+                sum += *x;
+            }
+            let inv = T::one() / sum;
+            for x in row.iter_mut() {
+                *x *= inv;
+            }
         }
-        let inv = T::one() / sum;
-        for x in row.iter_mut() {
-            *x *= inv;
+    }
+}
+
+/// `dS = P ⊙ (dP − rowsum(dP ⊙ P))`, in place over `dP`.
+struct SoftmaxBackwardRows<'a, T> {
+    dp: &'a mut [T],
+    p: &'a [T],
+    len: usize,
+}
+
+impl<T: Real> simd::Kernel for SoftmaxBackwardRows<'_, T> {
+    type Output = ();
+    #[inline(always)]
+    fn run(self) {
+        for (dpr, pr) in self.dp.chunks_mut(self.len).zip(self.p.chunks(self.len)) {
+            let dot: T = dpr.iter().zip(pr).map(|(&a, &b)| a * b).sum();
+            for (d, &pv) in dpr.iter_mut().zip(pr) {
+                *d = pv * (*d - dot);
+            }
         }
     }
 }
@@ -105,7 +136,7 @@ pub fn forward<T: Real>(
         unsafe {
             gemm_into_ptr(p.as_mut_ptr(), l, qh, kh.t(), T::one(), T::zero());
         }
-        softmax_rows(p, l, scale);
+        simd::dispatch(SoftmaxRows { p: &mut *p, len: l, scale });
         let o = unsafe { out_ptr.at(t.start * width + t.head * dims.head_dim) };
         unsafe {
             gemm_into_ptr(o, width, MatRef::new(p, l, l), vh, T::one(), T::zero());
@@ -151,13 +182,7 @@ pub fn backward<T: Real>(
                 }
             }
         }
-        // dS = P ⊙ (dP − rowsum(dP ⊙ P)), in place in dp.
-        for (dpr, pr) in dp.chunks_mut(l).zip(p.chunks(l)) {
-            let dot: T = dpr.iter().zip(pr).map(|(&a, &b)| a * b).sum();
-            for (d, &pv) in dpr.iter_mut().zip(pr) {
-                *d = pv * (*d - dot);
-            }
-        }
+        simd::dispatch(SoftmaxBackwardRows { dp: &mut dp, p, len: l });
         let ds = MatRef::new(&dp, l, l);
         let (qh, kh) = (head_block(q, t, dims), head_block(k, t, dims));
         unsafe {

@@ -44,12 +44,12 @@ pub fn forward_backward<T: Real>(
             }
             let w = if weights.is_empty() { 1.0 } else { weights[y as usize] as f64 };
             let m = x.iter().fold(T::neg_infinity(), |m, &v| m.max(v));
-            let sum: T = x.iter().map(|&v| (v - m).exp()).sum();
+            let sum: T = x.iter().map(|&v| (v - m).exp_fast()).sum();
             let lse = m + sum.ln();
             let g = T::from_f64(w * inv);
             let inv_sum = T::one() / sum;
             for (d, &v) in d.iter_mut().zip(x) {
-                *d = g * (v - m).exp() * inv_sum;
+                *d = g * (v - m).exp_fast() * inv_sum;
             }
             d[y as usize] -= g;
             w * inv * (lse - x[y as usize]).to_f64()

@@ -5,56 +5,88 @@
 
 use rayon::prelude::*;
 
-use super::Real;
+use super::{simd, Real};
 
-const FRAC_1_SQRT_2: f64 = std::f64::consts::FRAC_1_SQRT_2;
 /// 1/√(2π).
 const FRAC_1_SQRT_2PI: f64 = 0.398_942_280_401_432_7;
 
-#[inline]
+#[inline(always)]
 fn gelu<T: Real>(u: T) -> T {
-    T::from_f64(0.5) * u * (T::one() + (u * T::from_f64(FRAC_1_SQRT_2)).erf())
+    u * u.normal_cdf()
 }
 
-#[inline]
+#[inline(always)]
 fn gelu_grad<T: Real>(u: T) -> T {
-    let cdf = T::from_f64(0.5) * (T::one() + (u * T::from_f64(FRAC_1_SQRT_2)).erf());
-    let pdf = (-(u * u) * T::from_f64(0.5)).exp() * T::from_f64(FRAC_1_SQRT_2PI);
-    cdf + u * pdf
+    let pdf = (-(u * u) * T::from_f64(0.5)).exp_fast() * T::from_f64(FRAC_1_SQRT_2PI);
+    u.normal_cdf() + u * pdf
+}
+
+/// One row of the forward: `y = gelu(x + b)` (`b` empty: no bias).
+struct ForwardRow<'a, T> {
+    y: &'a mut [T],
+    x: &'a [T],
+    bias: &'a [T],
+}
+
+impl<T: Real> simd::Kernel for ForwardRow<'_, T> {
+    type Output = ();
+    #[inline(always)]
+    fn run(self) {
+        if self.bias.is_empty() {
+            for (y, &x) in self.y.iter_mut().zip(self.x) {
+                *y = gelu(x);
+            }
+        } else {
+            for ((y, &x), &b) in self.y.iter_mut().zip(self.x).zip(self.bias) {
+                *y = gelu(x + b);
+            }
+        }
+    }
+}
+
+/// One row of the backward: `du = dy·gelu'(x + b)`.
+struct BackwardRow<'a, T> {
+    du: &'a mut [T],
+    dy: &'a [T],
+    x: &'a [T],
+    bias: &'a [T],
+}
+
+impl<T: Real> simd::Kernel for BackwardRow<'_, T> {
+    type Output = ();
+    #[inline(always)]
+    fn run(self) {
+        if self.bias.is_empty() {
+            for ((du, &dy), &x) in self.du.iter_mut().zip(self.dy).zip(self.x) {
+                *du = dy * gelu_grad(x);
+            }
+        } else {
+            for (((du, &dy), &x), &b) in self.du.iter_mut().zip(self.dy).zip(self.x).zip(self.bias) {
+                *du = dy * gelu_grad(x + b);
+            }
+        }
+    }
 }
 
 /// `y = gelu(x + bias[col])`; `bias` may be empty (no bias).
 pub fn forward<T: Real>(y: &mut [T], x: &[T], bias: &[T], cols: usize) {
-    y.par_chunks_mut(cols).zip(x.par_chunks(cols)).for_each(|(y, x)| {
-        for (j, (y, &x)) in y.iter_mut().zip(x).enumerate() {
-            let u = if bias.is_empty() { x } else { x + bias[j] };
-            *y = gelu(u);
-        }
-    });
+    y.par_chunks_mut(cols).zip(x.par_chunks(cols)).for_each(|(y, x)| simd::dispatch(ForwardRow { y, x, bias }));
 }
 
 /// `dx += du` and `dbias += Σ_rows du` (when `dbias` is non-empty), with `du = dy·gelu'(x + b)`.
 pub fn backward<T: Real>(dx: &mut [T], dbias: &mut [T], dy: &[T], x: &[T], bias: &[T], cols: usize) {
-    if dbias.is_empty() {
-        if dx.is_empty() {
-            return;
-        }
-        dx.par_chunks_mut(cols).zip(dy.par_chunks(cols)).zip(x.par_chunks(cols)).for_each(|((dx, dy), x)| {
-            for (j, ((dx, &dy), &x)) in dx.iter_mut().zip(dy).zip(x).enumerate() {
-                let u = if bias.is_empty() { x } else { x + bias[j] };
-                *dx += dy * gelu_grad(u);
-            }
-        });
+    if dx.is_empty() && dbias.is_empty() {
         return;
     }
     let mut du = vec![T::zero(); dy.len()];
-    du.par_chunks_mut(cols).zip(dy.par_chunks(cols)).zip(x.par_chunks(cols)).for_each(|((du, dy), x)| {
-        for (j, ((du, &dy), &x)) in du.iter_mut().zip(dy).zip(x).enumerate() {
-            *du = dy * gelu_grad(x + bias[j]);
-        }
-    });
+    du.par_chunks_mut(cols)
+        .zip(dy.par_chunks(cols))
+        .zip(x.par_chunks(cols))
+        .for_each(|((du, dy), x)| simd::dispatch(BackwardRow { du, dy, x, bias }));
     if !dx.is_empty() {
         super::elementwise::axpy(dx, T::one(), &du);
     }
-    super::elementwise::column_sums_into(dbias, &du, cols);
+    if !dbias.is_empty() {
+        super::elementwise::column_sums_into(dbias, &du, cols);
+    }
 }

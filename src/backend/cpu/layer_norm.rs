@@ -6,7 +6,7 @@
 
 use rayon::prelude::*;
 
-use super::Real;
+use super::{simd, Real};
 
 /// Rows per parallel task in the backward's parameter-gradient reduction.
 const ROWS_PER_TASK: usize = 64;
@@ -17,12 +17,7 @@ pub fn forward<T: Real>(y: &mut [T], mean: &mut [T], rstd: &mut [T], x: &[T], w:
     let eps = T::from_f64(eps);
     y.par_chunks_mut(dim).zip(x.par_chunks(dim)).zip(mean.par_iter_mut().zip(rstd.par_iter_mut())).for_each(
         |((y, x), (mu, rs))| {
-            let m = x.iter().copied().sum::<T>() * inv_d;
-            let var = x.iter().map(|&v| (v - m) * (v - m)).sum::<T>() * inv_d;
-            let r = T::one() / (var + eps).sqrt();
-            for (((y, &x), &w), &b) in y.iter_mut().zip(x).zip(w).zip(b) {
-                *y = (x - m) * r * w + b;
-            }
+            let (m, r) = simd::dispatch(ForwardRow { y, x, w, b, inv_d, eps });
             *mu = m;
             *rs = r;
         },
@@ -63,19 +58,7 @@ fn input_grad<T: Real>(dx: &mut [T], dy: &[T], x: &[T], w: &[T], mean: &[T], rst
         .zip(dy.par_chunks(dim))
         .zip(x.par_chunks(dim))
         .zip(mean.par_iter().zip(rstd.par_iter()))
-        .for_each(|(((dx, dy), x), (&m, &r))| {
-            let (mut sum_g, mut sum_gx) = (T::zero(), T::zero());
-            for ((&dy, &x), &w) in dy.iter().zip(x).zip(w) {
-                let g = dy * w;
-                sum_g += g;
-                sum_gx += g * (x - m) * r;
-            }
-            let (mean_g, mean_gx) = (sum_g * inv_d, sum_gx * inv_d);
-            for (((dx, &dy), &x), &w) in dx.iter_mut().zip(dy).zip(x).zip(w) {
-                let xhat = (x - m) * r;
-                *dx += r * (dy * w - mean_g - xhat * mean_gx);
-            }
-        });
+        .for_each(|(((dx, dy), x), (&m, &r))| simd::dispatch(InputGradRow { dx, dy, x, w, m, r, inv_d }));
 }
 
 /// `(Σ_rows dy·x̂, Σ_rows dy)`, reduced over row blocks in parallel.
@@ -103,4 +86,58 @@ fn param_grads<T: Real>(dy: &[T], x: &[T], mean: &[T], rstd: &[T], dim: usize) -
             }
             (aw, ab)
         })
+}
+
+/// One row of the forward; returns `(μ, rstd)`.
+struct ForwardRow<'a, T> {
+    y: &'a mut [T],
+    x: &'a [T],
+    w: &'a [T],
+    b: &'a [T],
+    inv_d: T,
+    eps: T,
+}
+
+impl<T: Real> simd::Kernel for ForwardRow<'_, T> {
+    type Output = (T, T);
+    #[inline(always)]
+    fn run(self) -> (T, T) {
+        let m = self.x.iter().copied().sum::<T>() * self.inv_d;
+        let var = self.x.iter().map(|&v| (v - m) * (v - m)).sum::<T>() * self.inv_d;
+        let r = T::one() / (var + self.eps).sqrt();
+        for (((y, &x), &w), &b) in self.y.iter_mut().zip(self.x).zip(self.w).zip(self.b) {
+            *y = (x - m) * r * w + b;
+        }
+        (m, r)
+    }
+}
+
+/// One row of the input gradient.
+struct InputGradRow<'a, T> {
+    dx: &'a mut [T],
+    dy: &'a [T],
+    x: &'a [T],
+    w: &'a [T],
+    m: T,
+    r: T,
+    inv_d: T,
+}
+
+impl<T: Real> simd::Kernel for InputGradRow<'_, T> {
+    type Output = ();
+    #[inline(always)]
+    fn run(self) {
+        let (m, r) = (self.m, self.r);
+        let (mut sum_g, mut sum_gx) = (T::zero(), T::zero());
+        for ((&dy, &x), &w) in self.dy.iter().zip(self.x).zip(self.w) {
+            let g = dy * w;
+            sum_g += g;
+            sum_gx += g * (x - m) * r;
+        }
+        let (mean_g, mean_gx) = (sum_g * self.inv_d, sum_gx * self.inv_d);
+        for (((dx, &dy), &x), &w) in self.dx.iter_mut().zip(self.dy).zip(self.x).zip(self.w) {
+            let xhat = (x - m) * r;
+            *dx += r * (dy * w - mean_g - xhat * mean_gx);
+        }
+    }
 }

@@ -1,0 +1,119 @@
+//! Criterion benchmarks of the CPU backend: the ops of one ESM-2 8M layer at a Pfam-like
+//! batch (forward + backward), and a whole training step.
+//!
+//! `cargo bench --bench cpu_ops` (add `-- <filter>` for one group). CUDA kernel benchmarks
+//! live in `benches/cuda_ops.rs` and skip without a GPU.
+
+use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
+use qf_engine::data::batch::PackedBatch;
+use qf_engine::data::tokenizer::encode_ids;
+use qf_engine::model::{EsmConfig, HeadKind, ModelInputs, SequenceClassifier};
+use qf_engine::ops::{self, SeqLayout};
+use qf_engine::{Device, Grads, Tape, Tensor};
+
+/// Deterministic pseudo-random values in [-1, 1).
+fn values(n: usize, seed: u64) -> Vec<f32> {
+    let mut s = seed;
+    (0..n)
+        .map(|_| {
+            let r = qf_engine::data::rng::splitmix64(&mut s);
+            (r >> 40) as f32 / (1u64 << 23) as f32 - 1.0
+        })
+        .collect()
+}
+
+fn param(shape: &[usize], seed: u64) -> Tensor {
+    let n = shape.iter().product();
+    Tensor::from_vec(values(n, seed), shape).unwrap().with_requires_grad(true)
+}
+
+/// Packed layout of `n` sequences of Pfam-like lengths (≈ 156 tokens on average).
+fn layout(n: usize) -> Vec<u32> {
+    let mut cu = vec![0u32];
+    for i in 0..n {
+        let len = 60 + ((i * 97) % 200) as u32;
+        cu.push(cu.last().unwrap() + len);
+    }
+    cu
+}
+
+/// Forward + backward of `f` over fresh inputs.
+fn fwd_bwd(f: &dyn Fn(&Tape) -> Tensor) {
+    let tape = Tape::new();
+    let y = f(&tape);
+    let seed = Tensor::from_vec(vec![1.0f32; y.numel()], y.shape()).unwrap();
+    let mut g = Grads::new();
+    tape.backward_from(&y, seed, &mut g).unwrap();
+}
+
+fn layer_ops(c: &mut Criterion) {
+    let cu = layout(32);
+    let t = *cu.last().unwrap() as usize;
+    let (h, f, heads) = (320usize, 1280usize, 20usize);
+    let lay = SeqLayout::new(&cu, &Device::Cpu).unwrap();
+    let x = param(&[t, h], 1);
+    let w = param(&[f, h], 2);
+    let b = param(&[f], 3);
+    let xf = param(&[t, f], 4);
+    let ln_w = param(&[h], 5);
+    let ln_b = param(&[h], 6);
+    let pos = Tensor::from_vec((0..t as i32).map(|i| i % 300).collect::<Vec<i32>>(), &[t]).unwrap();
+    let mut g = c.benchmark_group("esm2_8M_layer_ops");
+    g.throughput(Throughput::Elements(t as u64));
+    g.sample_size(10);
+    g.bench_function("linear_320x1280_fwd_bwd", |bch| {
+        bch.iter(|| fwd_bwd(&|tp| ops::linear(tp, &x, &w, Some(&b)).unwrap()))
+    });
+    g.bench_function("layer_norm_fwd_bwd", |bch| {
+        bch.iter(|| fwd_bwd(&|tp| ops::layer_norm(tp, &x, &ln_w, &ln_b, 1e-5).unwrap()))
+    });
+    g.bench_function("bias_gelu_fwd_bwd", |bch| bch.iter(|| fwd_bwd(&|tp| ops::bias_gelu(tp, &xf, Some(&b)).unwrap())));
+    g.bench_function("rotary_fwd_bwd", |bch| {
+        bch.iter(|| fwd_bwd(&|tp| ops::rotary(tp, &x, &pos, heads, 0.25).unwrap()))
+    });
+    g.bench_function("attention_fwd_bwd", |bch| {
+        bch.iter(|| fwd_bwd(&|tp| ops::attention(tp, &x, &x, &x, &lay, heads, 1.0, false).unwrap().0))
+    });
+    g.finish();
+}
+
+fn cross_entropy(c: &mut Criterion) {
+    let mut g = c.benchmark_group("cross_entropy_5000_classes");
+    g.sample_size(20);
+    for rows in [32usize, 256] {
+        let logits = param(&[rows, 5000], 7);
+        let labels = Tensor::from_vec((0..rows as i32).map(|i| i * 7 % 5000).collect::<Vec<i32>>(), &[rows]).unwrap();
+        g.bench_with_input(BenchmarkId::from_parameter(rows), &rows, |bch, _| {
+            bch.iter(|| fwd_bwd(&|tp| ops::cross_entropy(tp, &logits, &labels, None).unwrap()))
+        });
+    }
+    g.finish();
+}
+
+fn training_step(c: &mut Criterion) {
+    let cfg = EsmConfig::preset("esm2_t6_8M").unwrap();
+    let labels: Vec<String> = (0..5000).map(|i| format!("f{i}")).collect();
+    let model = SequenceClassifier::new_random(&cfg, labels, HeadKind::Classification, 0.0, 1).unwrap();
+    let mut batch = PackedBatch::new();
+    let protein = "MKTAYIAKQRQISFVKSHFSRQLEERLGLIEVQAPILSRVGDGTQDNLSGAEKAVQVKVKALPDAQFEVVHSLAKWKRQTLGQHDFSAGEGLYTHMKALRPDEDRLSPLHSVYVDQWDWERVMGDGERQFSTLKSTVEAIWAGIKATEAAVSEEFGLAPFLPDQIHFVHSQELLSRYPDLDAKGRERAIAKDLGAVFLVGIGGKLSDGHRHDVRAPDYDDWSTPSELGHAGLNGDILVWNPVLEDAFELSSMGIRVDADTLKHQLALTGDEDRLELEWHQALLRGEMPQTIGGGIGQSRLTMLLLQLPHIGQVQAGVWPAACRHRQ";
+    for i in 0..16 {
+        let len = 80 + (i * 37) % 180;
+        batch.push(&encode_ids(&protein[..len]).unwrap(), 0, Some(i as u32), i);
+    }
+    let inp = ModelInputs::new(&batch, &cfg, &Device::Cpu, qf_engine::DType::F32).unwrap();
+    let mut g = c.benchmark_group("training_step_esm2_t6_8M");
+    g.throughput(Throughput::Elements(batch.n_seqs() as u64));
+    g.sample_size(10);
+    g.bench_function("fwd_bwd_16_sequences", |bch| {
+        bch.iter(|| {
+            let tape = Tape::new();
+            let (_, loss) = model.forward_loss(&tape, &inp, None).unwrap();
+            let mut gr = Grads::new();
+            tape.backward(&loss, &mut gr).unwrap();
+        })
+    });
+    g.finish();
+}
+
+criterion_group!(benches, layer_ops, cross_entropy, training_step);
+criterion_main!(benches);
