@@ -246,6 +246,11 @@ pub fn train(cfg: &TrainConfig) -> Result<TrainSummary> {
         classes.len(),
         data.selection.rows.len(),
         match &data.eval_map {
+            Some(m) if m.rows.len() < data.eval_rows_before_limit => format!(
+                ", evaluating a seeded sample of {} of the {} evaluation rows whose family is a class",
+                m.rows.len(),
+                data.eval_rows_before_limit
+            ),
             Some(m) => format!(", {} evaluation rows ({m})", m.rows.len()),
             None => String::new(),
         }

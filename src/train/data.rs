@@ -45,6 +45,8 @@ pub struct ClassificationData {
     pub eval: Option<LabelledSet>,
     pub selection: Stratified,
     pub eval_map: Option<MappedSplit>,
+    /// Evaluation rows before `eval_limit` sampled them.
+    pub eval_rows_before_limit: usize,
     pub weights: ClassWeights,
 }
 
@@ -100,9 +102,11 @@ pub fn load(
     if selection.rows.is_empty() {
         bail!("family selection `{}` kept no training rows", selection.label_map.spec);
     }
+    let mut eval_rows_before_limit = 0;
     let eval_map = match &eval {
         Some(e) => {
             let mut m = map_split(e, &selection.label_map)?;
+            eval_rows_before_limit = m.rows.len();
             if let Some(limit) = eval_limit.filter(|&l| l < m.rows.len()) {
                 let mut idx: Vec<usize> = (0..m.rows.len()).collect();
                 Rng::from_words(&[seed, 0xE7A1]).shuffle(&mut idx);
@@ -116,5 +120,5 @@ pub fn load(
         None => None,
     };
     let weights = class_weights(&selection.class_counts(), weighting);
-    Ok(ClassificationData { train, eval, selection, eval_map, weights })
+    Ok(ClassificationData { train, eval, selection, eval_map, eval_rows_before_limit, weights })
 }

@@ -1,0 +1,148 @@
+//! The `qf-engine` binary end to end: every command's help, and train → eval → predict →
+//! data stats on small real data.
+
+mod common;
+
+use std::process::Command;
+
+fn qf(args: &[&str]) -> (bool, String, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_qf-engine")).args(args).output().expect("run qf-engine");
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn every_command_has_help() {
+    for cmd in [
+        vec!["--help"],
+        vec!["train", "--help"],
+        vec!["eval", "--help"],
+        vec!["predict", "--help"],
+        vec!["data", "stats", "--help"],
+        vec!["bench", "--help"],
+    ] {
+        let (ok, out, err) = qf(&cmd);
+        assert!(ok, "{cmd:?} failed: {err}");
+        assert!(out.contains("Usage:"), "{cmd:?}: {out}");
+    }
+    let (_, out, _) = qf(&["train", "--help"]);
+    for flag in [
+        "--data",
+        "--checkpoint",
+        "--preset",
+        "--stratify",
+        "--class-weights",
+        "--max-tokens",
+        "--resume",
+        "--precision",
+    ] {
+        assert!(out.contains(flag), "train --help lacks {flag}");
+    }
+}
+
+#[test]
+fn train_eval_predict_and_stats_through_the_binary() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("run");
+    let fixture = common::fixture("esm_tiny");
+    let (ok, stdout, stderr) = qf(&[
+        "train",
+        "--checkpoint",
+        fixture.to_str().unwrap(),
+        "--stratify",
+        "top:3",
+        "--epochs",
+        "1",
+        "--max-tokens",
+        "1024",
+        "--max-len",
+        "512",
+        "--lr",
+        "2e-3",
+        "--device",
+        "cpu",
+        "--quiet",
+        "--output",
+        out.to_str().unwrap(),
+    ]);
+    assert!(ok, "train failed: {stderr}");
+    assert!(stdout.contains("final evaluation: accuracy"), "{stdout}");
+    let model = out.join("model");
+    assert!(model.join("model.safetensors").is_file() && out.join("metrics.jsonl").is_file());
+
+    // eval on labelled FASTA of the same three families (from the committed excerpt).
+    let fasta = tmp.path().join("eval.fasta");
+    let stats_json = qf(&["data", "stats", "--file", common::fixture("pfam/sample.fasta").to_str().unwrap(), "--json"]);
+    assert!(stats_json.0, "data stats failed: {}", stats_json.2);
+    let v: serde_json::Value = serde_json::from_str(&stats_json.1).unwrap();
+    assert!(v["sequences"].as_u64().unwrap() > 0, "{v}");
+
+    let classes: Vec<String> =
+        serde_json::from_str::<serde_json::Value>(&std::fs::read_to_string(model.join("label_map.json")).unwrap())
+            .unwrap()["classes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|c| c.as_str().unwrap().to_string())
+            .collect();
+    let seqs = ["MKTAYIAKQRQISFVKSHFSRQLEERLGLIEVQ", "GSHMLEDPVDAFQQVLRKGGLLLLA", "MSDNEELKKQLEEALRRAGLT"];
+    let body: String =
+        seqs.iter().enumerate().map(|(i, s)| format!(">s{i} {}\n{s}\n", classes[i % classes.len()])).collect();
+    std::fs::write(&fasta, body).unwrap();
+    let json = tmp.path().join("eval.json");
+    let (ok, stdout, stderr) = qf(&[
+        "eval",
+        "--model",
+        model.to_str().unwrap(),
+        "--file",
+        fasta.to_str().unwrap(),
+        "--json",
+        json.to_str().unwrap(),
+        "--device",
+        "cpu",
+        "--quiet",
+    ]);
+    assert!(ok, "eval failed: {stderr}");
+    assert!(stdout.contains("accuracy"), "{stdout}");
+    let report: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    assert_eq!(report["n_samples"], 3);
+
+    let tsv = tmp.path().join("pred.tsv");
+    let (ok, _, stderr) = qf(&[
+        "predict",
+        "--model",
+        model.to_str().unwrap(),
+        "--input",
+        fasta.to_str().unwrap(),
+        "--output",
+        tsv.to_str().unwrap(),
+        "--top-k",
+        "2",
+        "--device",
+        "cpu",
+        "--quiet",
+    ]);
+    assert!(ok, "predict failed: {stderr}");
+    let lines: Vec<String> = std::fs::read_to_string(&tsv).unwrap().lines().map(String::from).collect();
+    assert_eq!(lines[0], "name\tfamily_1\tprob_1\tfamily_2\tprob_2");
+    assert_eq!(lines.len(), 4);
+    for l in &lines[1..] {
+        let f: Vec<&str> = l.split('\t').collect();
+        let (p1, p2): (f64, f64) = (f[2].parse().unwrap(), f[4].parse().unwrap());
+        assert!(classes.iter().any(|c| c == f[1]) && p1 >= p2 && p1 <= 1.0, "{l}");
+    }
+}
+
+#[test]
+fn bad_arguments_are_clear_errors() {
+    let (ok, _, err) =
+        qf(&["train", "--preset", "esm2_t99_huge", "--device", "cpu", "--quiet", "--output", "/tmp/qf-never"]);
+    assert!(!ok);
+    assert!(err.contains("unknown model preset `esm2_t99_huge`"), "{err}");
+    let (ok, _, err) = qf(&["predict", "--model", "/nonexistent", "--input", "/nonexistent.fasta", "--device", "cpu"]);
+    assert!(!ok);
+    assert!(err.contains("config.json is missing"), "{err}");
+}
