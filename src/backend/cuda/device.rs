@@ -380,18 +380,44 @@ fn keep_freed_memory_in_pool(ctx: &Arc<CudaContext>) -> Result<()> {
     Ok(())
 }
 
-/// Peak bytes in use in the device's memory pool since the last reset.
-pub fn pool_peak_bytes(dev: &CudaDevice) -> Result<u64> {
+/// A `u64` attribute of the device's default memory pool.
+fn pool_attribute(dev: &CudaDevice, attr: sys::CUmemPool_attribute) -> Result<u64> {
     let mut pool: sys::CUmemoryPool = std::ptr::null_mut();
     let mut value: u64 = 0;
+    // Safety: plain driver queries on the context's own device.
     unsafe {
         sys::cuDeviceGetDefaultMemPool(&mut pool, dev.context().cu_device()).result()?;
-        sys::cuMemPoolGetAttribute(
-            pool,
-            sys::CUmemPool_attribute::CU_MEMPOOL_ATTR_USED_MEM_HIGH,
-            &mut value as *mut u64 as *mut std::ffi::c_void,
-        )
-        .result()?;
+        sys::cuMemPoolGetAttribute(pool, attr, &mut value as *mut u64 as *mut std::ffi::c_void).result()?;
     }
     Ok(value)
+}
+
+/// Peak bytes in use in the device's memory pool since the last reset.
+pub fn pool_peak_bytes(dev: &CudaDevice) -> Result<u64> {
+    pool_attribute(dev, sys::CUmemPool_attribute::CU_MEMPOOL_ATTR_USED_MEM_HIGH)
+}
+
+/// Bytes of device memory the pool holds now (in use or cached for reuse). Constant
+/// across steady-state training steps: they allocate only from the cache.
+pub fn pool_reserved_bytes(dev: &CudaDevice) -> Result<u64> {
+    pool_attribute(dev, sys::CUmemPool_attribute::CU_MEMPOOL_ATTR_RESERVED_MEM_CURRENT)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn out_of_memory_errors_name_the_token_budget() {
+        let e = anyhow::Error::new(OutOfMemory { bytes: 3 << 30, free_total: Some((1 << 30, 80 << 30)) })
+            .context("in the backward pass of `linear`");
+        assert!(is_out_of_memory(&e));
+        let msg = format!("{:#}", with_budget_hint(e, 16384));
+        assert!(msg.starts_with("the GPU ran out of memory in a training step with a token budget of 16384"), "{msg}");
+        assert!(msg.contains("--max-tokens 8192"), "{msg}");
+        assert!(msg.contains("CUDA out of memory allocating 3072.0 MiB (1024 MiB free of 81920 MiB)"), "{msg}");
+        // other errors pass through unchanged
+        let other = with_budget_hint(anyhow!("bad shape"), 16384);
+        assert_eq!(format!("{other:#}"), "bad shape");
+    }
 }

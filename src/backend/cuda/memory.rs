@@ -176,7 +176,7 @@ mod tests {
         assert_eq!(token_weighted_length([100, 100], 1024), 100);
         // Σ L² / Σ L = (100² + 300²) / 400 = 250
         assert_eq!(token_weighted_length([100, 300], 1024), 250);
-        assert_eq!(token_weighted_length([100, 3000], 200), 150);
+        assert_eq!(token_weighted_length([100, 3000], 200), 167); // (100² + 200²) / 300
         assert_eq!(token_weighted_length([], 200), 0);
     }
 
