@@ -139,7 +139,7 @@ fn elementwise_cases(t: &Target) {
         let a = Input::act(&mut rng, dt, &[13, 77], 1.0, true);
         let b = Input::act(&mut rng, dt, &[13, 77], 1.0, true);
         let f = |t: &Tape, i: &[Tensor]| Ok(vec![ops::tanh(t, &i[0])?]);
-        check_op(t, &mut rng, "tanh", &[a.clone()], &f, tol(dt));
+        check_op(t, &mut rng, "tanh", std::slice::from_ref(&a), &f, tol(dt));
         let f = |t: &Tape, i: &[Tensor]| {
             let s = ops::add(t, &i[0], &i[1])?;
             let s2 = ops::scale(t, &s, -1.7)?;
@@ -555,8 +555,8 @@ fn adamw_kernel_is_bit_identical_to_the_cpu_update() {
         assert_eq!(bits(&v.to_vec_f32().unwrap()), bits(&want.2), "v differs from adamw_update");
         if let (Some(h), Some(dt)) = (&h, half) {
             let hv = h.to_vec_f32().unwrap();
-            for i in 0..n {
-                assert_eq!(hv[i] as f64, round_to(dt, want.0[i] as f64), "[{dt}] half copy element {i}");
+            for (i, (&h, &w)) in hv.iter().zip(&want.0).enumerate() {
+                assert_eq!(h as f64, round_to(dt, w as f64), "[{dt}] half copy element {i}");
             }
         }
         detail(&format!("  adamw [{:?} copy]: bit-identical to adamw_update over {n} elements", half));

@@ -117,15 +117,6 @@ fn config(grid: usize, block: (u32, u32, u32), smem: u32) -> LaunchConfig {
     LaunchConfig { grid_dim: (grid.clamp(1, MAX_GRID_X) as u32, 1, 1), block_dim: block, shared_mem_bytes: smem }
 }
 
-/// One block of [`ROW_BLOCK`] threads per row, every row its own block (no cap). Kept for
-/// kernels whose header asks for exactly that; prefer [`block_rows_config`].
-pub fn rows_config(rows: usize) -> Result<LaunchConfig> {
-    if rows > MAX_GRID_X {
-        bail!("too many rows ({rows}) for one launch");
-    }
-    Ok(config(rows, (ROW_BLOCK, 1, 1), 0))
-}
-
 /// One warp per row: blocks of 256 threads (8 warps), grid ceil(rows / 8).
 pub fn warp_rows_config(rows: usize) -> LaunchConfig {
     let warps = (BLOCK / 32) as usize;
