@@ -64,14 +64,26 @@ fn grad_of(model: &SequenceClassifier, grads: &Grads, name: &str) -> Option<Vec<
     grads.get(model.params.by_name(name).unwrap()).map(|g| g.to_vec_f64().unwrap())
 }
 
-/// Tolerances of the whole-model comparison: (loss, gradients). fp32 is the project's
-/// parity bar; the halves compound the rounding of every activation through two layers,
-/// so their gradient bound is looser than the per-kernel 1e-2.
-fn model_tol(dt: DType) -> (f64, f64) {
+/// Tolerances of the whole-model comparison against the f64 CPU: the loss, each
+/// parameter's gradient, and all gradients together (one concatenated vector).
+/// fp32 is the project's parity bar; the CPU's own f32 path measures ≤ 2.5e-6 per
+/// tensor and 1.3e-6 overall on this batch — about 20–40× f32's unit roundoff (6e-8):
+/// this small random model with sharp attention amplifies rounding. In half precision
+/// every stored activation is rounded (unit roundoff 4.9e-4 in fp16, 3.9e-3 in bf16),
+/// so the bounds are ~60× (overall) and ~120× (per tensor) the half's roundoff. A
+/// broken kernel gives errors of order one; the measured errors are printed so that
+/// the bounds can be tightened from real numbers.
+struct ModelTol {
+    loss: f64,
+    tensor: f64,
+    global: f64,
+}
+
+fn model_tol(dt: DType) -> ModelTol {
     match dt {
-        DType::F32 => (1e-5, 1e-5),
-        DType::F16 => (1e-2, 2e-2),
-        _ => (1e-2, 4e-2),
+        DType::F32 => ModelTol { loss: 1e-5, tensor: 1e-5, global: 1e-5 },
+        DType::F16 => ModelTol { loss: 5e-3, tensor: 6e-2, global: 3e-2 },
+        _ => ModelTol { loss: 2e-2, tensor: 3e-1, global: 1.5e-1 },
     }
 }
 
@@ -86,7 +98,7 @@ fn training_step_against_f64(target: &Target) {
     let dt = target.dtype();
     let gdev = target.device();
     let b = batch();
-    let (tol_loss, tol_grad) = model_tol(dt);
+    let tol = model_tol(dt);
     let loss_scale: f32 = if dt == DType::F16 { 1024.0 } else { 1.0 };
 
     // CPU reference in f64.
@@ -102,9 +114,10 @@ fn training_step_against_f64(target: &Target) {
     let (loss, grads) = loss_and_grads(&model, &inp, &class_weights(&gdev), loss_scale);
     let e = rel_err(&[loss as f32], &[ref_loss]);
     detail(&format!("  model [{dt}]: loss {loss:.6} vs CPU f64 {ref_loss:.6}: rel err {e:.2e}"));
-    assert!(e <= tol_loss, "[{dt}] loss error {e:e}");
+    assert!(e <= tol.loss, "[{dt}] loss error {e:e}");
 
     let mut rows: Vec<(f64, String)> = Vec::new();
+    let (mut all_got, mut all_want) = (Vec::new(), Vec::new());
     for (name, t) in model.params.iter() {
         if !t.requires_grad() {
             continue;
@@ -115,15 +128,20 @@ fn training_step_against_f64(target: &Target) {
             None => vec![0.0; t.numel()],
         };
         rows.push((rel_err(&got, &want), name.to_string()));
+        all_got.extend_from_slice(&got);
+        all_want.extend_from_slice(&want);
     }
     rows.sort_by(|a, b| b.0.total_cmp(&a.0));
     for (e, name) in rows.iter().take(5) {
         detail(&format!("  model [{dt}]: gradient of {name}: rel err {e:.2e}"));
     }
+    let global = rel_err(&all_got, &all_want);
+    detail(&format!("  model [{dt}]: all {} gradients together: rel err {global:.2e}", rows.len()));
     assert!(rows.len() >= 30, "only {} gradients compared", rows.len());
     for (e, name) in &rows {
-        assert!(*e <= tol_grad, "[{dt}] gradient of {name}: error {e:.3e} > {tol_grad:.0e}");
+        assert!(*e <= tol.tensor, "[{dt}] gradient of {name}: error {e:.3e} > {:.0e}", tol.tensor);
     }
+    assert!(global <= tol.global, "[{dt}] all gradients: error {global:.3e} > {:.0e}", tol.global);
 
     // One optimizer step on the GPU, and the same step by the CPU optimizer on the same
     // gradients: the updated weights must agree to fp32 rounding (the only difference is
