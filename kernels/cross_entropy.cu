@@ -24,25 +24,40 @@
 //   rows); null dlogits = forward only.  dlogits may alias logits (in place).
 //   A label outside [0, n_classes) other than ignore_index is a host bug: the
 //   row's loss and gradient are NaN, so it cannot go unnoticed.
-// Launch: one block per row, block (256, 1, 1) for n_classes ≤ 4096,
+//
+//   cross_entropy_backward_T(T* dlogits, const T* logits, const int* labels,
+//       const float* class_weights /*nullable = all 1*/, int rows, int n_classes,
+//       int ignore_index, float inv_weight_sum, const float* dloss /*nullable = 1*/)
+//   dlogits WRITES dL·(2), where dL = *dloss is the upstream gradient of the mean
+//   loss read from device memory (no host sync).  The product dL·w_y·inv_weight_sum
+//   is formed in fp32 BEFORE the single rounding to T: with fp16 loss scaling
+//   (dL = 2^16) the small softmax gradients stay normal fp16 numbers instead of
+//   being rounded unscaled (into fp16's subnormal range) and scaled afterwards.
+//   Recomputes (1) from the logits (one extra pass over [rows, n_classes]); the
+//   forward then needs no dlogits buffer.  dlogits may alias logits.
+//
+// Launch (both): one block per row, block (256, 1, 1) for n_classes ≤ 4096,
 // (1024, 1, 1) above (any multiple of 32 ≤ 1024), grid (min(rows, 65535), 1, 1)
 // (rows are grid-strided).  Static shared memory only (256 B).
 #include "common.cuh"
 
 namespace {
 
+// loss_rows and dlogits are each nullable; grad_mult (nullable = 1) multiplies the
+// gradient only.
 template <typename T>
-__device__ void cross_entropy_forward_backward(float* __restrict__ loss_rows, T* dlogits, const T* logits,
-                                               const int* __restrict__ labels,
-                                               const float* __restrict__ class_weights, int rows, int n_classes,
-                                               int ignore_index, float inv_weight_sum) {
+__device__ void cross_entropy_rows(float* __restrict__ loss_rows, T* dlogits, const T* logits,
+                                   const int* __restrict__ labels, const float* __restrict__ class_weights,
+                                   int rows, int n_classes, int ignore_index, float inv_weight_sum,
+                                   const float* __restrict__ grad_mult) {
+    const float dl = grad_mult ? *grad_mult : 1.0f;
     for (int r = blockIdx.x; r < rows; r += gridDim.x) {
         const long long off = (long long)r * n_classes;
         const int y = labels[r];
         T* d_row = dlogits ? dlogits + off : nullptr;
 
         if (y == ignore_index) {
-            if (threadIdx.x == 0) loss_rows[r] = 0.0f;
+            if (loss_rows && threadIdx.x == 0) loss_rows[r] = 0.0f;
             if (d_row)
                 for (int j = threadIdx.x; j < n_classes; j += blockDim.x) d_row[j] = qf::from_f32<T>(0.0f);
             continue;
@@ -58,13 +73,14 @@ __device__ void cross_entropy_forward_backward(float* __restrict__ loss_rows, T*
         ms = qf::block_maxsum(ms);
         const float lse = ms.m + logf(ms.s);
         const float coef = w_y * inv_weight_sum;
-        if (threadIdx.x == 0) loss_rows[r] = coef * (lse - x_y);
+        if (loss_rows && threadIdx.x == 0) loss_rows[r] = coef * (lse - x_y);
 
-        // pass 2: gradient
+        // pass 2: gradient, scaled by the upstream gradient before rounding to T
         if (d_row) {
+            const float gcoef = coef * dl;
             for (int j = threadIdx.x; j < n_classes; j += blockDim.x) {
                 const float softmax = expf(qf::to_f32(logits[off + j]) - lse);
-                d_row[j] = qf::from_f32<T>(coef * (softmax - (j == y ? 1.0f : 0.0f)));
+                d_row[j] = qf::from_f32<T>(gcoef * (softmax - (j == y ? 1.0f : 0.0f)));
             }
         }
     }
@@ -76,8 +92,14 @@ __device__ void cross_entropy_forward_backward(float* __restrict__ loss_rows, T*
     extern "C" __global__ void cross_entropy_forward_backward_##SUF(                                            \
         float* loss_rows, T* dlogits, const T* logits, const int* labels, const float* class_weights, int rows, \
         int n_classes, int ignore_index, float inv_weight_sum) {                                                \
-        cross_entropy_forward_backward<T>(loss_rows, dlogits, logits, labels, class_weights, rows, n_classes,   \
-                                          ignore_index, inv_weight_sum);                                        \
+        cross_entropy_rows<T>(loss_rows, dlogits, logits, labels, class_weights, rows, n_classes, ignore_index,  \
+                              inv_weight_sum, nullptr);                                                         \
+    }                                                                                                           \
+    extern "C" __global__ void cross_entropy_backward_##SUF(                                                    \
+        T* dlogits, const T* logits, const int* labels, const float* class_weights, int rows, int n_classes,    \
+        int ignore_index, float inv_weight_sum, const float* dloss) {                                           \
+        cross_entropy_rows<T>(nullptr, dlogits, logits, labels, class_weights, rows, n_classes, ignore_index,    \
+                              inv_weight_sum, dloss);                                                           \
     }
 
 QF_FOR_EACH_DTYPE(QF_CROSS_ENTROPY_KERNELS)

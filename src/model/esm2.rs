@@ -85,7 +85,8 @@ impl Esm2 {
     pub fn forward(&self, p: &Params, tape: &Tape, inp: &ModelInputs, want_attention: bool) -> Result<EncoderOutput> {
         let mut x = ops::embedding(tape, &inp.ids, p.get(self.word_embeddings), &inp.row_scale)?;
         let mut probs = Vec::new();
-        for layer in &self.layers {
+        for (i, layer) in self.layers.iter().enumerate() {
+            let _r = crate::backend::cuda::nvtx::range_with(|| format!("layer {i}"));
             let (y, pr) = self.layer_forward(layer, p, tape, inp, &x, want_attention)?;
             x = y;
             probs.extend(pr);

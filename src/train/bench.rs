@@ -11,11 +11,12 @@ use serde::Serialize;
 
 use super::device::{self, DeviceChoice, Precision};
 use crate::autograd::{Grads, Tape};
+use crate::backend::cuda::{self, nvtx};
 use crate::data::batching::{pack, training_plan, BatchConfig};
 use crate::data::dataset::LabelledSet;
 use crate::data::pfam::read_pfam_split;
 use crate::model::{EsmConfig, HeadKind, ModelInputs, SequenceClassifier};
-use crate::optim::{OptimConfig, Optimizer, OptimizerKind};
+use crate::optim::{LossScaler, OptimConfig, Optimizer, OptimizerKind};
 use crate::tensor::{DType, Device};
 
 #[derive(Clone, Debug)]
@@ -51,6 +52,8 @@ pub struct BenchResult {
     /// Peak device memory (CUDA memory pool) or peak resident memory of the process (CPU).
     pub peak_memory_bytes: Option<u64>,
     pub optimizer_state_bytes: usize,
+    /// Steps skipped by fp16 loss scaling (gradient overflow), warm-up included.
+    pub skipped_steps: u64,
 }
 
 fn sequences(cfg: &BenchConfig) -> Result<LabelledSet> {
@@ -82,6 +85,8 @@ pub fn bench_training(cfg: &BenchConfig) -> Result<BenchResult> {
     let mut opt = Optimizer::new(OptimConfig { kind: cfg.optimizer, ..OptimConfig::default() });
     let n_classes = cfg.n_classes as u32;
     let mut grads = Grads::new();
+    // fp16 trains with dynamic loss scaling, as `train` does.
+    let mut scaler = if dtype == DType::F16 { LossScaler::new() } else { LossScaler::disabled() };
     let (mut seqs, mut toks) = (0u64, 0u64);
     let mut t0 = Instant::now();
     for step in 0..cfg.warmup + cfg.steps {
@@ -92,13 +97,25 @@ pub fn bench_training(cfg: &BenchConfig) -> Result<BenchResult> {
         }
         let batch = &plan[step % plan.len()];
         let packed = pack(&batch.items, &set, |r| Some(r as u32 % n_classes))?;
-        let inp = ModelInputs::new(&packed, model.config(), &device, DType::F32)?;
+        let _step = nvtx::range_with(|| format!("step {step}"));
+        let oom = |e: anyhow::Error| cuda::device::with_budget_hint(e, cfg.max_tokens);
+        let inp = ModelInputs::new(&packed, model.config(), &device, DType::F32).map_err(oom)?;
         let tape = Tape::with_seed(step as u64);
-        let (_, loss) = model.forward_loss(&tape, &inp, None)?;
-        tape.backward(&loss, &mut grads)?;
-        opt.step(&mut model.params, &grads, 1e-5, 1.0)?;
+        let (_, loss) = {
+            let _r = nvtx::range("forward");
+            model.forward_loss(&tape, &inp, None).map_err(oom)?
+        };
+        {
+            let _r = nvtx::range("backward");
+            tape.backward_scaled(&loss, scaler.scale as f32, &mut grads).map_err(oom)?;
+        }
+        {
+            let _r = nvtx::optimizer("optimizer");
+            let stats = opt.step(&mut model.params, &grads, 1e-5, 1.0 / scaler.scale).map_err(oom)?;
+            scaler.update(stats.skipped);
+        }
         grads.clear();
-        loss.scalar_f32()?; // waits for the GPU
+        loss.scalar_f32().map_err(oom)?; // waits for the GPU
         seqs += packed.n_seqs() as u64;
         toks += packed.n_tokens() as u64;
     }
@@ -125,5 +142,6 @@ pub fn bench_training(cfg: &BenchConfig) -> Result<BenchResult> {
         mean_tokens_per_sequence: toks as f64 / seqs.max(1) as f64,
         peak_memory_bytes: peak,
         optimizer_state_bytes: opt.state_bytes(),
+        skipped_steps: scaler.skipped,
     })
 }

@@ -21,6 +21,7 @@ use super::eval::{evaluate, EvalResult};
 use super::log::{progress_bar, MetricsLog};
 use super::state::{latest_checkpoint, load_state, save_checkpoint, TrainState};
 use crate::autograd::{Grads, Tape};
+use crate::backend::cuda::{self, nvtx};
 use crate::data::batching::{pack, training_plan, BatchConfig};
 use crate::data::class_weights::ClassWeighting;
 use crate::data::rng::splitmix64;
@@ -332,6 +333,13 @@ pub fn train(cfg: &TrainConfig) -> Result<TrainSummary> {
         (trainable * 4) as f64 / 1048576.0,
         optimizer.bytes_for(trainable) as f64 / 1048576.0,
     ));
+    if let Device::Cuda(d) = &device {
+        let attn_len = cuda::memory::token_weighted_length(lens.iter().map(|&l| l as usize), cfg.max_len);
+        let bytes = optimizer.bytes_for(trainable);
+        let plan =
+            cuda::memory::GpuMemoryPlan::new(d, model.config(), &model.params, dtype, bytes, cfg.max_tokens, attn_len);
+        say(plan.to_string());
+    }
     say(format!(
         "schedule: {} epochs × {} batches of ≤ {} tokens (accumulate {}) = {} optimizer steps, peak lr {:e}, warm-up {} steps",
         cfg.epochs, batches_per_epoch, cfg.max_tokens, cfg.grad_accum, total_steps, cfg.lr, warmup
@@ -352,6 +360,8 @@ pub fn train(cfg: &TrainConfig) -> Result<TrainSummary> {
         }),
     )?;
 
+    // A CUDA out-of-memory error inside a step names the token budget and a smaller one.
+    let oom = |e: anyhow::Error| cuda::device::with_budget_hint(e, cfg.max_tokens);
     let mut grads = Grads::new();
     let mut last_eval: Option<EvalSummary> = None;
     let mut last_loss = f64::NAN;
@@ -372,11 +382,17 @@ pub fn train(cfg: &TrainConfig) -> Result<TrainSummary> {
         while st.batch_in_epoch < plan.len() {
             let batch = &plan[st.batch_in_epoch];
             let packed = pack(&batch.items, &data.train, |r| label_of[r])?;
-            let inp = ModelInputs::new(&packed, model.config(), &device, DType::F32)?;
+            let inp = ModelInputs::new(&packed, model.config(), &device, DType::F32).map_err(&oom)?;
             let tape = Tape::with_seed(micro_seed(cfg.seed, st.micro_step));
-            let (_, loss) = model.forward_loss(&tape, &inp, weights.as_ref())?;
-            tape.backward_scaled(&loss, scaler.scale as f32, &mut grads)?;
-            let loss_v = loss.scalar_f32()? as f64;
+            let (_, loss) = {
+                let _r = nvtx::range("forward");
+                model.forward_loss(&tape, &inp, weights.as_ref()).map_err(&oom)?
+            };
+            {
+                let _r = nvtx::range("backward");
+                tape.backward_scaled(&loss, scaler.scale as f32, &mut grads).map_err(&oom)?;
+            }
+            let loss_v = loss.scalar_f32().map_err(&oom)? as f64;
             st.micro_step += 1;
             st.batch_in_epoch += 1;
             micro_in_step += 1;
@@ -397,7 +413,10 @@ pub fn train(cfg: &TrainConfig) -> Result<TrainSummary> {
             if micro_in_step == cfg.grad_accum || end_of_epoch {
                 let lr = schedule.lr(st.step);
                 let inv = 1.0 / (scaler.scale * micro_in_step as f64);
-                let stats = optimizer.step(&mut model.params, &grads, lr, inv)?;
+                let stats = {
+                    let _r = nvtx::optimizer("optimizer");
+                    optimizer.step(&mut model.params, &grads, lr, inv).map_err(&oom)?
+                };
                 grads.clear();
                 micro_in_step = 0;
                 scaler.update(stats.skipped);
@@ -415,6 +434,7 @@ pub fn train(cfg: &TrainConfig) -> Result<TrainSummary> {
                         json!({
                             "step": st.step, "epoch": st.epoch, "loss": mean_loss, "lr": lr, "grad_norm": stats.grad_norm,
                             "skipped": stats.skipped, "loss_scale": scaler.scale, "overflow_steps": scaler.skipped,
+                            "scale_growths": scaler.grown,
                             "sequences_per_s": window.1 as f64 / dt, "tokens_per_s": window.2 as f64 / dt,
                             "tokens_seen": st.tokens_seen,
                         }),

@@ -4,12 +4,17 @@
 //! is fused (fp32 scores in, compute-dtype probabilities out), and the output is
 //! gathered back to the packed layout. Length-bucketed batches keep the padding small;
 //! a fused flash-style kernel is a separate issue.
+//!
+//! Launches (from the kernel header): pack/unpack flat grid-stride, block 256, grid
+//! min(ceil(elements/256), 32·SMs); softmax forward/backward one warp per score row,
+//! block 256, grid ceil(rows/8).
 
 use anyhow::Result;
 
 use super::device::CudaDevice;
 use super::gemm::{gemm, Batch, Operand};
-use super::launch::{device_of, empty, int, kname, launch, p, ptr, rows_config, Arg};
+use super::launch::{device_of, empty, flat_config, int, kname, launch, p, ptr, warp_rows_config, Arg};
+use super::nvtx;
 use crate::autograd::Tape;
 use crate::ops::SeqLayout;
 use crate::tensor::{DType, Tensor};
@@ -41,11 +46,12 @@ impl Dims {
 
 fn pack(dev: &CudaDevice, src: &Tensor, layout: &SeqLayout, d: Dims) -> Result<Tensor> {
     let dst = empty(dev, &[d.padded_len()], src.dtype())?;
+    // attn_pack_T(dst, src, cu_seqlens, n_seqs, max_len, n_heads, head_dim, src_row_stride)
     launch(
         dev,
         "attention",
         &kname("attn_pack", src.dtype())?,
-        rows_config(d.row_blocks())?,
+        flat_config(dev, d.padded_len(), 1, 32),
         &[
             p(&dst)?,
             p(src)?,
@@ -68,11 +74,12 @@ fn unpack_into(
     d: Dims,
     accumulate: bool,
 ) -> Result<()> {
+    // attn_unpack_T(dst, src, cu_seqlens, n_seqs, max_len, n_heads, head_dim, dst_row_stride, accumulate)
     launch(
         dev,
         "attention",
         &kname("attn_unpack", src.dtype())?,
-        rows_config(d.row_blocks())?,
+        flat_config(dev, d.padded_len(), 1, 32),
         &[
             p(dst)?,
             p(src)?,
@@ -119,9 +126,13 @@ pub fn attention(
     scale: f64,
     want_probs: bool,
 ) -> Result<(Tensor, Option<Tensor>)> {
+    let _r = nvtx::fwd("attention");
     let dev = device_of(q)?;
     let (n, width) = q.dims2()?;
     let dt = q.dtype();
+    if k.dtype() != dt || v.dtype() != dt {
+        anyhow::bail!("attention on CUDA: q, k, v dtypes differ ({dt}, {}, {})", k.dtype(), v.dtype());
+    }
     let d = Dims { n_seqs: layout.n_seqs(), heads: n_heads, max_len: layout.max_len, head_dim: width / n_heads, width };
     let (l, hd, blocks) = (d.max_len, d.head_dim, d.blocks());
     let (qp, kp, vp) = (pack(&dev, q, layout, d)?, pack(&dev, k, layout, d)?, pack(&dev, v, layout, d)?);
@@ -132,11 +143,12 @@ pub fn attention(
     let scores = empty(&dev, &[d.probs_len()], DType::F32)?;
     batched(&dev, l, l, hd, op(&qp, hd, false)?, l * hd, op(&kp, hd, true)?, l * hd, &scores, l * l, l, 0.0, blocks)?;
     let probs = empty(&dev, &[d.n_seqs, n_heads, l, l], dt)?;
+    // attn_softmax_forward_T(probs, scores, cu_seqlens, n_seqs, n_heads, max_len, scale)
     launch(
         &dev,
         "attention",
         &kname("attn_softmax_forward", dt)?,
-        rows_config(d.row_blocks())?,
+        warp_rows_config(d.row_blocks()),
         &[
             p(&probs)?,
             p(&scores)?,
@@ -177,6 +189,7 @@ pub fn attention(
         let saved = probs.clone().with_requires_grad(false);
         let outputs: Vec<&Tensor> = if want_probs { vec![&out, &probs] } else { vec![&out] };
         tape.record("attention", &outputs, move |outs, grads| {
+            let _r = nvtx::bwd("attention");
             let op = |t: &Tensor, ld: usize, trans: bool| -> Result<Operand> {
                 Ok(Operand { ptr: ptr(t)?, dtype: dt, ld, trans })
             };
@@ -228,11 +241,12 @@ pub fn attention(
             }
             // dS = scale·P ⊙ (dP − rowsum(dP ⊙ P)), written over dP's storage type.
             let ds = empty(&dev, &[d.probs_len()], dt)?;
+            // attn_softmax_backward_T(dscores, probs, dprobs, cu_seqlens, n_seqs, n_heads, max_len, scale)
             launch(
                 &dev,
                 "attention",
                 &kname("attn_softmax_backward", dt)?,
-                rows_config(d.row_blocks())?,
+                warp_rows_config(d.row_blocks()),
                 &[
                     p(&ds)?,
                     p(&saved)?,

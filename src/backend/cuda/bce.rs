@@ -1,10 +1,14 @@
-//! Masked binary cross-entropy with logits on the GPU (`kernels/bce.cu`): the loss and
-//! the gradient in one pass; targets and mask in f32.
+//! Masked binary cross-entropy with logits on the GPU (`kernels/bce.cu`); targets and
+//! mask in f32. The forward sums the loss on the device; the backward writes
+//! `dL·m·(σ(x) − t)/count`, reading `dL` from device memory and multiplying it in fp32
+//! before the rounding to the logits' dtype (fp16 loss scaling stays exact). Flat
+//! grid-stride launches: block 256, grid min(ceil(n/256), 8·SMs).
 
 use anyhow::{bail, Result};
 
-use super::elementwise::scale_by_device_scalar;
-use super::launch::{device_of, empty, grid_stride_config, kname, launch, long, p, zeros, Arg};
+use super::elementwise::check_scalar;
+use super::launch::{device_of, empty, flat_config, kname, launch, long, p, zeros, Arg, NULL};
+use super::nvtx;
 use crate::autograd::Tape;
 use crate::ops::out_grad;
 use crate::tensor::{DType, Tensor};
@@ -13,6 +17,7 @@ pub fn bce_with_logits(tape: &Tape, logits: &Tensor, targets: &Tensor, mask: &Te
     if targets.dtype() != DType::F32 || mask.dtype() != DType::F32 {
         bail!("bce_with_logits on CUDA takes f32 targets and mask");
     }
+    let _r = nvtx::fwd("bce_with_logits");
     let dev = device_of(logits)?;
     let n = logits.numel();
     // The mean is over the mask's non-zero entries; the mask is built on the host, so
@@ -20,19 +25,31 @@ pub fn bce_with_logits(tape: &Tape, logits: &Tensor, targets: &Tensor, mask: &Te
     let count = mask.to_vec_f32()?.iter().filter(|&&m| m != 0.0).count();
     let inv = if count > 0 { 1.0 / count as f32 } else { 0.0 };
     let loss = zeros(&dev, &[1], DType::F32)?;
-    let d = empty(&dev, logits.shape(), logits.dtype())?;
+    let cfg = flat_config(&dev, n, 1, 8);
+    // bce_with_logits_forward_backward_T(loss_sum, dlogits = null, logits, targets, mask, n, inv_count)
     launch(
         &dev,
         "bce",
         &kname("bce_with_logits_forward_backward", logits.dtype())?,
-        grid_stride_config(n),
-        &[p(&loss)?, p(&d)?, p(logits)?, p(targets)?, p(mask)?, long(n), Arg::F32(inv)],
+        cfg,
+        &[p(&loss)?, NULL, p(logits)?, p(targets)?, p(mask)?, long(n), Arg::F32(inv)],
     )?;
     let loss = loss.with_requires_grad(tape.needs_grad(&[logits]));
     if loss.requires_grad() {
-        let logits = logits.clone();
+        let (logits, targets, mask) = (logits.clone(), targets.clone(), mask.clone());
         tape.record("bce_with_logits", &[&loss], move |outs, grads| {
-            scale_by_device_scalar(&d, out_grad(outs, 0)?)?;
+            let _r = nvtx::bwd("bce_with_logits");
+            let dloss = out_grad(outs, 0)?;
+            check_scalar(dloss)?;
+            let d = empty(&dev, logits.shape(), logits.dtype())?;
+            // bce_with_logits_backward_T(dlogits, logits, targets, mask, n, inv_count, dloss)
+            launch(
+                &dev,
+                "bce",
+                &kname("bce_with_logits_backward", logits.dtype())?,
+                cfg,
+                &[p(&d)?, p(&logits)?, p(&targets)?, p(&mask)?, long(n), Arg::F32(inv), p(dloss)?],
+            )?;
             grads.accumulate(&logits, &d)
         });
     }

@@ -1,21 +1,26 @@
-//! Fused bias + exact GELU on the GPU (`kernels/bias_gelu.cu`).
+//! Fused bias + exact GELU on the GPU (`kernels/bias_gelu.cu`). Forward: one block per
+//! row (grid min(rows, 65535)); backward: block (32, 8) over column tiles with a 2-D
+//! grid, writing `dx += dy·gelu'(x + b)` and the fp32 column sums into `db`.
 
 use anyhow::Result;
 
-use super::launch::{device_of, empty, grid_stride_config, int, kname, launch, p, p_opt, zeros};
+use super::launch::{block_rows_config, column_config, device_of, empty, int, kname, launch, p, p_opt, ROW_BLOCK};
+use super::nvtx;
 use crate::autograd::Tape;
 use crate::ops::out_grad;
 use crate::tensor::Tensor;
 
 pub fn bias_gelu(tape: &Tape, x: &Tensor, bias: Option<&Tensor>) -> Result<Tensor> {
+    let _r = nvtx::fwd("bias_gelu");
     let dev = device_of(x)?;
     let (rows, cols) = x.dims2()?;
     let y = empty(&dev, &[rows, cols], x.dtype())?;
+    // bias_gelu_forward_T(y, x, bias, rows, cols)
     launch(
         &dev,
         "bias_gelu",
         &kname("bias_gelu_forward", x.dtype())?,
-        grid_stride_config(rows * cols),
+        block_rows_config(rows, ROW_BLOCK),
         &[p(&y)?, p(x)?, p_opt(bias)?, int(rows)?, int(cols)?],
     )?;
     let mut inputs = vec![x];
@@ -24,20 +29,24 @@ pub fn bias_gelu(tape: &Tape, x: &Tensor, bias: Option<&Tensor>) -> Result<Tenso
     if y.requires_grad() {
         let (x, bias) = (x.clone(), bias.cloned());
         tape.record("bias_gelu", &[&y], move |outs, grads| {
+            let _r = nvtx::bwd("bias_gelu");
             let dy = out_grad(outs, 0)?;
+            // dx is not nullable in the kernel: without a gradient for x, a throw-away
+            // buffer takes the (accumulated) values.
             let dx = match grads.take_acc(&x)? {
                 Some(t) => t,
-                None => zeros(&dev, x.shape(), x.dtype())?,
+                None => empty(&dev, x.shape(), x.dtype())?,
             };
             let db = match &bias {
                 Some(b) => grads.take_acc(b)?,
                 None => None,
             };
+            // bias_gelu_backward_T(dx, dbias, dy, x, bias, rows, cols)
             launch(
                 &dev,
                 "bias_gelu",
                 &kname("bias_gelu_backward", dy.dtype())?,
-                grid_stride_config(rows * cols),
+                column_config(&dev, rows, cols),
                 &[p(&dx)?, p_opt(db.as_ref())?, p(dy)?, p(&x)?, p_opt(bias.as_ref())?, int(rows)?, int(cols)?],
             )?;
             if x.requires_grad() {

@@ -1,16 +1,30 @@
-//! Fused weighted softmax cross-entropy on the GPU (`kernels/cross_entropy.cu`): one
-//! kernel computes each row's loss and the logits' gradient (for a unit upstream
-//! gradient, in the logits' dtype, fp32 maths); the loss is summed on the device and
-//! the backward scales the saved gradient by the upstream one without a host sync.
+//! Fused weighted softmax cross-entropy on the GPU (`kernels/cross_entropy.cu`).
+//!
+//! Forward: one kernel computes each row's loss (fp32 maths, one online max/sum pass);
+//! the mean is summed on the device by one block (`reduce.cu`, deterministic).
+//! Backward: `cross_entropy_backward` recomputes the softmax from the saved logits and
+//! writes `dL·w_y/Σw·(softmax − onehot)`, reading the upstream gradient `dL` from device
+//! memory (no host sync) and multiplying it in fp32 before rounding to the logits'
+//! dtype — with fp16 loss scaling the small gradients stay normal fp16 numbers.
+//! Both kernels run one block per row: 256 threads up to 4,096 classes, 1,024 above.
 
 use anyhow::Result;
+use cudarc::driver::LaunchConfig;
 
-use super::elementwise::scale_by_device_scalar;
-use super::launch::{device_of, empty, int, kname, launch, long, p, p_opt, rows_config, zeros, Arg};
+use super::elementwise::check_scalar;
+use super::launch::{block_rows_config, device_of, empty, int, kname, launch, long, p, p_opt, zeros, Arg, NULL};
+use super::nvtx;
 use crate::autograd::Tape;
 use crate::backend::cpu::cross_entropy::{weight_sum, IGNORE_INDEX};
 use crate::ops::out_grad;
 use crate::tensor::{DType, Tensor};
+
+/// Above this many classes a row gets 1,024 threads instead of 256.
+const WIDE_ROW_CLASSES: usize = 4096;
+
+fn row_config(rows: usize, classes: usize) -> LaunchConfig {
+    block_rows_config(rows, if classes > WIDE_ROW_CLASSES { 1024 } else { 256 })
+}
 
 pub fn cross_entropy(
     tape: &Tape,
@@ -20,20 +34,22 @@ pub fn cross_entropy(
     host_labels: &[i32],
     host_weights: &[f32],
 ) -> Result<Tensor> {
+    let _r = nvtx::fwd("cross_entropy");
     let dev = device_of(logits)?;
     let (rows, classes) = logits.dims2()?;
     let wsum = weight_sum(host_labels, host_weights);
     let inv = if wsum > 0.0 { (1.0 / wsum) as f32 } else { 0.0 };
     let loss_rows = empty(&dev, &[rows], DType::F32)?;
-    let dlogits = empty(&dev, &[rows, classes], logits.dtype())?;
+    // cross_entropy_forward_backward_T(loss_rows, dlogits = null, logits, labels,
+    //                                  class_weights, rows, n_classes, ignore_index, inv_weight_sum)
     launch(
         &dev,
         "cross_entropy",
         &kname("cross_entropy_forward_backward", logits.dtype())?,
-        rows_config(rows)?,
+        row_config(rows, classes),
         &[
             p(&loss_rows)?,
-            p(&dlogits)?,
+            NULL,
             p(logits)?,
             p(labels)?,
             p_opt(weights)?,
@@ -43,13 +59,36 @@ pub fn cross_entropy(
             Arg::F32(inv),
         ],
     )?;
+    // sum_f32(out, x, n): one block, so the loss is deterministic.
     let loss = zeros(&dev, &[1], DType::F32)?;
-    launch(&dev, "reduce", "sum_f32", rows_config(1)?, &[p(&loss)?, p(&loss_rows)?, long(rows)])?;
+    launch(&dev, "reduce", "sum_f32", block_rows_config(1, 256), &[p(&loss)?, p(&loss_rows)?, long(rows)])?;
     let loss = loss.with_requires_grad(tape.needs_grad(&[logits]));
     if loss.requires_grad() {
-        let logits = logits.clone();
+        let (logits, labels, weights) = (logits.clone(), labels.clone(), weights.cloned());
         tape.record("cross_entropy", &[&loss], move |outs, grads| {
-            scale_by_device_scalar(&dlogits, out_grad(outs, 0)?)?;
+            let _r = nvtx::bwd("cross_entropy");
+            let dloss = out_grad(outs, 0)?;
+            check_scalar(dloss)?;
+            let dlogits = empty(&dev, logits.shape(), logits.dtype())?;
+            // cross_entropy_backward_T(dlogits, logits, labels, class_weights, rows,
+            //                          n_classes, ignore_index, inv_weight_sum, dloss)
+            launch(
+                &dev,
+                "cross_entropy",
+                &kname("cross_entropy_backward", logits.dtype())?,
+                row_config(rows, classes),
+                &[
+                    p(&dlogits)?,
+                    p(&logits)?,
+                    p(&labels)?,
+                    p_opt(weights.as_ref())?,
+                    int(rows)?,
+                    int(classes)?,
+                    Arg::I32(IGNORE_INDEX),
+                    Arg::F32(inv),
+                    p(dloss)?,
+                ],
+            )?;
             grads.accumulate(&logits, &dlogits)
         });
     }

@@ -5,8 +5,15 @@
 //! cudarc uses when the device supports memory pools). At start the default pool's
 //! release threshold is raised to "never", so freed blocks stay cached in the pool and
 //! the steady-state training step makes no real device allocation.
+//!
+//! The device's multiprocessor count and opt-in shared-memory limit are read once at
+//! open: the launchers size their grids from them (see each `kernels/<op>.cu` header).
+//!
+//! Out-of-memory is a typed error ([`OutOfMemory`]) so that the training loop can name
+//! its token budget in the message ([`with_budget_hint`]).
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
 use anyhow::{anyhow, bail, Context, Result};
@@ -28,7 +35,17 @@ struct Inner {
     ctx: Arc<CudaContext>,
     stream: Arc<CudaStream>,
     blas: CudaBlas,
+    /// cuBLAS's workspace, allocated once from the memory pool (so that the GEMMs make
+    /// no allocation of their own); dropped after the handle.
+    _blas_workspace: cudarc::driver::CudaSlice<u8>,
     name: String,
+    /// Streaming multiprocessors (grid sizes are multiples of it).
+    sm_count: u32,
+    /// Largest dynamic shared memory a block may be given after raising the kernel's
+    /// `CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES` (opt-in limit), in bytes.
+    max_dynamic_smem: u32,
+    /// Fill fresh uninitialised buffers with NaN (tests: catches unwritten outputs).
+    poison_uninit: AtomicBool,
     modules: Mutex<HashMap<&'static str, Arc<CudaModule>>>,
     functions: Mutex<HashMap<String, CudaFunction>>,
     /// Activation dtype of this run (f32, f16 or bf16).
@@ -79,15 +96,28 @@ impl CudaDevice {
         // Safety: no buffer is shared with another stream.
         unsafe { ctx.disable_event_tracking() };
         let stream = ctx.default_stream();
-        let blas = CudaBlas::new(stream.clone()).context("creating the cuBLAS handle")?;
-        let name = ctx.name().unwrap_or_else(|_| "unknown GPU".into());
         keep_freed_memory_in_pool(&ctx)?;
+        let blas = CudaBlas::new(stream.clone()).context("creating the cuBLAS handle")?;
+        let blas_workspace = give_blas_a_workspace(&ctx, &stream, &blas)?;
+        let name = ctx.name().unwrap_or_else(|_| "unknown GPU".into());
+        let attr = |a, what: &str| -> Result<u32> {
+            let v = ctx.attribute(a).with_context(|| format!("reading the {what} of CUDA device {ordinal}"))?;
+            Ok(v.max(0) as u32)
+        };
+        use sys::CUdevice_attribute::*;
+        let sm_count = attr(CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT, "multiprocessor count")?.max(1);
+        let max_dynamic_smem = attr(CU_DEVICE_ATTRIBUTE_MAX_SHARED_MEMORY_PER_BLOCK_OPTIN, "shared-memory limit")?;
+        let poison = std::env::var("QF_CUDA_POISON").is_ok_and(|v| !v.is_empty() && v != "0");
         Ok(CudaDevice {
             inner: Arc::new(Inner {
                 ctx,
                 stream,
                 blas,
+                _blas_workspace: blas_workspace,
                 name,
+                sm_count,
+                max_dynamic_smem,
+                poison_uninit: AtomicBool::new(poison),
                 modules: Mutex::new(HashMap::new()),
                 functions: Mutex::new(HashMap::new()),
                 compute_dtype: Mutex::new(DType::F32),
@@ -114,6 +144,28 @@ impl CudaDevice {
 
     pub fn blas(&self) -> &CudaBlas {
         &self.inner.blas
+    }
+
+    /// Number of streaming multiprocessors (queried once at open).
+    pub fn sm_count(&self) -> u32 {
+        self.inner.sm_count
+    }
+
+    /// Opt-in limit of dynamic shared memory per block, in bytes.
+    pub fn max_dynamic_smem(&self) -> u32 {
+        self.inner.max_dynamic_smem
+    }
+
+    /// Fill every buffer made by [`CudaDevice::uninit`] with NaN (i32: `i32::MIN`) before
+    /// it is handed out, so that an element a kernel fails to write shows up as NaN.
+    /// For tests and debugging (also switched on by `QF_CUDA_POISON=1`); costs one memset
+    /// per allocation.
+    pub fn set_poison_uninit(&self, on: bool) {
+        self.inner.poison_uninit.store(on, Ordering::Relaxed);
+    }
+
+    pub fn poison_uninit(&self) -> bool {
+        self.inner.poison_uninit.load(Ordering::Relaxed)
     }
 
     /// Activation dtype (the precision of this run).
@@ -197,59 +249,140 @@ impl CudaDevice {
     pub fn zeros(&self, dtype: DType, n: usize) -> Result<CudaStorage> {
         let s = &self.inner.stream;
         let buf = match dtype {
-            DType::F32 => CudaBuf::F32(s.alloc_zeros(n).map_err(oom(n * 4))?),
-            DType::F16 => CudaBuf::F16(s.alloc_zeros(n).map_err(oom(n * 2))?),
-            DType::BF16 => CudaBuf::BF16(s.alloc_zeros(n).map_err(oom(n * 2))?),
-            DType::I32 => CudaBuf::I32(s.alloc_zeros(n).map_err(oom(n * 4))?),
+            DType::F32 => CudaBuf::F32(s.alloc_zeros(n).map_err(|e| self.oom(e, n * 4))?),
+            DType::F16 => CudaBuf::F16(s.alloc_zeros(n).map_err(|e| self.oom(e, n * 2))?),
+            DType::BF16 => CudaBuf::BF16(s.alloc_zeros(n).map_err(|e| self.oom(e, n * 2))?),
+            DType::I32 => CudaBuf::I32(s.alloc_zeros(n).map_err(|e| self.oom(e, n * 4))?),
             DType::F64 => bail!("the CUDA backend does not store f64 tensors"),
         };
         Ok(CudaStorage::new(buf, self.clone()))
     }
 
-    /// Uninitialised device memory, for outputs a kernel writes completely.
+    /// Uninitialised device memory, for outputs a kernel writes completely (poisoned
+    /// with NaN when [`CudaDevice::set_poison_uninit`] is on).
     pub fn uninit(&self, dtype: DType, n: usize) -> Result<CudaStorage> {
         let s = &self.inner.stream;
         // Safety: every caller's kernel writes all `n` elements before any read.
         let buf = unsafe {
             match dtype {
-                DType::F32 => CudaBuf::F32(s.alloc(n).map_err(oom(n * 4))?),
-                DType::F16 => CudaBuf::F16(s.alloc(n).map_err(oom(n * 2))?),
-                DType::BF16 => CudaBuf::BF16(s.alloc(n).map_err(oom(n * 2))?),
-                DType::I32 => CudaBuf::I32(s.alloc(n).map_err(oom(n * 4))?),
+                DType::F32 => CudaBuf::F32(s.alloc(n).map_err(|e| self.oom(e, n * 4))?),
+                DType::F16 => CudaBuf::F16(s.alloc(n).map_err(|e| self.oom(e, n * 2))?),
+                DType::BF16 => CudaBuf::BF16(s.alloc(n).map_err(|e| self.oom(e, n * 2))?),
+                DType::I32 => CudaBuf::I32(s.alloc(n).map_err(|e| self.oom(e, n * 4))?),
                 DType::F64 => bail!("the CUDA backend does not store f64 tensors"),
             }
         };
-        Ok(CudaStorage::new(buf, self.clone()))
+        let storage = CudaStorage::new(buf, self.clone());
+        if self.poison_uninit() && n > 0 {
+            self.poison(&storage)?;
+        }
+        Ok(storage)
+    }
+
+    /// Overwrite a buffer with the NaN pattern of its dtype (`i32::MIN` for i32).
+    fn poison(&self, storage: &CudaStorage) -> Result<()> {
+        let n = storage.len();
+        let ptr = super::launch::storage_ptr(storage);
+        let cu_stream = self.inner.stream.cu_stream();
+        // Safety: `ptr` addresses `n` elements of the buffer's own type on this stream.
+        unsafe {
+            match storage.dtype() {
+                DType::F32 => sys::cuMemsetD32Async(ptr, 0x7FC0_0000, n, cu_stream),
+                DType::I32 => sys::cuMemsetD32Async(ptr, 0x8000_0000, n, cu_stream),
+                DType::F16 => sys::cuMemsetD16Async(ptr, 0x7E00, n, cu_stream),
+                DType::BF16 => sys::cuMemsetD16Async(ptr, 0x7FC0, n, cu_stream),
+                DType::F64 => unreachable!("no f64 on the GPU"),
+            }
+            .result()
+            .context("poisoning a fresh CUDA buffer")
+        }
+    }
+
+    /// The error of a failed allocation of `bytes` bytes: [`OutOfMemory`] when the
+    /// driver says so (with the device's free/total memory), else the driver's error.
+    pub fn oom(&self, e: cudarc::driver::DriverError, bytes: usize) -> anyhow::Error {
+        if e.0 == sys::cudaError_enum::CUDA_ERROR_OUT_OF_MEMORY {
+            anyhow::Error::new(OutOfMemory { bytes, free_total: self.memory_info().ok() })
+        } else {
+            anyhow!("CUDA allocation of {bytes} bytes failed: {e}")
+        }
     }
 
     /// Copy host memory to the device (f64 is narrowed to f32).
     pub fn upload(&self, s: &CpuStorage) -> Result<CudaStorage> {
         let st = &self.inner.stream;
         let buf = match s {
-            CpuStorage::F32(v) => CudaBuf::F32(st.clone_htod(v).map_err(oom(v.len() * 4))?),
+            CpuStorage::F32(v) => CudaBuf::F32(st.clone_htod(v).map_err(|e| self.oom(e, v.len() * 4))?),
             CpuStorage::F64(v) => {
                 let v: Vec<f32> = v.iter().map(|&x| x as f32).collect();
-                CudaBuf::F32(st.clone_htod(&v).map_err(oom(v.len() * 4))?)
+                CudaBuf::F32(st.clone_htod(&v).map_err(|e| self.oom(e, v.len() * 4))?)
             }
-            CpuStorage::I32(v) => CudaBuf::I32(st.clone_htod(v).map_err(oom(v.len() * 4))?),
+            CpuStorage::I32(v) => CudaBuf::I32(st.clone_htod(v).map_err(|e| self.oom(e, v.len() * 4))?),
         };
         Ok(CudaStorage::new(buf, self.clone()))
     }
 }
 
-/// Map an allocation failure to a clear out-of-memory error.
-fn oom(bytes: usize) -> impl Fn(cudarc::driver::DriverError) -> anyhow::Error {
-    move |e| {
-        if e.0 == sys::cudaError_enum::CUDA_ERROR_OUT_OF_MEMORY {
-            anyhow!(
-                "CUDA out of memory allocating {:.1} MiB: lower --max-tokens (the token budget per batch), \
-                 or use --recompute layer / --optimizer adamw8bit",
-                bytes as f64 / (1 << 20) as f64
-            )
-        } else {
-            anyhow!("CUDA allocation of {bytes} bytes failed: {e}")
+/// CUDA ran out of device memory (an allocation from the memory pool, or cuBLAS).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct OutOfMemory {
+    /// Size of the allocation that failed.
+    pub bytes: usize,
+    /// Free and total device memory when it failed, if the driver could tell.
+    pub free_total: Option<(usize, usize)>,
+}
+
+impl std::fmt::Display for OutOfMemory {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let mib = |b: usize| b as f64 / (1u64 << 20) as f64;
+        write!(f, "CUDA out of memory allocating {:.1} MiB", mib(self.bytes))?;
+        if let Some((free, total)) = self.free_total {
+            write!(f, " ({:.0} MiB free of {:.0} MiB)", mib(free), mib(total))?;
         }
+        write!(f, ": lower --max-tokens (the token budget per batch), or use --optimizer adamw8bit")
     }
+}
+
+impl std::error::Error for OutOfMemory {}
+
+/// Whether `e` (or any error it wraps) is a CUDA out-of-memory error.
+pub fn is_out_of_memory(e: &anyhow::Error) -> bool {
+    e.chain().any(|c| c.is::<OutOfMemory>())
+}
+
+/// Name the token budget in an out-of-memory error from a training step and suggest a
+/// smaller one (half of it, and gradient accumulation to keep the effective batch);
+/// other errors pass through unchanged.
+pub fn with_budget_hint(e: anyhow::Error, max_tokens: usize) -> anyhow::Error {
+    if !is_out_of_memory(&e) {
+        return e;
+    }
+    let smaller = (max_tokens / 2).max(1);
+    e.context(format!(
+        "the GPU ran out of memory in a training step with a token budget of {max_tokens} tokens per \
+         micro-batch: try --max-tokens {smaller} (with --grad-accum 2 to keep the effective batch size)"
+    ))
+}
+
+/// Give cuBLAS a fixed workspace from the memory pool: 32 MiB on Hopper and newer, 4 MiB
+/// before (cuBLAS's recommended sizes), so that no GEMM allocates memory of its own.
+fn give_blas_a_workspace(
+    ctx: &Arc<CudaContext>,
+    stream: &Arc<CudaStream>,
+    blas: &CudaBlas,
+) -> Result<cudarc::driver::CudaSlice<u8>> {
+    use cudarc::driver::DevicePtrMut;
+    let major = ctx.attribute(sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MAJOR)?;
+    let bytes: usize = if major >= 9 { 32 << 20 } else { 4 << 20 };
+    // Safety: cuBLAS only ever writes its scratch data into the workspace.
+    let mut ws = unsafe { stream.alloc::<u8>(bytes) }.context("allocating the cuBLAS workspace")?;
+    let (ptr, _record) = ws.device_ptr_mut(stream);
+    // Safety: the buffer outlives the handle (it is dropped after it) and is used by no one else.
+    unsafe { cudarc::cublas::sys::cublasSetWorkspace_v2(*blas.handle(), ptr as *mut std::ffi::c_void, bytes) }
+        .result()
+        .context("setting the cuBLAS workspace")?;
+    drop(_record);
+    Ok(ws)
 }
 
 /// Raise the default memory pool's release threshold so freed memory is kept for reuse.
@@ -273,18 +406,44 @@ fn keep_freed_memory_in_pool(ctx: &Arc<CudaContext>) -> Result<()> {
     Ok(())
 }
 
-/// Peak bytes in use in the device's memory pool since the last reset.
-pub fn pool_peak_bytes(dev: &CudaDevice) -> Result<u64> {
+/// A `u64` attribute of the device's default memory pool.
+fn pool_attribute(dev: &CudaDevice, attr: sys::CUmemPool_attribute) -> Result<u64> {
     let mut pool: sys::CUmemoryPool = std::ptr::null_mut();
     let mut value: u64 = 0;
+    // Safety: plain driver queries on the context's own device.
     unsafe {
         sys::cuDeviceGetDefaultMemPool(&mut pool, dev.context().cu_device()).result()?;
-        sys::cuMemPoolGetAttribute(
-            pool,
-            sys::CUmemPool_attribute::CU_MEMPOOL_ATTR_USED_MEM_HIGH,
-            &mut value as *mut u64 as *mut std::ffi::c_void,
-        )
-        .result()?;
+        sys::cuMemPoolGetAttribute(pool, attr, &mut value as *mut u64 as *mut std::ffi::c_void).result()?;
     }
     Ok(value)
+}
+
+/// Peak bytes in use in the device's memory pool since the last reset.
+pub fn pool_peak_bytes(dev: &CudaDevice) -> Result<u64> {
+    pool_attribute(dev, sys::CUmemPool_attribute::CU_MEMPOOL_ATTR_USED_MEM_HIGH)
+}
+
+/// Bytes of device memory the pool holds now (in use or cached for reuse). Constant
+/// across steady-state training steps: they allocate only from the cache.
+pub fn pool_reserved_bytes(dev: &CudaDevice) -> Result<u64> {
+    pool_attribute(dev, sys::CUmemPool_attribute::CU_MEMPOOL_ATTR_RESERVED_MEM_CURRENT)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn out_of_memory_errors_name_the_token_budget() {
+        let e = anyhow::Error::new(OutOfMemory { bytes: 3 << 30, free_total: Some((1 << 30, 80 << 30)) })
+            .context("in the backward pass of `linear`");
+        assert!(is_out_of_memory(&e));
+        let msg = format!("{:#}", with_budget_hint(e, 16384));
+        assert!(msg.starts_with("the GPU ran out of memory in a training step with a token budget of 16384"), "{msg}");
+        assert!(msg.contains("--max-tokens 8192"), "{msg}");
+        assert!(msg.contains("CUDA out of memory allocating 3072.0 MiB (1024 MiB free of 81920 MiB)"), "{msg}");
+        // other errors pass through unchanged
+        let other = with_budget_hint(anyhow!("bad shape"), 16384);
+        assert_eq!(format!("{other:#}"), "bad shape");
+    }
 }

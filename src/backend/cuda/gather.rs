@@ -1,35 +1,43 @@
-//! Row gather / scatter-add on the GPU (`kernels/gather.cu`).
+//! Row gather / scatter-add on the GPU (`kernels/gather.cu`): one block per listed row
+//! (block 256, grid min(n, 65535)). The scatter-add has no atomics: the rows must be
+//! distinct, as the `<cls>` rows of different sequences are (the model's only use);
+//! they are not checked here, since that would need a host copy inside the step.
 
 use anyhow::Result;
 
-use super::launch::{device_of, empty, grid_stride_config, int, kname, launch, p};
+use super::launch::{block_rows_config, device_of, empty, int, kname, launch, p, ROW_BLOCK};
+use super::nvtx;
 use crate::autograd::Tape;
 use crate::ops::out_grad;
 use crate::tensor::Tensor;
 
 pub fn gather_rows(tape: &Tape, x: &Tensor, rows: &Tensor) -> Result<Tensor> {
+    let _r = nvtx::fwd("gather_rows");
     let dev = device_of(x)?;
     let (_, dim) = x.dims2()?;
     let n = rows.numel();
     let y = empty(&dev, &[n, dim], x.dtype())?;
+    // gather_rows_T(out, x, rows, n, dim)
     launch(
         &dev,
         "gather",
         &kname("gather_rows", x.dtype())?,
-        grid_stride_config(n * dim),
+        block_rows_config(n, ROW_BLOCK),
         &[p(&y)?, p(x)?, p(rows)?, int(n)?, int(dim)?],
     )?;
     let y = y.with_requires_grad(tape.needs_grad(&[x]));
     if y.requires_grad() {
         let (x, rows) = (x.clone(), rows.clone());
         tape.record("gather_rows", &[&y], move |outs, grads| {
+            let _r = nvtx::bwd("gather_rows");
             let dy = out_grad(outs, 0)?;
             let dx = grads.acc(&x)?;
+            // scatter_add_rows_T(dx, dout, rows, n, dim)
             launch(
                 &dev,
                 "gather",
                 &kname("scatter_add_rows", dy.dtype())?,
-                grid_stride_config(n * dim),
+                block_rows_config(n, ROW_BLOCK),
                 &[p(dx)?, p(dy)?, p(&rows)?, int(n)?, int(dim)?],
             )
         });

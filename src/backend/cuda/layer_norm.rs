@@ -1,9 +1,17 @@
 //! LayerNorm on the GPU (`kernels/layer_norm.cu`): fp32 statistics, fp32 parameters,
 //! activations in the compute dtype.
+//!
+//! Launches (from the kernel header): forward one warp per row (block 256, grid
+//! ceil(rows/8)); backward one warp per row with grid min(ceil(rows/8), 2·SMs) and
+//! 2·dim·4 bytes of dynamic shared memory for the per-block dw/db partials (one global
+//! atomic per column and block). A frozen LayerNorm passes null dw/db and gets no
+//! shared memory.
 
 use anyhow::{bail, Result};
 
-use super::launch::{device_of, empty, int, kname, launch, p, rows_config, zeros, Arg};
+use super::device::CudaDevice;
+use super::launch::{device_of, dynamic_smem, empty, int, kname, launch, p, p_opt, warp_rows_config, Arg, BLOCK};
+use super::nvtx;
 use crate::autograd::Tape;
 use crate::ops::out_grad;
 use crate::tensor::{DType, Tensor};
@@ -12,6 +20,7 @@ pub fn layer_norm(tape: &Tape, x: &Tensor, w: &Tensor, b: &Tensor, eps: f64) -> 
     if w.dtype() != DType::F32 || b.dtype() != DType::F32 {
         bail!("layer_norm on CUDA keeps its weight and bias in f32 (got {} and {})", w.dtype(), b.dtype());
     }
+    let _r = nvtx::fwd("layer_norm");
     let dev = device_of(x)?;
     let (rows, dim) = x.dims2()?;
     let y = empty(&dev, &[rows, dim], x.dtype())?;
@@ -21,39 +30,26 @@ pub fn layer_norm(tape: &Tape, x: &Tensor, w: &Tensor, b: &Tensor, eps: f64) -> 
         &dev,
         "layer_norm",
         &kname("layer_norm_forward", x.dtype())?,
-        rows_config(rows)?,
+        warp_rows_config(rows),
         &[p(&y)?, p(&mean)?, p(&rstd)?, p(x)?, p(w)?, p(b)?, int(rows)?, int(dim)?, Arg::F32(eps as f32)],
     )?;
     let y = y.with_requires_grad(tape.needs_grad(&[x, w, b]));
     if y.requires_grad() {
         let (x, w, b) = (x.clone(), w.clone(), b.clone());
         tape.record("layer_norm", &[&y], move |outs, grads| {
+            let _r = nvtx::bwd("layer_norm");
             let dy = out_grad(outs, 0)?;
-            // The kernel writes all three gradients; inputs without one get scratch buffers.
             let mut dx = grads.take_acc(&x)?;
             let mut dw = grads.take_acc(&w)?;
             let mut db = grads.take_acc(&b)?;
-            let scratch = |t: &Tensor| zeros(&dev, t.shape(), t.dtype());
+            // dx is not nullable in the kernel: an input without a gradient gets a
+            // throw-away buffer (the kernel accumulates into it).
             let dx_t = match &dx {
                 Some(t) => t.clone(),
-                None => scratch(&x)?,
+                None => empty(&dev, x.shape(), x.dtype())?,
             };
-            let dw_t = match &dw {
-                Some(t) => t.clone(),
-                None => scratch(&w)?,
-            };
-            let db_t = match &db {
-                Some(t) => t.clone(),
-                None => scratch(&b)?,
-            };
-            launch(
-                &dev,
-                "layer_norm",
-                &kname("layer_norm_backward", dy.dtype())?,
-                rows_config(rows)?,
-                &[p(&dx_t)?, p(&dw_t)?, p(&db_t)?, p(dy)?, p(&x)?, p(&w)?, p(&mean)?, p(&rstd)?, int(rows)?, int(dim)?],
-            )?;
-            drop((dx_t, dw_t, db_t));
+            backward(&dev, &dx_t, dw.as_ref(), db.as_ref(), dy, &x, &w, &mean, &rstd)?;
+            drop(dx_t);
             grads.put(&x, dx.take());
             grads.put(&w, dw.take());
             grads.put(&b, db.take());
@@ -61,4 +57,35 @@ pub fn layer_norm(tape: &Tape, x: &Tensor, w: &Tensor, b: &Tensor, eps: f64) -> 
         });
     }
     Ok(y)
+}
+
+/// `dx += …`, `dw += Σ dy·x̂`, `db += Σ dy` (dw/db skipped when `None`).
+#[allow(clippy::too_many_arguments)]
+fn backward(
+    dev: &CudaDevice,
+    dx: &Tensor,
+    dw: Option<&Tensor>,
+    db: Option<&Tensor>,
+    dy: &Tensor,
+    x: &Tensor,
+    w: &Tensor,
+    mean: &Tensor,
+    rstd: &Tensor,
+) -> Result<()> {
+    let (rows, dim) = x.dims2()?;
+    let name = kname("layer_norm_backward", dy.dtype())?;
+    let mut cfg = warp_rows_config(rows);
+    let cap = 2 * dev.sm_count();
+    cfg.grid_dim.0 = cfg.grid_dim.0.min(cap.max(1));
+    if dw.is_some() || db.is_some() {
+        cfg.shared_mem_bytes = dynamic_smem(dev, "layer_norm", &name, 2 * dim * 4)?;
+    }
+    debug_assert_eq!(cfg.block_dim.0, BLOCK);
+    launch(
+        dev,
+        "layer_norm",
+        &name,
+        cfg,
+        &[p(dx)?, p_opt(dw)?, p_opt(db)?, p(dy)?, p(x)?, p(w)?, p(mean)?, p(rstd)?, int(rows)?, int(dim)?],
+    )
 }

@@ -1,6 +1,7 @@
 //! The CUDA backend: device and module management (`device`), GPU tensor storage
 //! (`storage`), the kernels compiled by `build.rs` (`kernels`), and the launch code of
-//! each op (one module per op, named like `kernels/<op>.cu`).
+//! each op (one module per op, named like `kernels/<op>.cu`), NVTX ranges (`nvtx`) and
+//! the GPU memory plan (`memory`).
 //!
 //! Everything is loaded at run time through `cudarc`'s dynamic loading: the binary
 //! builds and runs without CUDA, and `--device cuda` then says why it cannot start.
@@ -20,6 +21,8 @@ pub mod kernels;
 pub mod launch;
 pub mod layer_norm;
 pub mod linear;
+pub mod memory;
+pub mod nvtx;
 pub mod optim;
 pub mod rotary;
 pub mod storage;

@@ -1,23 +1,35 @@
-//! Rotary embedding on the GPU (`kernels/rotary.cu`), positions per token.
+//! Rotary embedding on the GPU (`kernels/rotary.cu`), positions per token (offsets
+//! included). One block of 128 threads per token (grid min(tokens, 65535)); the block
+//! computes the token's d/2 (sin, cos) pairs once into shared memory.
 
-use anyhow::Result;
+use anyhow::{bail, Result};
 
-use super::launch::{device_of, empty, grid_stride_config, int, kname, launch, p, Arg};
+use super::launch::{block_rows_config, device_of, empty, int, kname, launch, p, Arg};
+use super::nvtx;
 use crate::autograd::Tape;
 use crate::ops::out_grad;
 use crate::tensor::Tensor;
 
+/// Threads per block of the rotary kernels (their header's efficient shape).
+const ROTARY_BLOCK: u32 = 128;
+/// Largest head dimension the kernels take (`2·kMaxHalf`); beyond it they do nothing.
+const MAX_HEAD_DIM: usize = 512;
+
 pub fn rotary(tape: &Tape, x: &Tensor, positions: &Tensor, n_heads: usize, scale: f64) -> Result<Tensor> {
+    let _r = nvtx::fwd("rotary");
     let dev = device_of(x)?;
     let (n, width) = x.dims2()?;
     let head_dim = width / n_heads;
+    if head_dim % 2 != 0 || !(2..=MAX_HEAD_DIM).contains(&head_dim) {
+        bail!("rotary on CUDA needs an even head dimension in 2..={MAX_HEAD_DIM}, got {head_dim}");
+    }
     let y = empty(&dev, &[n, width], x.dtype())?;
-    let work = n * n_heads * head_dim / 2;
+    // rotary_forward_T(out, x, positions, n_tokens, n_heads, head_dim, x_row_stride, out_row_stride, scale)
     launch(
         &dev,
         "rotary",
         &kname("rotary_forward", x.dtype())?,
-        grid_stride_config(work),
+        block_rows_config(n, ROTARY_BLOCK),
         &[
             p(&y)?,
             p(x)?,
@@ -34,13 +46,16 @@ pub fn rotary(tape: &Tape, x: &Tensor, positions: &Tensor, n_heads: usize, scale
     if y.requires_grad() {
         let (x, positions) = (x.clone(), positions.clone());
         tape.record("rotary", &[&y], move |outs, grads| {
+            let _r = nvtx::bwd("rotary");
             let dy = out_grad(outs, 0)?;
             let dx = grads.acc(&x)?;
+            // rotary_backward_T(dx, dout, positions, n_tokens, n_heads, head_dim, dx_row_stride,
+            //                   dout_row_stride, scale)
             launch(
                 &dev,
                 "rotary",
                 &kname("rotary_backward", dy.dtype())?,
-                grid_stride_config(work),
+                block_rows_config(n, ROTARY_BLOCK),
                 &[
                     p(dx)?,
                     p(dy)?,

@@ -1,6 +1,6 @@
 //! Device memory of a GPU tensor: a typed `cudarc` slice and its device.
 
-use anyhow::{bail, Result};
+use anyhow::{bail, Context, Result};
 use cudarc::driver::{CudaSlice, LaunchConfig, PushKernelArg};
 use half::{bf16, f16};
 
@@ -27,8 +27,9 @@ pub struct CudaStorage {
 /// Threads per block for one-dimensional grid-stride kernels.
 pub const BLOCK: u32 = 256;
 
-/// Launch shape for a grid-stride kernel over `n` elements (enough blocks to fill any
-/// current GPU; the kernels loop over the rest).
+/// Launch shape for a grid-stride kernel over `n` elements without knowing the device:
+/// ceil(n/256) blocks, at most 65,535 (the kernels loop over the rest). The launchers
+/// use [`super::launch::flat_config`], which caps the grid by the device's SM count.
 pub fn grid_stride_config(n: usize) -> LaunchConfig {
     let blocks = n.div_ceil(BLOCK as usize).clamp(1, 65_535) as u32;
     LaunchConfig { grid_dim: (blocks, 1, 1), block_dim: (BLOCK, 1, 1), shared_mem_bytes: 0 }
@@ -90,11 +91,13 @@ impl CudaStorage {
     /// A device-to-device copy.
     pub fn duplicate(&self) -> Result<CudaStorage> {
         let st = self.device.stream();
+        let bytes = self.len() * self.dtype().size_in_bytes();
+        let oom = |e| self.device.oom(e, bytes);
         let buf = match &self.buf {
-            CudaBuf::F32(s) => CudaBuf::F32(st.clone_dtod(s)?),
-            CudaBuf::F16(s) => CudaBuf::F16(st.clone_dtod(s)?),
-            CudaBuf::BF16(s) => CudaBuf::BF16(st.clone_dtod(s)?),
-            CudaBuf::I32(s) => CudaBuf::I32(st.clone_dtod(s)?),
+            CudaBuf::F32(s) => CudaBuf::F32(st.clone_dtod(s).map_err(oom)?),
+            CudaBuf::F16(s) => CudaBuf::F16(st.clone_dtod(s).map_err(oom)?),
+            CudaBuf::BF16(s) => CudaBuf::BF16(st.clone_dtod(s).map_err(oom)?),
+            CudaBuf::I32(s) => CudaBuf::I32(st.clone_dtod(s).map_err(oom)?),
         };
         Ok(CudaStorage::new(buf, self.device.clone()))
     }
@@ -125,8 +128,10 @@ impl CudaStorage {
             _ => unreachable!("pairs checked above"),
         };
         b.arg(&n_arg);
+        // kernels/cast.cu: block 256, grid min(ceil(n / 1024), 32·SMs) (4 per thread).
+        let cfg = super::launch::flat_config(&self.device, n, 4, 32);
         // Safety: argument order and types follow kernels/cast.cu.
-        unsafe { b.launch(grid_stride_config(n)) }?;
+        unsafe { b.launch(cfg) }.with_context(|| format!("launching CUDA kernel `{name}`"))?;
         Ok(out)
     }
 }
