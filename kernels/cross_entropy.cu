@@ -6,9 +6,10 @@
 //   L = Σ_r w_{y_r}·(lse_r − x_{r,y_r}) / Σ_{r: y_r≠ι} w_{y_r},
 //   lse_r = m_r + log Σ_j exp(x_rj − m_r),  m_r = max_j x_rj            (1)
 //   ∂L/∂x_rj = w_{y_r}·(softmax_rj − [j = y_r]) / Σ w                    (2)
-// The host knows the labels, so it passes inv_weight_sum = 1 / Σ_{r: y_r≠ι}
-// w_{y_r} (0 when every row is ignored); the upstream gradient dL is applied
-// afterwards with scale_by_device_scalar (elementwise.cu).
+// The normaliser Σ_{r: y_r≠ι} w_{y_r} is computed on the device by label_weight_sum
+// below and passed as a device scalar (weight_sum; 1/weight_sum is used, 0 when it is 0),
+// so a training step needs no copy of the labels to the host. The upstream
+// gradient dL is read from device memory by the backward.
 // Per row: ONE pass over the logits with an online (max, sum) in fp32
 // (Milakov & Gimelshein 2018), merged across the block; then a second sweep
 // writes (2) with softmax_rj = exp(x_rj − lse_r) (the row is re-read from
@@ -17,7 +18,7 @@
 // ABI (T = float/__half/__nv_bfloat16, suffix _f32/_f16/_bf16):
 //   cross_entropy_forward_backward_T(float* loss_rows, T* dlogits /*nullable*/,
 //       const T* logits, const int* labels, const float* class_weights /*nullable = all 1*/,
-//       int rows, int n_classes, int ignore_index, float inv_weight_sum)
+//       int rows, int n_classes, int ignore_index, const float* weight_sum)
 //   logits, dlogits [rows, n_classes]; labels [rows]; class_weights [n_classes].
 //   loss_rows [rows] WRITES w_y·(lse − x_y)·inv_weight_sum (the mean loss is
 //   Σ loss_rows), 0 for ignored rows.  dlogits WRITES (2)·… (0 for ignored
@@ -27,7 +28,7 @@
 //
 //   cross_entropy_backward_T(T* dlogits, const T* logits, const int* labels,
 //       const float* class_weights /*nullable = all 1*/, int rows, int n_classes,
-//       int ignore_index, float inv_weight_sum, const float* dloss /*nullable = 1*/)
+//       int ignore_index, const float* weight_sum, const float* dloss /*nullable = 1*/)
 //   dlogits WRITES dL·(2), where dL = *dloss is the upstream gradient of the mean
 //   loss read from device memory (no host sync).  The product dL·w_y·inv_weight_sum
 //   is formed in fp32 BEFORE the single rounding to T: with fp16 loss scaling
@@ -48,9 +49,11 @@ namespace {
 template <typename T>
 __device__ void cross_entropy_rows(float* __restrict__ loss_rows, T* dlogits, const T* logits,
                                    const int* __restrict__ labels, const float* __restrict__ class_weights,
-                                   int rows, int n_classes, int ignore_index, float inv_weight_sum,
+                                   int rows, int n_classes, int ignore_index, const float* __restrict__ weight_sum,
                                    const float* __restrict__ grad_mult) {
     const float dl = grad_mult ? *grad_mult : 1.0f;
+    const float ws = *weight_sum;
+    const float inv_weight_sum = ws > 0.0f ? 1.0f / ws : 0.0f;
     for (int r = blockIdx.x; r < rows; r += gridDim.x) {
         const long long off = (long long)r * n_classes;
         const int y = labels[r];
@@ -91,15 +94,40 @@ __device__ void cross_entropy_rows(float* __restrict__ loss_rows, T* dlogits, co
 #define QF_CROSS_ENTROPY_KERNELS(T, SUF)                                                                        \
     extern "C" __global__ void cross_entropy_forward_backward_##SUF(                                            \
         float* loss_rows, T* dlogits, const T* logits, const int* labels, const float* class_weights, int rows, \
-        int n_classes, int ignore_index, float inv_weight_sum) {                                                \
+        int n_classes, int ignore_index, const float* weight_sum) {                                             \
         cross_entropy_rows<T>(loss_rows, dlogits, logits, labels, class_weights, rows, n_classes, ignore_index,  \
-                              inv_weight_sum, nullptr);                                                         \
+                              weight_sum, nullptr);                                                             \
     }                                                                                                           \
     extern "C" __global__ void cross_entropy_backward_##SUF(                                                    \
         T* dlogits, const T* logits, const int* labels, const float* class_weights, int rows, int n_classes,    \
-        int ignore_index, float inv_weight_sum, const float* dloss) {                                           \
+        int ignore_index, const float* weight_sum, const float* dloss) {                                        \
         cross_entropy_rows<T>(nullptr, dlogits, logits, labels, class_weights, rows, n_classes, ignore_index,    \
-                              inv_weight_sum, dloss);                                                           \
+                              weight_sum, dloss);                                                               \
     }
 
 QF_FOR_EACH_DTYPE(QF_CROSS_ENTROPY_KERNELS)
+
+// label_weight_sum(float* out, const int* labels, const float* class_weights /*nullable = 1*/,
+//                  int rows, int n_classes, int ignore_index)
+//   *out WRITES Σ_{r: labels[r] ≠ ignore_index} w[labels[r]] — the normaliser of the mean,
+//   computed on the device so that a step needs no copy of the labels to the host. A label
+//   outside [0, n_classes) makes it NaN (and so the loss), never an out-of-bounds read.
+//   Launch: ONE block of 256 threads.
+extern "C" __global__ void label_weight_sum(float* out, const int* labels, const float* class_weights, int rows,
+                                            int n_classes, int ignore_index) {
+    __shared__ float partial[256];
+    float acc = 0.0f;
+    for (int r = threadIdx.x; r < rows; r += blockDim.x) {
+        const int y = labels[r];
+        if (y == ignore_index) continue;
+        if (y < 0 || y >= n_classes) acc += NAN;
+        else acc += class_weights ? class_weights[y] : 1.0f;
+    }
+    partial[threadIdx.x] = acc;
+    __syncthreads();
+    for (unsigned s = blockDim.x / 2; s > 0; s >>= 1) {
+        if (threadIdx.x < s) partial[threadIdx.x] += partial[threadIdx.x + s];
+        __syncthreads();
+    }
+    if (threadIdx.x == 0) *out = partial[0];
+}

@@ -25,18 +25,19 @@ pub fn cross_entropy(tape: &Tape, logits: &Tensor, labels: &Tensor, weights: Opt
             bail!("cross_entropy: class weights must be f32 [{classes}], got {} {:?}", w.dtype(), w.shape());
         }
     }
-    // Labels and weights are small and needed on the host (the weight sum normalises).
-    let lab = labels.to_vec_i32()?;
+    if !logits.is_cpu() {
+        // On the GPU the labels stay on the device: the kernels compute the weight sum there,
+        // and an out-of-range label turns the loss into NaN rather than being checked here.
+        return crate::backend::cuda::cross_entropy::cross_entropy(tape, logits, labels, weights);
+    }
+    let lab = labels.as_slice::<i32>()?.to_vec();
     if let Some(bad) = lab.iter().find(|&&y| y != IGNORE_INDEX && (y < 0 || y as usize >= classes)) {
         bail!("cross_entropy: label {bad} is outside 0..{classes}");
     }
     let w: Vec<f32> = match weights {
-        Some(w) => w.to_vec_f32()?,
+        Some(w) => w.as_slice::<f32>()?.to_vec(),
         None => Vec::new(),
     };
-    if !logits.is_cpu() {
-        return crate::backend::cuda::cross_entropy::cross_entropy(tape, logits, labels, weights, &lab, &w);
-    }
     with_real!(logits.dtype(), T => {
         let mut dlogits = vec![T::zero(); rows * classes];
         let loss = cpu::forward_backward(&mut dlogits, logits.as_slice::<T>()?, &lab, &w, classes);

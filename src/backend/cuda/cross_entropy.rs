@@ -15,7 +15,7 @@ use super::elementwise::check_scalar;
 use super::launch::{block_rows_config, device_of, empty, int, kname, launch, long, p, p_opt, zeros, Arg, NULL};
 use super::nvtx;
 use crate::autograd::Tape;
-use crate::backend::cpu::cross_entropy::{weight_sum, IGNORE_INDEX};
+use crate::backend::cpu::cross_entropy::IGNORE_INDEX;
 use crate::ops::out_grad;
 use crate::tensor::{DType, Tensor};
 
@@ -26,22 +26,22 @@ fn row_config(rows: usize, classes: usize) -> LaunchConfig {
     block_rows_config(rows, if classes > WIDE_ROW_CLASSES { 1024 } else { 256 })
 }
 
-pub fn cross_entropy(
-    tape: &Tape,
-    logits: &Tensor,
-    labels: &Tensor,
-    weights: Option<&Tensor>,
-    host_labels: &[i32],
-    host_weights: &[f32],
-) -> Result<Tensor> {
+pub fn cross_entropy(tape: &Tape, logits: &Tensor, labels: &Tensor, weights: Option<&Tensor>) -> Result<Tensor> {
     let _r = nvtx::fwd("cross_entropy");
     let dev = device_of(logits)?;
     let (rows, classes) = logits.dims2()?;
-    let wsum = weight_sum(host_labels, host_weights);
-    let inv = if wsum > 0.0 { (1.0 / wsum) as f32 } else { 0.0 };
+    // Σ w_y over the non-ignored rows, on the device (no copy of the labels to the host).
+    let wsum = empty(&dev, &[1], DType::F32)?;
+    launch(
+        &dev,
+        "cross_entropy",
+        "label_weight_sum",
+        block_rows_config(1, 256),
+        &[p(&wsum)?, p(labels)?, p_opt(weights)?, int(rows)?, int(classes)?, Arg::I32(IGNORE_INDEX)],
+    )?;
     let loss_rows = empty(&dev, &[rows], DType::F32)?;
     // cross_entropy_forward_backward_T(loss_rows, dlogits = null, logits, labels,
-    //                                  class_weights, rows, n_classes, ignore_index, inv_weight_sum)
+    //                                  class_weights, rows, n_classes, ignore_index, weight_sum)
     launch(
         &dev,
         "cross_entropy",
@@ -56,7 +56,7 @@ pub fn cross_entropy(
             int(rows)?,
             int(classes)?,
             Arg::I32(IGNORE_INDEX),
-            Arg::F32(inv),
+            p(&wsum)?,
         ],
     )?;
     // sum_f32(out, x, n): one block, so the loss is deterministic.
@@ -71,7 +71,7 @@ pub fn cross_entropy(
             check_scalar(dloss)?;
             let dlogits = empty(&dev, logits.shape(), logits.dtype())?;
             // cross_entropy_backward_T(dlogits, logits, labels, class_weights, rows,
-            //                          n_classes, ignore_index, inv_weight_sum, dloss)
+            //                          n_classes, ignore_index, weight_sum, dloss)
             launch(
                 &dev,
                 "cross_entropy",
@@ -85,7 +85,7 @@ pub fn cross_entropy(
                     int(rows)?,
                     int(classes)?,
                     Arg::I32(IGNORE_INDEX),
-                    Arg::F32(inv),
+                    p(&wsum)?,
                     p(dloss)?,
                 ],
             )?;
