@@ -25,6 +25,7 @@ use crate::data::batching::{pack, training_plan, BatchConfig};
 use crate::data::class_weights::ClassWeighting;
 use crate::data::rng::splitmix64;
 use crate::data::stratify::StratifySpec;
+use crate::model::esm2::Recompute;
 use crate::model::{EsmConfig, HeadKind, ModelInputs, SequenceClassifier};
 use crate::optim::{LinearSchedule, LossScaler, OptimConfig, Optimizer};
 use crate::tensor::{DType, Device, Tensor};
@@ -83,6 +84,8 @@ pub struct TrainConfig {
     pub lr: f64,
     pub warmup: Warmup,
     pub optim: OptimConfig,
+    /// Activation recomputation per transformer layer (`--recompute none|layer`).
+    pub recompute: Recompute,
     pub class_weights: ClassWeighting,
     pub stratify: StratifySpec,
     pub seed: u64,
@@ -119,6 +122,7 @@ impl TrainConfig {
             lr: 2e-3,
             warmup: Warmup::Fraction(0.06),
             optim: OptimConfig { weight_decay: 0.01, ..OptimConfig::default() },
+            recompute: Recompute::None,
             class_weights: ClassWeighting::None,
             stratify: StratifySpec::all(),
             seed: 42,
@@ -272,6 +276,7 @@ pub fn train(cfg: &TrainConfig) -> Result<TrainSummary> {
         say(n.clone());
     }
     model.params.to_device(&device)?;
+    model.esm.recompute = cfg.recompute;
     let (total_params, trainable) = model.params.counts();
 
     // Batching and schedule.
