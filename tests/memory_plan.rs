@@ -190,6 +190,7 @@ fn gib(b: u64) -> f64 {
 
 #[test]
 fn esm2_650m_full_fine_tuning_at_1024_tokens_plans_under_12_gib() {
+    let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     let opts = PlanOptions {
         cuda: true,
         compute: DType::BF16,
@@ -235,6 +236,7 @@ fn esm2_650m_full_fine_tuning_at_1024_tokens_plans_under_12_gib() {
 
 #[test]
 fn esm2_650m_lora_at_1024_tokens_plans_under_6_gib() {
+    let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     let lora = LoraConfig::default(); // query + value, r = 8, α = 8, dropout 0.05
     let (shape, specs) = esm650m(Some(lora.clone()), 1000);
     let opts = PlanOptions {
@@ -262,4 +264,43 @@ fn esm2_650m_lora_at_1024_tokens_plans_under_6_gib() {
     .unwrap();
     println!("ESM-2 650M LoRA contact head, bf16, recompute layer: {}", p.summary());
     assert!(gib(p.total()) < 6.0, "planned {:.2} GiB", gib(p.total()));
+}
+
+#[test]
+fn bench_memory_finds_a_budget_that_fits_on_the_cpu() {
+    use qf_engine::train::bench::{bench_memory, MemoryBenchConfig};
+    use qf_engine::train::DeviceChoice;
+    let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    if std::fs::write("/proc/self/clear_refs", "5").is_err() {
+        eprintln!("SKIP: /proc/self/clear_refs is not writable; peak RSS cannot be reset here");
+        return;
+    }
+    let limit = 64u64 << 20;
+    let cfg = MemoryBenchConfig {
+        preset: "esm2_tiny".into(),
+        n_classes: 20,
+        max_len: 128,
+        device: DeviceChoice::Cpu,
+        precision: qf_engine::train::Precision::Auto,
+        optimizer: OptimizerKind::AdamW8bit,
+        recompute: Recompute::Layer,
+        limit,
+        budgets: (256, 512),
+        check: true,
+        seed: 3,
+    };
+    let r = bench_memory(&cfg).unwrap();
+    println!("{}", serde_json::to_string(&r).unwrap());
+    for p in &r.measured {
+        let ratio = p.measured_bytes as f64 / p.planned_bytes as f64;
+        assert!((0.6..1.6).contains(&ratio), "{} tokens: measured/planned {ratio:.2}", p.tokens);
+    }
+    assert!(r.bytes_per_token > 0.0);
+    assert!(r.largest_budget >= 1024 && r.largest_budget % 128 == 0, "{}", r.largest_budget);
+    let (a, b) = (r.largest_budget as f64, r.planned_largest_budget as f64);
+    assert!(a / b > 0.5 && a / b < 2.0, "fit says {a} tokens, the planner {b}");
+    // The answer was measured, and it fits.
+    let c = r.checked.as_ref().unwrap();
+    assert_eq!(c.tokens, r.largest_budget);
+    assert!(c.measured_bytes <= limit, "{} bytes at the answer", c.measured_bytes);
 }
