@@ -152,9 +152,19 @@ fn model() -> SequenceClassifier {
 /// `contacts`) a BCE on the contact logits so that gradient flows into every layer's
 /// attention probabilities.
 fn step(m: &SequenceClassifier, b: &PackedBatch, recompute: Recompute, contacts: bool) -> (Grads, Vec<u32>, usize) {
+    step_on(m, b, recompute, contacts, &Device::Cpu)
+}
+
+fn step_on(
+    m: &SequenceClassifier,
+    b: &PackedBatch,
+    recompute: Recompute,
+    contacts: bool,
+    device: &Device,
+) -> (Grads, Vec<u32>, usize) {
     let mut m = clone_model(m);
     m.esm.recompute = recompute;
-    let inp = ModelInputs::new(b, m.config(), &Device::Cpu, DType::F32).unwrap();
+    let inp = ModelInputs::new(b, m.config(), device, DType::F32).unwrap();
     let tape = Tape::with_seed(1234);
     let enc = m.esm.forward(&m.params, &tape, &inp, contacts).unwrap();
     assert_eq!(enc.attention_probs.len(), if contacts { m.config().num_hidden_layers } else { 0 });
@@ -162,15 +172,16 @@ fn step(m: &SequenceClassifier, b: &PackedBatch, recompute: Recompute, contacts:
     let logits = m.head.forward(&m.params, &tape, &cls).unwrap();
     let ce = ops::cross_entropy(&tape, &logits, inp.labels.as_ref().unwrap(), None).unwrap();
     let mut outputs = bits(&logits);
-    let mut roots = vec![(ce.clone(), Tensor::from_vec(vec![1f32], &[1]).unwrap())];
+    let one = || Tensor::from_f32(vec![1f32], &[1], DType::F32, device).unwrap();
+    let mut roots = vec![(ce.clone(), one())];
     if contacts {
         let c = m.contact.forward(&m.params, &tape, &enc.attention_probs, &inp.layout).unwrap();
         let targets: Vec<f32> = (0..c.numel()).map(|i| ((i * 7919) % 5 == 0) as u8 as f32).collect();
-        let targets = Tensor::from_vec(targets, c.shape()).unwrap();
-        let mask = Tensor::from_vec(vec![1f32; c.numel()], c.shape()).unwrap();
+        let targets = Tensor::from_f32(targets, c.shape(), DType::F32, device).unwrap();
+        let mask = Tensor::from_f32(vec![1f32; c.numel()], c.shape(), DType::F32, device).unwrap();
         let bce = ops::bce_with_logits(&tape, &c, &targets, &mask).unwrap();
         outputs.extend(bits(&c));
-        roots.push((bce, Tensor::from_vec(vec![1f32], &[1]).unwrap()));
+        roots.push((bce, one()));
     }
     let mut grads = Grads::new();
     let nodes = tape.len();
@@ -225,4 +236,52 @@ fn recompute_mode_parses() {
     assert_eq!("none".parse::<Recompute>().unwrap(), Recompute::None);
     let e = "block".parse::<Recompute>().unwrap_err().to_string();
     assert!(e.contains("none or layer"), "{e}");
+}
+
+/// The GPU, or `None` after printing why the test is skipped.
+fn cuda() -> Option<qf_engine::backend::cuda::CudaDevice> {
+    use qf_engine::backend::cuda::{device::unavailable_reason, kernels::BUILT_WITH_KERNELS, CudaDevice};
+    if let Some(why) = unavailable_reason() {
+        eprintln!("SKIP: no CUDA device: {why}");
+        return None;
+    }
+    if !BUILT_WITH_KERNELS {
+        eprintln!("SKIP: no CUDA device: this build has no CUDA kernels");
+        return None;
+    }
+    match CudaDevice::open(0) {
+        Ok(d) => Some(d),
+        Err(e) => {
+            eprintln!("SKIP: no CUDA device: {e:#}");
+            None
+        }
+    }
+}
+
+/// On CUDA (fp32 compute) the recomputed forward is bit-identical (no forward kernel uses
+/// atomics), but some backward kernels accumulate with float atomics whose order varies
+/// from run to run, so gradients are compared at fp32 rounding level.
+#[test]
+fn esm_layer_recompute_on_cuda_matches_the_plain_backward() {
+    let Some(dev) = cuda() else { return };
+    let d = Device::Cuda(dev.clone());
+    dev.set_compute_dtype(DType::F32).unwrap();
+    let mut m = model();
+    m.params.to_device(&d).unwrap();
+    let b = batch(&mut TestRng::new(8), 5);
+    for contacts in [false, true] {
+        let (plain, out_plain, _) = step_on(&m, &b, Recompute::None, contacts, &d);
+        let (rec, out_rec, _) = step_on(&m, &b, Recompute::Layer, contacts, &d);
+        assert_eq!(out_plain, out_rec, "forward outputs differ with recomputation on CUDA");
+        for (name, t) in m.params.iter() {
+            match (plain.get(t), rec.get(t)) {
+                (Some(a), Some(r)) => {
+                    let e = common::rel_err(&r.to_vec_f32().unwrap(), &a.to_vec_f32().unwrap());
+                    assert!(e <= 1e-5, "{name}: relative gradient difference {e:.2e}");
+                }
+                (None, None) => {}
+                _ => panic!("{name}: gradient present in one run only"),
+            }
+        }
+    }
 }
