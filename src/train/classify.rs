@@ -317,7 +317,12 @@ pub fn train(cfg: &TrainConfig) -> Result<TrainSummary> {
     let class_tier = data.selection.label_map.tier_of_class.clone();
     let family_size = data.selection.class_counts();
 
-    let plan = memory_plan(cfg, &model, &device, dtype, classes.len())?;
+    let plan = memory_plan(cfg, cfg.recompute, &model, &device, dtype, classes.len())?;
+    let other = match cfg.recompute {
+        Recompute::None => Recompute::Layer,
+        Recompute::Layer => Recompute::None,
+    };
+    let other_plan = memory_plan(cfg, other, &model, &device, dtype, classes.len())?;
     say(format!(
         "model: {} layers, hidden {}, {} heads — {:.2} M parameters ({:.2} M trainable), {} classes; device {} ({}), \
          recompute {}",
@@ -331,7 +336,12 @@ pub fn train(cfg: &TrainConfig) -> Result<TrainSummary> {
         dtype,
         cfg.recompute,
     ));
-    say(format!("{} (worst case: sequences of {} tokens)", plan.summary(), cfg.max_len.min(cfg.max_tokens)));
+    say(format!(
+        "{} (worst case: sequences of {} tokens); activations with --recompute {other}: {}",
+        plan.summary(),
+        cfg.max_len.min(cfg.max_tokens),
+        fmt_bytes(other_plan.activations)
+    ));
     say(format!(
         "schedule: {} epochs × {} batches of ≤ {} tokens (accumulate {}) = {} optimizer steps, peak lr {:e}, warm-up {} steps",
         cfg.epochs, batches_per_epoch, cfg.max_tokens, cfg.grad_accum, total_steps, cfg.lr, warmup
@@ -537,18 +547,14 @@ pub fn train(cfg: &TrainConfig) -> Result<TrainSummary> {
 /// filling `max_tokens`).
 fn memory_plan(
     cfg: &TrainConfig,
+    recompute: Recompute,
     model: &SequenceClassifier,
     device: &Device,
     dtype: DType,
     n_classes: usize,
 ) -> Result<MemoryPlan> {
-    let opts = PlanOptions {
-        cuda: !device.is_cpu(),
-        compute: dtype,
-        optimizer: cfg.optim.kind,
-        recompute: cfg.recompute,
-        contacts: false,
-    };
+    let opts =
+        PlanOptions { cuda: !device.is_cpu(), compute: dtype, optimizer: cfg.optim.kind, recompute, contacts: false };
     let batch = BatchShape::full(cfg.max_tokens, cfg.max_len.min(cfg.max_tokens));
     MemoryPlan::new(model.config(), &param_specs_of(&model.params), None, n_classes, &opts, &batch)
 }
