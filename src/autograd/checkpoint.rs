@@ -31,6 +31,13 @@
 //! stay alive as long as their consumers keep them; their gradients are seeded into the
 //! recomputation like `∂L/∂y`. Cost: one more forward of the block per backward.
 //!
+//! Why the forward pass runs on a *recording* child rather than an inference tape: an
+//! inference tape also switches dropout off (`ops::dropout`), and running the forward and
+//! the recomputation through the same code on the same kind of tape is what makes the
+//! replay exact without special cases in the ops. The child's saved tensors live only
+//! until the block returns, so the forward pass holds at most one block's activations —
+//! the same peak the recomputation has in the backward pass.
+//!
 //! On a tape that does not record (inference) `f` simply runs on that tape.
 
 use anyhow::{ensure, Result};
