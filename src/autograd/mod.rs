@@ -10,6 +10,13 @@
 //! zero-filled on first use. Parameter gradients therefore sum across calls to `backward`
 //! until [`Grads::clear`]: gradient accumulation over micro-batches needs nothing else.
 //! An inference tape ([`Tape::inference`]) records nothing.
+//!
+//! [`checkpoint`] runs a block of ops without keeping its activations and recomputes them
+//! in the backward pass (activation recomputation, see `checkpoint.rs`).
+
+mod checkpoint;
+
+pub use checkpoint::checkpoint;
 
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
@@ -49,6 +56,28 @@ impl Tape {
     /// A tape that records nothing (inference): ops only compute outputs, dropout is off.
     pub fn inference() -> Self {
         Tape { recording: false, nodes: RefCell::new(Vec::new()), dropout_seed: 0, dropout_offset: Cell::new(0) }
+    }
+
+    /// A recording tape that continues this tape's dropout stream where it stands: the
+    /// same seed, starting at the current offset. Ops run on it draw exactly the dropout
+    /// bits they would have drawn on this tape (see [`checkpoint`]).
+    pub fn child(&self) -> Tape {
+        Tape::at_dropout_position(self.dropout_seed, self.dropout_offset.get())
+    }
+
+    /// A recording tape whose dropout stream starts at `(seed, offset)`.
+    pub fn at_dropout_position(seed: u64, offset: u64) -> Tape {
+        Tape { recording: true, nodes: RefCell::new(Vec::new()), dropout_seed: seed, dropout_offset: Cell::new(offset) }
+    }
+
+    /// `(seed, next unused offset)` of the dropout stream.
+    pub fn dropout_position(&self) -> (u64, u64) {
+        (self.dropout_seed, self.dropout_offset.get())
+    }
+
+    /// Move the dropout stream to `offset` (after a child tape drew from it).
+    pub fn set_dropout_offset(&self, offset: u64) {
+        self.dropout_offset.set(offset);
     }
 
     /// `(seed, offset)` for a dropout over `n` elements; advances the offset so the next

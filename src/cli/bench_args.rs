@@ -1,11 +1,13 @@
-//! `qf-engine bench`: training throughput and memory of a preset on real protein lengths.
+//! `qf-engine bench`: training throughput and memory of a preset on real protein lengths;
+//! `--memory`: the largest token budget that fits a memory limit.
 
 use std::path::PathBuf;
 
 use anyhow::Result;
 use clap::Args;
 
-use qf_engine::train::bench::{bench_training, BenchConfig};
+use qf_engine::train::bench::{bench_memory, bench_training, BenchConfig, MemoryBenchConfig};
+use qf_engine::train::memory::{fmt_bytes, parse_bytes};
 
 use super::common::DeviceArgs;
 
@@ -42,6 +44,30 @@ pub struct BenchArgs {
     #[arg(long, default_value = "adamw")]
     pub optimizer: String,
 
+    /// Activation recomputation: none or layer.
+    #[arg(long, default_value = "none", value_name = "none|layer")]
+    pub recompute: String,
+
+    /// Report the largest token budget whose training step fits --memory-limit, instead
+    /// of throughput: peaks measured at two budgets of full-length (--max-len) sequences
+    /// and fitted linearly, beside the memory planner's answer.
+    #[arg(long)]
+    pub memory: bool,
+
+    /// Memory limit for --memory (12GB = 12 GiB; MB, GiB, ... accepted).
+    #[arg(long, default_value = "12GB", value_name = "SIZE")]
+    pub memory_limit: String,
+
+    /// The two budgets (tokens, multiples of --max-len) that --memory measures
+    /// (default: 1× and 2× --max-len).
+    #[arg(long, value_name = "T1,T2")]
+    pub budgets: Option<String>,
+
+    /// With --memory: also run the fitted budget, refit and repeat until the answer is a
+    /// budget measured under the limit (up to 4 more runs).
+    #[arg(long)]
+    pub memory_check: bool,
+
     /// Also append the result as a JSON line to this file.
     #[arg(long, value_name = "FILE")]
     pub json: Option<PathBuf>,
@@ -52,6 +78,9 @@ pub struct BenchArgs {
 
 pub fn run(args: BenchArgs) -> Result<()> {
     qf_engine::train::device::set_threads(args.device.threads);
+    if args.memory {
+        return run_memory(&args);
+    }
     let cfg = BenchConfig {
         preset: args.preset.clone(),
         n_classes: args.classes,
@@ -63,6 +92,7 @@ pub fn run(args: BenchArgs) -> Result<()> {
         device: args.device.device.parse()?,
         precision: args.device.precision.parse()?,
         optimizer: args.optimizer.parse()?,
+        recompute: args.recompute.parse()?,
         seed: 7,
     };
     let r = bench_training(&cfg)?;
@@ -80,12 +110,91 @@ pub fn run(args: BenchArgs) -> Result<()> {
             .map(|b| format!("{:.2} GiB", b as f64 / (1u64 << 30) as f64))
             .unwrap_or_else(|| "n/a".into())
     );
-    let line = serde_json::to_string(&r)?;
+    emit_json(&serde_json::to_string(&r)?, args.json.as_ref())
+}
+
+/// Print a JSON line and append it to `--json` when given.
+fn emit_json(line: &str, file: Option<&PathBuf>) -> Result<()> {
     println!("{line}");
-    if let Some(p) = &args.json {
+    if let Some(p) = file {
         use std::io::Write;
         let mut f = std::fs::OpenOptions::new().create(true).append(true).open(p)?;
         writeln!(f, "{line}")?;
     }
     Ok(())
+}
+
+/// Parse `T1,T2`.
+fn parse_budgets(s: &str) -> Result<(usize, usize)> {
+    let parts: Vec<&str> = s.split(',').map(str::trim).collect();
+    match parts[..] {
+        [a, b] => Ok((a.parse()?, b.parse()?)),
+        _ => anyhow::bail!("--budgets takes two token counts, e.g. 1024,2048; got `{s}`"),
+    }
+}
+
+fn run_memory(args: &BenchArgs) -> Result<()> {
+    let budgets = match &args.budgets {
+        Some(b) => parse_budgets(b)?,
+        None => (args.max_len, 2 * args.max_len),
+    };
+    let cfg = MemoryBenchConfig {
+        preset: args.preset.clone(),
+        n_classes: args.classes,
+        max_len: args.max_len,
+        device: args.device.device.parse()?,
+        precision: args.device.precision.parse()?,
+        optimizer: args.optimizer.parse()?,
+        recompute: args.recompute.parse()?,
+        limit: parse_bytes(&args.memory_limit)?,
+        budgets,
+        check: args.memory_check,
+        seed: 7,
+    };
+    let r = bench_memory(&cfg)?;
+    println!(
+        "{} ({:.1} M parameters, {} classes) on {} ({}), {}, recompute {}, sequences of {} tokens:",
+        r.preset,
+        r.parameters as f64 / 1e6,
+        r.n_classes,
+        r.device,
+        r.dtype,
+        r.optimizer,
+        r.recompute,
+        r.max_len
+    );
+    for p in &r.measured {
+        println!(
+            "  {:>7} tokens: measured peak {} (planned {}, measured/planned {:.2})",
+            p.tokens,
+            fmt_bytes(p.measured_bytes),
+            fmt_bytes(p.planned_bytes),
+            p.measured_bytes as f64 / p.planned_bytes.max(1) as f64
+        );
+    }
+    println!(
+        "  fit: {} + {} per 1k tokens -> {} tokens fit {}; planner: {} tokens",
+        fmt_bytes(r.fixed_bytes.max(0.0) as u64),
+        fmt_bytes((r.bytes_per_token * 1000.0).max(0.0) as u64),
+        r.fitted_budget,
+        fmt_bytes(r.limit_bytes),
+        r.planned_largest_budget
+    );
+    if let Some(c) = &r.checked {
+        println!(
+            "  checked: {} tokens measured at {} (planned {})",
+            c.tokens,
+            fmt_bytes(c.measured_bytes),
+            fmt_bytes(c.planned_bytes)
+        );
+    }
+    println!(
+        "largest token budget under {}: {} tokens ({} sequences of {}){}",
+        fmt_bytes(r.limit_bytes),
+        r.largest_budget,
+        r.largest_budget / r.max_len,
+        r.max_len,
+        if r.checked.is_some() { ", measured" } else { ", from the fit (--memory-check measures it)" }
+    );
+    emit_json(&serde_json::to_string(&r)?, args.json.as_ref())
 }

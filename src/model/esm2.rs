@@ -9,15 +9,23 @@
 //! Attention: `q = (Wq·x + bq)·d^-½` is scaled *before* the rotary embedding, `k` is
 //! rotated unscaled, the softmax uses scale 1, sequences are packed (no padding).
 //! Parameter names are Hugging Face's under the `esm.` prefix.
+//!
+//! With [`Recompute::Layer`] each block runs through [`autograd::checkpoint`]: a
+//! recording forward keeps only the block's input `[tokens, hidden]` and re-runs the block
+//! in the backward pass (bit-identical gradients; see `autograd/checkpoint.rs`). Attention
+//! probabilities, when asked for, are outputs of the checkpointed block, so a contact head
+//! reads them and its gradient flows back through the recomputation.
 
-use anyhow::Result;
+use std::rc::Rc;
+
+use anyhow::{bail, Result};
 
 use super::config::EsmConfig;
 use super::init::Init;
 use super::inputs::ModelInputs;
 use super::linear::{LayerNorm, Linear};
 use super::params::{ParamId, Params};
-use crate::autograd::Tape;
+use crate::autograd::{self, Tape};
 use crate::ops;
 use crate::tensor::Tensor;
 
@@ -42,6 +50,46 @@ pub struct Esm2 {
     pub word_embeddings: ParamId,
     pub layers: Vec<EsmLayer>,
     pub final_ln: LayerNorm,
+    /// Activation recomputation in training (`--recompute`).
+    pub recompute: Recompute,
+}
+
+/// Which activations a training forward keeps (`--recompute none|layer`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Recompute {
+    /// Keep every activation the ops save (fastest).
+    #[default]
+    None,
+    /// Keep only each transformer layer's input; recompute the layer in the backward pass.
+    Layer,
+}
+
+impl std::str::FromStr for Recompute {
+    type Err = anyhow::Error;
+    fn from_str(s: &str) -> Result<Self> {
+        match s {
+            "none" | "off" => Ok(Recompute::None),
+            "layer" | "layers" => Ok(Recompute::Layer),
+            _ => bail!("unknown recompute mode `{s}`: use none or layer"),
+        }
+    }
+}
+
+impl std::fmt::Display for Recompute {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Recompute::None => "none",
+            Recompute::Layer => "layer",
+        })
+    }
+}
+
+/// What a checkpointed layer needs to run again in the backward pass (shared by all
+/// layers of one forward; tensor handles, so cloning copies no data).
+struct Replay {
+    model: Esm2,
+    params: Params,
+    inputs: ModelInputs,
 }
 
 /// Encoder outputs: the final hidden states `[tokens, hidden]`, and per layer the
@@ -78,21 +126,46 @@ impl Esm2 {
         }
         let final_ln =
             LayerNorm::new(params, &format!("{ESM_PREFIX}.encoder.emb_layer_norm_after"), h, cfg.layer_norm_eps)?;
-        Ok(Esm2 { cfg: cfg.clone(), word_embeddings, layers, final_ln })
+        Ok(Esm2 { cfg: cfg.clone(), word_embeddings, layers, final_ln, recompute: Recompute::None })
     }
 
     /// Run the encoder over a packed batch.
     pub fn forward(&self, p: &Params, tape: &Tape, inp: &ModelInputs, want_attention: bool) -> Result<EncoderOutput> {
         let mut x = ops::embedding(tape, &inp.ids, p.get(self.word_embeddings), &inp.row_scale)?;
         let mut probs = Vec::new();
+        let replay = (self.recompute == Recompute::Layer && tape.is_recording())
+            .then(|| Rc::new(Replay { model: self.clone(), params: p.clone(), inputs: inp.clone() }));
         for (i, layer) in self.layers.iter().enumerate() {
             let _r = crate::backend::cuda::nvtx::range_with(|| format!("layer {i}"));
-            let (y, pr) = self.layer_forward(layer, p, tape, inp, &x, want_attention)?;
+            let (y, pr) = match &replay {
+                Some(r) => Self::layer_checkpointed(r, i, tape, &x, want_attention)?,
+                None => self.layer_forward(layer, p, tape, inp, &x, want_attention)?,
+            };
             x = y;
             probs.extend(pr);
         }
         let hidden = self.final_ln.forward(p, tape, &x)?;
         Ok(EncoderOutput { hidden, attention_probs: probs })
+    }
+
+    /// Layer `i` through [`autograd::checkpoint`]: outputs `[y]` or `[y, probs]`.
+    fn layer_checkpointed(
+        replay: &Rc<Replay>,
+        i: usize,
+        tape: &Tape,
+        x: &Tensor,
+        want_attention: bool,
+    ) -> Result<(Tensor, Option<Tensor>)> {
+        let r = Rc::clone(replay);
+        let outs = autograd::checkpoint(tape, "esm_layer (recomputed)", std::slice::from_ref(x), move |t, xs| {
+            let (y, pr) = r.model.layer_forward(&r.model.layers[i], &r.params, t, &r.inputs, &xs[0], want_attention)?;
+            Ok(std::iter::once(y).chain(pr).collect())
+        })?;
+        let mut outs = outs.into_iter();
+        match (outs.next(), outs.next()) {
+            (Some(y), probs) => Ok((y, probs)),
+            (None, _) => bail!("checkpointed layer {i} returned no output"),
+        }
     }
 
     /// One transformer block; returns the new hidden states and the attention

@@ -13,6 +13,7 @@ use crate::tensor::{DType, Device, Tensor};
 /// replaced by `<mask>` (80 %): the embedding rescaling assumes this ratio.
 const MASK_RATIO_TRAIN: f64 = 0.15 * 0.8;
 
+#[derive(Clone)]
 pub struct ModelInputs {
     pub ids: Tensor,
     pub positions: Tensor,

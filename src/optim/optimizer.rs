@@ -4,16 +4,28 @@
 //! embeddings take no weight decay (the store records which parameters decay).
 //!
 //! State is kept only for trainable parameters (frozen ones, e.g. a LoRA base, have none)
-//! and is saved by parameter name, so a checkpoint restores it exactly.
+//! and is saved by parameter name, so a checkpoint restores it exactly. On the GPU the
+//! state lives on the device: fp32 moments updated by `kernels/adamw.cu`, or for 8-bit
+//! AdamW block-wise 8-bit moments updated by `kernels/adam8bit.cu` (tensors under 4,096
+//! elements keep fp32 moments there too, as on the CPU). Checkpoints use the same names
+//! and layouts on both devices, so a run can resume on the other one.
+//!
+//! CPU vs CUDA 8-bit: the kernel mirrors the CPU reference operation by operation (every
+//! fp32 operation explicitly rounded, no fused multiply-adds, exact block maxima, the same
+//! binary search and tie rule), so parameters, absmax values and codes are expected to be
+//! bit-identical; the documented tolerance is "identical up to requantisation rounding
+//! ties" (a code may differ by one where `m/absmax` lies exactly on the midpoint of two
+//! map entries), which `tests/optim_8bit_cuda.rs` checks.
 
 use std::collections::HashMap;
 
 use anyhow::{bail, Context, Result};
 use serde::{Deserialize, Serialize};
 
-use super::adam8bit::{self, Adam8bitState};
+use super::adam8bit::{self, Adam8bitState, MIN_8BIT_SIZE};
 use super::adamw_step::{adamw_step_f32, AdamConsts, AdamHyper};
 use crate::autograd::Grads;
+use crate::backend::cuda::optim::DeviceQuantizedMoments;
 use crate::backend::cuda::{self, launch::device_of, CudaDevice};
 use crate::model::checkpoint::{view_to_f32, MappedSafetensors, NamedTensor};
 use crate::model::params::{ParamId, Params};
@@ -68,6 +80,7 @@ enum State {
     Cpu32 { m: Vec<f32>, v: Vec<f32> },
     Cpu8(Adam8bitState),
     Cuda32 { m: Tensor, v: Tensor },
+    Cuda8(DeviceQuantizedMoments),
 }
 
 /// What one step did.
@@ -84,11 +97,13 @@ pub struct Optimizer {
     /// Optimizer steps taken (skipped ones excluded): the `t` of Adam's bias correction.
     pub step: u64,
     states: HashMap<String, State>,
+    /// The 8-bit quantisation maps on the GPU (made on the first 8-bit CUDA step).
+    device_maps: Option<Tensor>,
 }
 
 impl Optimizer {
     pub fn new(cfg: OptimConfig) -> Self {
-        Optimizer { cfg, step: 0, states: HashMap::new() }
+        Optimizer { cfg, step: 0, states: HashMap::new(), device_maps: None }
     }
 
     fn hyper(&self, lr: f64, decays: bool, grad_scale: f64) -> AdamHyper {
@@ -159,7 +174,9 @@ impl Optimizer {
             match state {
                 State::Cpu32 { m, v } => adamw_step_f32(p, gs, m, v, &hp)?,
                 State::Cpu8(s) => adam8bit::step(p, gs, s, &hp)?,
-                State::Cuda32 { .. } => bail!("optimizer state is on the GPU but the parameter is on the CPU"),
+                State::Cuda32 { .. } | State::Cuda8(_) => {
+                    bail!("optimizer state is on the GPU but the parameter is on the CPU")
+                }
             }
         }
         self.step += 1;
@@ -177,9 +194,6 @@ impl Optimizer {
         lr: f64,
         inv_scale: f64,
     ) -> Result<StepStats> {
-        if self.cfg.kind == OptimizerKind::AdamW8bit {
-            bail!("adamw8bit on CUDA needs the 8-bit update kernel, which this build does not have yet; use --optimizer adamw");
-        }
         let zeros = |shape: &[usize], dt| Tensor::zeros(shape, dt, &Device::Cuda(dev.clone()));
         let (sumsq, nonfinite) = (zeros(&[1], DType::F32)?, zeros(&[1], DType::I32)?);
         for (_, g) in items {
@@ -188,21 +202,28 @@ impl Optimizer {
         let (coef, skip, norm) = (zeros(&[1], DType::F32)?, zeros(&[1], DType::I32)?, zeros(&[1], DType::F32)?);
         let max = self.cfg.max_grad_norm.unwrap_or(0.0) as f32;
         cuda::optim::clip_and_scale(dev, &coef, &sumsq, &nonfinite, &skip, max, inv_scale as f32, &norm)?;
+        if self.cfg.kind == OptimizerKind::AdamW8bit && self.device_maps.is_none() {
+            self.device_maps = Some(cuda::optim::upload_maps(dev)?);
+        }
         for &(id, g) in items {
             let name = params.name(id).to_string();
             let p = params.get(id);
-            let hp = self.hyper(lr, params.decays(id), 1.0);
+            let c = AdamConsts::new(&self.hyper(lr, params.decays(id), 1.0))?;
             let state = match self.states.entry(name) {
                 std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
-                std::collections::hash_map::Entry::Vacant(e) => {
-                    e.insert(State::Cuda32 { m: p.zeros_like()?, v: p.zeros_like()? })
-                }
-            };
-            let State::Cuda32 { m, v } = state else {
-                bail!("optimizer state is on the CPU but the parameter is on the GPU");
+                std::collections::hash_map::Entry::Vacant(e) => e.insert(new_cuda_state(dev, self.cfg.kind, p)?),
             };
             let half = device_of(p)?.cached_compute_copy(p);
-            cuda::optim::adamw_step(dev, p, g, m, v, half.as_ref(), &AdamConsts::new(&hp)?, &coef, &skip)?;
+            match state {
+                State::Cuda32 { m, v } => cuda::optim::adamw_step(dev, p, g, m, v, half.as_ref(), &c, &coef, &skip)?,
+                State::Cuda8(q) => {
+                    let maps = self.device_maps.as_ref().context("8-bit maps not on the device")?;
+                    cuda::optim::adam8bit_step(dev, p, g, q, maps, half.as_ref(), &c, &coef, &skip)?
+                }
+                State::Cpu32 { .. } | State::Cpu8(_) => {
+                    bail!("optimizer state is on the CPU but the parameter is on the GPU")
+                }
+            }
         }
         let skipped = skip.to_vec_i32()?[0] != 0;
         let grad_norm = norm.to_vec_f32()?[0] as f64;
@@ -220,6 +241,7 @@ impl Optimizer {
                 State::Cpu32 { m, .. } => m.len() * 8,
                 State::Cpu8(s) => s.bytes(),
                 State::Cuda32 { m, .. } => m.numel() * 8,
+                State::Cuda8(q) => q.bytes(),
             })
             .sum()
     }
@@ -238,17 +260,24 @@ impl Optimizer {
         let mut names: Vec<&String> = self.states.keys().collect();
         names.sort();
         let mut out = Vec::new();
+        let eight_bit = self.cfg.kind == OptimizerKind::AdamW8bit;
         for name in names {
             match &self.states[name] {
                 State::Cpu32 { m, v } => {
                     out.push(NamedTensor::f32_1d(format!("{name}.exp_avg"), m));
                     out.push(NamedTensor::f32_1d(format!("{name}.exp_avg_sq"), v));
                 }
+                // A small tensor of an 8-bit run: fp32 moments under the 8-bit names.
+                State::Cuda32 { m, v } if eight_bit => {
+                    let st = Adam8bitState::Fp32 { m: m.to_vec_f32()?, v: v.to_vec_f32()? };
+                    out.extend(st.to_tensors(name));
+                }
                 State::Cuda32 { m, v } => {
                     out.push(NamedTensor::f32_1d(format!("{name}.exp_avg"), &m.to_vec_f32()?));
                     out.push(NamedTensor::f32_1d(format!("{name}.exp_avg_sq"), &v.to_vec_f32()?));
                 }
                 State::Cpu8(s) => out.extend(s.to_tensors(name)),
+                State::Cuda8(q) => out.extend(Adam8bitState::Blockwise8bit(q.download()?).to_tensors(name)),
             }
         }
         Ok(out)
@@ -269,8 +298,8 @@ impl Optimizer {
                     if !names.contains(&key) {
                         continue;
                     }
-                    let m = file.with_view(&key, |v| view_to_f32(v))?;
-                    let v = file.with_view(&format!("{name}.exp_avg_sq"), |v| view_to_f32(v))?;
+                    let m = file.with_view(&key, view_to_f32)?;
+                    let v = file.with_view(&format!("{name}.exp_avg_sq"), view_to_f32)?;
                     if m.len() != n || v.len() != n {
                         bail!(
                             "{}: optimizer state of `{name}` has {} elements, the parameter {n}",
@@ -290,12 +319,32 @@ impl Optimizer {
                     if !names.iter().any(|k| k == &format!("{name}.state1")) {
                         continue;
                     }
-                    let st = file.tensors()?;
-                    State::Cpu8(Adam8bitState::from_safetensors(name, n, &st)?)
+                    let st = Adam8bitState::from_safetensors(name, n, &file.tensors()?)?;
+                    match (p.device(), st) {
+                        (Device::Cpu, st) => State::Cpu8(st),
+                        (d @ Device::Cuda(_), Adam8bitState::Fp32 { m, v }) => State::Cuda32 {
+                            m: Tensor::from_f32(m, p.shape(), DType::F32, &d)?,
+                            v: Tensor::from_f32(v, p.shape(), DType::F32, &d)?,
+                        },
+                        (Device::Cuda(dev), Adam8bitState::Blockwise8bit(q)) => {
+                            State::Cuda8(DeviceQuantizedMoments::upload(&dev, &q)?)
+                        }
+                    }
                 }
             };
             self.states.insert(name.to_string(), state);
         }
         Ok(())
     }
+}
+
+/// Zero state for a parameter on the GPU: fp32 moments, or 8-bit ones for an 8-bit run
+/// and a tensor of at least [`MIN_8BIT_SIZE`] elements (the CPU's rule).
+fn new_cuda_state(dev: &CudaDevice, kind: OptimizerKind, p: &Tensor) -> Result<State> {
+    Ok(match kind {
+        OptimizerKind::AdamW8bit if p.numel() >= MIN_8BIT_SIZE => {
+            State::Cuda8(DeviceQuantizedMoments::zeros(dev, p.numel())?)
+        }
+        _ => State::Cuda32 { m: p.zeros_like()?, v: p.zeros_like()? },
+    })
 }

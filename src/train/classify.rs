@@ -19,6 +19,7 @@ use super::data::{self, ClassificationData, DataSource};
 use super::device::{self, DeviceChoice, Precision};
 use super::eval::{evaluate, EvalResult};
 use super::log::{progress_bar, MetricsLog};
+use super::memory::{fmt_bytes, param_specs_of, peak_rss_bytes, BatchShape, MemoryPlan, PlanOptions};
 use super::state::{latest_checkpoint, load_state, save_checkpoint, TrainState};
 use crate::autograd::{Grads, Tape};
 use crate::backend::cuda::{self, nvtx};
@@ -26,6 +27,7 @@ use crate::data::batching::{pack, training_plan, BatchConfig};
 use crate::data::class_weights::ClassWeighting;
 use crate::data::rng::splitmix64;
 use crate::data::stratify::StratifySpec;
+use crate::model::esm2::Recompute;
 use crate::model::{EsmConfig, HeadKind, ModelInputs, SequenceClassifier};
 use crate::optim::{LinearSchedule, LossScaler, OptimConfig, Optimizer};
 use crate::tensor::{DType, Device, Tensor};
@@ -84,6 +86,8 @@ pub struct TrainConfig {
     pub lr: f64,
     pub warmup: Warmup,
     pub optim: OptimConfig,
+    /// Activation recomputation per transformer layer (`--recompute none|layer`).
+    pub recompute: Recompute,
     pub class_weights: ClassWeighting,
     pub stratify: StratifySpec,
     pub seed: u64,
@@ -120,6 +124,7 @@ impl TrainConfig {
             lr: 2e-3,
             warmup: Warmup::Fraction(0.06),
             optim: OptimConfig { weight_decay: 0.01, ..OptimConfig::default() },
+            recompute: Recompute::None,
             class_weights: ClassWeighting::None,
             stratify: StratifySpec::all(),
             seed: 42,
@@ -278,6 +283,7 @@ pub fn train(cfg: &TrainConfig) -> Result<TrainSummary> {
         say(n.clone());
     }
     model.params.to_device(&device)?;
+    model.esm.recompute = cfg.recompute;
     let (total_params, trainable) = model.params.counts();
 
     // Batching and schedule.
@@ -317,10 +323,15 @@ pub fn train(cfg: &TrainConfig) -> Result<TrainSummary> {
     let class_tier = data.selection.label_map.tier_of_class.clone();
     let family_size = data.selection.class_counts();
 
-    let param_bytes = total_params * 4;
+    let plan = memory_plan(cfg, cfg.recompute, &model, &device, dtype, classes.len())?;
+    let other = match cfg.recompute {
+        Recompute::None => Recompute::Layer,
+        Recompute::Layer => Recompute::None,
+    };
+    let other_plan = memory_plan(cfg, other, &model, &device, dtype, classes.len())?;
     say(format!(
-        "model: {} layers, hidden {}, {} heads — {:.2} M parameters ({:.2} M trainable), {} classes; device {} ({}); \
-         memory plan: weights {:.1} MiB, gradients {:.1} MiB, optimizer {:.1} MiB",
+        "model: {} layers, hidden {}, {} heads — {:.2} M parameters ({:.2} M trainable), {} classes; device {} ({}), \
+         recompute {}",
         model.config().num_hidden_layers,
         model.config().hidden_size,
         model.config().num_attention_heads,
@@ -329,9 +340,13 @@ pub fn train(cfg: &TrainConfig) -> Result<TrainSummary> {
         classes.len(),
         device.name(),
         dtype,
-        param_bytes as f64 / 1048576.0,
-        (trainable * 4) as f64 / 1048576.0,
-        optimizer.bytes_for(trainable) as f64 / 1048576.0,
+        cfg.recompute,
+    ));
+    say(format!(
+        "{} (worst case: sequences of {} tokens); activations with --recompute {other}: {}",
+        plan.summary(),
+        cfg.max_len.min(cfg.max_tokens),
+        fmt_bytes(other_plan.activations)
     ));
     if let Device::Cuda(d) = &device {
         let attn_len = cuda::memory::token_weighted_length(lens.iter().map(|&l| l as usize), cfg.max_len);
@@ -356,7 +371,12 @@ pub fn train(cfg: &TrainConfig) -> Result<TrainSummary> {
             "parameters": total_params, "trainable": trainable, "device": device.name(), "dtype": dtype.name(),
             "epochs": cfg.epochs, "total_steps": total_steps, "warmup": warmup, "lr": cfg.lr,
             "max_tokens": cfg.max_tokens, "grad_accum": cfg.grad_accum, "seed": cfg.seed,
-            "resumed_step": st.step,
+            "resumed_step": st.step, "recompute": cfg.recompute.to_string(),
+            "memory_plan": {
+                "weights": plan.weights, "master": plan.master, "gradients": plan.gradients,
+                "optimizer": plan.optimizer, "activations": plan.activations, "runtime": plan.runtime,
+                "total": plan.total(),
+            },
         }),
     )?;
 
@@ -509,6 +529,10 @@ pub fn train(cfg: &TrainConfig) -> Result<TrainSummary> {
         log.event("checkpoint", json!({ "step": st.step, "epoch": st.epoch, "path": dir }))?;
     }
 
+    let peak = measured_peak(&device);
+    if let Some((bytes, what)) = &peak {
+        say(format!("peak memory measured: {} ({what}); planned {}", fmt_bytes(*bytes), fmt_bytes(plan.total())));
+    }
     let model_dir = save_final(&model, &data, &cfg.output)?;
     let train_secs = t_train.elapsed().as_secs_f64().max(1e-9);
     let summary = TrainSummary {
@@ -530,6 +554,7 @@ pub fn train(cfg: &TrainConfig) -> Result<TrainSummary> {
             "seconds": summary.seconds, "train_sequences_per_s": summary.train_sequences_per_s,
             "train_tokens_per_s": summary.train_tokens_per_s, "model_dir": model_dir,
             "chance_accuracy": 1.0 / classes.len() as f64,
+            "peak_memory_bytes": peak.as_ref().map(|p| p.0), "planned_memory_bytes": plan.total(),
         }),
     )?;
     say(format!(
@@ -541,6 +566,33 @@ pub fn train(cfg: &TrainConfig) -> Result<TrainSummary> {
         model_dir.display()
     ));
     Ok(summary)
+}
+
+/// The memory plan of this run's worst-case micro-batch (sequences of `max_len` tokens
+/// filling `max_tokens`).
+fn memory_plan(
+    cfg: &TrainConfig,
+    recompute: Recompute,
+    model: &SequenceClassifier,
+    device: &Device,
+    dtype: DType,
+    n_classes: usize,
+) -> Result<MemoryPlan> {
+    let opts =
+        PlanOptions { cuda: !device.is_cpu(), compute: dtype, optimizer: cfg.optim.kind, recompute, contacts: false };
+    let batch = BatchShape::full(cfg.max_tokens, cfg.max_len.min(cfg.max_tokens));
+    MemoryPlan::new(model.config(), &param_specs_of(&model.params), None, n_classes, &opts, &batch)
+}
+
+/// Peak memory of the run so far and what was measured: the CUDA pool's high-water mark,
+/// or the process's peak resident set on the CPU.
+fn measured_peak(device: &Device) -> Option<(u64, &'static str)> {
+    match device {
+        Device::Cpu => peak_rss_bytes().map(|b| (b, "process peak resident set")),
+        Device::Cuda(d) => crate::backend::cuda::device::pool_peak_bytes(d)
+            .ok()
+            .map(|b| (b, "CUDA memory pool high-water mark; the context and cuBLAS workspace are outside it")),
+    }
 }
 
 /// Read the device a trained model should run on for evaluation/prediction.

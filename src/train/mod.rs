@@ -7,6 +7,7 @@ pub mod data;
 pub mod device;
 pub mod eval;
 pub mod log;
+pub mod memory;
 pub mod state;
 pub mod trained;
 
