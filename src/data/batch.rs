@@ -69,7 +69,7 @@ impl PackedBatch {
         if n == 0 {
             bail!("empty batch: no sequences");
         }
-        if self.cu_seqlens[0] != 0 || *self.cu_seqlens.last().unwrap() as usize != self.tokens.len() {
+        if self.cu_seqlens[0] != 0 || self.cu_seqlens.last().map(|&c| c as usize) != Some(self.tokens.len()) {
             bail!("cu_seqlens must start at 0 and end at the token count {}", self.tokens.len());
         }
         if self.cu_seqlens.windows(2).any(|w| w[1] <= w[0]) {

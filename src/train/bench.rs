@@ -115,6 +115,14 @@ fn train_step(
     Ok(())
 }
 
+/// What a benchmark ran on, for its report.
+fn device_label(device: &Device) -> String {
+    match device {
+        Device::Cpu => format!("cpu ({} threads)", rayon::current_num_threads()),
+        Device::Cuda(d) => d.name().to_string(),
+    }
+}
+
 pub fn bench_training(cfg: &BenchConfig) -> Result<BenchResult> {
     let (device, dtype, _) = device::open(&cfg.device, cfg.precision)?;
     let set = sequences(cfg)?;
@@ -155,10 +163,7 @@ pub fn bench_training(cfg: &BenchConfig) -> Result<BenchResult> {
     };
     Ok(BenchResult {
         engine: "qf-engine",
-        device: match &device {
-            Device::Cpu => format!("cpu ({} threads)", rayon::current_num_threads()),
-            Device::Cuda(d) => d.name().to_string(),
-        },
+        device: device_label(&device),
         dtype: dtype.name().into(),
         preset: cfg.preset.clone(),
         parameters: params,
@@ -390,10 +395,7 @@ pub fn bench_memory(cfg: &MemoryBenchConfig) -> Result<MemoryBenchResult> {
     };
     Ok(MemoryBenchResult {
         engine: "qf-engine",
-        device: match &device {
-            Device::Cpu => format!("cpu ({} threads)", rayon::current_num_threads()),
-            Device::Cuda(d) => d.name().to_string(),
-        },
+        device: device_label(&device),
         dtype: dtype.name().into(),
         preset: cfg.preset.clone(),
         parameters,

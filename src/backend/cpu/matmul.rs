@@ -90,32 +90,45 @@ pub fn gemm<T: Real>(
         Threads::All if m * n * k >= PARALLEL_MIN_FLOPS => Parallelism::Rayon(0),
         _ => Parallelism::None,
     };
-    let read_dst = beta != T::zero();
-    // Safety: the views were bounds-checked above; `gemm` computes
-    // dst := alpha_gemm·dst + beta_gemm·lhs·rhs, so our (α, β) map to (β, α).
-    unsafe {
-        gemm::gemm(
-            m,
-            n,
-            k,
-            c.as_mut_ptr().add(c_offset),
-            1,
-            c_row_stride as isize,
-            read_dst,
-            a.data.as_ptr(),
-            a.col_stride as isize,
-            a.row_stride as isize,
-            b.data.as_ptr(),
-            b.col_stride as isize,
-            b.row_stride as isize,
-            beta,
-            alpha,
-            false,
-            false,
-            false,
-            parallelism,
-        );
-    }
+    // Safety: the views and the output block were bounds-checked above.
+    unsafe { raw_gemm(c.as_mut_ptr().add(c_offset), c_row_stride, a, b, alpha, beta, parallelism) }
+}
+
+/// The `gemm` crate call: it computes `dst := α_g·dst + β_g·lhs·rhs`, so our `(α, β)`
+/// map to `(β, α)`; `dst` is read only when `β ≠ 0`.
+///
+/// # Safety
+/// `c` must point to a writable `a.rows × b.cols` block with rows `c_row_stride` apart.
+unsafe fn raw_gemm<T: Real>(
+    c: *mut T,
+    c_row_stride: usize,
+    a: MatRef<'_, T>,
+    b: MatRef<'_, T>,
+    alpha: T,
+    beta: T,
+    parallelism: Parallelism,
+) {
+    gemm::gemm(
+        a.rows,
+        b.cols,
+        a.cols,
+        c,
+        1,
+        c_row_stride as isize,
+        beta != T::zero(),
+        a.data.as_ptr(),
+        a.col_stride as isize,
+        a.row_stride as isize,
+        b.data.as_ptr(),
+        b.col_stride as isize,
+        b.row_stride as isize,
+        beta,
+        alpha,
+        false,
+        false,
+        false,
+        parallelism,
+    );
 }
 
 /// Like [`gemm`] but into a raw pointer, single-threaded: for parallel loops whose tasks
@@ -141,27 +154,7 @@ pub unsafe fn gemm_into_ptr<T: Real>(
     }
     a.check();
     b.check();
-    gemm::gemm(
-        m,
-        n,
-        k,
-        c,
-        1,
-        c_row_stride as isize,
-        beta != T::zero(),
-        a.data.as_ptr(),
-        a.col_stride as isize,
-        a.row_stride as isize,
-        b.data.as_ptr(),
-        b.col_stride as isize,
-        b.row_stride as isize,
-        beta,
-        alpha,
-        false,
-        false,
-        false,
-        Parallelism::None,
-    );
+    raw_gemm(c, c_row_stride, a, b, alpha, beta, Parallelism::None);
 }
 
 /// `C (m×n, contiguous) = A·B` or `C += A·B` when `accumulate`.
