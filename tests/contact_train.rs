@@ -243,8 +243,16 @@ fn windows_of_a_long_protein_are_merged_by_averaging() {
     let win_cfg = BatchConfig::new(4096, 42, 0).unwrap(); // 40-residue windows: (0,40) (20,40) (36,40)
     let bar = indicatif::ProgressBar::hidden();
     let mut maps = Vec::new();
-    predict_maps(&m, &corpus, &[1], &win_cfg, &Device::Cpu, &bar, |p| Ok(maps.push(p))).unwrap();
-    predict_maps(&m, &corpus, &[1], &full_cfg, &Device::Cpu, &bar, |p| Ok(maps.push(p))).unwrap();
+    predict_maps(&m, &corpus, &[1], &win_cfg, &Device::Cpu, &bar, |p| {
+        maps.push(p);
+        Ok(())
+    })
+    .unwrap();
+    predict_maps(&m, &corpus, &[1], &full_cfg, &Device::Cpu, &bar, |p| {
+        maps.push(p);
+        Ok(())
+    })
+    .unwrap();
     let (win, whole) = (&maps[0], &maps[1]);
     assert_eq!((whole.windows, whole.uncovered_pairs), (1, 0));
     assert_eq!(win.windows, 3);
@@ -345,7 +353,7 @@ fn weights(dir: &Path) -> Vec<(String, Vec<f32>)> {
     let f = MappedSafetensors::open(&dir.join("model.safetensors")).unwrap();
     let mut names = f.names().unwrap();
     names.sort();
-    names.into_iter().map(|n| (n.clone(), f.with_view(&n, |v| view_to_f32(v)).unwrap())).collect()
+    names.into_iter().map(|n| (n.clone(), f.with_view(&n, view_to_f32).unwrap())).collect()
 }
 
 #[test]

@@ -371,7 +371,7 @@ fn parse_count(s: &str) -> Result<u64> {
         _ => (t, 1.0),
     };
     let v: f64 = num.parse().map_err(|_| anyhow::anyhow!("`{s}` is not a count (e.g. 2000000, 2M, 500k)"))?;
-    if !(v > 0.0) {
+    if v.is_nan() || v <= 0.0 {
         bail!("`{s}` must be positive");
     }
     Ok((v * mult).round() as u64)

@@ -17,7 +17,9 @@ use serde_json::{json, Value};
 
 use super::data::{self, ClassificationData, DataSource};
 use super::device::{self, DeviceChoice, Precision};
-use super::driver::{init_optimizer, resume_dir, write_dir_atomically, LoopConfig, MicroBatch, Task};
+use super::driver::{
+    init_optimizer, resume_dir, write_adapter_dirs, write_dir_atomically, LoopConfig, MicroBatch, Task,
+};
 pub use super::driver::{ModelSource, Warmup};
 use super::eval::{evaluate, EvalResult};
 use super::log::{progress_bar, MetricsLog};
@@ -186,19 +188,18 @@ fn build_model(cfg: &TrainConfig, labels: Vec<String>) -> Result<(SequenceClassi
 
 /// Write the final model (HF layout, adapters merged, + label map) into `output/model`,
 /// atomically; with LoRA, the adapters alone (PEFT layout, with the head) into
-/// `output/adapter`.
+/// `output/adapter`, and the base they apply to into `output/base` when it was random.
 fn save_final(model: &SequenceClassifier, data: &ClassificationData, cfg: &TrainConfig) -> Result<PathBuf> {
     let dir = cfg.output.join("model");
     write_dir_atomically(&dir, |d| write_model_dir(model, data, d, SaveMode::Merged))?;
     if model.lora().is_some() {
         let head: Vec<_> = model.params.ids().filter(|&id| model.params.name(id).starts_with("classifier")).collect();
-        let base = match &cfg.model {
-            ModelSource::Preset(p) => p.clone(),
-            ModelSource::Pretrained(d) => d.display().to_string(),
-        };
-        write_dir_atomically(&cfg.output.join("adapter"), |d| {
-            crate::model::lora::save_adapters(d, &model.esm, &model.params, &head, &base)
-        })?;
+        write_adapter_dirs(
+            &cfg.output,
+            &cfg.model,
+            |d| write_model_dir(model, data, d, SaveMode::BaseOnly),
+            |d, base| crate::model::lora::save_adapters(d, &model.esm, &model.params, &head, base),
+        )?;
     }
     Ok(dir)
 }

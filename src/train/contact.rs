@@ -37,7 +37,8 @@ use serde_json::{json, Value};
 use super::contact_eval::{evaluate_contacts, ContactEval};
 use super::device::{self, DeviceChoice, Precision};
 use super::driver::{
-    init_optimizer, resume_dir, run, write_dir_atomically, LoopConfig, MicroBatch, ModelSource, Task, Warmup,
+    init_optimizer, resume_dir, run, write_adapter_dirs, write_dir_atomically, LoopConfig, MicroBatch, ModelSource,
+    Task, Warmup,
 };
 use super::log::{progress_bar, MetricsLog};
 use crate::autograd::{Grads, Tape};
@@ -507,15 +508,12 @@ fn save_final(model: &ContactModel, cfg: &ContactTrainConfig, trainable: Trainab
     let dir = cfg.output.join("model");
     write_dir_atomically(&dir, |d| model.save(d, SaveMode::Merged))?;
     if model.lora().is_some() {
-        let base = match &cfg.model {
-            ModelSource::Preset(_) => {
-                let base_dir = cfg.output.join("base");
-                write_dir_atomically(&base_dir, |d| model.save(d, SaveMode::BaseOnly))?;
-                base_dir.display().to_string()
-            }
-            ModelSource::Pretrained(d) => d.display().to_string(),
-        };
-        write_dir_atomically(&cfg.output.join("adapter"), |d| model.save_adapters(d, trainable.head, &base))?;
+        write_adapter_dirs(
+            &cfg.output,
+            &cfg.model,
+            |d| model.save(d, SaveMode::BaseOnly),
+            |d, base| model.save_adapters(d, trainable.head, base),
+        )?;
     }
     Ok(dir)
 }

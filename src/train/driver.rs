@@ -348,3 +348,23 @@ pub fn write_dir_atomically(dir: &Path, write: impl FnOnce(&Path) -> Result<()>)
     std::fs::rename(&tmp, dir).with_context(|| format!("moving {} into place", dir.display()))?;
     Ok(())
 }
+
+/// The LoRA outputs of a run: `output/adapter` (PEFT layout) and, when the base was a
+/// random-initialised preset that exists nowhere else, `output/base` (the frozen base the
+/// adapter applies to). `write_adapter` receives the base's name or path.
+pub fn write_adapter_dirs(
+    output: &Path,
+    source: &ModelSource,
+    write_base: impl FnOnce(&Path) -> Result<()>,
+    write_adapter: impl FnOnce(&Path, &str) -> Result<()>,
+) -> Result<()> {
+    let base = match source {
+        ModelSource::Preset(_) => {
+            let dir = output.join("base");
+            write_dir_atomically(&dir, write_base)?;
+            dir.display().to_string()
+        }
+        ModelSource::Pretrained(d) => d.display().to_string(),
+    };
+    write_dir_atomically(&output.join("adapter"), |d| write_adapter(d, &base))
+}
