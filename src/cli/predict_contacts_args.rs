@@ -10,7 +10,7 @@ use clap::Args;
 use serde_json::json;
 
 use qf_engine::data::batching::BatchConfig;
-use qf_engine::data::contact_batching::{read_fasta_sequences, ContactCorpus};
+use qf_engine::data::contact_batching::{read_fasta_sequences, read_structure_items, ContactCorpus};
 use qf_engine::data::contact_io::{write_csv, write_npy, write_png};
 use qf_engine::data::contacts::{contact_labels, ContactItem, CONTACT_CUTOFF};
 use qf_engine::metrics::contact::{ContactMetrics, DEFAULT_THRESHOLD};
@@ -114,9 +114,7 @@ fn gather_inputs(args: &PredictContactsArgs) -> Result<(Vec<ContactItem>, Vec<bo
         }
     }
     if !args.structure.is_empty() {
-        let ContactCorpus::Items(s) = ContactCorpus::from_structures(&args.structure)? else {
-            unreachable!("structures are read as items")
-        };
+        let s = read_structure_items(&args.structure)?;
         truth.extend(s.iter().map(|_| true));
         items.extend(s);
     }

@@ -8,10 +8,11 @@
 //! every residue keeps the position it has in the whole chain (residue `i` sits at `i + 1`
 //! behind `<cls>` at 0), `<cls>` takes the position just before the first residue of the
 //! crop and `<eos>` the one just after its last. The contact head removes the first and
-//! last token of each item, so it sees exactly the crop's residues. Because rotary
-//! attention depends only on differences of positions, this offset leaves the model's
-//! outputs unchanged up to rounding; it matters where windows of one protein are combined
-//! and is what keeps positions honest (see `tests/contact_train.rs`).
+//! last token of each item, so it sees exactly the crop's residues, and a crop is exactly
+//! the full-length forward with attention restricted to the crop window. Because rotary
+//! attention depends only on differences of positions, the offset itself leaves the
+//! model's outputs unchanged up to rounding (both tested in `tests/contact_train.rs`): a
+//! crop differs from the whole chain only by what it cannot attend to.
 //!
 //! **Targets.** For an item of `L'` residues the logits are an `L' × L'` block; the target
 //! of pair `(i, j)` is 1 when the C-beta distance of the residues is below 8 Å, and the
@@ -42,25 +43,8 @@ impl ContactCorpus {
     }
 
     /// Chains of PDB/mmCIF files given as `file.pdb` (every protein chain) or `file.pdb:A`.
-    /// C-betas are virtual (from N, CA, C) as in the contact set.
     pub fn from_structures(specs: &[String]) -> Result<Self> {
-        let mut items = Vec::new();
-        for spec in specs {
-            let s = read_structure_spec(spec)?;
-            let stem = Path::new(&s.source).file_name().and_then(|n| n.to_str()).unwrap_or("structure");
-            let stem = stem.split('.').next().unwrap_or(stem);
-            for chain in &s.chains {
-                if chain.is_empty() {
-                    continue;
-                }
-                let name = if chain.id.is_empty() { stem.to_string() } else { format!("{stem}_{}", chain.id) };
-                items.push(ContactItem::from_chain(chain, &name, CbMode::Virtual));
-            }
-        }
-        if items.is_empty() {
-            bail!("no protein chains in {}", specs.join(", "));
-        }
-        Ok(ContactCorpus::Items(items))
+        Ok(ContactCorpus::Items(read_structure_items(specs)?))
     }
 
     pub fn len(&self) -> usize {
@@ -110,6 +94,37 @@ impl ContactCorpus {
     pub fn residues(&self) -> usize {
         (0..self.len()).map(|i| self.length(i)).sum()
     }
+}
+
+/// The chains of PDB/mmCIF files given as `file.pdb` (every protein chain) or `file.pdb:A`,
+/// named `<file stem>_<chain>`. C-betas are virtual (from N, CA, C) as in the contact set.
+pub fn read_structure_items(specs: &[String]) -> Result<Vec<ContactItem>> {
+    let mut items = Vec::new();
+    for spec in specs {
+        let s = read_structure_spec(spec)?;
+        if !s.skipped.is_empty() {
+            let shown: Vec<String> = s.skipped.iter().take(3).map(|r| r.to_string()).collect();
+            eprintln!(
+                "note: {spec}: {} residue(s) without a CA atom skipped ({}{})",
+                s.skipped.len(),
+                shown.join("; "),
+                if s.skipped.len() > 3 { "; …" } else { "" }
+            );
+        }
+        let stem = Path::new(&s.source).file_name().and_then(|n| n.to_str()).unwrap_or("structure");
+        let stem = stem.split('.').next().unwrap_or(stem);
+        for chain in &s.chains {
+            if chain.is_empty() {
+                continue;
+            }
+            let name = if chain.id.is_empty() { stem.to_string() } else { format!("{stem}_{}", chain.id) };
+            items.push(ContactItem::from_chain(chain, &name, CbMode::Virtual));
+        }
+    }
+    if items.is_empty() {
+        bail!("no protein chains in {}", specs.join(", "));
+    }
+    Ok(items)
 }
 
 /// Token ids `<cls> residues <eos>` of residues `start..start+len` of `seq` (letters
