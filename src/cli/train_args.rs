@@ -134,7 +134,8 @@ pub struct TrainArgs {
     pub max_tokens: Option<usize>,
 
     /// Window in tokens (incl. <cls>/<eos>); longer proteins are randomly cropped in
-    /// training and evaluated in overlapping windows whose logits are averaged.
+    /// training and evaluated in overlapping windows whose logits (contact maps: pair
+    /// probabilities) are averaged.
     #[arg(long, default_value_t = 1024)]
     pub max_len: usize,
 
