@@ -407,3 +407,19 @@ pub fn run(args: TrainArgs) -> Result<()> {
         other => bail!("unknown task `{other}`: use classify or contact"),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::parse_count;
+
+    #[test]
+    fn counts_take_k_m_g_suffixes_and_refuse_nonsense() {
+        assert_eq!(parse_count("2000000").unwrap(), 2_000_000);
+        assert_eq!(parse_count("2M").unwrap(), 2_000_000);
+        assert_eq!(parse_count("1.5m").unwrap(), 1_500_000);
+        assert_eq!(parse_count("500k").unwrap(), 500_000);
+        for bad in ["", "M", "-3M", "0", "two", "nan"] {
+            assert!(parse_count(bad).is_err(), "`{bad}` accepted");
+        }
+    }
+}

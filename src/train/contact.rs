@@ -545,3 +545,34 @@ pub fn load_contact_model(dir: &Path, adapter: Option<&Path>, device: &Device) -
     model.params.to_device(device)?;
     Ok(model)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::data::batching::PlanItem;
+
+    fn batch(tokens: &[usize]) -> PlannedBatch {
+        PlannedBatch {
+            items: tokens.iter().map(|&t| PlanItem { row: 0, residue_start: 0, residue_len: t - 2 }).collect(),
+        }
+    }
+
+    #[test]
+    fn a_token_budget_becomes_steps_at_the_first_epochs_tokens_per_batch() {
+        // 4 batches of 100 tokens per epoch: 1,000 tokens take 10 micro-batches.
+        let plan: Vec<PlannedBatch> = (0..4).map(|_| batch(&[50, 50])).collect();
+        assert_eq!(steps_for_budget(1000, &plan, 1), (10, 4));
+        assert_eq!(steps_for_budget(1000, &plan, 4), (3, 4));
+        assert_eq!(steps_for_budget(1, &plan, 1), (1, 2));
+    }
+
+    #[test]
+    fn eval_samples_are_seeded_sorted_subsets() {
+        let a = sample_rows(100, Some(10), 7);
+        assert_eq!(a, sample_rows(100, Some(10), 7));
+        assert_eq!(a.len(), 10);
+        assert!(a.windows(2).all(|w| w[0] < w[1]));
+        assert_eq!(sample_rows(5, Some(10), 7), vec![0, 1, 2, 3, 4]);
+        assert_eq!(sample_rows(5, None, 7).len(), 5);
+    }
+}
