@@ -7,7 +7,10 @@ use anyhow::{bail, Result};
 use clap::Args;
 
 use qf_engine::data::batching::BatchConfig;
+use qf_engine::data::contact_batching::ContactCorpus;
 use qf_engine::data::stratify::map_split;
+use qf_engine::train::contact::load_contact_model;
+use qf_engine::train::contact_eval::evaluate_contacts;
 use qf_engine::train::eval::evaluate;
 use qf_engine::train::log::progress_bar;
 use qf_engine::train::trained::load_trained;
@@ -16,6 +19,26 @@ use super::common::{open_device, read_eval_set, DeviceArgs};
 
 #[derive(Args, Debug)]
 pub struct EvalArgs {
+    /// Task: `classify` (family accuracy) or `contact` (contact MCC and precision@L).
+    #[arg(long, default_value = "classify")]
+    pub task: String,
+
+    /// Contact task: the prepared contact set directory (evaluates --split, default `valid`).
+    #[arg(long, value_name = "DIR")]
+    pub contacts: Option<PathBuf>,
+
+    /// Contact task: structures to evaluate instead (`file.pdb`, `file.cif:A`).
+    #[arg(long, value_name = "FILE[:CHAIN]", num_args = 1..)]
+    pub structures: Vec<String>,
+
+    /// Contact task: PEFT adapter directory to apply on top of --model.
+    #[arg(long, value_name = "DIR")]
+    pub adapter: Option<PathBuf>,
+
+    /// Contact task: smallest sequence separation |i-j| evaluated.
+    #[arg(long, default_value_t = 6)]
+    pub min_sep: usize,
+
     /// Trained model directory (`<output>/model` of `qf-engine train`, or any HF
     /// EsmForSequenceClassification directory).
     #[arg(long, value_name = "DIR")]
@@ -25,9 +48,9 @@ pub struct EvalArgs {
     #[arg(long, value_name = "DIR")]
     pub data: Option<PathBuf>,
 
-    /// Split of --data.
-    #[arg(long, default_value = "dev")]
-    pub split: String,
+    /// Split of --data (default `dev`) or of --contacts (default `valid`).
+    #[arg(long)]
+    pub split: Option<String>,
 
     /// Labelled FASTA (`>name family`) or Stockholm file instead of --data.
     #[arg(long, value_name = "FILE", conflicts_with = "data")]
@@ -59,9 +82,47 @@ pub struct EvalArgs {
 }
 
 pub fn run(args: EvalArgs) -> Result<()> {
+    match args.task.as_str() {
+        "classify" | "classification" => run_classify(args),
+        "contact" | "contacts" => run_contacts(args),
+        other => bail!("unknown task `{other}`: use classify or contact"),
+    }
+}
+
+fn run_contacts(args: EvalArgs) -> Result<()> {
+    let device = open_device(&args.device)?;
+    let model = load_contact_model(&args.model, args.adapter.as_deref(), &device)?;
+    let corpus = match (&args.contacts, args.structures.is_empty()) {
+        (Some(dir), _) => ContactCorpus::open_split(dir, args.split.as_deref().unwrap_or("valid"))?,
+        (None, false) => ContactCorpus::from_structures(&args.structures)?,
+        (None, true) => bail!("--task contact needs --contacts DIR or --structures FILE…"),
+    };
+    let mut rows: Vec<usize> = (0..corpus.len()).collect();
+    if let Some(limit) = args.limit.filter(|&l| l < rows.len()) {
+        qf_engine::data::rng::Rng::new(0xE7A1).shuffle(&mut rows);
+        rows.truncate(limit);
+        rows.sort_unstable();
+    }
+    let bcfg = BatchConfig::new(args.max_tokens.max(args.max_len), args.max_len, 0)?;
+    let bar = progress_bar(0, "eval", !args.device.quiet);
+    let e = evaluate_contacts(&model, &corpus, &rows, &bcfg, args.min_sep, &device, &bar)?;
+    bar.finish_and_clear();
+    println!("{}", e.report);
+    println!("{}; loss {:.4}; {:.1} s", e.window_note(), e.loss, e.seconds);
+    if let Some(path) = &args.json {
+        let mut v = serde_json::to_value(&e)?;
+        v["model"] = args.model.display().to_string().into();
+        qf_engine::model::checkpoint::write_atomic(path, serde_json::to_string_pretty(&v)?.as_bytes())?;
+        println!("report written to {}", path.display());
+    }
+    Ok(())
+}
+
+fn run_classify(args: EvalArgs) -> Result<()> {
     let device = open_device(&args.device)?;
     let tm = load_trained(&args.model, &device)?;
-    let set = read_eval_set(args.data.as_deref(), &args.split, args.file.as_deref(), args.labels.as_deref())?;
+    let split = args.split.clone().unwrap_or_else(|| "dev".into());
+    let set = read_eval_set(args.data.as_deref(), &split, args.file.as_deref(), args.labels.as_deref())?;
     let label_map = match &tm.label_map {
         Some(lm) => lm.clone(),
         None => qf_engine::data::stratify::LabelMap {

@@ -5,6 +5,7 @@ mod common;
 mod data_args;
 mod eval_args;
 mod predict_args;
+mod predict_contacts_args;
 mod train_args;
 
 use anyhow::Result;
@@ -21,17 +22,22 @@ pub struct Cli {
 
 #[derive(Subcommand, Debug)]
 pub enum Command {
-    /// Fine-tune (or train from scratch) ESM-2 for protein-family classification.
+    /// Fine-tune (or train from scratch) ESM-2 for protein-family classification, or with
+    /// `--task contact` for residue-residue contact prediction (LoRA + contact head, random crops).
     ///
     /// With no arguments: trains a small ESM-2 from scratch on the built-in demo set (20 real
     /// Pfam families, 2,000 train / 500 held-out domains) and writes metrics.jsonl,
     /// checkpoints and the final model under runs/demo.
     Train(Box<train_args::TrainArgs>),
-    /// Evaluate a trained classifier on a labelled split: accuracy, top-5, macro/weighted F1,
-    /// per-tier and per-family-size accuracy, the worst families.
+    /// Evaluate a trained model: a classifier on a labelled split (accuracy, top-5,
+    /// macro/weighted F1, per-tier and per-family-size accuracy, the worst families), or with
+    /// `--task contact` a contact model (per-protein and pooled MCC, precision at L, L/2, L/5).
     Eval(Box<eval_args::EvalArgs>),
     /// Predict the families of the sequences of a FASTA file (TSV of the top-k with probabilities).
     Predict(Box<predict_args::PredictArgs>),
+    /// Predict residue-residue contact maps of sequences or structures: CSV, NPY and a PNG
+    /// picture per protein (true contacts drawn and scored when a structure gives them).
+    PredictContacts(Box<predict_contacts_args::PredictContactsArgs>),
     /// Inspect data sets.
     Data(data_args::DataArgs),
     /// Measure training throughput (sequences/s, tokens/s) and peak memory of a model preset.
@@ -43,6 +49,7 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Train(args) => train_args::run(*args),
         Command::Eval(args) => eval_args::run(*args),
         Command::Predict(args) => predict_args::run(*args),
+        Command::PredictContacts(args) => predict_contacts_args::run(*args),
         Command::Data(args) => data_args::run(args),
         Command::Bench(args) => bench_args::run(*args),
     }

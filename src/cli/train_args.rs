@@ -7,8 +7,10 @@ use clap::Args;
 
 use qf_engine::data::class_weights::ClassWeighting;
 use qf_engine::data::stratify::StratifySpec;
+use qf_engine::model::lora::LoraConfig;
 use qf_engine::model::HeadKind;
 use qf_engine::optim::{OptimConfig, OptimizerKind};
+use qf_engine::train::contact::{train_contacts, ContactData, ContactTrainConfig};
 use qf_engine::train::{self, DataSource, DeviceChoice, ModelSource, Precision, TrainConfig, Warmup};
 
 #[derive(Args, Debug)]
@@ -22,9 +24,63 @@ pub struct TrainArgs {
     #[arg(long, value_name = "DIR")]
     pub data: Option<PathBuf>,
 
-    /// Split of --data to evaluate on after each epoch.
-    #[arg(long, default_value = "dev", value_name = "SPLIT")]
-    pub eval_split: String,
+    /// Split to evaluate on after each epoch: of --data (default `dev`) or of --contacts
+    /// (default `valid`).
+    #[arg(long, value_name = "SPLIT")]
+    pub eval_split: Option<String>,
+
+    /// Contact task: the prepared contact set directory (`train.{fasta,safetensors}`,
+    /// `valid.…`), e.g. ../shared/data/contacts. Trains on `train`, evaluates on --eval-split.
+    #[arg(long, value_name = "DIR", conflicts_with_all = ["data", "train_file"])]
+    pub contacts: Option<PathBuf>,
+
+    /// Contact task: training structures instead of --contacts: PDB/mmCIF files (.gz
+    /// accepted), `file.pdb:A` for one chain.
+    #[arg(long, value_name = "FILE[:CHAIN]", num_args = 1.., conflicts_with = "contacts")]
+    pub structures: Vec<String>,
+
+    /// Contact task: evaluation structures (with --structures).
+    #[arg(long, value_name = "FILE[:CHAIN]", num_args = 1..)]
+    pub eval_structures: Vec<String>,
+
+    /// Contact task: random crop length in residues, redrawn every epoch (true positions
+    /// kept); 0 trains on whole chains (up to --max-len tokens).
+    #[arg(long, default_value_t = 200)]
+    pub crop: usize,
+
+    /// Contact task: smallest sequence separation |i-j| of the pairs in the loss and metrics.
+    #[arg(long, default_value_t = 6)]
+    pub min_sep: usize,
+
+    /// Contact task: `trainable` (default; the head starts random unless the checkpoint has one) or `frozen`.
+    #[arg(long, default_value = "trainable")]
+    pub contact_head: String,
+
+    /// Contact task: training tokens of the run (e.g. 2000000, 2M, 500k); sets the
+    /// schedule's length so that runs compare at the same budget. Default: --epochs.
+    #[arg(long, value_name = "TOKENS")]
+    pub token_budget: Option<String>,
+
+    /// Fine-tune with LoRA adapters (base weights frozen). On by default for --task contact.
+    #[arg(long)]
+    pub lora: bool,
+
+    /// Train every weight instead of LoRA adapters (--task contact).
+    #[arg(long, conflicts_with = "lora")]
+    pub no_lora: bool,
+
+    /// Projections that get adapters: query, key, value, attn_out, ffn_in, ffn_out (or all).
+    #[arg(long, default_value = "query,value")]
+    pub lora_targets: String,
+
+    #[arg(long, default_value_t = 8)]
+    pub lora_rank: usize,
+
+    #[arg(long, default_value_t = 8.0)]
+    pub lora_alpha: f64,
+
+    #[arg(long, default_value_t = 0.05)]
+    pub lora_dropout: f64,
 
     /// Labelled training sequences: FASTA (`>name family`, .gz accepted) or Stockholm (.sto).
     #[arg(long, value_name = "FILE", conflicts_with = "data")]
@@ -78,7 +134,8 @@ pub struct TrainArgs {
     pub max_tokens: Option<usize>,
 
     /// Window in tokens (incl. <cls>/<eos>); longer proteins are randomly cropped in
-    /// training and evaluated in overlapping windows whose logits are averaged.
+    /// training and evaluated in overlapping windows whose logits (contact maps: pair
+    /// probabilities) are averaged.
     #[arg(long, default_value_t = 1024)]
     pub max_len: usize,
 
@@ -94,8 +151,9 @@ pub struct TrainArgs {
     #[arg(long)]
     pub warmup: Option<String>,
 
-    #[arg(long, default_value_t = 0.01)]
-    pub weight_decay: f64,
+    /// Decoupled weight decay (default 0.01; 0 for --task contact, as ContactProject's Adam).
+    #[arg(long)]
+    pub weight_decay: Option<f64>,
 
     /// Clip the global gradient norm (0 disables clipping).
     #[arg(long, default_value_t = 1.0)]
@@ -174,7 +232,10 @@ impl TrainArgs {
             cfg.max_tokens = 16384;
         }
         cfg.data = match (&self.data, &self.train_file) {
-            (Some(d), _) => DataSource::PfamDir { dir: d.clone(), eval_split: self.eval_split.clone() },
+            (Some(d), _) => DataSource::PfamDir {
+                dir: d.clone(),
+                eval_split: self.eval_split.clone().unwrap_or_else(|| "dev".into()),
+            },
             (None, Some(t)) => {
                 DataSource::Files { train: t.clone(), eval: self.eval_file.clone(), labels_tsv: self.labels.clone() }
             }
@@ -206,7 +267,7 @@ impl TrainArgs {
         }
         cfg.optim = OptimConfig {
             kind: self.optimizer.parse::<OptimizerKind>()?,
-            weight_decay: self.weight_decay,
+            weight_decay: self.weight_decay.unwrap_or(0.01),
             max_grad_norm: (self.max_grad_norm > 0.0).then_some(self.max_grad_norm),
             ..OptimConfig::default()
         };
@@ -222,8 +283,107 @@ impl TrainArgs {
         cfg.resume = self.resume;
         cfg.log_every = self.log_every;
         cfg.progress = !self.quiet;
+        cfg.lora = if self.lora { Some(self.lora_config()?) } else { None };
         Ok(cfg)
     }
+
+    /// The adapters asked for by the `--lora-*` flags.
+    fn lora_config(&self) -> Result<LoraConfig> {
+        let cfg = LoraConfig {
+            rank: self.lora_rank,
+            alpha: self.lora_alpha,
+            dropout: self.lora_dropout,
+            targets: LoraConfig::parse_targets(&self.lora_targets)?,
+        };
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    /// The contact run configuration: defaults of [`ContactTrainConfig::new`], overridden
+    /// by the flags given.
+    pub fn to_contact_config(&self) -> Result<ContactTrainConfig> {
+        if self.data.is_some() || self.train_file.is_some() {
+            bail!("--task contact reads --contacts DIR or --structures FILE…, not --data/--train-file");
+        }
+        let data = match (&self.contacts, self.structures.is_empty()) {
+            (Some(dir), _) => ContactData::Prepared {
+                dir: dir.clone(),
+                train_split: "train".into(),
+                eval_split: Some(self.eval_split.clone().unwrap_or_else(|| "valid".into())),
+            },
+            (None, false) => {
+                ContactData::Structures { train: self.structures.clone(), eval: self.eval_structures.clone() }
+            }
+            (None, true) => {
+                bail!("--task contact needs --contacts DIR (e.g. ../shared/data/contacts) or --structures FILE…")
+            }
+        };
+        let mut cfg =
+            ContactTrainConfig::new(data, self.output.clone().unwrap_or_else(|| PathBuf::from("runs/contact")));
+        if let Some(p) = &self.preset {
+            cfg.model = ModelSource::Preset(p.clone());
+        }
+        if let Some(c) = &self.checkpoint {
+            cfg.model = ModelSource::Pretrained(c.clone());
+        }
+        cfg.lora = if self.no_lora { None } else { Some(self.lora_config()?) };
+        cfg.head_trainable = match self.contact_head.as_str() {
+            "trainable" => true,
+            "frozen" => false,
+            other => bail!("--contact-head `{other}`: use trainable or frozen"),
+        };
+        cfg.crop = self.crop;
+        cfg.max_len = self.max_len;
+        cfg.min_sep = self.min_sep;
+        if let Some(t) = self.max_tokens {
+            cfg.max_tokens = t;
+        }
+        cfg.token_budget = self.token_budget.as_deref().map(parse_count).transpose()?;
+        if let Some(e) = self.epochs {
+            cfg.epochs = e;
+        }
+        cfg.max_steps = self.max_steps;
+        cfg.stop_after = self.stop_after;
+        cfg.grad_accum = self.grad_accum;
+        if let Some(lr) = self.lr {
+            cfg.lr = lr;
+        }
+        if let Some(w) = &self.warmup {
+            cfg.warmup = w.parse::<Warmup>()?;
+        }
+        cfg.optim = OptimConfig {
+            kind: self.optimizer.parse::<OptimizerKind>()?,
+            weight_decay: self.weight_decay.unwrap_or(0.0),
+            max_grad_norm: (self.max_grad_norm > 0.0).then_some(self.max_grad_norm),
+            ..OptimConfig::default()
+        };
+        cfg.eval_limit = self.eval_limit;
+        cfg.seed = self.seed;
+        cfg.device = self.device.parse::<DeviceChoice>()?;
+        cfg.precision = self.precision.parse::<Precision>()?;
+        cfg.save_every = self.save_every;
+        cfg.keep_checkpoints = self.keep_checkpoints;
+        cfg.resume = self.resume;
+        cfg.log_every = self.log_every;
+        cfg.progress = !self.quiet;
+        Ok(cfg)
+    }
+}
+
+/// A count with an optional `k`/`M`/`G` suffix (`2M` = 2,000,000).
+fn parse_count(s: &str) -> Result<u64> {
+    let t = s.trim();
+    let (num, mult) = match t.chars().last() {
+        Some('k' | 'K') => (&t[..t.len() - 1], 1e3),
+        Some('m' | 'M') => (&t[..t.len() - 1], 1e6),
+        Some('g' | 'G') => (&t[..t.len() - 1], 1e9),
+        _ => (t, 1.0),
+    };
+    let v: f64 = num.parse().map_err(|_| anyhow::anyhow!("`{s}` is not a count (e.g. 2000000, 2M, 500k)"))?;
+    if v.is_nan() || v <= 0.0 {
+        bail!("`{s}` must be positive");
+    }
+    Ok((v * mult).round() as u64)
 }
 
 pub fn run(args: TrainArgs) -> Result<()> {
@@ -244,6 +404,30 @@ pub fn run(args: TrainArgs) -> Result<()> {
             }
             Ok(())
         }
+        "contact" | "contacts" => {
+            let cfg = args.to_contact_config()?;
+            let s = train_contacts(&cfg)?;
+            if let Some(e) = &s.eval {
+                println!("final evaluation: {}", qf_engine::train::contact::eval_line(e));
+            }
+            Ok(())
+        }
         other => bail!("unknown task `{other}`: use classify or contact"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_count;
+
+    #[test]
+    fn counts_take_k_m_g_suffixes_and_refuse_nonsense() {
+        assert_eq!(parse_count("2000000").unwrap(), 2_000_000);
+        assert_eq!(parse_count("2M").unwrap(), 2_000_000);
+        assert_eq!(parse_count("1.5m").unwrap(), 1_500_000);
+        assert_eq!(parse_count("500k").unwrap(), 500_000);
+        for bad in ["", "M", "-3M", "0", "two", "nan"] {
+            assert!(parse_count(bad).is_err(), "`{bad}` accepted");
+        }
     }
 }

@@ -4,6 +4,7 @@
 pub mod batch;
 pub mod batching;
 pub mod class_weights;
+pub mod contact_batching;
 pub mod contact_io;
 pub mod contacts;
 pub mod dataset;

@@ -14,8 +14,9 @@ use super::esm2::Esm2;
 use super::heads::{Head, HeadKind};
 use super::init::Init;
 use super::inputs::ModelInputs;
+use super::lora::{self, LoraConfig, SaveMode};
 use super::params::Params;
-use super::pretrained::{load_params, open_weights, save_params, LoadReport, Need, CONFIG_FILE, WEIGHTS_FILE};
+use super::pretrained::{load_params, open_weights, save_tensors, LoadReport, Need, CONFIG_FILE, WEIGHTS_FILE};
 use crate::autograd::Tape;
 use crate::backend::cpu::rotary::inv_freq;
 use crate::ops;
@@ -75,6 +76,8 @@ impl SequenceClassifier {
             ),
         };
         let mut model = SequenceClassifier::new_random(&cfg, labels, head, head_dropout, seed)?;
+        // A training checkpoint saved with unmerged adapters records them in config.json.
+        lora::attach_from_config(&json, &mut model.esm, &mut model.params, &dir.display().to_string())?;
         let file = open_weights(dir)?;
         // A head trained for other classes is not loaded; the new one starts fresh.
         let head_matches = file_labels.as_deref() == Some(&model.labels[..]);
@@ -124,9 +127,25 @@ impl SequenceClassifier {
         Ok((logits, loss))
     }
 
+    /// The LoRA configuration of the attached adapters, if any.
+    pub fn lora(&self) -> Option<LoraConfig> {
+        lora::attached_config(&self.esm)
+    }
+
+    /// Fine-tune with LoRA: attach adapters to the encoder and freeze every encoder weight
+    /// (and the contact head); the classification head stays trainable. Returns the number
+    /// of trainable parameters. A model already carrying adapters (resumed) keeps them.
+    pub fn enable_lora(&mut self, cfg: &LoraConfig, seed: u64) -> Result<usize> {
+        if lora::attached_config(&self.esm).is_none() {
+            lora::attach(&mut self.esm, &mut self.params, cfg, seed)?;
+        }
+        Ok(lora::freeze_except(&mut self.params, |name| name.starts_with("classifier")))
+    }
+
     /// Save as a Hugging Face `EsmForSequenceClassification` directory (or a qf-engine
-    /// linear-head checkpoint) with the label map in `config.json`.
-    pub fn save(&self, dir: &Path) -> Result<()> {
+    /// linear-head checkpoint) with the label map in `config.json`. LoRA adapters are
+    /// folded into the weights (`SaveMode::Merged`) or kept apart for resumption.
+    pub fn save(&self, dir: &Path, mode: SaveMode) -> Result<()> {
         std::fs::create_dir_all(dir)?;
         let arch = match self.head.kind() {
             HeadKind::Classification => "EsmForSequenceClassification",
@@ -136,8 +155,11 @@ impl SequenceClassifier {
         if self.head.kind() == HeadKind::Linear {
             cfg_json["qf_engine_head"] = "linear".into();
         }
+        lora::annotate_config(&mut cfg_json, &self.esm, mode);
         write_atomic(&dir.join(CONFIG_FILE), serde_json::to_string_pretty(&cfg_json)?.as_bytes())?;
-        save_params(&self.params, &dir.join(WEIGHTS_FILE), rotary_buffers(self.config()))
+        let mut tensors = lora::tensors_for_save(&self.esm, &self.params, mode)?;
+        tensors.extend(rotary_buffers(self.config()));
+        save_tensors(&dir.join(WEIGHTS_FILE), &tensors)
     }
 }
 

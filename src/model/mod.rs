@@ -5,6 +5,7 @@ pub mod checkpoint;
 pub mod classifier;
 pub mod config;
 pub mod contact;
+pub mod contact_model;
 pub mod esm2;
 pub mod heads;
 pub mod init;
@@ -16,6 +17,7 @@ pub mod pretrained;
 
 pub use classifier::SequenceClassifier;
 pub use config::EsmConfig;
+pub use contact_model::ContactModel;
 pub use heads::HeadKind;
 pub use inputs::ModelInputs;
 pub use params::{ParamId, Params};

@@ -77,7 +77,12 @@ pub fn save_params(params: &Params, path: &Path, extra: Vec<NamedTensor>) -> Res
         tensors.push(NamedTensor::f32(name, t.shape(), &t.to_vec_f32()?));
     }
     tensors.extend(extra);
-    write_safetensors(path, &tensors, Some([("format".to_string(), "pt".to_string())].into()))
+    save_tensors(path, &tensors)
+}
+
+/// Write named tensors as a PyTorch-flavoured safetensors file (`format: pt` metadata).
+pub fn save_tensors(path: &Path, tensors: &[NamedTensor]) -> Result<()> {
+    write_safetensors(path, tensors, Some([("format".to_string(), "pt".to_string())].into()))
 }
 
 /// Directory names of a checkpoint.

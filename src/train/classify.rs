@@ -13,55 +13,27 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
-use serde_json::json;
+use serde_json::{json, Value};
 
 use super::data::{self, ClassificationData, DataSource};
 use super::device::{self, DeviceChoice, Precision};
+use super::driver::{
+    init_optimizer, resume_dir, write_adapter_dirs, write_dir_atomically, LoopConfig, MicroBatch, Task,
+};
+pub use super::driver::{ModelSource, Warmup};
 use super::eval::{evaluate, EvalResult};
 use super::log::{progress_bar, MetricsLog};
 use super::memory::{fmt_bytes, param_specs_of, peak_rss_bytes, BatchShape, MemoryPlan, PlanOptions};
-use super::state::{latest_checkpoint, load_state, save_checkpoint, TrainState};
 use crate::autograd::{Grads, Tape};
 use crate::backend::cuda::{self, nvtx};
-use crate::data::batching::{pack, training_plan, BatchConfig};
+use crate::data::batching::{pack, training_plan, BatchConfig, PlannedBatch};
 use crate::data::class_weights::ClassWeighting;
-use crate::data::rng::splitmix64;
 use crate::data::stratify::StratifySpec;
 use crate::model::esm2::Recompute;
-use crate::model::{EsmConfig, HeadKind, ModelInputs, SequenceClassifier};
-use crate::optim::{LinearSchedule, LossScaler, OptimConfig, Optimizer};
+use crate::model::lora::{LoraConfig, SaveMode};
+use crate::model::{EsmConfig, HeadKind, ModelInputs, Params, SequenceClassifier};
+use crate::optim::OptimConfig;
 use crate::tensor::{DType, Device, Tensor};
-
-/// The model to start from.
-#[derive(Clone, Debug, PartialEq)]
-pub enum ModelSource {
-    /// Random initialisation of a preset (`esm2_t6_8M`, …).
-    Preset(String),
-    /// A Hugging Face checkpoint directory.
-    Pretrained(PathBuf),
-}
-
-/// Warm-up length: a number of steps or a fraction of all steps.
-#[derive(Clone, Copy, Debug, PartialEq)]
-pub enum Warmup {
-    Steps(u64),
-    Fraction(f64),
-}
-
-impl std::str::FromStr for Warmup {
-    type Err = anyhow::Error;
-    fn from_str(s: &str) -> Result<Self> {
-        if s.contains('.') {
-            let f: f64 = s.parse().with_context(|| format!("warm-up `{s}` is not a number"))?;
-            if !(0.0..1.0).contains(&f) {
-                bail!("a warm-up fraction must be in [0, 1), got {f}");
-            }
-            Ok(Warmup::Fraction(f))
-        } else {
-            Ok(Warmup::Steps(s.parse().with_context(|| format!("warm-up `{s}` is neither steps nor a fraction"))?))
-        }
-    }
-}
 
 /// Everything a classification run needs.
 #[derive(Clone, Debug)]
@@ -102,6 +74,8 @@ pub struct TrainConfig {
     pub progress: bool,
     /// Print per-epoch summaries to stdout.
     pub verbose: bool,
+    /// Fine-tune with LoRA adapters (base weights frozen) instead of all weights.
+    pub lora: Option<LoraConfig>,
 }
 
 impl TrainConfig {
@@ -137,6 +111,27 @@ impl TrainConfig {
             eval_limit: None,
             progress: true,
             verbose: true,
+            lora: None,
+        }
+    }
+
+    /// The settings of the shared optimisation loop.
+    pub fn loop_config(&self) -> LoopConfig {
+        LoopConfig {
+            output: self.output.clone(),
+            epochs: self.epochs,
+            max_steps: self.max_steps,
+            stop_after: self.stop_after,
+            grad_accum: self.grad_accum,
+            lr: self.lr,
+            warmup: self.warmup,
+            optim: self.optim.clone(),
+            seed: self.seed,
+            save_every: self.save_every,
+            keep_checkpoints: self.keep_checkpoints,
+            log_every: self.log_every,
+            progress: self.progress,
+            max_tokens: self.max_tokens,
         }
     }
 }
@@ -198,31 +193,118 @@ fn build_model(cfg: &TrainConfig, labels: Vec<String>) -> Result<(SequenceClassi
     }
 }
 
-/// Seed of the dropout masks of one micro-batch.
-fn micro_seed(seed: u64, micro_step: u64) -> u64 {
-    let mut s = seed ^ micro_step.wrapping_mul(0x9E37_79B9_7F4A_7C15);
-    splitmix64(&mut s)
-}
-
-/// Write the final model (HF layout + label map) into `output/model`, atomically.
-fn save_final(model: &SequenceClassifier, data: &ClassificationData, output: &Path) -> Result<PathBuf> {
-    let dir = output.join("model");
-    let tmp = output.join(".model.tmp");
-    if tmp.exists() {
-        std::fs::remove_dir_all(&tmp)?;
+/// Write the final model (HF layout, adapters merged, + label map) into `output/model`,
+/// atomically; with LoRA, the adapters alone (PEFT layout, with the head) into
+/// `output/adapter`, and the base they apply to into `output/base` when it was random.
+fn save_final(model: &SequenceClassifier, data: &ClassificationData, cfg: &TrainConfig) -> Result<PathBuf> {
+    let dir = cfg.output.join("model");
+    write_dir_atomically(&dir, |d| write_model_dir(model, data, d, SaveMode::Merged))?;
+    if model.lora().is_some() {
+        let head: Vec<_> = model.params.ids().filter(|&id| model.params.name(id).starts_with("classifier")).collect();
+        write_adapter_dirs(
+            &cfg.output,
+            &cfg.model,
+            |d| write_model_dir(model, data, d, SaveMode::BaseOnly),
+            |d, base| crate::model::lora::save_adapters(d, &model.esm, &model.params, &head, base),
+        )?;
     }
-    write_model_dir(model, data, &tmp)?;
-    if dir.exists() {
-        std::fs::remove_dir_all(&dir)?;
-    }
-    std::fs::rename(&tmp, &dir)?;
     Ok(dir)
 }
 
-fn write_model_dir(model: &SequenceClassifier, data: &ClassificationData, dir: &Path) -> Result<()> {
-    model.save(dir)?;
+fn write_model_dir(model: &SequenceClassifier, data: &ClassificationData, dir: &Path, mode: SaveMode) -> Result<()> {
+    model.save(dir, mode)?;
     let label_map = serde_json::to_string_pretty(&data.selection.label_map)?;
     crate::model::checkpoint::write_atomic(&dir.join("label_map.json"), label_map.as_bytes())
+}
+
+/// The classification task of the shared training loop.
+struct ClassifyTask {
+    model: SequenceClassifier,
+    data: ClassificationData,
+    bcfg: BatchConfig,
+    lens: Vec<u32>,
+    label_of: Vec<Option<u32>>,
+    weights: Option<Tensor>,
+    class_tier: Vec<u32>,
+    family_size: Vec<usize>,
+    device: Device,
+    plan: Vec<PlannedBatch>,
+    progress: bool,
+    last_eval: Option<EvalSummary>,
+}
+
+impl Task for ClassifyTask {
+    fn params(&self) -> &Params {
+        &self.model.params
+    }
+
+    fn params_mut(&mut self) -> &mut Params {
+        &mut self.model.params
+    }
+
+    fn plan_epoch(&mut self, epoch: u64) -> Result<usize> {
+        self.plan = training_plan(&self.data.selection.rows, &self.lens, &self.bcfg, epoch)?;
+        Ok(self.plan.len())
+    }
+
+    fn micro_batch(&mut self, index: usize, tape: Tape, loss_scale: f32, grads: &mut Grads) -> Result<MicroBatch> {
+        let batch = &self.plan[index];
+        let packed = pack(&batch.items, &self.data.train, |r| self.label_of[r])?;
+        // A CUDA out-of-memory error inside a step names the token budget and a smaller one.
+        let oom = |e: anyhow::Error| cuda::device::with_budget_hint(e, self.bcfg.max_tokens);
+        let inp = ModelInputs::new(&packed, self.model.config(), &self.device, DType::F32).map_err(oom)?;
+        let (_, loss) = {
+            let _r = nvtx::range("forward");
+            self.model.forward_loss(&tape, &inp, self.weights.as_ref()).map_err(oom)?
+        };
+        {
+            let _r = nvtx::range("backward");
+            tape.backward_scaled(&loss, loss_scale, grads).map_err(oom)?;
+        }
+        Ok(MicroBatch {
+            loss: loss.scalar_f32().map_err(oom)? as f64,
+            tokens: packed.n_tokens() as u64,
+            seqs: packed.n_seqs() as u64,
+        })
+    }
+
+    fn evaluate(&mut self, epoch: u64, step: u64) -> Result<Option<(Value, String)>> {
+        let (Some(eval), Some(map)) = (&self.data.eval, &self.data.eval_map) else { return Ok(None) };
+        if map.rows.is_empty() {
+            return Ok(None);
+        }
+        let ebar = progress_bar(0, "  eval", self.progress);
+        let r = evaluate(
+            &self.model,
+            eval,
+            &map.rows,
+            &map.labels,
+            &self.bcfg,
+            &self.device,
+            Some(&self.class_tier),
+            Some(&self.family_size),
+            &ebar,
+        )?;
+        ebar.finish_and_clear();
+        let fields = json!({
+            "epoch": epoch, "step": step, "accuracy": r.report.accuracy, "top5_accuracy": r.report.top5_accuracy,
+            "macro_f1": r.report.macro_f1, "weighted_f1": r.report.weighted_f1, "loss": r.loss, "n": r.report.n_samples,
+            "per_tier": r.report.per_tier, "windowed_rows": r.long_rows,
+        });
+        let line = format!(
+            "eval accuracy {:.2}% (top-5 {:.2}%, macro-F1 {:.3}) loss {:.4}",
+            100.0 * r.report.accuracy,
+            100.0 * r.report.top5_accuracy,
+            r.report.macro_f1,
+            r.loss
+        );
+        self.last_eval = Some((&r).into());
+        Ok(Some((fields, line)))
+    }
+
+    fn write_checkpoint_model(&self, dir: &Path) -> Result<()> {
+        write_model_dir(&self.model, &self.data, dir, SaveMode::Unmerged)
+    }
 }
 
 /// Run a classification training job.
@@ -234,8 +316,9 @@ pub fn train(cfg: &TrainConfig) -> Result<TrainSummary> {
     let (device, dtype, device_note) = device::open(&cfg.device, cfg.precision)?;
     std::fs::create_dir_all(&cfg.output).with_context(|| format!("creating {}", cfg.output.display()))?;
     let mut log = MetricsLog::open(Some(&cfg.output.join("metrics.jsonl")))?;
-    let say = |s: String| {
-        if cfg.verbose {
+    let verbose = cfg.verbose;
+    let say = move |s: String| {
+        if verbose {
             println!("{s}");
         }
     };
@@ -263,14 +346,7 @@ pub fn train(cfg: &TrainConfig) -> Result<TrainSummary> {
     ));
 
     // Model, possibly resumed.
-    let resume_from = if cfg.resume {
-        match latest_checkpoint(&cfg.output)? {
-            Some(dir) => Some(dir),
-            None => bail!("--resume: {} has no checkpoint to resume from", cfg.output.display()),
-        }
-    } else {
-        None
-    };
+    let resume_from = resume_dir(&cfg.output, cfg.resume)?;
     let (mut model, load_note) = match &resume_from {
         Some(dir) => {
             let (m, _) =
@@ -282,46 +358,30 @@ pub fn train(cfg: &TrainConfig) -> Result<TrainSummary> {
     if let Some(n) = &load_note {
         say(n.clone());
     }
+    if let Some(l) = &cfg.lora {
+        model.enable_lora(l, cfg.seed)?;
+        say(format!(
+            "LoRA: rank {}, alpha {}, dropout {} on {} of every layer; encoder weights frozen",
+            l.rank,
+            l.alpha,
+            l.dropout,
+            l.targets.join(", ")
+        ));
+    }
     model.params.to_device(&device)?;
     model.esm.recompute = cfg.recompute;
     let (total_params, trainable) = model.params.counts();
 
-    // Batching and schedule.
+    // Batching, schedule, optimizer (restored when resuming).
     let bcfg = BatchConfig::new(cfg.max_tokens, cfg.max_len, cfg.seed)?;
     let lens = data.train.token_lengths();
     let batches_per_epoch = training_plan(&data.selection.rows, &lens, &bcfg, 0)?.len() as u64;
-    let steps_per_epoch = batches_per_epoch.div_ceil(cfg.grad_accum as u64);
-    let total_steps = cfg.max_steps.unwrap_or(steps_per_epoch * cfg.epochs).max(1);
-    let warmup = match cfg.warmup {
-        Warmup::Steps(s) => s,
-        Warmup::Fraction(f) => (f * total_steps as f64).round() as u64,
-    };
-    let schedule = LinearSchedule { peak_lr: cfg.lr, warmup, total: total_steps };
-    let mut optimizer = Optimizer::new(cfg.optim.clone());
-    let mut scaler = if dtype == DType::F16 { LossScaler::new() } else { LossScaler::disabled() };
-    let mut st = TrainState {
-        step: 0,
-        micro_step: 0,
-        epoch: 0,
-        batch_in_epoch: 0,
-        seed: cfg.seed,
-        loss_scaler: scaler.clone(),
-        tokens_seen: 0,
-        seqs_seen: 0,
-        elapsed_s: 0.0,
-    };
-    if let Some(dir) = &resume_from {
-        let (saved, file) = load_state(dir)?;
-        optimizer.load_state(&file, &model.params, saved.step)?;
-        scaler = saved.loss_scaler.clone();
-        st = saved;
-    }
+    let lcfg = cfg.loop_config();
+    let mut os = init_optimizer(&lcfg, &model.params, batches_per_epoch, dtype, resume_from.as_deref())?;
     let weights = match cfg.class_weights {
         ClassWeighting::None => None,
         _ => Some(Tensor::from_f32(data.weights.weights.clone(), &[classes.len()], DType::F32, &device)?),
     };
-    let class_tier = data.selection.label_map.tier_of_class.clone();
-    let family_size = data.selection.class_counts();
 
     let plan = memory_plan(cfg, cfg.recompute, &model, &device, dtype, classes.len())?;
     let other = match cfg.recompute {
@@ -350,18 +410,19 @@ pub fn train(cfg: &TrainConfig) -> Result<TrainSummary> {
     ));
     if let Device::Cuda(d) = &device {
         let attn_len = cuda::memory::token_weighted_length(lens.iter().map(|&l| l as usize), cfg.max_len);
-        let bytes = optimizer.bytes_for(trainable);
-        let plan =
+        let bytes = os.optimizer.bytes_for(trainable);
+        let gplan =
             cuda::memory::GpuMemoryPlan::new(d, model.config(), &model.params, dtype, bytes, cfg.max_tokens, attn_len);
-        say(plan.to_string());
+        say(gplan.to_string());
     }
     say(format!(
         "schedule: {} epochs × {} batches of ≤ {} tokens (accumulate {}) = {} optimizer steps, peak lr {:e}, warm-up {} steps",
-        cfg.epochs, batches_per_epoch, cfg.max_tokens, cfg.grad_accum, total_steps, cfg.lr, warmup
+        cfg.epochs, batches_per_epoch, cfg.max_tokens, cfg.grad_accum, os.schedule.total, cfg.lr, os.schedule.warmup
     ));
     log.event(
         "start",
         json!({
+            "task": "classify",
             "data": cfg.data.describe(), "classes": classes.len(), "train_rows": data.selection.rows.len(),
             "eval_rows": data.eval_map.as_ref().map(|m| m.rows.len()),
             "missing_eval_families": data.eval_map.as_ref().map(|m| m.missing_families.len()),
@@ -369,9 +430,10 @@ pub fn train(cfg: &TrainConfig) -> Result<TrainSummary> {
             "weights_min": data.weights.weights.iter().cloned().fold(f32::INFINITY, f32::min),
             "weights_max": data.weights.weights.iter().cloned().fold(0.0f32, f32::max),
             "parameters": total_params, "trainable": trainable, "device": device.name(), "dtype": dtype.name(),
-            "epochs": cfg.epochs, "total_steps": total_steps, "warmup": warmup, "lr": cfg.lr,
+            "lora": cfg.lora.as_ref().map(LoraConfig::to_json),
+            "epochs": cfg.epochs, "total_steps": os.schedule.total, "warmup": os.schedule.warmup, "lr": cfg.lr,
             "max_tokens": cfg.max_tokens, "grad_accum": cfg.grad_accum, "seed": cfg.seed,
-            "resumed_step": st.step, "recompute": cfg.recompute.to_string(),
+            "resumed_step": os.state.step, "recompute": cfg.recompute.to_string(),
             "memory_plan": {
                 "weights": plan.weights, "master": plan.master, "gradients": plan.gradients,
                 "optimizer": plan.optimizer, "activations": plan.activations, "runtime": plan.runtime,
@@ -380,169 +442,37 @@ pub fn train(cfg: &TrainConfig) -> Result<TrainSummary> {
         }),
     )?;
 
-    // A CUDA out-of-memory error inside a step names the token budget and a smaller one.
-    let oom = |e: anyhow::Error| cuda::device::with_budget_hint(e, cfg.max_tokens);
-    let mut grads = Grads::new();
-    let mut last_eval: Option<EvalSummary> = None;
-    let mut last_loss = f64::NAN;
-    let elapsed_before = st.elapsed_s;
-    let t_train = Instant::now();
-    let (mut run_tokens, mut run_seqs) = (0u64, 0u64);
-    let mut window = (Instant::now(), 0u64, 0u64, 0.0f64, 0u64); // time, seqs, tokens, loss sum, micro-batches
-    let mut stop = false;
-    let mut micro_in_step = 0usize;
+    let label_of = data.selection.labels_by_row(data.train.len());
+    let mut task = ClassifyTask {
+        class_tier: data.selection.label_map.tier_of_class.clone(),
+        family_size: data.selection.class_counts(),
+        model,
+        data,
+        bcfg,
+        lens,
+        label_of,
+        weights,
+        device,
+        plan: Vec::new(),
+        progress: cfg.progress,
+        last_eval: None,
+    };
+    let ls = super::driver::run(&mut task, &lcfg, &mut os, &mut log, &say)?;
 
-    while st.epoch < cfg.epochs && !stop {
-        let plan = training_plan(&data.selection.rows, &lens, &bcfg, st.epoch)?;
-        let bar = progress_bar(plan.len() as u64, &format!("epoch {}/{}", st.epoch + 1, cfg.epochs), cfg.progress);
-        bar.set_position(st.batch_in_epoch as u64);
-        let label_of = data.selection.labels_by_row(data.train.len());
-        let epoch_t0 = Instant::now();
-        let (mut ep_loss, mut ep_batches) = (0.0f64, 0u64);
-        while st.batch_in_epoch < plan.len() {
-            let batch = &plan[st.batch_in_epoch];
-            let packed = pack(&batch.items, &data.train, |r| label_of[r])?;
-            let inp = ModelInputs::new(&packed, model.config(), &device, DType::F32).map_err(&oom)?;
-            let tape = Tape::with_seed(micro_seed(cfg.seed, st.micro_step));
-            let (_, loss) = {
-                let _r = nvtx::range("forward");
-                model.forward_loss(&tape, &inp, weights.as_ref()).map_err(&oom)?
-            };
-            {
-                let _r = nvtx::range("backward");
-                tape.backward_scaled(&loss, scaler.scale as f32, &mut grads).map_err(&oom)?;
-            }
-            let loss_v = loss.scalar_f32().map_err(&oom)? as f64;
-            st.micro_step += 1;
-            st.batch_in_epoch += 1;
-            micro_in_step += 1;
-            let (n_tok, n_seq) = (packed.n_tokens() as u64, packed.n_seqs() as u64);
-            st.tokens_seen += n_tok;
-            st.seqs_seen += n_seq;
-            run_tokens += n_tok;
-            run_seqs += n_seq;
-            window.1 += n_seq;
-            window.2 += n_tok;
-            window.3 += loss_v;
-            window.4 += 1;
-            ep_loss += loss_v;
-            ep_batches += 1;
-            bar.inc(1);
-
-            let end_of_epoch = st.batch_in_epoch == plan.len();
-            if micro_in_step == cfg.grad_accum || end_of_epoch {
-                let lr = schedule.lr(st.step);
-                let inv = 1.0 / (scaler.scale * micro_in_step as f64);
-                let stats = {
-                    let _r = nvtx::optimizer("optimizer");
-                    optimizer.step(&mut model.params, &grads, lr, inv).map_err(&oom)?
-                };
-                grads.clear();
-                micro_in_step = 0;
-                scaler.update(stats.skipped);
-                st.step = optimizer.step;
-                st.loss_scaler = scaler.clone();
-                if !stats.skipped && !stats.grad_norm.is_finite() {
-                    bail!("training diverged: the gradient norm is not finite at step {}", st.step);
-                }
-                if st.step % cfg.log_every.max(1) == 0 || end_of_epoch {
-                    let dt = window.0.elapsed().as_secs_f64().max(1e-9);
-                    let mean_loss = window.3 / window.4.max(1) as f64;
-                    bar.set_message(format!("loss {mean_loss:.4} {:.1} seq/s", window.1 as f64 / dt));
-                    log.event(
-                        "step",
-                        json!({
-                            "step": st.step, "epoch": st.epoch, "loss": mean_loss, "lr": lr, "grad_norm": stats.grad_norm,
-                            "skipped": stats.skipped, "loss_scale": scaler.scale, "overflow_steps": scaler.skipped,
-                            "scale_growths": scaler.grown,
-                            "sequences_per_s": window.1 as f64 / dt, "tokens_per_s": window.2 as f64 / dt,
-                            "tokens_seen": st.tokens_seen,
-                        }),
-                    )?;
-                    window = (Instant::now(), 0, 0, 0.0, 0);
-                }
-                let at_max =
-                    cfg.max_steps.is_some_and(|m| st.step >= m) || cfg.stop_after.is_some_and(|m| st.step >= m);
-                let periodic = cfg.save_every.is_some_and(|e| e > 0 && st.step % e == 0);
-                if at_max || periodic {
-                    st.elapsed_s = elapsed_before + t_train.elapsed().as_secs_f64();
-                    let dir = save_checkpoint(&cfg.output, &st, &optimizer, cfg.keep_checkpoints, |d| {
-                        write_model_dir(&model, &data, d)
-                    })?;
-                    log.event("checkpoint", json!({ "step": st.step, "path": dir }))?;
-                }
-                if at_max {
-                    stop = true;
-                    break;
-                }
-            }
-        }
-        bar.finish_and_clear();
-        if stop && st.batch_in_epoch < plan.len() {
-            break;
-        }
-        last_loss = ep_loss / ep_batches.max(1) as f64;
-        let ep_secs = epoch_t0.elapsed().as_secs_f64();
-        // Evaluate on full-length proteins.
-        if let (Some(eval), Some(map)) = (&data.eval, &data.eval_map) {
-            if !map.rows.is_empty() {
-                let ebar = progress_bar(0, "  eval", cfg.progress);
-                let r = evaluate(
-                    &model,
-                    eval,
-                    &map.rows,
-                    &map.labels,
-                    &bcfg,
-                    &device,
-                    Some(&class_tier),
-                    Some(&family_size),
-                    &ebar,
-                )?;
-                ebar.finish_and_clear();
-                log.event(
-                    "eval",
-                    json!({
-                        "epoch": st.epoch, "step": st.step, "accuracy": r.report.accuracy, "top5_accuracy": r.report.top5_accuracy,
-                        "macro_f1": r.report.macro_f1, "weighted_f1": r.report.weighted_f1, "loss": r.loss, "n": r.report.n_samples,
-                        "per_tier": r.report.per_tier, "windowed_rows": r.long_rows,
-                    }),
-                )?;
-                say(format!(
-                    "epoch {}/{}: train loss {last_loss:.4} ({ep_secs:.1} s) — eval accuracy {:.2}% (top-5 {:.2}%, macro-F1 {:.3}) loss {:.4}",
-                    st.epoch + 1,
-                    cfg.epochs,
-                    100.0 * r.report.accuracy,
-                    100.0 * r.report.top5_accuracy,
-                    r.report.macro_f1,
-                    r.loss
-                ));
-                last_eval = Some((&r).into());
-            }
-        } else {
-            say(format!("epoch {}/{}: train loss {last_loss:.4} ({ep_secs:.1} s)", st.epoch + 1, cfg.epochs));
-        }
-        st.epoch += 1;
-        st.batch_in_epoch = 0;
-        st.elapsed_s = elapsed_before + t_train.elapsed().as_secs_f64();
-        let dir =
-            save_checkpoint(&cfg.output, &st, &optimizer, cfg.keep_checkpoints, |d| write_model_dir(&model, &data, d))?;
-        log.event("checkpoint", json!({ "step": st.step, "epoch": st.epoch, "path": dir }))?;
-    }
-
-    let peak = measured_peak(&device);
+    let peak = measured_peak(&task.device);
     if let Some((bytes, what)) = &peak {
         say(format!("peak memory measured: {} ({what}); planned {}", fmt_bytes(*bytes), fmt_bytes(plan.total())));
     }
-    let model_dir = save_final(&model, &data, &cfg.output)?;
-    let train_secs = t_train.elapsed().as_secs_f64().max(1e-9);
+    let model_dir = save_final(&task.model, &task.data, cfg)?;
+    let last_eval = task.last_eval.clone();
     let summary = TrainSummary {
-        steps: st.step,
-        epochs_done: st.epoch,
-        final_train_loss: last_loss,
+        steps: ls.steps,
+        epochs_done: ls.epochs_done,
+        final_train_loss: ls.final_train_loss,
         eval: last_eval.clone(),
         seconds: t_start.elapsed().as_secs_f64(),
-        train_sequences_per_s: run_seqs as f64 / train_secs,
-        train_tokens_per_s: run_tokens as f64 / train_secs,
+        train_sequences_per_s: ls.run_seqs as f64 / ls.train_seconds,
+        train_tokens_per_s: ls.run_tokens as f64 / ls.train_seconds,
         model_dir: model_dir.clone(),
         n_classes: classes.len(),
     };
@@ -586,7 +516,7 @@ fn memory_plan(
 
 /// Peak memory of the run so far and what was measured: the CUDA pool's high-water mark,
 /// or the process's peak resident set on the CPU.
-fn measured_peak(device: &Device) -> Option<(u64, &'static str)> {
+pub fn measured_peak(device: &Device) -> Option<(u64, &'static str)> {
     match device {
         Device::Cpu => peak_rss_bytes().map(|b| (b, "process peak resident set")),
         Device::Cuda(d) => crate::backend::cuda::device::pool_peak_bytes(d)

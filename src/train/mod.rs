@@ -3,8 +3,11 @@
 
 pub mod bench;
 pub mod classify;
+pub mod contact;
+pub mod contact_eval;
 pub mod data;
 pub mod device;
+pub mod driver;
 pub mod eval;
 pub mod log;
 pub mod memory;
