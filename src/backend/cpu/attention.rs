@@ -79,13 +79,15 @@ impl<T: Real> simd::Kernel for SoftmaxRows<'_, T> {
     fn run(self) {
         let scale = self.scale;
         for row in self.p.chunks_mut(self.len) {
-            let m = row.iter().fold(T::neg_infinity(), |m, &x| m.max(x * scale));
-            let mut sum = T::zero();
-            for x in row.iter_mut() {
-                *x = (*x * scale - m).exp_fast();
-                sum += *x;
+            // Lane-wise reductions (`simd`) so that every pass vectorises. ESM-2 pre-scales q,
+            // so the scaling pass is usually skipped.
+            if scale != T::one() {
+                for x in row.iter_mut() {
+                    *x *= scale;
+                }
             }
-            let inv = T::one() / sum;
+            let m = simd::max(row);
+            let inv = T::one() / simd::exp_shifted_sum(row, m);
             for x in row.iter_mut() {
                 *x *= inv;
             }
@@ -105,7 +107,7 @@ impl<T: Real> simd::Kernel for SoftmaxBackwardRows<'_, T> {
     #[inline(always)]
     fn run(self) {
         for (dpr, pr) in self.dp.chunks_mut(self.len).zip(self.p.chunks(self.len)) {
-            let dot: T = dpr.iter().zip(pr).map(|(&a, &b)| a * b).sum();
+            let dot = simd::dot(dpr, pr);
             for (d, &pv) in dpr.iter_mut().zip(pr) {
                 *d = pv * (*d - dot);
             }

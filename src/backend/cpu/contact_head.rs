@@ -112,7 +112,8 @@ pub fn backward<T: Real>(
                     }
                 }
             }
-            (dw, g.iter().copied().sum::<T>())
+            // In f64: the pair gradients cancel over thousands of terms.
+            (dw, T::from_f64(g.iter().map(|v| v.to_f64()).sum::<f64>()))
         })
         // Partials are summed in a fixed order so results are bit-for-bit repeatable.
         .collect::<Vec<_>>()

@@ -8,7 +8,7 @@
 
 use rayon::prelude::*;
 
-use super::Real;
+use super::{simd, Real};
 
 /// Label value of rows that take no part in the loss.
 pub const IGNORE_INDEX: i32 = -100;
@@ -43,18 +43,37 @@ pub fn forward_backward<T: Real>(
                 return 0.0;
             }
             let w = if weights.is_empty() { 1.0 } else { weights[y as usize] as f64 };
-            let m = x.iter().fold(T::neg_infinity(), |m, &v| m.max(v));
-            let sum: T = x.iter().map(|&v| (v - m).exp_fast()).sum();
-            let lse = m + sum.ln();
             let g = T::from_f64(w * inv);
-            let inv_sum = T::one() / sum;
-            for (d, &v) in d.iter_mut().zip(x) {
-                *d = g * (v - m).exp_fast() * inv_sum;
-            }
+            let lse = simd::dispatch(SoftmaxGradRow { d: &mut *d, x, g });
             d[y as usize] -= g;
             w * inv * (lse - x[y as usize]).to_f64()
         })
         .collect::<Vec<f64>>()
         .iter()
         .sum()
+}
+
+/// One row: `d = g·softmax(x)`; returns `logsumexp(x)`. The exponentials go to `d` first so
+/// that the loops vectorise (a loop that also accumulates a float sum would not).
+struct SoftmaxGradRow<'a, T> {
+    d: &'a mut [T],
+    x: &'a [T],
+    g: T,
+}
+
+impl<T: Real> simd::Kernel for SoftmaxGradRow<'_, T> {
+    type Output = T;
+    #[inline(always)]
+    fn run(self) -> T {
+        let m = simd::max(self.x);
+        for (d, &v) in self.d.iter_mut().zip(self.x) {
+            *d = (v - m).exp_fast();
+        }
+        let sum = simd::sum(self.d);
+        let k = self.g / sum;
+        for d in self.d.iter_mut() {
+            *d *= k;
+        }
+        m + sum.ln()
+    }
 }

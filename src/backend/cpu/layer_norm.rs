@@ -102,8 +102,8 @@ impl<T: Real> simd::Kernel for ForwardRow<'_, T> {
     type Output = (T, T);
     #[inline(always)]
     fn run(self) -> (T, T) {
-        let m = self.x.iter().copied().sum::<T>() * self.inv_d;
-        let var = self.x.iter().map(|&v| (v - m) * (v - m)).sum::<T>() * self.inv_d;
+        let m = simd::sum(self.x) * self.inv_d;
+        let var = simd::sum_map3(self.x, self.x, self.x, |v, _, _| (v - m) * (v - m)) * self.inv_d;
         let r = T::one() / (var + self.eps).sqrt();
         for (((y, &x), &w), &b) in self.y.iter_mut().zip(self.x).zip(self.w).zip(self.b) {
             *y = (x - m) * r * w + b;
@@ -128,12 +128,8 @@ impl<T: Real> simd::Kernel for InputGradRow<'_, T> {
     #[inline(always)]
     fn run(self) {
         let (m, r) = (self.m, self.r);
-        let (mut sum_g, mut sum_gx) = (T::zero(), T::zero());
-        for ((&dy, &x), &w) in self.dy.iter().zip(self.x).zip(self.w) {
-            let g = dy * w;
-            sum_g += g;
-            sum_gx += g * (x - m) * r;
-        }
+        let sum_g = simd::dot(self.dy, self.w);
+        let sum_gx = simd::sum_map3(self.dy, self.w, self.x, |dy, w, x| dy * w * (x - m) * r);
         let (mean_g, mean_gx) = (sum_g * self.inv_d, sum_gx * self.inv_d);
         for (((dx, &dy), &x), &w) in self.dx.iter_mut().zip(self.dy).zip(self.x).zip(self.w) {
             let xhat = (x - m) * r;

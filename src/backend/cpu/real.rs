@@ -63,7 +63,11 @@ pub fn exp_f32(x: f32) -> f32 {
     p = p * r + 1.666_666_5e-1;
     p = p * r + 5.000_000_1e-1;
     let y = p * r * r + r + 1.0;
-    y * f32::from_bits(((n as i32 + 127) << 23) as u32)
+    // 2ⁿ without a float→int conversion (which does not vectorise): n is integral in
+    // [−126, 127], so n + 127 + 2²³ is exact and carries n + 127 in its low mantissa bits;
+    // shifting those bits into the exponent field gives the float 2ⁿ.
+    let k = (n + (127.0 + 8_388_608.0)).to_bits() << 23;
+    y * f32::from_bits(k)
 }
 
 /// `Φ(x)` for f32 without branches: `Φ(x) = ½·erfc(−x/√2)` with the Chebyshev-fitted

@@ -79,3 +79,116 @@ pub fn dispatch<K: Kernel>(k: K) -> K::Output {
     }
     k.run()
 }
+
+/// Lanes of the reductions below: independent partial results the compiler keeps in one
+/// vector register. The combination order is fixed, so results are deterministic.
+const LANES: usize = 16;
+
+/// `Σ xs` with [`LANES`] partial sums (a plain `fold` is a serial float chain that does not
+/// vectorise).
+#[inline(always)]
+pub fn sum<T: super::Real>(xs: &[T]) -> T {
+    let mut acc = [T::zero(); LANES];
+    let chunks = xs.chunks_exact(LANES);
+    let rest = chunks.remainder();
+    for c in chunks {
+        for i in 0..LANES {
+            acc[i] += c[i];
+        }
+    }
+    let mut s = T::zero();
+    for (i, &r) in rest.iter().enumerate() {
+        acc[i] += r;
+    }
+    for a in acc {
+        s += a;
+    }
+    s
+}
+
+/// `Σ aᵢ·bᵢ` with [`LANES`] partial sums.
+#[inline(always)]
+pub fn dot<T: super::Real>(a: &[T], b: &[T]) -> T {
+    let n = a.len().min(b.len());
+    let (a, b) = (&a[..n], &b[..n]);
+    let mut acc = [T::zero(); LANES];
+    let split = n - n % LANES;
+    for (ca, cb) in a[..split].chunks_exact(LANES).zip(b[..split].chunks_exact(LANES)) {
+        for i in 0..LANES {
+            acc[i] += ca[i] * cb[i];
+        }
+    }
+    for (i, (&x, &y)) in a[split..].iter().zip(&b[split..]).enumerate() {
+        acc[i] += x * y;
+    }
+    let mut s = T::zero();
+    for v in acc {
+        s += v;
+    }
+    s
+}
+
+/// `max xs` (−∞ for an empty slice) with [`LANES`] partial maxima.
+#[inline(always)]
+pub fn max<T: super::Real>(xs: &[T]) -> T {
+    let mut acc = [T::neg_infinity(); LANES];
+    let chunks = xs.chunks_exact(LANES);
+    let rest = chunks.remainder();
+    for c in chunks {
+        for i in 0..LANES {
+            acc[i] = acc[i].max(c[i]);
+        }
+    }
+    for (i, &r) in rest.iter().enumerate() {
+        acc[i] = acc[i].max(r);
+    }
+    acc.into_iter().fold(T::neg_infinity(), |m, a| m.max(a))
+}
+
+/// `Σ f(aᵢ, bᵢ, cᵢ)` with [`LANES`] partial sums (for reductions over several rows of data).
+#[inline(always)]
+pub fn sum_map3<T: super::Real>(a: &[T], b: &[T], c: &[T], f: impl Fn(T, T, T) -> T) -> T {
+    let n = a.len().min(b.len()).min(c.len());
+    let mut acc = [T::zero(); LANES];
+    let split = n - n % LANES;
+    let mut i = 0;
+    while i < split {
+        for l in 0..LANES {
+            acc[l] += f(a[i + l], b[i + l], c[i + l]);
+        }
+        i += LANES;
+    }
+    for j in split..n {
+        acc[j - split] += f(a[j], b[j], c[j]);
+    }
+    let mut s = T::zero();
+    for v in acc {
+        s += v;
+    }
+    s
+}
+
+/// `xᵢ ← exp(xᵢ − m)` in place, returning `Σ exp(xᵢ − m)`: one pass, [`LANES`] partial sums.
+#[inline(always)]
+pub fn exp_shifted_sum<T: super::Real>(xs: &mut [T], m: T) -> T {
+    let mut acc = [T::zero(); LANES];
+    let split = xs.len() - xs.len() % LANES;
+    let (head, tail) = xs.split_at_mut(split);
+    for c in head.chunks_exact_mut(LANES) {
+        for i in 0..LANES {
+            let e = (c[i] - m).exp_fast();
+            c[i] = e;
+            acc[i] += e;
+        }
+    }
+    for (i, x) in tail.iter_mut().enumerate() {
+        let e = (*x - m).exp_fast();
+        *x = e;
+        acc[i] += e;
+    }
+    let mut s = T::zero();
+    for v in acc {
+        s += v;
+    }
+    s
+}
