@@ -18,7 +18,7 @@ pub struct DeviceArgs {
     #[arg(long, default_value = "auto")]
     pub device: String,
 
-    /// auto (fp32 on CPU, bf16 on GPU), fp32, fp16, bf16.
+    /// auto (fp32 on CPU, bf16 on GPU), fp32, fp16 (dynamic loss scaling), bf16.
     #[arg(long, default_value = "auto")]
     pub precision: String,
 

@@ -5,6 +5,8 @@ use std::path::PathBuf;
 use anyhow::{bail, Result};
 use clap::Args;
 
+use super::common::DeviceArgs;
+
 use qf_engine::data::class_weights::ClassWeighting;
 use qf_engine::data::stratify::StratifySpec;
 use qf_engine::model::lora::LoraConfig;
@@ -185,17 +187,8 @@ pub struct TrainArgs {
     #[arg(long, default_value_t = 42)]
     pub seed: u64,
 
-    /// auto (GPU if present), cpu, cuda, cuda:N.
-    #[arg(long, default_value = "auto")]
-    pub device: String,
-
-    /// auto (fp32 on CPU, bf16 on GPU), fp32, fp16 (dynamic loss scaling), bf16.
-    #[arg(long, default_value = "auto")]
-    pub precision: String,
-
-    /// CPU threads (0 = all cores).
-    #[arg(long, default_value_t = 0)]
-    pub threads: usize,
+    #[command(flatten)]
+    pub device: DeviceArgs,
 
     /// Save a checkpoint every N optimizer steps (one is always saved per epoch).
     #[arg(long)]
@@ -212,10 +205,6 @@ pub struct TrainArgs {
     /// Log a metrics line every N optimizer steps.
     #[arg(long, default_value_t = 10)]
     pub log_every: u64,
-
-    /// No progress bars.
-    #[arg(long)]
-    pub quiet: bool,
 }
 
 impl TrainArgs {
@@ -276,13 +265,13 @@ impl TrainArgs {
         cfg.stratify = self.stratify.parse::<StratifySpec>()?;
         cfg.eval_limit = self.eval_limit;
         cfg.seed = self.seed;
-        cfg.device = self.device.parse::<DeviceChoice>()?;
-        cfg.precision = self.precision.parse::<Precision>()?;
+        cfg.device = self.device.device.parse::<DeviceChoice>()?;
+        cfg.precision = self.device.precision.parse::<Precision>()?;
         cfg.save_every = self.save_every;
         cfg.keep_checkpoints = self.keep_checkpoints;
         cfg.resume = self.resume;
         cfg.log_every = self.log_every;
-        cfg.progress = !self.quiet;
+        cfg.progress = !self.device.quiet;
         cfg.lora = if self.lora { Some(self.lora_config()?) } else { None };
         Ok(cfg)
     }
@@ -359,13 +348,13 @@ impl TrainArgs {
         };
         cfg.eval_limit = self.eval_limit;
         cfg.seed = self.seed;
-        cfg.device = self.device.parse::<DeviceChoice>()?;
-        cfg.precision = self.precision.parse::<Precision>()?;
+        cfg.device = self.device.device.parse::<DeviceChoice>()?;
+        cfg.precision = self.device.precision.parse::<Precision>()?;
         cfg.save_every = self.save_every;
         cfg.keep_checkpoints = self.keep_checkpoints;
         cfg.resume = self.resume;
         cfg.log_every = self.log_every;
-        cfg.progress = !self.quiet;
+        cfg.progress = !self.device.quiet;
         Ok(cfg)
     }
 }
@@ -387,7 +376,7 @@ fn parse_count(s: &str) -> Result<u64> {
 }
 
 pub fn run(args: TrainArgs) -> Result<()> {
-    qf_engine::train::device::set_threads(args.threads);
+    qf_engine::train::device::set_threads(args.device.threads);
     match args.task.as_str() {
         "classify" | "classification" => {
             let cfg = args.to_config()?;

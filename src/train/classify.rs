@@ -345,6 +345,27 @@ pub fn train(cfg: &TrainConfig) -> Result<TrainSummary> {
         }
     ));
 
+    // The class weights of the loss, with their classes, for the record.
+    if cfg.class_weights != ClassWeighting::None {
+        let by_class: serde_json::Map<String, Value> =
+            classes.iter().zip(&data.weights.weights).map(|(c, &w)| (c.clone(), json!(w))).collect();
+        let record = json!({
+            "scheme": format!("{:?}", cfg.class_weights),
+            "mean_over_training_samples": data.weights.mean_over_samples(&data.selection.class_counts()),
+            "zero_count_classes": data.weights.zero_count_classes,
+            "weights": by_class,
+        });
+        crate::model::checkpoint::write_atomic(
+            &cfg.output.join("class_weights.json"),
+            serde_json::to_string_pretty(&record)?.as_bytes(),
+        )?;
+        say(format!(
+            "class weights ({:?}) written to {}",
+            cfg.class_weights,
+            cfg.output.join("class_weights.json").display()
+        ));
+    }
+
     // Model, possibly resumed.
     let resume_from = resume_dir(&cfg.output, cfg.resume)?;
     let (mut model, load_note) = match &resume_from {
