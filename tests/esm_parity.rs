@@ -221,3 +221,31 @@ fn packed_batch_equals_sequences_one_by_one() {
         assert!(e < 1e-6, "sequence {s}: packed vs alone error {e:.2e}");
     }
 }
+
+#[test]
+fn esm_model_layout_without_prefix_and_gamma_beta_names_loads_the_same_encoder() {
+    // The same weights as a bare `EsmModel` file: no `esm.` prefix, no classifier, and
+    // LayerNorm parameters named gamma/beta as transformers 5's save_pretrained writes them.
+    use qf_engine::model::checkpoint::{view_to_f32, write_safetensors, NamedTensor};
+    let tmp = tempfile::tempdir().unwrap();
+    std::fs::copy(fixture("esm_tiny/config.json"), tmp.path().join("config.json")).unwrap();
+    let src = MappedSafetensors::open(&fixture("esm_tiny/model.safetensors")).unwrap();
+    let mut out = Vec::new();
+    for name in src.names().unwrap() {
+        let Some(bare) = name.strip_prefix("esm.") else { continue };
+        let bare = bare.replace("LayerNorm.weight", "LayerNorm.gamma").replace("LayerNorm.bias", "LayerNorm.beta");
+        let (v, shape) = src.with_view(&name, |t| Ok((view_to_f32(t)?, t.shape().to_vec()))).unwrap();
+        out.push(NamedTensor::f32(bare, &shape, &v));
+    }
+    write_safetensors(&tmp.path().join("model.safetensors"), &out, None).unwrap();
+
+    let labels: Vec<String> = (0..5).map(|i| format!("LABEL_{i}")).collect();
+    let (m, report) = SequenceClassifier::from_pretrained(tmp.path(), Some(labels), HeadKind::Classification, 0.0, 0).unwrap();
+    assert!(report.fresh.iter().all(|n| n.starts_with("classifier")), "{:?}", report.fresh);
+    let exp = Expected::open("expected_cls.safetensors");
+    let b = exp.batch();
+    let enc = m.esm.forward(&m.params, &Tape::inference(), &inputs(&m, &b), false).unwrap();
+    let (hid, hshape) = exp.f32("last_hidden_state");
+    let e = rel_err(&enc.hidden.to_vec_f32().unwrap(), &unpad(&hid, &b, hshape[1], hshape[2]));
+    assert!(e < TOL, "last_hidden_state error {e:.2e}");
+}

@@ -164,3 +164,42 @@ fn bad_inputs_are_errors() {
     let e = ops::embedding(&t, &ints(&[2]), &table, &s).unwrap_err().to_string();
     assert!(e.contains("token id 2 is outside the vocabulary of 2"), "{e}");
 }
+
+#[test]
+fn dropout_with_a_fixed_mask() {
+    let mut rng = TestRng::new(13);
+    let x = param(&mut rng, &[7, 9], 1.0);
+    let f = |t: &qf_engine::Tape, i: &[Tensor]| Ok(vec![ops::dropout(t, &i[0], 0.3)?]);
+    assert!(check(&f, &[x.clone()], &mut rng, 1e-6, 100) < TOL);
+    // The mask is real: some elements are dropped, the rest scaled by 1/(1 − p).
+    let y = ops::dropout(&qf_engine::Tape::new(), &x, 0.3).unwrap().to_vec_f64().unwrap();
+    let xs = x.to_vec_f64().unwrap();
+    let dropped = y.iter().filter(|&&v| v == 0.0).count();
+    assert!(dropped > 5 && dropped < 40, "{dropped} of 63 dropped");
+    // The scale is the fp32 value of 1/(1 − p), as the CUDA kernel computes it.
+    let scale = (1.0f32 / (1.0f32 - 0.3f32)) as f64;
+    for (a, b) in y.iter().zip(&xs) {
+        assert!(*a == 0.0 || (a - b * scale).abs() < 1e-12, "{a} vs {b}");
+    }
+}
+
+#[test]
+fn contact_head_symmetrisation_apc_and_regression() {
+    // Two layers × two heads of attention maps for sequences of 6 and 8 tokens
+    // (<cls> + residues + <eos>); any values will do for a gradient check.
+    let mut rng = TestRng::new(14);
+    let layout = SeqLayout::new(&[0, 6, 14], &Device::Cpu).unwrap();
+    let per_layer = 2 * (6 * 6 + 8 * 8);
+    let p0 = Tensor::from_vec(rng.normals(per_layer, 1.0).iter().map(|v| v.abs() + 0.1).collect::<Vec<f64>>(), &[per_layer])
+        .unwrap()
+        .with_requires_grad(true);
+    let p1 = Tensor::from_vec(rng.normals(per_layer, 1.0).iter().map(|v| v.abs() + 0.1).collect::<Vec<f64>>(), &[per_layer])
+        .unwrap()
+        .with_requires_grad(true);
+    let w = param(&mut rng, &[1, 4], 1.0);
+    let b = param(&mut rng, &[1], 1.0);
+    let f = move |t: &qf_engine::Tape, i: &[Tensor]| {
+        Ok(vec![ops::contact_head(t, &[i[0].clone(), i[1].clone()], &layout, 2, &i[2], &i[3])?])
+    };
+    assert!(check(&f, &[p0, p1, w, b], &mut rng, 1e-6, 300) < TOL);
+}

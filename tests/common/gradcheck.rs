@@ -46,7 +46,9 @@ pub fn check(f: &OpFn<'_>, inputs: &[Tensor], rng: &mut TestRng, h: f64, max_ele
                 v[j] += delta;
                 let mut ins = inputs.to_vec();
                 ins[idx] = Tensor::from_vec(v, x.shape()).unwrap();
-                let o = f(&Tape::inference(), &ins).expect("forward");
+                // A recording tape with the same dropout seed as the analytic pass (an
+                // inference tape would switch dropout off).
+                let o = f(&Tape::new(), &ins).expect("forward");
                 weighted_sum(&o, &seeds)
             };
             let num = (eval(h) - eval(-h)) / (2.0 * h);
