@@ -41,9 +41,7 @@ TESTS=(cuda_ops cuda_model)
 build() {
     set -e
     export QF_REQUIRE_CUDA_KERNELS=1
-    if [ -z "${NVCC:-}" ] && [ -x /work/main/.cuda/nvcc ] && ! command -v nvcc >/dev/null; then
-        export NVCC=/work/main/.cuda/nvcc
-    fi
+    # build.rs finds nvcc via NVCC, CUDA_HOME/CUDA_PATH, PATH, then .cuda/ (tools/install_cuda_toolchain.sh).
     rm -rf "$GPU_DIR"
     mkdir -p "$GPU_DIR"
     echo "== building qf-engine (release, kernels required)"
