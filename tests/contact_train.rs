@@ -267,7 +267,8 @@ fn windows_of_a_long_protein_are_merged_by_averaging() {
         assert!((win.probs[i * 76 + j] - p(o.logits[i * 40 + j])).abs() < 1e-6);
     }
     for i in 0..76 {
-        assert_eq!(win.probs[i * 76 + i], 0.0);
+        // The diagonal keeps the model's value, as transformers' predict_contacts does.
+        assert!(win.probs[i * 76 + i] > 0.0);
         for j in 0..76 {
             assert_eq!(win.probs[i * 76 + j], win.probs[j * 76 + i]);
             if covering(i.min(j), i.max(j)) == 0 && i != j {

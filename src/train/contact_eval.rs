@@ -32,7 +32,7 @@ use crate::tensor::{DType, Device};
 pub struct ProteinMap {
     pub row: usize,
     pub len: usize,
-    /// Row-major L×L, symmetric, diagonal 0.
+    /// Row-major L×L, symmetric, the model's value on the diagonal too (as transformers gives).
     pub probs: Vec<f32>,
     /// Windows the protein was run as (1 at full length).
     pub windows: usize,
@@ -73,9 +73,6 @@ impl Accumulator {
         for i in 0..l {
             for j in 0..l {
                 let at = i * l + j;
-                if i == j {
-                    continue;
-                }
                 if self.count[at] == 0 {
                     uncovered += usize::from(i < j);
                 } else {
