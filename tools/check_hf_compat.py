@@ -2,12 +2,19 @@
 """Check that a model directory saved by `qf-engine train` loads in Hugging Face
 transformers unchanged and predicts what qf-engine predicts.
 
+Classifiers:
     qf-engine predict --model runs/demo/model --input seqs.fasta --output pred.tsv --top-k 3
     python tools/check_hf_compat.py --model runs/demo/model --fasta seqs.fasta --predictions pred.tsv
-
 Loads the directory with `EsmForSequenceClassification.from_pretrained` (no missing or
 unexpected keys allowed), runs each sequence alone in fp32, and compares the top-k
 families and probabilities with qf-engine's TSV (probabilities to 1e-4).
+
+Contact models:
+    qf-engine predict-contacts --model runs/contact/model --sequence MKT... --output maps
+    python tools/check_hf_compat.py --contacts --model runs/contact/model --sequence MKT... --npy maps/sequence1.npy
+Loads the directory with `EsmModel.from_pretrained` (only the pooler, which EsmModel adds
+and contact prediction does not use, may be missing) and compares `predict_contacts` with
+qf-engine's map (to 1e-5).
 """
 import argparse, sys
 import torch
@@ -31,12 +38,35 @@ def read_fasta(path):
         out.append((name, "".join(seq)))
     return out
 
+def check_contacts(a):
+    import numpy as np
+    from transformers import EsmModel
+    model, info = EsmModel.from_pretrained(a.model, output_loading_info=True, attn_implementation="eager")
+    missing = set(info["missing_keys"]) - {"pooler.dense.weight", "pooler.dense.bias"}
+    if missing or info["unexpected_keys"] or info["mismatched_keys"]:
+        sys.exit(f"loading info not clean: {info}")
+    model.eval()
+    ids = torch.tensor([[0] + [IDS.get(c, 3) for c in a.sequence.upper()] + [2]])
+    with torch.no_grad():
+        hf = model.predict_contacts(ids, torch.ones_like(ids))[0].double().numpy()
+    ours = np.load(a.npy).astype(np.float64)
+    diff = float(np.abs(hf - ours).max())
+    if hf.shape != ours.shape or diff > 1e-5:
+        sys.exit(f"contact maps differ: shapes {hf.shape} {ours.shape}, max difference {diff:.2e}")
+    print(f"OK: {hf.shape[0]}×{hf.shape[0]} contact map, max probability difference {diff:.2e}")
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--model", required=True)
-    ap.add_argument("--fasta", required=True)
-    ap.add_argument("--predictions", required=True)
+    ap.add_argument("--fasta")
+    ap.add_argument("--predictions")
+    ap.add_argument("--contacts", action="store_true", help="check a contact model (EsmModel) instead")
+    ap.add_argument("--sequence", help="with --contacts: the sequence qf-engine predicted")
+    ap.add_argument("--npy", help="with --contacts: qf-engine's .npy map of it")
     a = ap.parse_args()
+    if a.contacts:
+        return check_contacts(a)
     model, info = EsmForSequenceClassification.from_pretrained(a.model, output_loading_info=True)
     bad = {k: v for k, v in info.items() if v}
     if bad:
