@@ -79,9 +79,13 @@ pub fn open(choice: &DeviceChoice, precision: Precision) -> Result<(Device, DTyp
     Ok((device, dtype, note))
 }
 
-/// Use `n` threads for the CPU backend (0 = all cores). Only the first call takes effect.
+/// Use `n` threads for the CPU backend (0 = all cores), each flushing subnormal floats to
+/// zero (see [`crate::backend::cpu::denormals`]), as does the calling thread. Only the
+/// first call builds the pool.
 pub fn set_threads(n: usize) {
-    if n > 0 {
-        let _ = rayon::ThreadPoolBuilder::new().num_threads(n).build_global();
-    }
+    crate::backend::cpu::denormals::flush_denormals_on_this_thread();
+    let _ = rayon::ThreadPoolBuilder::new()
+        .num_threads(n)
+        .start_handler(|_| crate::backend::cpu::denormals::flush_denormals_on_this_thread())
+        .build_global();
 }

@@ -8,6 +8,7 @@ pub mod attention;
 pub mod bce;
 pub mod contact_head;
 pub mod cross_entropy;
+pub mod denormals;
 pub mod dropout;
 pub mod elementwise;
 pub mod embedding;

@@ -46,13 +46,14 @@ pub trait Real:
 
 /// `exp(x)` for f32 without branches (Cephes `expf`): `x = n·ln2 + r` with `|r| ≤ ln2/2`
 /// (Cody–Waite two-part ln2), a degree-6 polynomial for `exp(r)`, then `2ⁿ` by building
-/// the exponent bits. Relative error ≈ 1e-7. Inputs are clamped to the normal range, so
-/// very negative arguments give ≈ 1e-38 rather than 0.
+/// the exponent bits. Relative error ≈ 1e-7. Arguments below −87 (where `exp` nears
+/// `f32::MIN_POSITIVE`) give exactly 0, so no subnormal is produced.
 #[inline(always)]
 pub fn exp_f32(x: f32) -> f32 {
     const LOG2E: f32 = std::f32::consts::LOG2_E;
     const LN2_HI: f32 = 0.693_359_4;
     const LN2_LO: f32 = -2.121_944_4e-4;
+    let underflows = x < -87.0;
     let x = x.clamp(-87.0, 88.0);
     let n = (x * LOG2E).round_ties_even();
     let r = x - n * LN2_HI - n * LN2_LO;
@@ -67,7 +68,11 @@ pub fn exp_f32(x: f32) -> f32 {
     // [−126, 127], so n + 127 + 2²³ is exact and carries n + 127 in its low mantissa bits;
     // shifting those bits into the exponent field gives the float 2ⁿ.
     let k = (n + (127.0 + 8_388_608.0)).to_bits() << 23;
-    y * f32::from_bits(k)
+    if underflows {
+        0.0
+    } else {
+        y * f32::from_bits(k)
+    }
 }
 
 /// `Φ(x)` for f32 without branches: `Φ(x) = ½·erfc(−x/√2)` with the Chebyshev-fitted
@@ -192,6 +197,9 @@ mod tests {
             worst_cdf_abs = worst_cdf_abs.max(d);
         }
         assert!(worst_exp < 3e-7, "exp relative error {worst_exp:e}");
+        assert_eq!(exp_f32(-87.5), 0.0);
+        assert_eq!(exp_f32(-1e4), 0.0);
+        assert!(exp_f32(-87.0) >= f32::MIN_POSITIVE);
         // Relative error grows only in the far tail (Φ(−12) ≈ 2e-33, where f32 rounding of
         // the exponent −z² dominates); GELU needs the absolute error, which is at rounding level.
         assert!(worst_cdf_abs < 2e-7, "Φ absolute error {worst_cdf_abs:e}");
