@@ -240,7 +240,8 @@ fn esm_model_layout_without_prefix_and_gamma_beta_names_loads_the_same_encoder()
     write_safetensors(&tmp.path().join("model.safetensors"), &out, None).unwrap();
 
     let labels: Vec<String> = (0..5).map(|i| format!("LABEL_{i}")).collect();
-    let (m, report) = SequenceClassifier::from_pretrained(tmp.path(), Some(labels), HeadKind::Classification, 0.0, 0).unwrap();
+    let (m, report) =
+        SequenceClassifier::from_pretrained(tmp.path(), Some(labels), HeadKind::Classification, 0.0, 0).unwrap();
     assert!(report.fresh.iter().all(|n| n.starts_with("classifier")), "{:?}", report.fresh);
     let exp = Expected::open("expected_cls.safetensors");
     let b = exp.batch();

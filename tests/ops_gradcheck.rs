@@ -190,12 +190,14 @@ fn contact_head_symmetrisation_apc_and_regression() {
     let mut rng = TestRng::new(14);
     let layout = SeqLayout::new(&[0, 6, 14], &Device::Cpu).unwrap();
     let per_layer = 2 * (6 * 6 + 8 * 8);
-    let p0 = Tensor::from_vec(rng.normals(per_layer, 1.0).iter().map(|v| v.abs() + 0.1).collect::<Vec<f64>>(), &[per_layer])
-        .unwrap()
-        .with_requires_grad(true);
-    let p1 = Tensor::from_vec(rng.normals(per_layer, 1.0).iter().map(|v| v.abs() + 0.1).collect::<Vec<f64>>(), &[per_layer])
-        .unwrap()
-        .with_requires_grad(true);
+    let p0 =
+        Tensor::from_vec(rng.normals(per_layer, 1.0).iter().map(|v| v.abs() + 0.1).collect::<Vec<f64>>(), &[per_layer])
+            .unwrap()
+            .with_requires_grad(true);
+    let p1 =
+        Tensor::from_vec(rng.normals(per_layer, 1.0).iter().map(|v| v.abs() + 0.1).collect::<Vec<f64>>(), &[per_layer])
+            .unwrap()
+            .with_requires_grad(true);
     let w = param(&mut rng, &[1, 4], 1.0);
     let b = param(&mut rng, &[1], 1.0);
     let f = move |t: &qf_engine::Tape, i: &[Tensor]| {
