@@ -207,6 +207,44 @@ pub struct TrainArgs {
     pub log_every: u64,
 }
 
+/// Sets the flags both tasks share (schedule, optimizer, device, checkpoints, logging) on a
+/// task configuration. A macro because `TrainConfig` and `ContactTrainConfig` have these
+/// fields by the same names but no common type; `$wd` is the task's default weight decay.
+macro_rules! apply_loop_flags {
+    ($args:expr, $cfg:expr, $wd:expr) => {
+        if let Some(e) = $args.epochs {
+            $cfg.epochs = e;
+        }
+        $cfg.max_steps = $args.max_steps;
+        $cfg.stop_after = $args.stop_after;
+        if let Some(t) = $args.max_tokens {
+            $cfg.max_tokens = t;
+        }
+        $cfg.grad_accum = $args.grad_accum;
+        if let Some(lr) = $args.lr {
+            $cfg.lr = lr;
+        }
+        if let Some(w) = &$args.warmup {
+            $cfg.warmup = w.parse::<Warmup>()?;
+        }
+        $cfg.optim = OptimConfig {
+            kind: $args.optimizer.parse::<OptimizerKind>()?,
+            weight_decay: $args.weight_decay.unwrap_or($wd),
+            max_grad_norm: ($args.max_grad_norm > 0.0).then_some($args.max_grad_norm),
+            ..OptimConfig::default()
+        };
+        $cfg.eval_limit = $args.eval_limit;
+        $cfg.seed = $args.seed;
+        $cfg.device = $args.device.device.parse::<DeviceChoice>()?;
+        $cfg.precision = $args.device.precision.parse::<Precision>()?;
+        $cfg.save_every = $args.save_every;
+        $cfg.keep_checkpoints = $args.keep_checkpoints;
+        $cfg.resume = $args.resume;
+        $cfg.log_every = $args.log_every;
+        $cfg.progress = !$args.device.quiet;
+    };
+}
+
 impl TrainArgs {
     /// The run configuration: the built-in demo's settings, overridden by the flags given.
     pub fn to_config(&self) -> Result<TrainConfig> {
@@ -238,40 +276,11 @@ impl TrainArgs {
         }
         cfg.head = self.head.parse::<HeadKind>()?;
         cfg.head_dropout = self.head_dropout;
-        if let Some(e) = self.epochs {
-            cfg.epochs = e;
-        }
-        cfg.max_steps = self.max_steps;
-        cfg.stop_after = self.stop_after;
-        if let Some(t) = self.max_tokens {
-            cfg.max_tokens = t;
-        }
         cfg.max_len = self.max_len;
-        cfg.grad_accum = self.grad_accum;
-        if let Some(lr) = self.lr {
-            cfg.lr = lr;
-        }
-        if let Some(w) = &self.warmup {
-            cfg.warmup = w.parse::<Warmup>()?;
-        }
-        cfg.optim = OptimConfig {
-            kind: self.optimizer.parse::<OptimizerKind>()?,
-            weight_decay: self.weight_decay.unwrap_or(0.01),
-            max_grad_norm: (self.max_grad_norm > 0.0).then_some(self.max_grad_norm),
-            ..OptimConfig::default()
-        };
+        apply_loop_flags!(self, cfg, 0.01);
         cfg.recompute = self.recompute.parse()?;
         cfg.class_weights = self.class_weights.parse::<ClassWeighting>()?;
         cfg.stratify = self.stratify.parse::<StratifySpec>()?;
-        cfg.eval_limit = self.eval_limit;
-        cfg.seed = self.seed;
-        cfg.device = self.device.device.parse::<DeviceChoice>()?;
-        cfg.precision = self.device.precision.parse::<Precision>()?;
-        cfg.save_every = self.save_every;
-        cfg.keep_checkpoints = self.keep_checkpoints;
-        cfg.resume = self.resume;
-        cfg.log_every = self.log_every;
-        cfg.progress = !self.device.quiet;
         cfg.lora = if self.lora { Some(self.lora_config()?) } else { None };
         Ok(cfg)
     }
@@ -324,37 +333,8 @@ impl TrainArgs {
         cfg.crop = self.crop;
         cfg.max_len = self.max_len;
         cfg.min_sep = self.min_sep;
-        if let Some(t) = self.max_tokens {
-            cfg.max_tokens = t;
-        }
         cfg.token_budget = self.token_budget.as_deref().map(parse_count).transpose()?;
-        if let Some(e) = self.epochs {
-            cfg.epochs = e;
-        }
-        cfg.max_steps = self.max_steps;
-        cfg.stop_after = self.stop_after;
-        cfg.grad_accum = self.grad_accum;
-        if let Some(lr) = self.lr {
-            cfg.lr = lr;
-        }
-        if let Some(w) = &self.warmup {
-            cfg.warmup = w.parse::<Warmup>()?;
-        }
-        cfg.optim = OptimConfig {
-            kind: self.optimizer.parse::<OptimizerKind>()?,
-            weight_decay: self.weight_decay.unwrap_or(0.0),
-            max_grad_norm: (self.max_grad_norm > 0.0).then_some(self.max_grad_norm),
-            ..OptimConfig::default()
-        };
-        cfg.eval_limit = self.eval_limit;
-        cfg.seed = self.seed;
-        cfg.device = self.device.device.parse::<DeviceChoice>()?;
-        cfg.precision = self.device.precision.parse::<Precision>()?;
-        cfg.save_every = self.save_every;
-        cfg.keep_checkpoints = self.keep_checkpoints;
-        cfg.resume = self.resume;
-        cfg.log_every = self.log_every;
-        cfg.progress = !self.device.quiet;
+        apply_loop_flags!(self, cfg, 0.0);
         Ok(cfg)
     }
 }
