@@ -262,13 +262,27 @@ __device__ __forceinline__ void column_partials_atomic_add(float* out, int col, 
 
 // Bytes of dynamic shared memory this launch was given (PTX %dynamic_smem_size),
 // so a kernel can use a shared-memory fast path only when the host provided it.
+// (Under the CPU emulation of tests/kernel_emu the emulator answers.)
 __device__ __forceinline__ unsigned dynamic_smem_bytes() {
+#ifdef QF_HOST_EMULATION
+    return qf_emu::dynamic_smem_bytes();
+#else
     unsigned r;
     asm volatile("mov.u32 %0, %%dynamic_smem_size;" : "=r"(r));
     return r;
+#endif
 }
 
 }  // namespace qf
+
+// Declare `name` as the launch's dynamic shared memory, an array of `type`:
+// `extern __shared__ type name[]` on the device, the emulator's per-block buffer
+// under the CPU emulation of tests/kernel_emu.
+#ifdef QF_HOST_EMULATION
+#define QF_DYNAMIC_SHARED(type, name) type* name = reinterpret_cast<type*>(qf_emu::dynamic_smem())
+#else
+#define QF_DYNAMIC_SHARED(type, name) extern __shared__ type name[]
+#endif
 
 // Instantiate a per-dtype macro for every compute type:  X(T, suffix).
 #define QF_FOR_EACH_DTYPE(X) \

@@ -84,7 +84,7 @@ __device__ void layer_norm_backward(T* __restrict__ dx, float* dw, float* db, co
                                     const T* __restrict__ x, const float* __restrict__ w,
                                     const float* __restrict__ mean, const float* __restrict__ rstd, int rows,
                                     int dim) {
-    extern __shared__ float smem[];  // [dim] dw partials, then [dim] db partials
+    QF_DYNAMIC_SHARED(float, smem);  // [dim] dw partials, then [dim] db partials
     const bool want_params = dw != nullptr || db != nullptr;
     // Shared-memory partials only when the launch provided room for them;
     // otherwise accumulate straight into global memory (same result).

@@ -1,0 +1,144 @@
+// cuda_host_emulation.h — run the kernels of kernels/*.cu on the CPU, for tests only.
+//
+// Force-included (g++ -include) before a kernel file, this header turns CUDA C++ into
+// host C++: `__global__`/`__device__` functions become ordinary functions, and the
+// launch runtime (cuda_host_emulation.cpp) runs every block of a grid, one block after
+// the other, with one OS thread per CUDA thread, so that
+//   * __syncthreads() is a barrier over the block's threads (a thread that returns
+//     drops out of it, as an exited thread does on the GPU);
+//   * __shfl_xor_sync() exchanges values through a per-warp slot array between two
+//     barriers over the warp's 32 threads;
+//   * __shared__ variables are function-local statics: one copy, shared by the
+//     threads of the one block that runs at a time;
+//   * dynamic shared memory (QF_DYNAMIC_SHARED) is a per-block buffer filled with NaN
+//     bytes, and %dynamic_smem_size reports its size;
+//   * atomicAdd() is an atomic read-modify-write on host memory.
+// Device pointers are host pointers. Math comes from the host libm (expf, erff, …
+// may differ from the device's by an ulp or two; __fadd_rn and friends are exact
+// IEEE operations here as there, and the files are compiled with -ffp-contract=off).
+//
+// What this cannot show: timing, occupancy, memory coalescing, races that the
+// sequential block order hides (blocks never run concurrently here), and anything
+// the real nvcc/ptxas would do differently. The GPU suite (tests/cuda_*.rs) remains
+// the real test; this one makes every kernel run, against a reference, on every CI
+// landing.
+#pragma once
+
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+#include <vector_types.h>
+
+#include <atomic>
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+#include <functional>
+#include <string>
+#include <utility>
+
+#define QF_HOST_EMULATION 1
+
+#undef __global__
+#undef __device__
+#undef __host__
+#undef __forceinline__
+#undef __shared__
+#undef __launch_bounds__
+#define __global__
+#define __device__
+#define __host__
+#define __forceinline__ inline
+#define __shared__ static
+#define __launch_bounds__(...)
+
+namespace qf_emu {
+
+struct ThreadState {
+    uint3 thread_idx;
+    uint3 block_idx;
+    dim3 block_dim;
+    dim3 grid_dim;
+};
+
+ThreadState& state();
+void sync_block();
+float shfl_xor(float v, int lane_mask);
+unsigned char* dynamic_smem();
+unsigned dynamic_smem_bytes();
+
+// Registration of an `extern "C"` kernel: its argument kinds and a thunk that calls it
+// with the raw 64-bit argument slots of a launch.
+//   P pointer, I int, u unsigned, L long long, U unsigned long long, F float.
+using Thunk = std::function<void(const uint64_t*)>;
+void register_kernel(const char* name, const char* module, std::string kinds, Thunk thunk);
+
+template <typename P> constexpr char kind_of() {
+    if constexpr (std::is_pointer_v<P>) return 'P';
+    else if constexpr (std::is_same_v<P, int>) return 'I';
+    else if constexpr (std::is_same_v<P, unsigned>) return 'u';
+    else if constexpr (std::is_same_v<P, long long>) return 'L';
+    else if constexpr (std::is_same_v<P, unsigned long long>) return 'U';
+    else if constexpr (std::is_same_v<P, float>) return 'F';
+    else static_assert(sizeof(P) == 0, "kernel argument type the emulator does not know");
+}
+
+template <typename P> P from_slot(uint64_t slot) {
+    if constexpr (std::is_pointer_v<P>) return reinterpret_cast<P>(static_cast<uintptr_t>(slot));
+    else if constexpr (std::is_same_v<P, float>) {
+        const uint32_t bits = static_cast<uint32_t>(slot);
+        float f;
+        std::memcpy(&f, &bits, 4);
+        return f;
+    } else return static_cast<P>(slot);
+}
+
+template <typename... P, size_t... I>
+void call_with_slots(void (*f)(P...), const uint64_t* slots, std::index_sequence<I...>) {
+    f(from_slot<P>(slots[I])...);
+}
+
+struct Registrar {
+    template <typename... P> Registrar(const char* name, const char* module, void (*f)(P...)) {
+        register_kernel(name, module, std::string{kind_of<P>()...},
+                        [f](const uint64_t* slots) { call_with_slots(f, slots, std::index_sequence_for<P...>{}); });
+    }
+};
+
+}  // namespace qf_emu
+
+// One line per kernel, appended to its file by tests/kernel_emu/mod.rs, which also
+// defines QF_EMU_MODULE (the file's stem: the module name the Rust launchers use).
+#define QF_EMU_KERNEL(name) static qf_emu::Registrar qf_emu_registrar_##name(#name, QF_EMU_MODULE, &name);
+
+// --- CUDA built-ins --------------------------------------------------------------
+#define threadIdx (qf_emu::state().thread_idx)
+#define blockIdx (qf_emu::state().block_idx)
+#define blockDim (qf_emu::state().block_dim)
+#define gridDim (qf_emu::state().grid_dim)
+
+// CUDA's global-namespace math overloads used by the kernels.
+using std::isfinite;
+inline int min(int a, int b) { return a < b ? a : b; }
+inline int max(int a, int b) { return a > b ? a : b; }
+inline long long min(long long a, long long b) { return a < b ? a : b; }
+inline long long max(long long a, long long b) { return a > b ? a : b; }
+inline unsigned min(unsigned a, unsigned b) { return a < b ? a : b; }
+inline unsigned max(unsigned a, unsigned b) { return a > b ? a : b; }
+
+inline void __syncthreads() { qf_emu::sync_block(); }
+inline float __shfl_xor_sync(unsigned /*mask*/, float v, int lane_mask) { return qf_emu::shfl_xor(v, lane_mask); }
+
+inline float atomicAdd(float* p, float v) { return std::atomic_ref<float>(*p).fetch_add(v); }
+inline int atomicAdd(int* p, int v) { return std::atomic_ref<int>(*p).fetch_add(v); }
+inline unsigned long long atomicAdd(unsigned long long* p, unsigned long long v) {
+    return std::atomic_ref<unsigned long long>(*p).fetch_add(v);
+}
+
+inline float __fadd_rn(float a, float b) { return a + b; }
+inline float __fsub_rn(float a, float b) { return a - b; }
+inline float __fmul_rn(float a, float b) { return a * b; }
+inline float __fdiv_rn(float a, float b) { return a / b; }
+inline float __fsqrt_rn(float a) { return std::sqrt(a); }
+inline unsigned __umulhi(unsigned a, unsigned b) {
+    return static_cast<unsigned>((static_cast<unsigned long long>(a) * b) >> 32);
+}

@@ -1,0 +1,425 @@
+//! The CPU emulation of the CUDA kernels (see `cuda_host_emulation.h` beside this
+//! file): every `kernels/*.cu` is compiled as host C++ by the system C++ compiler
+//! against the CUDA headers (the pip toolchain of `tools/install_cuda_toolchain.sh`,
+//! or `$CUDA_HOME`), linked with the launch runtime into one shared library, and
+//! loaded with `dlopen`. A test then launches a kernel by name with the same argument
+//! list (`qf_engine::backend::cuda::launch::Arg`) and launch shape the Rust launcher
+//! uses, on host buffers, and compares with a reference.
+//!
+//! The library is cached under `$CARGO_TARGET_TMPDIR/kernel-emu/<hash of the sources>`.
+//! Without a C++20 compiler or the CUDA headers the tests print `SKIP: no kernel
+//! emulator: …`; with `QF_REQUIRE_CUDA_KERNELS=1` (CI) they fail instead.
+#![allow(dead_code)]
+
+use std::ffi::{c_char, c_void, CStr, CString};
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::OnceLock;
+
+use half::{bf16, f16};
+use qf_engine::backend::cuda::launch::Arg;
+
+type LaunchFn = unsafe extern "C" fn(
+    *const c_char,
+    *const u32,
+    *const u32,
+    u32,
+    *const u64,
+    *const c_char,
+    *mut c_char,
+    usize,
+) -> i32;
+type KindsFn = unsafe extern "C" fn(*const c_char, *mut c_char, usize) -> usize;
+type NamesFn = unsafe extern "C" fn(*mut c_char, usize) -> usize;
+
+/// The loaded emulator library.
+pub struct Emulator {
+    launch: LaunchFn,
+    kinds: KindsFn,
+    names: NamesFn,
+}
+
+// The library's entry points are plain functions; the registry is written only while
+// the library loads.
+unsafe impl Send for Emulator {}
+unsafe impl Sync for Emulator {}
+
+/// A launch shape: grid, block (x, y, z) and dynamic shared-memory bytes.
+#[derive(Clone, Copy, Debug)]
+pub struct Shape {
+    pub grid: (u32, u32, u32),
+    pub block: (u32, u32, u32),
+    pub smem: u32,
+}
+
+impl Shape {
+    /// `grid` blocks of `block` threads (1-D), no dynamic shared memory.
+    pub fn flat(grid: u32, block: u32) -> Self {
+        Shape { grid: (grid, 1, 1), block: (block, 1, 1), smem: 0 }
+    }
+
+    /// From the launcher's `cudarc` launch configuration.
+    pub fn of(cfg: cudarc::driver::LaunchConfig) -> Self {
+        Shape { grid: cfg.grid_dim, block: cfg.block_dim, smem: cfg.shared_mem_bytes }
+    }
+
+    pub fn with_smem(mut self, bytes: u32) -> Self {
+        self.smem = bytes;
+        self
+    }
+}
+
+fn kind(a: &Arg) -> (char, u64) {
+    match *a {
+        Arg::Ptr(v) => ('P', v),
+        Arg::U64(v) => ('U', v),
+        Arg::I32(v) => ('I', v as i64 as u64),
+        Arg::I64(v) => ('L', v as u64),
+        Arg::F32(v) => ('F', v.to_bits() as u64),
+    }
+}
+
+impl Emulator {
+    /// Run kernel `name` (e.g. `layer_norm_forward_f32`) with `args` over `shape`.
+    /// Pointers in `args` are host addresses (see [`ptr`], [`ptr_mut`]).
+    pub fn launch(&self, name: &str, shape: Shape, args: &[Arg]) -> Result<(), String> {
+        let (kinds, slots): (String, Vec<u64>) = args.iter().map(kind).unzip();
+        let name_c = CString::new(name).map_err(|e| e.to_string())?;
+        let kinds_c = CString::new(kinds).map_err(|e| e.to_string())?;
+        let grid = [shape.grid.0, shape.grid.1, shape.grid.2];
+        let block = [shape.block.0, shape.block.1, shape.block.2];
+        let mut err = vec![0 as c_char; 1024];
+        let rc = unsafe {
+            (self.launch)(
+                name_c.as_ptr(),
+                grid.as_ptr(),
+                block.as_ptr(),
+                shape.smem,
+                slots.as_ptr(),
+                kinds_c.as_ptr(),
+                err.as_mut_ptr(),
+                err.len(),
+            )
+        };
+        if rc == 0 {
+            Ok(())
+        } else {
+            Err(unsafe { CStr::from_ptr(err.as_ptr()) }.to_string_lossy().into_owned())
+        }
+    }
+
+    /// [`Emulator::launch`] that panics with the kernel's name on an error.
+    pub fn run(&self, name: &str, shape: Shape, args: &[Arg]) {
+        if let Err(e) = self.launch(name, shape, args) {
+            panic!("emulated launch of `{name}` failed: {e}");
+        }
+    }
+
+    /// The argument kinds of a kernel (`P` pointer, `I` int, `u` unsigned, `L` long
+    /// long, `U` unsigned long long, `F` float), `None` when there is no such kernel.
+    pub fn kernel_kinds(&self, name: &str) -> Option<String> {
+        let name_c = CString::new(name).ok()?;
+        let mut out = vec![0 as c_char; 256];
+        let n = unsafe { (self.kinds)(name_c.as_ptr(), out.as_mut_ptr(), out.len()) };
+        (n > 0).then(|| unsafe { CStr::from_ptr(out.as_ptr()) }.to_string_lossy().into_owned())
+    }
+
+    /// Every kernel the library holds.
+    pub fn kernel_names(&self) -> Vec<String> {
+        self.kernels().into_iter().map(|(_, name)| name).collect()
+    }
+
+    /// Every kernel the library holds, with its module (the stem of its `kernels/*.cu`
+    /// file): `(module, name)`.
+    pub fn kernels(&self) -> Vec<(String, String)> {
+        let mut out = vec![0 as c_char; 1 << 16];
+        unsafe { (self.names)(out.as_mut_ptr(), out.len()) };
+        let all = unsafe { CStr::from_ptr(out.as_ptr()) }.to_string_lossy().into_owned();
+        all.lines().filter_map(|l| l.split_once('/')).map(|(m, n)| (m.to_string(), n.to_string())).collect()
+    }
+}
+
+/// Host address of a buffer, as a kernel pointer argument.
+pub fn ptr<T>(v: &[T]) -> Arg {
+    Arg::Ptr(v.as_ptr() as u64)
+}
+
+/// Host address of a buffer the kernel writes.
+pub fn ptr_mut<T>(v: &mut [T]) -> Arg {
+    Arg::Ptr(v.as_mut_ptr() as u64)
+}
+
+/// The emulator, or `None` after printing `SKIP: no kernel emulator: …` (a panic
+/// instead when `QF_REQUIRE_CUDA_KERNELS` is set: CI installs the headers, so there the
+/// emulated kernels must run).
+pub fn emulator(test: &str) -> Option<&'static Emulator> {
+    static EMU: OnceLock<Result<Emulator, String>> = OnceLock::new();
+    match EMU.get_or_init(build_and_load) {
+        Ok(e) => Some(e),
+        Err(why) => {
+            let required = std::env::var("QF_REQUIRE_CUDA_KERNELS").is_ok_and(|v| !v.is_empty() && v != "0");
+            if required && !why.starts_with(NO_COMPILER) {
+                panic!("QF_REQUIRE_CUDA_KERNELS is set but the kernel emulator cannot be built: {why}");
+            }
+            use std::io::Write;
+            let _ = writeln!(std::io::stderr(), "SKIP: no kernel emulator: {why} [{test}]");
+            None
+        }
+    }
+}
+
+fn manifest_dir() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// The directory holding `cuda_fp16.h`: `$CUDA_HOME`, `$CUDA_PATH`, the project's pip
+/// toolchain, `/usr/local/cuda`.
+fn cuda_include_dir() -> Result<PathBuf, String> {
+    let mut candidates: Vec<PathBuf> = Vec::new();
+    for var in ["CUDA_HOME", "CUDA_PATH"] {
+        if let Some(d) = std::env::var_os(var) {
+            candidates.push(PathBuf::from(d).join("include"));
+        }
+    }
+    candidates.push(manifest_dir().join(".cuda/pkgs/nvidia/cu13/include"));
+    candidates.push(PathBuf::from("/usr/local/cuda/include"));
+    candidates.iter().find(|d| d.join("cuda_fp16.h").is_file()).cloned().ok_or_else(|| {
+        format!(
+            "no CUDA headers (cuda_fp16.h) in {} — run `bash tools/install_cuda_toolchain.sh`",
+            candidates.iter().map(|d| d.display().to_string()).collect::<Vec<_>>().join(", ")
+        )
+    })
+}
+
+/// Prefix of the error when the machine has no C++ compiler at all: the one case that
+/// skips even when the emulated kernels are required (a compiler that fails does not).
+const NO_COMPILER: &str = "no C++ compiler";
+
+/// `$CXX`, else the first of g++, c++, clang++ on PATH.
+fn compiler() -> Result<String, String> {
+    if let Ok(cxx) = std::env::var("CXX") {
+        return Ok(cxx);
+    }
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    ["g++", "c++", "clang++"]
+        .into_iter()
+        .find(|c| std::env::split_paths(&path).any(|d| d.join(c).is_file()))
+        .map(str::to_string)
+        .ok_or_else(|| format!("{NO_COMPILER} (CXX unset; no g++, c++ or clang++ on PATH)"))
+}
+
+const FLAGS: &[&str] = &["-std=c++20", "-O1", "-fPIC", "-ffp-contract=off", "-Wno-unknown-pragmas", "-w"];
+
+fn fnv1a(hash: &mut u64, bytes: &[u8]) {
+    for &b in bytes {
+        *hash ^= b as u64;
+        *hash = hash.wrapping_mul(0x100_0000_01b3);
+    }
+}
+
+fn sorted_files(dir: &Path, exts: &[&str]) -> Result<Vec<PathBuf>, String> {
+    let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
+        .map_err(|e| format!("reading {}: {e}", dir.display()))?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().and_then(|x| x.to_str()).is_some_and(|x| exts.contains(&x)))
+        .collect();
+    files.sort();
+    Ok(files)
+}
+
+fn run(cmd: &mut Command) -> Result<Vec<u8>, String> {
+    let out = cmd.output().map_err(|e| format!("running {cmd:?}: {e}"))?;
+    if !out.status.success() {
+        let err = String::from_utf8_lossy(&out.stderr);
+        let head: Vec<&str> = err.lines().take(30).collect();
+        return Err(format!("{cmd:?} failed:\n{}", head.join("\n")));
+    }
+    Ok(out.stdout)
+}
+
+/// Names of the `extern "C"` kernels a preprocessed kernel file defines.
+fn kernel_names_in(preprocessed: &str) -> Vec<String> {
+    let mut names = Vec::new();
+    let mut rest = preprocessed;
+    while let Some(i) = rest.find("extern \"C\"") {
+        rest = &rest[i + "extern \"C\"".len()..];
+        let decl = rest.trim_start();
+        let Some(decl) = decl.strip_prefix("void") else { continue };
+        let name: String = decl.trim_start().chars().take_while(|c| c.is_alphanumeric() || *c == '_').collect();
+        if !name.is_empty() && decl.trim_start()[name.len()..].trim_start().starts_with('(') {
+            names.push(name);
+        }
+    }
+    names.sort();
+    names.dedup();
+    names
+}
+
+fn build_and_load() -> Result<Emulator, String> {
+    let cxx = compiler()?;
+    let include = cuda_include_dir()?;
+    let kernels = manifest_dir().join("kernels");
+    let emu_dir = manifest_dir().join("tests/kernel_emu");
+    let header = emu_dir.join("cuda_host_emulation.h");
+    let runtime = emu_dir.join("cuda_host_emulation.cpp");
+    let sources = sorted_files(&kernels, &["cu"])?;
+    if sources.is_empty() {
+        return Err(format!("no kernels in {}", kernels.display()));
+    }
+
+    let mut hash = 0xcbf2_9ce4_8422_2325u64;
+    for f in sorted_files(&kernels, &["cu", "cuh"])?.iter().chain([&header, &runtime]) {
+        fnv1a(&mut hash, f.to_string_lossy().as_bytes());
+        fnv1a(&mut hash, &std::fs::read(f).map_err(|e| format!("reading {}: {e}", f.display()))?);
+    }
+    fnv1a(&mut hash, cxx.as_bytes());
+    fnv1a(&mut hash, FLAGS.join(" ").as_bytes());
+    fnv1a(&mut hash, include.to_string_lossy().as_bytes());
+    let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!("kernel-emu/{hash:016x}"));
+    let lib = dir.join("libqf_kernel_emu.so");
+    if !lib.is_file() {
+        // Each process builds in its own directory (test binaries may build at the
+        // same time) and renames the finished library into place.
+        let work = dir.with_extension(format!("build-{}", std::process::id()));
+        build(&cxx, &work, &include, &kernels, &header, &runtime, &sources)?;
+        std::fs::create_dir_all(&dir).map_err(|e| format!("creating {}: {e}", dir.display()))?;
+        let built = work.join("libqf_kernel_emu.so");
+        std::fs::rename(&built, &lib).map_err(|e| format!("renaming {}: {e}", built.display()))?;
+        let _ = std::fs::remove_dir_all(&work);
+    }
+    load(&lib)
+}
+
+fn base_command(cxx: &str, include: &Path, kernels: &Path, header: &Path) -> Command {
+    let mut cmd = Command::new(cxx);
+    cmd.args(FLAGS).arg("-I").arg(include).arg("-I").arg(kernels).arg("-include").arg(header);
+    cmd
+}
+
+/// Compile every kernel file (with a registration line per kernel appended) and the
+/// runtime, in parallel, and link them into `dir/libqf_kernel_emu.so`.
+fn build(
+    cxx: &str,
+    dir: &Path,
+    include: &Path,
+    kernels: &Path,
+    header: &Path,
+    runtime: &Path,
+    sources: &[PathBuf],
+) -> Result<(), String> {
+    std::fs::create_dir_all(dir).map_err(|e| format!("creating {}: {e}", dir.display()))?;
+    let compile_one = |src: &Path| -> Result<PathBuf, String> {
+        let stem = src.file_stem().unwrap_or_default().to_string_lossy().into_owned();
+        let pre = run(base_command(cxx, include, kernels, header).arg("-x").arg("c++").arg("-E").arg(src))?;
+        let names = kernel_names_in(&String::from_utf8_lossy(&pre));
+        if names.is_empty() {
+            return Err(format!("{} defines no extern \"C\" kernel", src.display()));
+        }
+        let mut unit = format!("#define QF_EMU_MODULE \"{stem}\"\n#include \"{}\"\n", src.display());
+        for n in &names {
+            let _ = writeln!(unit, "QF_EMU_KERNEL({n})");
+        }
+        let cpp = dir.join(format!("{stem}.emu.cpp"));
+        std::fs::write(&cpp, unit).map_err(|e| format!("writing {}: {e}", cpp.display()))?;
+        let obj = dir.join(format!("{stem}.o"));
+        run(base_command(cxx, include, kernels, header).arg("-c").arg(&cpp).arg("-o").arg(&obj))?;
+        Ok(obj)
+    };
+    let mut jobs: Vec<PathBuf> = sources.to_vec();
+    jobs.push(runtime.to_path_buf());
+    let threads = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2).min(8);
+    let next = std::sync::atomic::AtomicUsize::new(0);
+    let results = std::sync::Mutex::new(Vec::new());
+    std::thread::scope(|s| {
+        for _ in 0..threads {
+            s.spawn(|| loop {
+                let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                let Some(src) = jobs.get(i) else { break };
+                let r = if src == runtime {
+                    let obj = dir.join("runtime.o");
+                    run(base_command(cxx, include, kernels, header).arg("-c").arg(src).arg("-o").arg(&obj)).map(|_| obj)
+                } else {
+                    compile_one(src)
+                };
+                results.lock().unwrap().push(r);
+            });
+        }
+    });
+    let objects = results.into_inner().unwrap().into_iter().collect::<Result<Vec<_>, _>>()?;
+    let lib = dir.join("libqf_kernel_emu.so");
+    run(Command::new(cxx).arg("-shared").arg("-o").arg(&lib).args(&objects).arg("-lpthread")).map(|_| ())
+}
+
+fn load(lib: &Path) -> Result<Emulator, String> {
+    let path = CString::new(lib.to_string_lossy().as_bytes()).map_err(|e| e.to_string())?;
+    let handle = unsafe { libc::dlopen(path.as_ptr(), libc::RTLD_NOW | libc::RTLD_LOCAL) };
+    if handle.is_null() {
+        let why = unsafe { CStr::from_ptr(libc::dlerror()) }.to_string_lossy().into_owned();
+        return Err(format!("dlopen {}: {why}", lib.display()));
+    }
+    let sym = |name: &str| -> Result<*mut c_void, String> {
+        let c = CString::new(name).map_err(|e| e.to_string())?;
+        let p = unsafe { libc::dlsym(handle, c.as_ptr()) };
+        if p.is_null() {
+            Err(format!("{} has no symbol {name}", lib.display()))
+        } else {
+            Ok(p)
+        }
+    };
+    // The library stays loaded for the life of the test process.
+    unsafe {
+        Ok(Emulator {
+            launch: std::mem::transmute::<*mut c_void, LaunchFn>(sym("qf_emu_launch")?),
+            kinds: std::mem::transmute::<*mut c_void, KindsFn>(sym("qf_emu_kernel_kinds")?),
+            names: std::mem::transmute::<*mut c_void, NamesFn>(sym("qf_emu_kernel_names")?),
+        })
+    }
+}
+
+/// Values rounded to the compute dtype `T` and back (the inputs a half kernel sees).
+pub trait Element: Copy + Default + Send + Sync + 'static {
+    const SUFFIX: &'static str;
+    fn from_f32(x: f32) -> Self;
+    fn to_f32(self) -> f32;
+}
+
+impl Element for f32 {
+    const SUFFIX: &'static str = "f32";
+    fn from_f32(x: f32) -> Self {
+        x
+    }
+    fn to_f32(self) -> f32 {
+        self
+    }
+}
+
+impl Element for f16 {
+    const SUFFIX: &'static str = "f16";
+    fn from_f32(x: f32) -> Self {
+        f16::from_f32(x)
+    }
+    fn to_f32(self) -> f32 {
+        f16::to_f32(self)
+    }
+}
+
+impl Element for bf16 {
+    const SUFFIX: &'static str = "bf16";
+    fn from_f32(x: f32) -> Self {
+        bf16::from_f32(x)
+    }
+    fn to_f32(self) -> f32 {
+        bf16::to_f32(self)
+    }
+}
+
+/// Convert a slice to the element type.
+pub fn to_elem<T: Element>(v: &[f32]) -> Vec<T> {
+    v.iter().map(|&x| T::from_f32(x)).collect()
+}
+
+/// Convert back to f32.
+pub fn to_f32<T: Element>(v: &[T]) -> Vec<f32> {
+    v.iter().map(|&x| x.to_f32()).collect()
+}

@@ -1,0 +1,394 @@
+//! Every CUDA kernel, run on the CPU through the host emulation of `tests/kernel_emu`
+//! (one OS thread per CUDA thread, real barriers and warp exchanges), against a
+//! reference computed here in f64 — so that every kernel executes, and its indexing,
+//! reductions, accumulation rules and argument lists are checked, on every CI landing,
+//! also where no GPU is lent. The launch shapes and argument lists are those of the
+//! Rust launchers in `src/backend/cuda/`. Timing, occupancy and races between blocks
+//! (blocks run one after the other here) are the GPU suite's business
+//! (`tests/cuda_ops.rs`).
+
+mod common;
+mod kernel_emu;
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+use kernel_emu::{emulator, ptr, ptr_mut, Shape};
+use qf_engine::backend::cuda::launch::{warp_rows_config, Arg};
+
+#[test]
+fn every_kernel_file_registers_its_kernels() {
+    let Some(emu) = emulator("every_kernel_file_registers_its_kernels") else { return };
+    let names = emu.kernel_names();
+    assert!(names.iter().any(|n| n == "layer_norm_forward_f32"), "{names:?}");
+    assert_eq!(emu.kernel_kinds("layer_norm_forward_f32").as_deref(), Some("PPPPPPIIF"));
+    let err = emu.launch("layer_norm_forward_f32", Shape::flat(1, 32), &[Arg::I32(1)]).unwrap_err();
+    assert!(err.contains("takes arguments (PPPPPPIIF) but the launch passes (I)"), "{err}");
+}
+
+#[test]
+fn layer_norm_forward_smoke() {
+    let Some(emu) = emulator("layer_norm_forward_smoke") else { return };
+    let (rows, dim) = (13usize, 45usize);
+    let x: Vec<f32> = (0..rows * dim).map(|i| ((i * 37 % 101) as f32) / 50.0 - 1.0).collect();
+    let w: Vec<f32> = (0..dim).map(|i| 1.0 + i as f32 / 100.0).collect();
+    let b: Vec<f32> = (0..dim).map(|i| i as f32 / 200.0).collect();
+    let mut y = vec![f32::NAN; rows * dim];
+    let mut mean = vec![f32::NAN; rows];
+    let mut rstd = vec![f32::NAN; rows];
+    emu.run(
+        "layer_norm_forward_f32",
+        Shape::of(warp_rows_config(rows)),
+        &[
+            ptr_mut(&mut y),
+            ptr_mut(&mut mean),
+            ptr_mut(&mut rstd),
+            ptr(&x),
+            ptr(&w),
+            ptr(&b),
+            Arg::I32(rows as i32),
+            Arg::I32(dim as i32),
+            Arg::F32(1e-5),
+        ],
+    );
+    for r in 0..rows {
+        let row = &x[r * dim..(r + 1) * dim];
+        let m = row.iter().map(|&v| v as f64).sum::<f64>() / dim as f64;
+        let var = row.iter().map(|&v| (v as f64 - m).powi(2)).sum::<f64>() / dim as f64;
+        let rs = 1.0 / (var + 1e-5).sqrt();
+        for d in 0..dim {
+            let want = (row[d] as f64 - m) * rs * w[d] as f64 + b[d] as f64;
+            assert!((y[r * dim + d] as f64 - want).abs() < 1e-5, "row {r} col {d}: {} vs {want}", y[r * dim + d]);
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------
+// Every launch site in src/backend/cuda against the signature of the kernel it names.
+//
+// The Rust launchers pass raw argument lists (`&[p(x)?, int(rows)?, Arg::F32(eps)]`);
+// a wrong count, order of kinds, kernel name or module would only show on a GPU. This
+// reads each `launch(dev, "module", name, shape, args)` call in the source, resolves
+// the kernel name (a literal, `kname("op", dtype)` for every dtype the module has, or a
+// `let name = kname(…)` above the call) and the argument kinds (`p`/`p_opt`/`NULL`/
+// `Arg::Ptr` pointer, `int`/`Arg::I32` int, `long`/`Arg::I64` long long, `Arg::F32`
+// float, `Arg::U64` unsigned long long; an `&args` vector is followed through its
+// `vec![…]` and `args.extend(…)` lines), and compares with the kinds and module the
+// compiled kernel has.
+// ---------------------------------------------------------------------------------
+
+/// Source with `//` comments removed (string literals kept).
+fn strip_comments(src: &str) -> String {
+    let mut out = String::with_capacity(src.len());
+    let mut in_str = false;
+    let mut chars = src.chars().peekable();
+    while let Some(c) = chars.next() {
+        if in_str {
+            out.push(c);
+            if c == '\\' {
+                if let Some(n) = chars.next() {
+                    out.push(n);
+                }
+            } else if c == '"' {
+                in_str = false;
+            }
+        } else if c == '"' {
+            in_str = true;
+            out.push(c);
+        } else if c == '/' && chars.peek() == Some(&'/') {
+            for n in chars.by_ref() {
+                if n == '\n' {
+                    out.push('\n');
+                    break;
+                }
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+/// The text between the bracket that opens at `open` and its partner, and the index after
+/// the partner.
+fn bracketed(src: &str, open: usize) -> (&str, usize) {
+    let bytes = src.as_bytes();
+    let mut depth = 0usize;
+    let mut in_str = false;
+    let mut i = open;
+    while i < bytes.len() {
+        let c = bytes[i];
+        if in_str {
+            if c == b'\\' {
+                i += 1;
+            } else if c == b'"' {
+                in_str = false;
+            }
+        } else {
+            match c {
+                b'"' => in_str = true,
+                b'(' | b'[' | b'{' => depth += 1,
+                b')' | b']' | b'}' => {
+                    depth -= 1;
+                    if depth == 0 {
+                        return (&src[open + 1..i], i + 1);
+                    }
+                }
+                _ => {}
+            }
+        }
+        i += 1;
+    }
+    panic!("unbalanced brackets after byte {open}");
+}
+
+/// Split at top-level commas; empty trailing pieces dropped.
+fn split_top_level(list: &str) -> Vec<String> {
+    let (mut parts, mut cur, mut depth, mut in_str) = (Vec::new(), String::new(), 0i32, false);
+    let mut prev = ' ';
+    for c in list.chars() {
+        if in_str {
+            in_str = !(c == '"' && prev != '\\');
+        } else {
+            match c {
+                '"' => in_str = true,
+                '(' | '[' | '{' => depth += 1,
+                ')' | ']' | '}' => depth -= 1,
+                ',' if depth == 0 => {
+                    parts.push(std::mem::take(&mut cur).trim().to_string());
+                    prev = c;
+                    continue;
+                }
+                _ => {}
+            }
+        }
+        cur.push(c);
+        prev = c;
+    }
+    parts.push(cur.trim().to_string());
+    parts.retain(|p| !p.is_empty());
+    parts
+}
+
+/// The kind letter of one argument expression, or `None` when it is none of the helpers.
+fn arg_kind(expr: &str) -> Option<char> {
+    let e = expr.trim();
+    let starts = |prefixes: &[&str]| prefixes.iter().any(|p| e.starts_with(p));
+    if starts(&["p(", "p_opt(", "Arg::Ptr("]) || e == "NULL" {
+        Some('P')
+    } else if starts(&["int(", "Arg::I32("]) {
+        Some('I')
+    } else if starts(&["long(", "Arg::I64("]) {
+        Some('L')
+    } else if starts(&["Arg::F32("]) {
+        Some('F')
+    } else if starts(&["Arg::U64("]) {
+        Some('U')
+    } else {
+        None
+    }
+}
+
+/// Kinds of a list of argument expressions; `fn_kinds` resolves `helper(…)` calls that
+/// return argument arrays (e.g. `consts_args(c)`).
+fn list_kinds(items: &[String], fn_kinds: &BTreeMap<String, String>) -> Result<String, String> {
+    let mut kinds = String::new();
+    for item in items {
+        if let Some(k) = arg_kind(item) {
+            kinds.push(k);
+        } else if let Some(k) = item.split('(').next().and_then(|f| fn_kinds.get(f.trim())) {
+            kinds.push_str(k);
+        } else {
+            return Err(format!("argument `{item}` is not built with p/p_opt/NULL/int/long/Arg::*"));
+        }
+    }
+    Ok(kinds)
+}
+
+/// `fn NAME(…) -> [Arg; N] { [ … ] }` helpers of a file: name → kinds.
+fn array_helpers(src: &str) -> BTreeMap<String, String> {
+    let mut out = BTreeMap::new();
+    for (at, _) in src.match_indices("fn ") {
+        let rest = &src[at + 3..];
+        let name: String = rest.chars().take_while(|c| c.is_alphanumeric() || *c == '_').collect();
+        let Some(sig_end) = rest.find('{') else { continue };
+        if !rest[..sig_end].contains("-> [Arg;") {
+            continue;
+        }
+        let body_open = at + 3 + sig_end;
+        let (body, _) = bracketed(src, body_open);
+        if let Some(lb) = body.find('[') {
+            let (items, _) = bracketed(body, lb);
+            if let Ok(k) = list_kinds(&split_top_level(items), &BTreeMap::new()) {
+                out.insert(name, k);
+            }
+        }
+    }
+    out
+}
+
+/// Kinds of the `args` vector a launch passes as `&args`: its `let mut args = vec![…]`
+/// (the closest one above `at`) and the `args.extend(…)` calls between it and `at`.
+fn vector_kinds(src: &str, at: usize, fn_kinds: &BTreeMap<String, String>) -> Result<String, String> {
+    let let_at = src[..at].rfind("let mut args = vec!").ok_or("no `let mut args = vec![…]` above `&args`")?;
+    let open = let_at + src[let_at..].find('[').ok_or("vec! without [")?;
+    let (items, mut pos) = bracketed(src, open);
+    let mut kinds = list_kinds(&split_top_level(items), fn_kinds)?;
+    while let Some(off) = src[pos..at].find("args.extend(") {
+        let open = pos + off + "args.extend".len();
+        let (inner, next) = bracketed(src, open);
+        let inner = inner.trim();
+        let items = match inner.strip_prefix('[') {
+            Some(_) => split_top_level(bracketed(inner, 0).0),
+            None => vec![inner.to_string()],
+        };
+        kinds.push_str(&list_kinds(&items, fn_kinds)?);
+        pos = next;
+    }
+    Ok(kinds)
+}
+
+/// The first string literal in an expression.
+fn string_literal(expr: &str) -> Option<&str> {
+    let start = expr.find('"')? + 1;
+    let len = expr[start..].find('"')?;
+    Some(&expr[start..start + len])
+}
+
+/// Kernel names a launch's name expression can take.
+fn kernel_names(name_expr: &str, src: &str, at: usize, suffixes: &[&str]) -> Result<Vec<String>, String> {
+    let e = name_expr.trim().trim_start_matches('&');
+    let kname_base = |expr: &str| -> Option<Vec<String>> {
+        let base = string_literal(expr.split_once("kname(")?.1)?;
+        Some(suffixes.iter().map(|s| format!("{base}_{s}")).collect())
+    };
+    if e.starts_with("kname(") {
+        return kname_base(e).ok_or_else(|| format!("cannot read `{e}`"));
+    }
+    if e.starts_with('"') {
+        return string_literal(e).map(|n| vec![n.to_string()]).ok_or_else(|| format!("cannot read `{e}`"));
+    }
+    // A variable: `let <var> = kname("…", …)` above the call.
+    let pattern = format!("let {e} = ");
+    let let_at = src[..at].rfind(&pattern).ok_or_else(|| format!("cannot resolve kernel name `{e}`"))?;
+    let line = src[let_at..].lines().next().unwrap_or_default();
+    kname_base(line).ok_or_else(|| format!("cannot resolve kernel name `{e}` from `{line}`"))
+}
+
+/// Check the launch sites of `(file name, source)` pairs: the number of (site, kernel)
+/// pairs checked and the problems found.
+fn check_launch_sites(emu: &kernel_emu::Emulator, files: &[(String, String)]) -> (usize, Vec<String>) {
+    let modules: BTreeMap<String, String> = emu.kernels().into_iter().map(|(m, n)| (n, m)).collect();
+    let (mut checked, mut problems) = (0usize, Vec::new());
+    for (fname, raw) in files {
+        let src = strip_comments(raw);
+        let helpers = array_helpers(&src);
+        for (at, _) in src.match_indices("launch(") {
+            let before = src[..at].chars().next_back().unwrap_or(' ');
+            if before.is_alphanumeric() || before == '_' || before == '.' || src[..at].ends_with("fn ") {
+                continue; // another function (`b.launch(`, `fn launch(`, …)
+            }
+            let (inner, _) = bracketed(&src, at + "launch".len());
+            let parts = split_top_level(inner);
+            let site = format!("{fname}:{}", src[..at].lines().count());
+            let resolved = resolve_launch(&parts, &src, at, &helpers);
+            let (module, names, kinds) = match resolved {
+                Ok(r) => r,
+                Err(e) => {
+                    problems.push(format!("{site}: {e}"));
+                    continue;
+                }
+            };
+            let mut found = 0;
+            for name in &names {
+                let Some(want) = emu.kernel_kinds(name) else { continue };
+                found += 1;
+                checked += 1;
+                if want != kinds {
+                    problems.push(format!("{site}: `{name}` takes ({want}) but the launch passes ({kinds})"));
+                }
+                let home = modules.get(name).map(String::as_str).unwrap_or("?");
+                if home != module {
+                    problems.push(format!(
+                        "{site}: `{name}` lives in module `{home}`, the launch loads it from `{module}`"
+                    ));
+                }
+            }
+            if found == 0 {
+                problems.push(format!("{site}: no compiled kernel named {names:?}"));
+            }
+        }
+    }
+    (checked, problems)
+}
+
+/// Module, possible kernel names and argument kinds of one `launch(…)` call's arguments.
+fn resolve_launch(
+    parts: &[String],
+    src: &str,
+    at: usize,
+    helpers: &BTreeMap<String, String>,
+) -> Result<(String, Vec<String>, String), String> {
+    if parts.len() != 5 {
+        return Err(format!("launch(…) with {} arguments", parts.len()));
+    }
+    let module = string_literal(&parts[1]).ok_or_else(|| format!("module `{}` is not a literal", parts[1]))?;
+    let names = kernel_names(&parts[2], src, at, &["f32", "f16", "bf16"])?;
+    let args = parts[4].trim();
+    let kinds = if args == "&args" {
+        vector_kinds(src, at, helpers)?
+    } else if let Some(list) = args.strip_prefix('&').filter(|a| a.starts_with('[')) {
+        list_kinds(&split_top_level(bracketed(list, 0).0), helpers)?
+    } else {
+        return Err(format!("argument list `{args}` is neither a literal `&[…]` nor `&args`"));
+    };
+    Ok((module.to_string(), names, kinds))
+}
+
+#[test]
+fn every_launch_site_passes_the_arguments_its_kernel_takes() {
+    let Some(emu) = emulator("every_launch_site_passes_the_arguments_its_kernel_takes") else { return };
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("src/backend/cuda");
+    let mut paths: Vec<PathBuf> = std::fs::read_dir(&dir).unwrap().map(|e| e.unwrap().path()).collect();
+    paths.sort();
+    let files: Vec<(String, String)> = paths
+        .iter()
+        .filter(|f| f.file_name().is_some_and(|n| n != "launch.rs"))
+        .map(|f| (f.file_name().unwrap().to_string_lossy().into_owned(), std::fs::read_to_string(f).unwrap()))
+        .collect();
+    let (checked, problems) = check_launch_sites(emu, &files);
+    assert!(problems.is_empty(), "launch sites that disagree with their kernels:\n{}", problems.join("\n"));
+    // 32 launch sites in 14 files, most of them once per dtype: a parser that silently
+    // skipped sites would fall below this.
+    assert!(checked >= 70, "only {checked} (launch site, kernel) pairs were checked");
+}
+
+#[test]
+fn the_launch_site_check_catches_wrong_kinds_names_and_modules() {
+    let Some(emu) = emulator("the_launch_site_check_catches_wrong_kinds_names_and_modules") else { return };
+    let src = r#"
+        fn consts() -> [Arg; 2] { [Arg::F32(a), Arg::F32(b)] }
+        fn ok(dev: &CudaDevice) -> Result<()> {
+            launch(dev, "layer_norm", &kname("layer_norm_forward", dt)?, cfg,
+                   &[p(&y)?, p(&m)?, p(&r)?, p(x)?, p(w)?, p(b)?, int(rows)?, int(dim)?, Arg::F32(eps)])?;
+            // eps passed as a long: wrong kind
+            launch(dev, "layer_norm", "layer_norm_forward_f32", cfg,
+                   &[p(&y)?, p(&m)?, p(&r)?, p(x)?, p(w)?, p(b)?, int(rows)?, int(dim)?, long(eps)])?;
+            launch(dev, "bias", "layer_norm_forward_f32", cfg,
+                   &[p(&y)?, p(&m)?, p(&r)?, p(x)?, p(w)?, p(b)?, int(rows)?, int(dim)?, Arg::F32(eps)])?;
+            launch(dev, "layer_norm", "no_such_kernel", cfg, &[p(&y)?])?;
+            let mut args = vec![p(&y)?, p(&m)?, p(&r)?, p(x)?, p(w)?, p(b)?, int(rows)?];
+            args.extend(consts());
+            launch(dev, "layer_norm", "layer_norm_forward_f32", cfg, &args)
+        }
+    "#;
+    let (checked, problems) = check_launch_sites(emu, &[("synthetic.rs".to_string(), src.to_string())]);
+    assert_eq!(checked, 3 + 1 + 1 + 1, "{problems:?}");
+    let expect = [
+        "synthetic.rs:7: `layer_norm_forward_f32` takes (PPPPPPIIF) but the launch passes (PPPPPPIIL)",
+        "synthetic.rs:9: `layer_norm_forward_f32` lives in module `layer_norm`, the launch loads it from `bias`",
+        "synthetic.rs:11: no compiled kernel named [\"no_such_kernel\"]",
+        "synthetic.rs:14: `layer_norm_forward_f32` takes (PPPPPPIIF) but the launch passes (PPPPPPIFF)",
+    ];
+    assert_eq!(problems, expect);
+}
