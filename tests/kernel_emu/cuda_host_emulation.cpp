@@ -200,6 +200,11 @@ extern "C" int qf_emu_launch(const char* name, const unsigned* grid3, const unsi
         write_error(err, err_cap, "invalid launch shape (a block has 1..=1024 threads, every grid dimension ≥ 1)");
         return 1;
     }
+    // One launch at a time in the whole process: `__shared__` variables are statics (one
+    // copy per function, e.g. the partials of common.cuh's block_sum), so two launches
+    // from tests running in parallel would share them.
+    static std::mutex one_launch_at_a_time;
+    std::lock_guard<std::mutex> lock(one_launch_at_a_time);
     std::string msg;
     for (unsigned z = 0; z < grid.z; ++z)
         for (unsigned y = 0; y < grid.y; ++y)

@@ -9,7 +9,8 @@
 //   * __shfl_xor_sync() exchanges values through a per-warp slot array between two
 //     barriers over the warp's 32 threads;
 //   * __shared__ variables are function-local statics: one copy, shared by the
-//     threads of the one block that runs at a time;
+//     threads of the one block that runs at a time (launches are serialised over the
+//     whole process, so tests running in parallel do not share them);
 //   * dynamic shared memory (QF_DYNAMIC_SHARED) is a per-block buffer filled with NaN
 //     bytes, and %dynamic_smem_size reports its size;
 //   * atomicAdd() is an atomic read-modify-write on host memory.
