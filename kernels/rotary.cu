@@ -12,14 +12,14 @@
 //
 // Precision, so the CPU twin can reproduce it:
 //  * 10000^e in (1) is evaluated as the double-precision pow(10000.0, (double)e)
-//    rounded to float — i.e. the correctly rounded fp32 power, which is what
-//    PyTorch's fp32 pow gives in practice.  A fp32 powf is off by up to a few
-//    ulp on GPU (and differently on the CPU); θ reaches 10^3 rad for positions
-//    ≥ 1024, where one ulp of inv_freq moves θ by ~1e-4 rad — larger than the
-//    fp32 test tolerance.  CPU twin:
-//        let e = (2*i) as f32 / d as f32;
-//        let inv_freq = 1.0f32 / (10000f64.powf(e as f64) as f32);
-//        let theta = p as f32 * inv_freq;
+//    rounded to float — the correctly rounded fp32 power.  The device's fp32 powf
+//    is off by up to a few ulp; θ reaches 10^3 rad for positions ≥ 1024, where
+//    one ulp of inv_freq moves θ by ~1e-4 rad — larger than the fp32 test
+//    tolerance.  The CPU twin (src/backend/cpu/rotary.rs, HF's formula) uses the
+//    host's f32 powf: for every ESM-2 head size (16, 24, 32, 64, 128) the two give
+//    identical inv_freq; for a few other head sizes (e.g. 150, 228) one value is
+//    1 ulp apart (measured in tests/emulated_attention.rs: ≤ 4e-6 relative).
+//        e = (2*i) as f32 / d as f32;   theta = p as f32 * inv_freq;
 //  * sinθ, cosθ come from full-precision sincosf (argument reduction valid for
 //    any |θ|; never __sinf/__cosf).  This file is compiled without
 //    --use_fast_math.
