@@ -8,8 +8,7 @@
 //! that depend on the device (2·SMs cap of the LayerNorm backward, `column_config`) are
 //! rebuilt here for an H100 (132 SMs) and for a 1-SM device (grids of 1–2 blocks), so
 //! that the grid-stride loops make several passes. Extra shapes that the kernel headers
-//! declare correct (smaller grids, other block sizes) are run too. Launches are
-//! serialised (see [`Emu`]).
+//! declare correct (smaller grids, other block sizes) are run too.
 //!
 //! Outputs are poisoned with NaN before each launch (NaN never passes); buffers the
 //! kernels accumulate into start from random non-zero values and must come back as
