@@ -21,6 +21,15 @@ fn every_kernel_file_registers_its_kernels() {
     let Some(emu) = emulator("every_kernel_file_registers_its_kernels") else { return };
     let names = emu.kernel_names();
     assert!(names.iter().any(|n| n == "layer_norm_forward_f32"), "{names:?}");
+    // Every kernel file contributes, each kernel once (the per-file coverage checks of
+    // tests/emulated_*.rs then hold each file's list to the kernels they test).
+    let modules: std::collections::BTreeSet<String> = emu.kernels().into_iter().map(|(m, _)| m).collect();
+    let files = std::fs::read_dir(PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("kernels"))
+        .unwrap()
+        .filter(|e| e.as_ref().unwrap().path().extension().is_some_and(|x| x == "cu"))
+        .count();
+    assert_eq!(modules.len(), files, "{modules:?}");
+    eprintln!("{} kernels in {} files", names.len(), modules.len());
     assert_eq!(emu.kernel_kinds("layer_norm_forward_f32").as_deref(), Some("PPPPPPIIF"));
     let err = emu.launch("layer_norm_forward_f32", Shape::flat(1, 32), &[Arg::I32(1)]).unwrap_err();
     assert!(err.contains("takes arguments (PPPPPPIIF) but the launch passes (I)"), "{err}");
