@@ -277,10 +277,24 @@ fn kernel_names(name_expr: &str, src: &str, at: usize, suffixes: &[&str]) -> Res
     if e.starts_with('"') {
         return string_literal(e).map(|n| vec![n.to_string()]).ok_or_else(|| format!("cannot read `{e}`"));
     }
-    // A variable: `let <var> = kname("…", …)` above the call.
+    // A variable: `let <var> = kname("…", …)` above the call, or `let <var> = match … {
+    // … => "kernel", … }` (every identifier-like string literal of the match).
     let pattern = format!("let {e} = ");
     let let_at = src[..at].rfind(&pattern).ok_or_else(|| format!("cannot resolve kernel name `{e}`"))?;
-    let line = src[let_at..].lines().next().unwrap_or_default();
+    let rest = &src[let_at + pattern.len()..];
+    if rest.starts_with("match ") {
+        let open = let_at + pattern.len() + rest.find('{').ok_or("match without a body")?;
+        let (body, _) = bracketed(src, open);
+        let names: Vec<String> = body
+            .split('"')
+            .skip(1)
+            .step_by(2)
+            .filter(|l| !l.is_empty() && l.chars().all(|c| c.is_ascii_alphanumeric() || c == '_'))
+            .map(str::to_string)
+            .collect();
+        return if names.is_empty() { Err(format!("no kernel names in `match` of `{e}`")) } else { Ok(names) };
+    }
+    let line = rest.lines().next().unwrap_or_default();
     kname_base(line).ok_or_else(|| format!("cannot resolve kernel name `{e}` from `{line}`"))
 }
 
@@ -366,10 +380,11 @@ fn every_launch_site_passes_the_arguments_its_kernel_takes() {
         .map(|f| (f.file_name().unwrap().to_string_lossy().into_owned(), std::fs::read_to_string(f).unwrap()))
         .collect();
     let (checked, problems) = check_launch_sites(emu, &files);
+    eprintln!("{checked} (launch site, kernel) pairs checked in {} files", files.len());
     assert!(problems.is_empty(), "launch sites that disagree with their kernels:\n{}", problems.join("\n"));
-    // 32 launch sites in 14 files, most of them once per dtype: a parser that silently
-    // skipped sites would fall below this.
-    assert!(checked >= 70, "only {checked} (launch site, kernel) pairs were checked");
+    // 94 (site, kernel) pairs today — 33 launch sites, most of them once per dtype: a
+    // parser that silently skipped sites would fall below this.
+    assert!(checked >= 94, "only {checked} (launch site, kernel) pairs were checked");
 }
 
 #[test]
@@ -388,16 +403,24 @@ fn the_launch_site_check_catches_wrong_kinds_names_and_modules() {
             launch(dev, "layer_norm", "no_such_kernel", cfg, &[p(&y)?])?;
             let mut args = vec![p(&y)?, p(&m)?, p(&r)?, p(x)?, p(w)?, p(b)?, int(rows)?];
             args.extend(consts());
-            launch(dev, "layer_norm", "layer_norm_forward_f32", cfg, &args)
+            launch(dev, "layer_norm", "layer_norm_forward_f32", cfg, &args)?;
+            let name = match (a, b) {
+                (DType::F32, DType::F16) => "cast_f32_to_f16",
+                (DType::F16, DType::F32) => "cast_f16_to_f32",
+                (a, b) => bail!("no CUDA conversion from {a} to {b}"),
+            };
+            launch(dev, "cast", name, cfg, &[Arg::Ptr(o), Arg::Ptr(i), int(n)?])
         }
     "#;
     let (checked, problems) = check_launch_sites(emu, &[("synthetic.rs".to_string(), src.to_string())]);
-    assert_eq!(checked, 3 + 1 + 1 + 1, "{problems:?}");
+    assert_eq!(checked, 3 + 1 + 1 + 1 + 2, "{problems:?}");
     let expect = [
         "synthetic.rs:7: `layer_norm_forward_f32` takes (PPPPPPIIF) but the launch passes (PPPPPPIIL)",
         "synthetic.rs:9: `layer_norm_forward_f32` lives in module `layer_norm`, the launch loads it from `bias`",
         "synthetic.rs:11: no compiled kernel named [\"no_such_kernel\"]",
         "synthetic.rs:14: `layer_norm_forward_f32` takes (PPPPPPIIF) but the launch passes (PPPPPPIFF)",
+        "synthetic.rs:20: `cast_f32_to_f16` takes (PPL) but the launch passes (PPI)",
+        "synthetic.rs:20: `cast_f16_to_f32` takes (PPL) but the launch passes (PPI)",
     ];
     assert_eq!(problems, expect);
 }

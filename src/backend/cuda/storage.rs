@@ -1,10 +1,11 @@
 //! Device memory of a GPU tensor: a typed `cudarc` slice and its device.
 
-use anyhow::{bail, Context, Result};
-use cudarc::driver::{CudaSlice, LaunchConfig, PushKernelArg};
+use anyhow::{bail, Result};
+use cudarc::driver::{CudaSlice, LaunchConfig};
 use half::{bf16, f16};
 
 use super::device::CudaDevice;
+use super::launch::{self, long, storage_ptr, Arg};
 use crate::backend::cpu::CpuStorage;
 use crate::tensor::DType;
 
@@ -116,22 +117,15 @@ impl CudaStorage {
             (DType::BF16, DType::F32) => "cast_bf16_to_f32",
             (a, b) => bail!("no CUDA conversion from {a} to {b}"),
         };
-        let f = self.device.function("cast", name)?;
-        let st = self.device.stream();
-        let mut b = st.launch_builder(&f);
-        let n_arg = n as i64;
-        match (&out.buf, &self.buf) {
-            (CudaBuf::F16(o), CudaBuf::F32(i)) => b.arg(o).arg(i),
-            (CudaBuf::BF16(o), CudaBuf::F32(i)) => b.arg(o).arg(i),
-            (CudaBuf::F32(o), CudaBuf::F16(i)) => b.arg(o).arg(i),
-            (CudaBuf::F32(o), CudaBuf::BF16(i)) => b.arg(o).arg(i),
-            _ => unreachable!("pairs checked above"),
-        };
-        b.arg(&n_arg);
         // kernels/cast.cu: block 256, grid min(ceil(n / 1024), 32·SMs) (4 per thread).
-        let cfg = super::launch::flat_config(&self.device, n, 4, 32);
-        // Safety: argument order and types follow kernels/cast.cu.
-        unsafe { b.launch(cfg) }.with_context(|| format!("launching CUDA kernel `{name}`"))?;
+        let cfg = launch::flat_config(&self.device, n, 4, 32);
+        launch::launch(
+            &self.device,
+            "cast",
+            name,
+            cfg,
+            &[Arg::Ptr(storage_ptr(&out)), Arg::Ptr(storage_ptr(self)), long(n)],
+        )?;
         Ok(out)
     }
 }
