@@ -32,6 +32,7 @@ use cudarc::driver::LaunchConfig;
 use half::{bf16, f16};
 use kernel_emu::{emulator, ptr, ptr_mut, Emulator, Shape};
 use qf_engine::backend::cuda::launch::{long, Arg, NULL};
+use qf_engine::backend::cuda::optim::consts_args;
 use qf_engine::optim::adam8bit::{self, Adam8bitState, QuantizedMoments, MIN_8BIT_SIZE};
 use qf_engine::optim::adamw_step::{adamw_update, AdamConsts, AdamHyper};
 use qf_engine::optim::quant8::{
@@ -59,19 +60,6 @@ fn capped_shape(blocks: usize, per_sm: u32, sms: u32) -> Shape {
     let cap = per_sm.saturating_mul(sms).max(1) as usize;
     let grid = blocks.clamp(1, cap) as u32;
     Shape::of(LaunchConfig { grid_dim: (grid, 1, 1), block_dim: (THREADS, 1, 1), shared_mem_bytes: 0 })
-}
-
-/// `consts_args`: the per-step scalars in `AdamConsts` declaration order.
-fn consts_args(c: &AdamConsts) -> [Arg; 7] {
-    [
-        Arg::F32(c.decay),
-        Arg::F32(c.one_minus_beta1),
-        Arg::F32(c.beta2),
-        Arg::F32(c.one_minus_beta2),
-        Arg::F32(c.bias_correction2_sqrt),
-        Arg::F32(c.eps),
-        Arg::F32(c.neg_step_size),
-    ]
 }
 
 /// `upload_maps`: the signed then the unsigned dynamic map.

@@ -85,8 +85,9 @@ fn half_kind(half: Option<&Tensor>) -> i32 {
     }
 }
 
-/// The per-step scalars in `AdamConsts` declaration order (both kernels' ABI).
-fn consts_args(c: &AdamConsts) -> [Arg; 7] {
+/// The per-step scalars in `AdamConsts` declaration order (both kernels' ABI; public so
+/// that the emulated kernel tests launch with exactly these).
+pub fn consts_args(c: &AdamConsts) -> [Arg; 7] {
     [
         Arg::F32(c.decay),
         Arg::F32(c.one_minus_beta1),
