@@ -137,6 +137,45 @@ fn train_eval_predict_and_stats_through_the_binary() {
 }
 
 #[test]
+fn bench_trains_lora_adapters_on_a_frozen_encoder() {
+    let (ok, out, err) = qf(&[
+        "bench",
+        "--preset",
+        "esm2_tiny",
+        "--classes",
+        "20",
+        "--max-tokens",
+        "512",
+        "--max-len",
+        "256",
+        "--steps",
+        "2",
+        "--warmup",
+        "1",
+        "--device",
+        "cpu",
+        "--threads",
+        "1",
+        "--lora",
+        "--lora-targets",
+        "query,value,ffn_in",
+        "--lora-rank",
+        "4",
+    ]);
+    assert!(ok, "bench --lora failed: {err}");
+    let json = out.lines().find(|l| l.starts_with('{')).unwrap_or_else(|| panic!("no JSON line in {out}"));
+    let r: serde_json::Value = serde_json::from_str(json).unwrap();
+    assert_eq!(r["lora"], "r=4 alpha=8 dropout=0.05 on query,value,ffn_in");
+    // esm2_tiny: 4 layers, hidden 96, FFN 384; rank 4 on query and value (96 → 96) and
+    // ffn_in (96 → 384), plus the classification head (dense 96×96 + out_proj 96×20).
+    let per_layer = 2 * 4 * (96 + 96) + 4 * (96 + 384);
+    let head = 96 * 96 + 96 + 96 * 20 + 20;
+    assert_eq!(r["trainable_parameters"], 4 * per_layer + head, "{json}");
+    assert!(r["sequences_per_s"].as_f64().unwrap() > 0.0);
+    assert!(out.contains("LoRA r=4 alpha=8 dropout=0.05 on query,value,ffn_in"), "{out}");
+}
+
+#[test]
 fn bad_arguments_are_clear_errors() {
     let (ok, _, err) =
         qf(&["train", "--preset", "esm2_t99_huge", "--device", "cpu", "--quiet", "--output", "/tmp/qf-never"]);

@@ -284,6 +284,7 @@ fn bench_memory_finds_a_budget_that_fits_on_the_cpu() {
         precision: qf_engine::train::Precision::Auto,
         optimizer: OptimizerKind::AdamW8bit,
         recompute: Recompute::Layer,
+        lora: None,
         limit,
         budgets: (256, 512),
         check: true,
@@ -303,4 +304,51 @@ fn bench_memory_finds_a_budget_that_fits_on_the_cpu() {
     let c = r.checked.as_ref().unwrap();
     assert_eq!(c.tokens, r.largest_budget);
     assert!(c.measured_bytes <= limit, "{} bytes at the answer", c.measured_bytes);
+}
+
+#[test]
+fn bench_memory_with_lora_measures_what_the_planner_plans() {
+    use qf_engine::train::bench::{bench_memory, MemoryBenchConfig};
+    use qf_engine::train::DeviceChoice;
+    let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    if std::fs::write("/proc/self/clear_refs", "5").is_err() {
+        eprintln!("SKIP: /proc/self/clear_refs is not writable; peak RSS cannot be reset here");
+        return;
+    }
+    let run = |lora: Option<LoraConfig>| {
+        bench_memory(&MemoryBenchConfig {
+            preset: "esm2_tiny".into(),
+            n_classes: 20,
+            max_len: 128,
+            device: DeviceChoice::Cpu,
+            precision: qf_engine::train::Precision::Auto,
+            optimizer: OptimizerKind::AdamW,
+            recompute: Recompute::None,
+            lora,
+            limit: 64 << 20,
+            budgets: (256, 512),
+            check: false,
+            seed: 3,
+        })
+        .unwrap()
+    };
+    let lora = run(Some(LoraConfig::default()));
+    println!("{}", serde_json::to_string(&lora).unwrap());
+    assert_eq!(lora.lora.as_deref(), Some("r=8 alpha=8 dropout=0.05 on query,value"));
+    assert!(lora.trainable_parameters * 4 < lora.parameters, "{} of {}", lora.trainable_parameters, lora.parameters);
+    for p in &lora.measured {
+        let ratio = p.measured_bytes as f64 / p.planned_bytes as f64;
+        assert!((0.6..1.6).contains(&ratio), "{} tokens: measured/planned {ratio:.2}", p.tokens);
+    }
+    // The adapters' activations (base output, scaled update, dropped-out input) cost
+    // memory per token that full fine-tuning does not spend: the plan says so, and the
+    // two runs' plans differ by exactly the planner's LoRA term.
+    let full = run(None);
+    assert_eq!(full.lora, None);
+    // Full fine-tuning trains every weight but the contact regression (frozen in a classifier).
+    assert!(full.parameters - full.trainable_parameters < 100, "{} of {}", full.trainable_parameters, full.parameters);
+    assert!(
+        lora.measured[1].planned_bytes - lora.measured[0].planned_bytes
+            > full.measured[1].planned_bytes - full.measured[0].planned_bytes
+    );
 }

@@ -30,13 +30,25 @@
 #      limit. Logs and JSON land in $OUT (7 files): gpu.log, cuda_ops.log,
 #      cuda_model.log, sanitizer.log, bench.jsonl, pytorch.jsonl, summary.txt.
 #
+#   3. A SECOND `device` CALL for the memory targets (same carry):
+#
+#        run(kind: "nvidia-h100-x1", carry: [".gpu"], timeout_s: 600,
+#            command: "bash tools/gpu_check.sh memory 2>&1 | tee $OUT/gpu-memory.log")
+#
+#      runs the 8-bit AdamW GPU tests (CPU-vs-CUDA update, kernel bandwidth against a
+#      device-to-device copy), then `qf-engine bench --memory` of ESM-2 650M on sequences
+#      of 1,024 tokens: full fine-tuning with 8-bit AdamW and recomputation against a
+#      12 GB limit, and LoRA (query,value, r=8, 1,000 classes) against 6 GB; each prints
+#      the pool peak measured at one and at two sequences beside the planner's figure.
+#      Results in $OUT/memory.jsonl and $OUT/optim_8bit_cuda.log.
+#
 # Environment (build): QF_SHARED_DIR (default ../shared), QF_GPU_PFAM_ROWS (20000).
 # Environment (run): OUT (default /tmp/qf-gpu-out).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 
 GPU_DIR=.gpu
-TESTS=(cuda_ops cuda_model)
+TESTS=(cuda_ops cuda_model optim_8bit_cuda)
 
 build() {
     set -e
@@ -270,12 +282,57 @@ PY
     } | tee "$OUT/summary.txt"
 }
 
+# The memory targets: 8-bit AdamW on the GPU, then ESM-2 650M at 1,024 tokens.
+memory_bench() {
+    local what=$1 secs=$2
+    shift 2
+    stage "qf-engine bench --memory: ESM-2 650M, $what (limit ${secs} s)"
+    limit "$secs" "$GPU_DIR/qf-engine" bench --memory --preset esm2_t33_650M --max-len 1024 --budgets 1024,2048 \
+        --device cuda --precision bf16 --recompute layer --json "$OUT/memory.jsonl" "$@"
+    RESULT[$what]="rc=$?"
+}
+
+memory() {
+    OUT=${OUT:-/tmp/qf-gpu-out}
+    mkdir -p "$OUT"
+    [ -x "$GPU_DIR/qf-engine" ] || { echo "no $GPU_DIR/qf-engine: run 'bash tools/gpu_check.sh build' here first and carry .gpu"; exit 1; }
+    export QF_FIXTURES_DIR="$PWD/tests/fixtures"
+    : > "$OUT/memory.jsonl"
+    stage "machine"
+    nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv
+    stage "CUDA libraries"
+    find_libs
+    run_tests optim_8bit_cuda 120
+    memory_bench "full FT, 8-bit AdamW, 5,000 classes, 12 GB" 200 --classes 5000 --optimizer adamw8bit \
+        --memory-limit 12GB
+    memory_bench "LoRA q,v r=8, 1,000 classes, 6 GB" 160 --classes 1000 --optimizer adamw --lora \
+        --lora-targets query,value --lora-rank 8 --memory-limit 6GB
+    stage "summary"
+    {
+        echo "qf-engine GPU memory check — $(date -u +%Y-%m-%dT%H:%MZ) — $(nvidia-smi --query-gpu=name --format=csv,noheader | head -n 1) — $(elapsed) s"
+        for k in "${!RESULT[@]}"; do printf '%-48s %s\n' "$k" "${RESULT[$k]}"; done
+        python3 - "$OUT/memory.jsonl" <<'PY'
+import json, sys
+for line in open(sys.argv[1]):
+    if not line.startswith("{"):
+        continue
+    r = json.loads(line)
+    what = f"650M {r['optimizer']} lora={r.get('lora')} limit {r['limit_bytes'] / 2**30:.0f} GiB"
+    for p in r["measured"]:
+        print(f"{what}: {p['tokens']} tokens measured {p['measured_bytes'] / 2**30:.2f} GiB "
+              f"(planned {p['planned_bytes'] / 2**30:.2f} GiB, pool growth; add the CUDA context)")
+PY
+    } | tee "$OUT/memory-summary.txt"
+}
+
 case "${1:-}" in
     build) build ;;
     run) run ;;
+    memory) memory ;;
     *)
         echo "usage: bash tools/gpu_check.sh build   (here: binaries into .gpu/)"
-        echo "       bash tools/gpu_check.sh run     (on the GPU machine, from the repository root)"
+        echo "       bash tools/gpu_check.sh run     (on the GPU machine: correctness and speed)"
+        echo "       bash tools/gpu_check.sh memory  (on the GPU machine: the 650M memory targets)"
         exit 2
         ;;
 esac

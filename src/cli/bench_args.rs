@@ -6,10 +6,11 @@ use std::path::PathBuf;
 use anyhow::Result;
 use clap::Args;
 
+use qf_engine::model::lora::LoraConfig;
 use qf_engine::train::bench::{bench_memory, bench_training, BenchConfig, MemoryBenchConfig};
 use qf_engine::train::memory::{fmt_bytes, parse_bytes};
 
-use super::common::DeviceArgs;
+use super::common::{DeviceArgs, LoraArgs};
 
 #[derive(Args, Debug)]
 pub struct BenchArgs {
@@ -68,12 +69,34 @@ pub struct BenchArgs {
     #[arg(long)]
     pub memory_check: bool,
 
+    /// Train LoRA adapters (shape from the --lora-* flags) and the head on a frozen
+    /// encoder, instead of every weight.
+    #[arg(long)]
+    pub lora: bool,
+
+    #[command(flatten)]
+    pub lora_shape: LoraArgs,
+
     /// Also append the result as a JSON line to this file.
     #[arg(long, value_name = "FILE")]
     pub json: Option<PathBuf>,
 
     #[command(flatten)]
     pub device: DeviceArgs,
+}
+
+impl BenchArgs {
+    fn lora_config(&self) -> Result<Option<LoraConfig>> {
+        self.lora.then(|| self.lora_shape.config()).transpose()
+    }
+}
+
+/// ` with LoRA (…)` when adapters are trained.
+fn lora_note(lora: &Option<String>, trainable: usize) -> String {
+    match lora {
+        Some(l) => format!(", LoRA {l} ({:.2} M trainable)", trainable as f64 / 1e6),
+        None => String::new(),
+    }
 }
 
 pub fn run(args: BenchArgs) -> Result<()> {
@@ -93,13 +116,19 @@ pub fn run(args: BenchArgs) -> Result<()> {
         precision: args.device.precision.parse()?,
         optimizer: args.optimizer.parse()?,
         recompute: args.recompute.parse()?,
+        lora: args.lora_config()?,
         seed: 7,
     };
     let r = bench_training(&cfg)?;
     println!(
         "{} {} on {} ({}): {:.1} sequences/s, {:.0} tokens/s, {:.0} ms/step, {:.0} tokens/sequence, peak memory {}",
         r.preset,
-        format_args!("({:.1} M parameters, {} classes)", r.parameters as f64 / 1e6, r.n_classes),
+        format_args!(
+            "({:.1} M parameters, {} classes{})",
+            r.parameters as f64 / 1e6,
+            r.n_classes,
+            lora_note(&r.lora, r.trainable_parameters)
+        ),
         r.device,
         r.dtype,
         r.sequences_per_s,
@@ -146,6 +175,7 @@ fn run_memory(args: &BenchArgs) -> Result<()> {
         precision: args.device.precision.parse()?,
         optimizer: args.optimizer.parse()?,
         recompute: args.recompute.parse()?,
+        lora: args.lora_config()?,
         limit: parse_bytes(&args.memory_limit)?,
         budgets,
         check: args.memory_check,
@@ -153,10 +183,11 @@ fn run_memory(args: &BenchArgs) -> Result<()> {
     };
     let r = bench_memory(&cfg)?;
     println!(
-        "{} ({:.1} M parameters, {} classes) on {} ({}), {}, recompute {}, sequences of {} tokens:",
+        "{} ({:.1} M parameters, {} classes{}) on {} ({}), {}, recompute {}, sequences of {} tokens:",
         r.preset,
         r.parameters as f64 / 1e6,
         r.n_classes,
+        lora_note(&r.lora, r.trainable_parameters),
         r.device,
         r.dtype,
         r.optimizer,

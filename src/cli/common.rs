@@ -9,8 +9,40 @@ use qf_engine::data::dataset::LabelledSet;
 use qf_engine::data::fasta::{read_fasta, FastaLabels};
 use qf_engine::data::pfam::read_pfam_split;
 use qf_engine::data::stockholm::read_stockholm;
+use qf_engine::model::lora::LoraConfig;
 use qf_engine::tensor::Device;
 use qf_engine::train::{DeviceChoice, Precision};
+
+/// The adapters' shape (`--lora-*`), shared by `train` and `bench`.
+#[derive(Args, Debug, Clone)]
+pub struct LoraArgs {
+    /// Projections that get adapters: query, key, value, attn_out, ffn_in, ffn_out (or all).
+    #[arg(long, default_value = "query,value")]
+    pub lora_targets: String,
+
+    #[arg(long, default_value_t = 8)]
+    pub lora_rank: usize,
+
+    #[arg(long, default_value_t = 8.0)]
+    pub lora_alpha: f64,
+
+    #[arg(long, default_value_t = 0.05)]
+    pub lora_dropout: f64,
+}
+
+impl LoraArgs {
+    /// The adapters asked for, validated.
+    pub fn config(&self) -> Result<LoraConfig> {
+        let cfg = LoraConfig {
+            rank: self.lora_rank,
+            alpha: self.lora_alpha,
+            dropout: self.lora_dropout,
+            targets: LoraConfig::parse_targets(&self.lora_targets)?,
+        };
+        cfg.validate()?;
+        Ok(cfg)
+    }
+}
 
 #[derive(Args, Debug, Clone)]
 pub struct DeviceArgs {

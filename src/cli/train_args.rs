@@ -5,11 +5,10 @@ use std::path::PathBuf;
 use anyhow::{bail, Result};
 use clap::Args;
 
-use super::common::DeviceArgs;
+use super::common::{DeviceArgs, LoraArgs};
 
 use qf_engine::data::class_weights::ClassWeighting;
 use qf_engine::data::stratify::StratifySpec;
-use qf_engine::model::lora::LoraConfig;
 use qf_engine::model::HeadKind;
 use qf_engine::optim::{OptimConfig, OptimizerKind};
 use qf_engine::train::contact::{train_contacts, ContactData, ContactTrainConfig};
@@ -71,18 +70,8 @@ pub struct TrainArgs {
     #[arg(long, conflicts_with = "lora")]
     pub no_lora: bool,
 
-    /// Projections that get adapters: query, key, value, attn_out, ffn_in, ffn_out (or all).
-    #[arg(long, default_value = "query,value")]
-    pub lora_targets: String,
-
-    #[arg(long, default_value_t = 8)]
-    pub lora_rank: usize,
-
-    #[arg(long, default_value_t = 8.0)]
-    pub lora_alpha: f64,
-
-    #[arg(long, default_value_t = 0.05)]
-    pub lora_dropout: f64,
+    #[command(flatten)]
+    pub lora_shape: LoraArgs,
 
     /// Labelled training sequences: FASTA (`>name family`, .gz accepted) or Stockholm (.sto).
     #[arg(long, value_name = "FILE", conflicts_with = "data")]
@@ -281,19 +270,7 @@ impl TrainArgs {
         cfg.recompute = self.recompute.parse()?;
         cfg.class_weights = self.class_weights.parse::<ClassWeighting>()?;
         cfg.stratify = self.stratify.parse::<StratifySpec>()?;
-        cfg.lora = if self.lora { Some(self.lora_config()?) } else { None };
-        Ok(cfg)
-    }
-
-    /// The adapters asked for by the `--lora-*` flags.
-    fn lora_config(&self) -> Result<LoraConfig> {
-        let cfg = LoraConfig {
-            rank: self.lora_rank,
-            alpha: self.lora_alpha,
-            dropout: self.lora_dropout,
-            targets: LoraConfig::parse_targets(&self.lora_targets)?,
-        };
-        cfg.validate()?;
+        cfg.lora = if self.lora { Some(self.lora_shape.config()?) } else { None };
         Ok(cfg)
     }
 
@@ -324,7 +301,7 @@ impl TrainArgs {
         if let Some(c) = &self.checkpoint {
             cfg.model = ModelSource::Pretrained(c.clone());
         }
-        cfg.lora = if self.no_lora { None } else { Some(self.lora_config()?) };
+        cfg.lora = if self.no_lora { None } else { Some(self.lora_shape.config()?) };
         cfg.head_trainable = match self.contact_head.as_str() {
             "trainable" => true,
             "frozen" => false,

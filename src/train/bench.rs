@@ -33,6 +33,7 @@ use crate::data::dataset::LabelledSet;
 use crate::data::pfam::read_pfam_split;
 use crate::data::rng::splitmix64;
 use crate::model::esm2::Recompute;
+use crate::model::lora::LoraConfig;
 use crate::model::{EsmConfig, HeadKind, ModelInputs, SequenceClassifier};
 use crate::optim::{LossScaler, OptimConfig, Optimizer, OptimizerKind};
 use crate::tensor::{DType, Device};
@@ -51,6 +52,8 @@ pub struct BenchConfig {
     pub precision: Precision,
     pub optimizer: OptimizerKind,
     pub recompute: Recompute,
+    /// Train LoRA adapters (and the head) on a frozen encoder instead of every weight.
+    pub lora: Option<LoraConfig>,
     pub seed: u64,
 }
 
@@ -61,6 +64,9 @@ pub struct BenchResult {
     pub dtype: String,
     pub preset: String,
     pub parameters: usize,
+    pub trainable_parameters: usize,
+    /// `r=8 alpha=8 dropout=0.05 on query,value` when LoRA adapters are trained.
+    pub lora: Option<String>,
     pub n_classes: usize,
     pub max_tokens: usize,
     pub steps: usize,
@@ -115,6 +121,31 @@ fn train_step(
     Ok(())
 }
 
+/// A random model of the benchmark's shape on `device`: `n_classes` classes, LoRA
+/// adapters when asked (encoder frozen), recomputation as asked.
+fn bench_model(
+    ecfg: &EsmConfig,
+    n_classes: usize,
+    lora: Option<&LoraConfig>,
+    recompute: Recompute,
+    device: &Device,
+    seed: u64,
+) -> Result<SequenceClassifier> {
+    let labels: Vec<String> = (0..n_classes).map(|i| format!("family_{i}")).collect();
+    let mut model = SequenceClassifier::new_random(ecfg, labels, HeadKind::Classification, 0.0, seed)?;
+    if let Some(l) = lora {
+        model.enable_lora(l, seed)?;
+    }
+    model.params.to_device(device)?;
+    model.esm.recompute = recompute;
+    Ok(model)
+}
+
+/// How a LoRA run is described in reports.
+fn describe_lora(l: &LoraConfig) -> String {
+    format!("r={} alpha={} dropout={} on {}", l.rank, l.alpha, l.dropout, l.targets.join(","))
+}
+
 /// What a benchmark ran on, for its report.
 fn device_label(device: &Device) -> String {
     match device {
@@ -127,11 +158,8 @@ pub fn bench_training(cfg: &BenchConfig) -> Result<BenchResult> {
     let (device, dtype, _) = device::open(&cfg.device, cfg.precision)?;
     let set = sequences(cfg)?;
     let ecfg = EsmConfig::preset(&cfg.preset)?;
-    let labels: Vec<String> = (0..cfg.n_classes).map(|i| format!("family_{i}")).collect();
-    let mut model = SequenceClassifier::new_random(&ecfg, labels, HeadKind::Classification, 0.0, cfg.seed)?;
-    model.params.to_device(&device)?;
-    model.esm.recompute = cfg.recompute;
-    let (params, _) = model.params.counts();
+    let mut model = bench_model(&ecfg, cfg.n_classes, cfg.lora.as_ref(), cfg.recompute, &device, cfg.seed)?;
+    let (params, trainable) = model.params.counts();
     let rows: Vec<usize> = (0..set.len()).collect();
     let bcfg = BatchConfig::new(cfg.max_tokens, cfg.max_len, cfg.seed)?;
     let plan = training_plan(&rows, &set.token_lengths(), &bcfg, 0)?;
@@ -167,6 +195,8 @@ pub fn bench_training(cfg: &BenchConfig) -> Result<BenchResult> {
         dtype: dtype.name().into(),
         preset: cfg.preset.clone(),
         parameters: params,
+        trainable_parameters: trainable,
+        lora: cfg.lora.as_ref().map(describe_lora),
         n_classes: cfg.n_classes,
         max_tokens: cfg.max_tokens,
         steps: cfg.steps,
@@ -191,6 +221,8 @@ pub struct MemoryBenchConfig {
     pub precision: Precision,
     pub optimizer: OptimizerKind,
     pub recompute: Recompute,
+    /// Train LoRA adapters (and the head) on a frozen encoder instead of every weight.
+    pub lora: Option<LoraConfig>,
     /// The memory limit in bytes.
     pub limit: u64,
     /// The two measured budgets in tokens (multiples of `max_len`).
@@ -217,6 +249,8 @@ pub struct MemoryBenchResult {
     pub dtype: String,
     pub preset: String,
     pub parameters: usize,
+    pub trainable_parameters: usize,
+    pub lora: Option<String>,
     pub n_classes: usize,
     pub optimizer: String,
     pub recompute: String,
@@ -279,17 +313,14 @@ fn plan_for(
     opts: &PlanOptions,
     tokens: usize,
 ) -> Result<MemoryPlan> {
-    MemoryPlan::new(ecfg, specs, None, cfg.n_classes, opts, &BatchShape::full(tokens, cfg.max_len))
+    MemoryPlan::new(ecfg, specs, cfg.lora.as_ref(), cfg.n_classes, opts, &BatchShape::full(tokens, cfg.max_len))
 }
 
 /// Measure a fresh model's two training steps at `tokens` tokens.
 fn measure(cfg: &MemoryBenchConfig, ecfg: &EsmConfig, device: &Device, tokens: usize) -> Result<u64> {
-    let labels: Vec<String> = (0..cfg.n_classes).map(|i| format!("family_{i}")).collect();
     let base = begin_measure(device)?;
     {
-        let mut model = SequenceClassifier::new_random(ecfg, labels, HeadKind::Classification, 0.0, cfg.seed)?;
-        model.params.to_device(device)?;
-        model.esm.recompute = cfg.recompute;
+        let mut model = bench_model(ecfg, cfg.n_classes, cfg.lora.as_ref(), cfg.recompute, device, cfg.seed)?;
         let mut opt = Optimizer::new(OptimConfig { kind: cfg.optimizer, ..OptimConfig::default() });
         let batch = full_length_batch(tokens, cfg.max_len, cfg.n_classes, cfg.seed);
         let mut grads = Grads::new();
@@ -347,10 +378,10 @@ pub fn bench_memory(cfg: &MemoryBenchConfig) -> Result<MemoryBenchResult> {
     }
     let (device, dtype, _) = device::open(&cfg.device, cfg.precision)?;
     let ecfg = EsmConfig::preset(&cfg.preset)?;
-    let labels: Vec<String> = (0..cfg.n_classes).map(|i| format!("family_{i}")).collect();
     let specs =
-        param_specs_of(&SequenceClassifier::new_random(&ecfg, labels, HeadKind::Classification, 0.0, 0)?.params);
+        param_specs_of(&bench_model(&ecfg, cfg.n_classes, cfg.lora.as_ref(), cfg.recompute, &Device::Cpu, 0)?.params);
     let parameters = specs.iter().map(|s| s.numel).sum();
+    let trainable_parameters = specs.iter().filter(|s| s.trainable).map(|s| s.numel).sum();
     let opts = PlanOptions {
         cuda: !device.is_cpu(),
         compute: dtype,
@@ -399,6 +430,8 @@ pub fn bench_memory(cfg: &MemoryBenchConfig) -> Result<MemoryBenchResult> {
         dtype: dtype.name().into(),
         preset: cfg.preset.clone(),
         parameters,
+        trainable_parameters,
+        lora: cfg.lora.as_ref().map(describe_lora),
         n_classes: cfg.n_classes,
         optimizer: format!("{:?}", cfg.optimizer),
         recompute: cfg.recompute.to_string(),

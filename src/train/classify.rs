@@ -532,7 +532,7 @@ fn memory_plan(
     let opts =
         PlanOptions { cuda: !device.is_cpu(), compute: dtype, optimizer: cfg.optim.kind, recompute, contacts: false };
     let batch = BatchShape::full(cfg.max_tokens, cfg.max_len.min(cfg.max_tokens));
-    MemoryPlan::new(model.config(), &param_specs_of(&model.params), None, n_classes, &opts, &batch)
+    MemoryPlan::new(model.config(), &param_specs_of(&model.params), cfg.lora.as_ref(), n_classes, &opts, &batch)
 }
 
 /// Peak memory of the run so far and what was measured: the CUDA pool's high-water mark,
