@@ -285,12 +285,12 @@ fn quick_config(out: &Path) -> ContactTrainConfig {
     cfg.model = ModelSource::Preset("esm2_tiny".into());
     cfg.device = DeviceChoice::Cpu;
     cfg.crop = 64;
-    cfg.max_tokens = 1024;
+    cfg.training.max_tokens = 1024;
     cfg.max_len = 256;
-    cfg.lr = 5e-3;
-    cfg.warmup = Warmup::Steps(2);
-    cfg.log_every = 1;
-    cfg.progress = false;
+    cfg.training.lr = 5e-3;
+    cfg.training.warmup = Warmup::Steps(2);
+    cfg.training.log_every = 1;
+    cfg.training.progress = false;
     cfg.verbose = false;
     cfg
 }
@@ -307,8 +307,8 @@ fn a_short_contact_run_lowers_the_loss_and_writes_metrics_and_models() {
     // Whole chains, so that every epoch sees the same pairs and the loss curve is smooth.
     cfg.crop = 0;
     cfg.lora = None;
-    cfg.lr = 3e-2;
-    cfg.epochs = 24;
+    cfg.training.lr = 3e-2;
+    cfg.training.epochs = 24;
     let s = train_contacts(&cfg).unwrap();
     assert_eq!((s.steps, s.epochs_done), (24, 24));
     let ev = events(tmp.path());
@@ -362,15 +362,15 @@ fn an_interrupted_and_resumed_contact_run_equals_an_uninterrupted_one() {
     let tmp = tempfile::tempdir().unwrap();
     let (a, b) = (tmp.path().join("a"), tmp.path().join("b"));
     let mut cfg = quick_config(&a);
-    cfg.epochs = 6;
+    cfg.training.epochs = 6;
     cfg.eval_limit = Some(1);
     train_contacts(&cfg).unwrap();
     let mut cfg_b = quick_config(&b);
-    cfg_b.epochs = 6;
+    cfg_b.training.epochs = 6;
     cfg_b.eval_limit = Some(1);
-    cfg_b.stop_after = Some(3);
+    cfg_b.training.stop_after = Some(3);
     assert_eq!(train_contacts(&cfg_b).unwrap().steps, 3);
-    cfg_b.stop_after = None;
+    cfg_b.training.stop_after = None;
     cfg_b.resume = true;
     assert_eq!(train_contacts(&cfg_b).unwrap().steps, 6);
     let (wa, wb) = (weights(&a.join("model")), weights(&b.join("model")));

@@ -282,11 +282,11 @@ fn demo_run(out: &std::path::Path, precision: Precision) -> train::TrainSummary 
     cfg.device = DeviceChoice::Cuda(0);
     cfg.precision = precision;
     cfg.stratify = "top:4".parse().unwrap();
-    cfg.max_steps = Some(200);
-    cfg.max_tokens = 1024;
-    cfg.warmup = Warmup::Steps(10);
+    cfg.training.max_steps = Some(200);
+    cfg.training.max_tokens = 1024;
+    cfg.training.warmup = Warmup::Steps(10);
     cfg.eval_limit = Some(100);
-    cfg.progress = false;
+    cfg.training.progress = false;
     cfg.verbose = false;
     train::train(&cfg).unwrap_or_else(|e| panic!("{precision:?} training failed: {e:#}"))
 }

@@ -17,12 +17,12 @@ fn quick_config(out: &Path) -> TrainConfig {
     let mut cfg = TrainConfig::demo(out.to_path_buf());
     cfg.model = ModelSource::Pretrained(fixture("esm_tiny"));
     cfg.device = DeviceChoice::Cpu;
-    cfg.max_tokens = 2048;
+    cfg.training.max_tokens = 2048;
     cfg.max_len = 512;
-    cfg.lr = 1e-3;
-    cfg.warmup = Warmup::Steps(2);
+    cfg.training.lr = 1e-3;
+    cfg.training.warmup = Warmup::Steps(2);
     cfg.eval_limit = Some(40);
-    cfg.progress = false;
+    cfg.training.progress = false;
     cfg.verbose = false;
     cfg
 }
@@ -47,16 +47,16 @@ fn interrupted_and_resumed_run_equals_uninterrupted_run() {
     let tmp = tempfile::tempdir().unwrap();
     let (a, b) = (tmp.path().join("a"), tmp.path().join("b"));
     let mut cfg = quick_config(&a);
-    cfg.max_steps = Some(6);
+    cfg.training.max_steps = Some(6);
     train::train(&cfg).unwrap();
 
     let mut cfg_b = quick_config(&b);
-    cfg_b.max_steps = Some(6);
-    cfg_b.stop_after = Some(3);
+    cfg_b.training.max_steps = Some(6);
+    cfg_b.training.stop_after = Some(3);
     let half = train::train(&cfg_b).unwrap();
     assert_eq!(half.steps, 3);
     assert!(b.join("checkpoints/latest").is_file());
-    cfg_b.stop_after = None;
+    cfg_b.training.stop_after = None;
     cfg_b.resume = true;
     let full = train::train(&cfg_b).unwrap();
     assert_eq!(full.steps, 6);
@@ -86,9 +86,9 @@ fn training_learns_the_demo_families_and_writes_logs_and_a_loadable_model() {
     let tmp = tempfile::tempdir().unwrap();
     let mut cfg = quick_config(tmp.path());
     cfg.stratify = "top:4".parse().unwrap();
-    cfg.epochs = 6;
-    cfg.max_tokens = 1024;
-    cfg.lr = 2e-3;
+    cfg.training.epochs = 6;
+    cfg.training.max_tokens = 1024;
+    cfg.training.lr = 2e-3;
     cfg.eval_limit = None;
     let s = train::train(&cfg).unwrap();
     let e = s.eval.expect("evaluation ran");

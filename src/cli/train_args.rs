@@ -12,7 +12,8 @@ use qf_engine::data::stratify::StratifySpec;
 use qf_engine::model::HeadKind;
 use qf_engine::optim::{OptimConfig, OptimizerKind};
 use qf_engine::train::contact::{train_contacts, ContactData, ContactTrainConfig};
-use qf_engine::train::{self, DataSource, DeviceChoice, ModelSource, Precision, TrainConfig, Warmup};
+use qf_engine::train::driver::LoopConfig;
+use qf_engine::train::{self, DataSource, ModelSource, TrainConfig, Warmup};
 
 #[derive(Args, Debug)]
 pub struct TrainArgs {
@@ -196,45 +197,39 @@ pub struct TrainArgs {
     pub log_every: u64,
 }
 
-/// Sets the flags both tasks share (schedule, optimizer, device, checkpoints, logging) on a
-/// task configuration. A macro because `TrainConfig` and `ContactTrainConfig` have these
-/// fields by the same names but no common type; `$wd` is the task's default weight decay.
-macro_rules! apply_loop_flags {
-    ($args:expr, $cfg:expr, $wd:expr) => {
-        if let Some(e) = $args.epochs {
-            $cfg.epochs = e;
+impl TrainArgs {
+    /// Override the loop settings the flags give (both tasks; `default_weight_decay` is
+    /// the task's own when `--weight-decay` is absent).
+    fn apply_loop_flags(&self, l: &mut LoopConfig, default_weight_decay: f64) -> Result<()> {
+        if let Some(e) = self.epochs {
+            l.epochs = e;
         }
-        $cfg.max_steps = $args.max_steps;
-        $cfg.stop_after = $args.stop_after;
-        if let Some(t) = $args.max_tokens {
-            $cfg.max_tokens = t;
+        l.max_steps = self.max_steps;
+        l.stop_after = self.stop_after;
+        if let Some(t) = self.max_tokens {
+            l.max_tokens = t;
         }
-        $cfg.grad_accum = $args.grad_accum;
-        if let Some(lr) = $args.lr {
-            $cfg.lr = lr;
+        l.grad_accum = self.grad_accum;
+        if let Some(lr) = self.lr {
+            l.lr = lr;
         }
-        if let Some(w) = &$args.warmup {
-            $cfg.warmup = w.parse::<Warmup>()?;
+        if let Some(w) = &self.warmup {
+            l.warmup = w.parse::<Warmup>()?;
         }
-        $cfg.optim = OptimConfig {
-            kind: $args.optimizer.parse::<OptimizerKind>()?,
-            weight_decay: $args.weight_decay.unwrap_or($wd),
-            max_grad_norm: ($args.max_grad_norm > 0.0).then_some($args.max_grad_norm),
+        l.optim = OptimConfig {
+            kind: self.optimizer.parse::<OptimizerKind>()?,
+            weight_decay: self.weight_decay.unwrap_or(default_weight_decay),
+            max_grad_norm: (self.max_grad_norm > 0.0).then_some(self.max_grad_norm),
             ..OptimConfig::default()
         };
-        $cfg.eval_limit = $args.eval_limit;
-        $cfg.seed = $args.seed;
-        $cfg.device = $args.device.device.parse::<DeviceChoice>()?;
-        $cfg.precision = $args.device.precision.parse::<Precision>()?;
-        $cfg.save_every = $args.save_every;
-        $cfg.keep_checkpoints = $args.keep_checkpoints;
-        $cfg.resume = $args.resume;
-        $cfg.log_every = $args.log_every;
-        $cfg.progress = !$args.device.quiet;
-    };
-}
+        l.seed = self.seed;
+        l.save_every = self.save_every;
+        l.keep_checkpoints = self.keep_checkpoints;
+        l.log_every = self.log_every;
+        l.progress = !self.device.quiet;
+        Ok(())
+    }
 
-impl TrainArgs {
     /// The run configuration: the built-in demo's settings, overridden by the flags given.
     pub fn to_config(&self) -> Result<TrainConfig> {
         let builtin = self.data.is_none() && self.train_file.is_none();
@@ -243,9 +238,9 @@ impl TrainArgs {
         if !builtin {
             // Defaults for real data: a real ESM-2 size and fine-tuning learning rate.
             cfg.model = ModelSource::Preset("esm2_t6_8M".into());
-            cfg.epochs = 3;
-            cfg.lr = 1e-4;
-            cfg.max_tokens = 16384;
+            cfg.training.epochs = 3;
+            cfg.training.lr = 1e-4;
+            cfg.training.max_tokens = 16384;
         }
         cfg.data = match (&self.data, &self.train_file) {
             (Some(d), _) => DataSource::PfamDir {
@@ -266,7 +261,9 @@ impl TrainArgs {
         cfg.head = self.head.parse::<HeadKind>()?;
         cfg.head_dropout = self.head_dropout;
         cfg.max_len = self.max_len;
-        apply_loop_flags!(self, cfg, 0.01);
+        self.apply_loop_flags(&mut cfg.training, 0.01)?;
+        (cfg.eval_limit, cfg.resume) = (self.eval_limit, self.resume);
+        (cfg.device, cfg.precision) = (self.device.device.parse()?, self.device.precision.parse()?);
         cfg.recompute = self.recompute.parse()?;
         cfg.class_weights = self.class_weights.parse::<ClassWeighting>()?;
         cfg.stratify = self.stratify.parse::<StratifySpec>()?;
@@ -311,7 +308,9 @@ impl TrainArgs {
         cfg.max_len = self.max_len;
         cfg.min_sep = self.min_sep;
         cfg.token_budget = self.token_budget.as_deref().map(parse_count).transpose()?;
-        apply_loop_flags!(self, cfg, 0.0);
+        self.apply_loop_flags(&mut cfg.training, 0.0)?;
+        (cfg.eval_limit, cfg.resume) = (self.eval_limit, self.resume);
+        (cfg.device, cfg.precision) = (self.device.device.parse()?, self.device.precision.parse()?);
         Ok(cfg)
     }
 }

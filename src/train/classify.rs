@@ -42,36 +42,20 @@ pub struct TrainConfig {
     pub model: ModelSource,
     pub head: HeadKind,
     pub head_dropout: f64,
-    pub output: PathBuf,
-    pub epochs: u64,
-    /// Train for this many optimizer steps in all (the schedule's horizon) instead of
-    /// `epochs` full epochs.
-    pub max_steps: Option<u64>,
-    /// Stop after this many optimizer steps, saving a checkpoint, as if the run were
-    /// interrupted there (`resume` continues it).
-    pub stop_after: Option<u64>,
-    /// Token budget of one micro-batch.
-    pub max_tokens: usize,
+    /// The optimisation loop: output directory, epochs or steps, token budget of a
+    /// micro-batch, accumulation, learning rate and warm-up, optimizer, seed,
+    /// checkpointing, logging.
+    pub training: LoopConfig,
     /// Window in tokens (`<cls>` + residues + `<eos>`); longer proteins are cropped.
     pub max_len: usize,
-    pub grad_accum: usize,
-    pub lr: f64,
-    pub warmup: Warmup,
-    pub optim: OptimConfig,
     /// Activation recomputation per transformer layer (`--recompute none|layer`).
     pub recompute: Recompute,
     pub class_weights: ClassWeighting,
     pub stratify: StratifySpec,
-    pub seed: u64,
     pub device: DeviceChoice,
     pub precision: Precision,
-    /// Save a checkpoint every this many optimizer steps (and at each epoch end).
-    pub save_every: Option<u64>,
-    pub keep_checkpoints: usize,
     pub resume: bool,
-    pub log_every: u64,
     pub eval_limit: Option<usize>,
-    pub progress: bool,
     /// Print per-epoch summaries to stdout.
     pub verbose: bool,
     /// Fine-tune with LoRA adapters (base weights frozen) instead of all weights.
@@ -87,51 +71,33 @@ impl TrainConfig {
             model: ModelSource::Preset("esm2_tiny".into()),
             head: HeadKind::Classification,
             head_dropout: 0.0,
-            output,
-            epochs: 8,
-            max_steps: None,
-            stop_after: None,
-            // Small batches: from random weights, many updates matter more than large batches.
-            max_tokens: 1024,
+            training: LoopConfig {
+                output,
+                epochs: 8,
+                max_steps: None,
+                stop_after: None,
+                grad_accum: 1,
+                lr: 2e-3,
+                warmup: Warmup::Fraction(0.06),
+                optim: OptimConfig { weight_decay: 0.01, ..OptimConfig::default() },
+                seed: 42,
+                save_every: None,
+                keep_checkpoints: 2,
+                log_every: 10,
+                progress: true,
+                // Small batches: from random weights, many updates matter more than large batches.
+                max_tokens: 1024,
+            },
             max_len: 1024,
-            grad_accum: 1,
-            lr: 2e-3,
-            warmup: Warmup::Fraction(0.06),
-            optim: OptimConfig { weight_decay: 0.01, ..OptimConfig::default() },
             recompute: Recompute::None,
             class_weights: ClassWeighting::None,
             stratify: StratifySpec::all(),
-            seed: 42,
             device: DeviceChoice::Auto,
             precision: Precision::Auto,
-            save_every: None,
-            keep_checkpoints: 2,
             resume: false,
-            log_every: 10,
             eval_limit: None,
-            progress: true,
             verbose: true,
             lora: None,
-        }
-    }
-
-    /// The settings of the shared optimisation loop.
-    pub fn loop_config(&self) -> LoopConfig {
-        LoopConfig {
-            output: self.output.clone(),
-            epochs: self.epochs,
-            max_steps: self.max_steps,
-            stop_after: self.stop_after,
-            grad_accum: self.grad_accum,
-            lr: self.lr,
-            warmup: self.warmup,
-            optim: self.optim.clone(),
-            seed: self.seed,
-            save_every: self.save_every,
-            keep_checkpoints: self.keep_checkpoints,
-            log_every: self.log_every,
-            progress: self.progress,
-            max_tokens: self.max_tokens,
         }
     }
 }
@@ -176,11 +142,11 @@ fn build_model(cfg: &TrainConfig, labels: Vec<String>) -> Result<(SequenceClassi
     match &cfg.model {
         ModelSource::Preset(name) => {
             let ecfg = EsmConfig::preset(name)?;
-            Ok((SequenceClassifier::new_random(&ecfg, labels, cfg.head, cfg.head_dropout, cfg.seed)?, None))
+            Ok((SequenceClassifier::new_random(&ecfg, labels, cfg.head, cfg.head_dropout, cfg.training.seed)?, None))
         }
         ModelSource::Pretrained(dir) => {
             let (m, report) =
-                SequenceClassifier::from_pretrained(dir, Some(labels), cfg.head, cfg.head_dropout, cfg.seed)?;
+                SequenceClassifier::from_pretrained(dir, Some(labels), cfg.head, cfg.head_dropout, cfg.training.seed)?;
             let note = format!(
                 "loaded {} tensors from {}; initialised fresh: {}; unused in the file: {}",
                 report.loaded,
@@ -197,12 +163,12 @@ fn build_model(cfg: &TrainConfig, labels: Vec<String>) -> Result<(SequenceClassi
 /// atomically; with LoRA, the adapters alone (PEFT layout, with the head) into
 /// `output/adapter`, and the base they apply to into `output/base` when it was random.
 fn save_final(model: &SequenceClassifier, data: &ClassificationData, cfg: &TrainConfig) -> Result<PathBuf> {
-    let dir = cfg.output.join("model");
+    let dir = cfg.training.output.join("model");
     write_dir_atomically(&dir, |d| write_model_dir(model, data, d, SaveMode::Merged))?;
     if model.lora().is_some() {
         let head: Vec<_> = model.params.ids().filter(|&id| model.params.name(id).starts_with("classifier")).collect();
         write_adapter_dirs(
-            &cfg.output,
+            &cfg.training.output,
             &cfg.model,
             |d| write_model_dir(model, data, d, SaveMode::BaseOnly),
             |d, base| crate::model::lora::save_adapters(d, &model.esm, &model.params, &head, base),
@@ -310,12 +276,13 @@ impl Task for ClassifyTask {
 /// Run a classification training job.
 pub fn train(cfg: &TrainConfig) -> Result<TrainSummary> {
     let t_start = Instant::now();
-    if cfg.grad_accum == 0 || cfg.epochs == 0 {
+    if cfg.training.grad_accum == 0 || cfg.training.epochs == 0 {
         bail!("--epochs and --grad-accum must be at least 1");
     }
     let (device, dtype, device_note) = device::open(&cfg.device, cfg.precision)?;
-    std::fs::create_dir_all(&cfg.output).with_context(|| format!("creating {}", cfg.output.display()))?;
-    let mut log = MetricsLog::open(Some(&cfg.output.join("metrics.jsonl")))?;
+    std::fs::create_dir_all(&cfg.training.output)
+        .with_context(|| format!("creating {}", cfg.training.output.display()))?;
+    let mut log = MetricsLog::open(Some(&cfg.training.output.join("metrics.jsonl")))?;
     let verbose = cfg.verbose;
     let say = move |s: String| {
         if verbose {
@@ -327,7 +294,7 @@ pub fn train(cfg: &TrainConfig) -> Result<TrainSummary> {
     }
 
     // Data.
-    let data = data::load(&cfg.data, &cfg.stratify, cfg.class_weights, cfg.seed, cfg.eval_limit)?;
+    let data = data::load(&cfg.data, &cfg.stratify, cfg.class_weights, cfg.training.seed, cfg.eval_limit)?;
     let classes = data.selection.label_map.classes.clone();
     say(format!(
         "data: {} — {} classes, {} training rows{}",
@@ -356,22 +323,27 @@ pub fn train(cfg: &TrainConfig) -> Result<TrainSummary> {
             "weights": by_class,
         });
         crate::model::checkpoint::write_atomic(
-            &cfg.output.join("class_weights.json"),
+            &cfg.training.output.join("class_weights.json"),
             serde_json::to_string_pretty(&record)?.as_bytes(),
         )?;
         say(format!(
             "class weights ({:?}) written to {}",
             cfg.class_weights,
-            cfg.output.join("class_weights.json").display()
+            cfg.training.output.join("class_weights.json").display()
         ));
     }
 
     // Model, possibly resumed.
-    let resume_from = resume_dir(&cfg.output, cfg.resume)?;
+    let resume_from = resume_dir(&cfg.training.output, cfg.resume)?;
     let (mut model, load_note) = match &resume_from {
         Some(dir) => {
-            let (m, _) =
-                SequenceClassifier::from_pretrained(dir, Some(classes.clone()), cfg.head, cfg.head_dropout, cfg.seed)?;
+            let (m, _) = SequenceClassifier::from_pretrained(
+                dir,
+                Some(classes.clone()),
+                cfg.head,
+                cfg.head_dropout,
+                cfg.training.seed,
+            )?;
             (m, Some(format!("resuming from {}", dir.display())))
         }
         None => build_model(cfg, classes.clone())?,
@@ -380,7 +352,7 @@ pub fn train(cfg: &TrainConfig) -> Result<TrainSummary> {
         say(n.clone());
     }
     if let Some(l) = &cfg.lora {
-        model.enable_lora(l, cfg.seed)?;
+        model.enable_lora(l, cfg.training.seed)?;
         say(format!(
             "LoRA: rank {}, alpha {}, dropout {} on {} of every layer; encoder weights frozen",
             l.rank,
@@ -394,10 +366,10 @@ pub fn train(cfg: &TrainConfig) -> Result<TrainSummary> {
     let (total_params, trainable) = model.params.counts();
 
     // Batching, schedule, optimizer (restored when resuming).
-    let bcfg = BatchConfig::new(cfg.max_tokens, cfg.max_len, cfg.seed)?;
+    let bcfg = BatchConfig::new(cfg.training.max_tokens, cfg.max_len, cfg.training.seed)?;
     let lens = data.train.token_lengths();
     let batches_per_epoch = training_plan(&data.selection.rows, &lens, &bcfg, 0)?.len() as u64;
-    let lcfg = cfg.loop_config();
+    let lcfg = cfg.training.clone();
     let mut os = init_optimizer(&lcfg, &model.params, batches_per_epoch, dtype, resume_from.as_deref())?;
     let weights = match cfg.class_weights {
         ClassWeighting::None => None,
@@ -426,19 +398,26 @@ pub fn train(cfg: &TrainConfig) -> Result<TrainSummary> {
     say(format!(
         "{} (worst case: sequences of {} tokens); activations with --recompute {other}: {}",
         plan.summary(),
-        cfg.max_len.min(cfg.max_tokens),
+        cfg.max_len.min(cfg.training.max_tokens),
         fmt_bytes(other_plan.activations)
     ));
     if let Device::Cuda(d) = &device {
         let attn_len = cuda::memory::token_weighted_length(lens.iter().map(|&l| l as usize), cfg.max_len);
         let bytes = os.optimizer.bytes_for(trainable);
-        let gplan =
-            cuda::memory::GpuMemoryPlan::new(d, model.config(), &model.params, dtype, bytes, cfg.max_tokens, attn_len);
+        let gplan = cuda::memory::GpuMemoryPlan::new(
+            d,
+            model.config(),
+            &model.params,
+            dtype,
+            bytes,
+            cfg.training.max_tokens,
+            attn_len,
+        );
         say(gplan.to_string());
     }
     say(format!(
         "schedule: {} epochs × {} batches of ≤ {} tokens (accumulate {}) = {} optimizer steps, peak lr {:e}, warm-up {} steps",
-        cfg.epochs, batches_per_epoch, cfg.max_tokens, cfg.grad_accum, os.schedule.total, cfg.lr, os.schedule.warmup
+        cfg.training.epochs, batches_per_epoch, cfg.training.max_tokens, cfg.training.grad_accum, os.schedule.total, cfg.training.lr, os.schedule.warmup
     ));
     log.event(
         "start",
@@ -452,8 +431,8 @@ pub fn train(cfg: &TrainConfig) -> Result<TrainSummary> {
             "weights_max": data.weights.weights.iter().cloned().fold(0.0f32, f32::max),
             "parameters": total_params, "trainable": trainable, "device": device.name(), "dtype": dtype.name(),
             "lora": cfg.lora.as_ref().map(LoraConfig::to_json),
-            "epochs": cfg.epochs, "total_steps": os.schedule.total, "warmup": os.schedule.warmup, "lr": cfg.lr,
-            "max_tokens": cfg.max_tokens, "grad_accum": cfg.grad_accum, "seed": cfg.seed,
+            "epochs": cfg.training.epochs, "total_steps": os.schedule.total, "warmup": os.schedule.warmup, "lr": cfg.training.lr,
+            "max_tokens": cfg.training.max_tokens, "grad_accum": cfg.training.grad_accum, "seed": cfg.training.seed,
             "resumed_step": os.state.step, "recompute": cfg.recompute.to_string(),
             "memory_plan": {
                 "weights": plan.weights, "master": plan.master, "gradients": plan.gradients,
@@ -475,7 +454,7 @@ pub fn train(cfg: &TrainConfig) -> Result<TrainSummary> {
         weights,
         device,
         plan: Vec::new(),
-        progress: cfg.progress,
+        progress: cfg.training.progress,
         last_eval: None,
     };
     let ls = super::driver::run(&mut task, &lcfg, &mut os, &mut log, &say)?;
@@ -529,9 +508,14 @@ fn memory_plan(
     dtype: DType,
     n_classes: usize,
 ) -> Result<MemoryPlan> {
-    let opts =
-        PlanOptions { cuda: !device.is_cpu(), compute: dtype, optimizer: cfg.optim.kind, recompute, contacts: false };
-    let batch = BatchShape::full(cfg.max_tokens, cfg.max_len.min(cfg.max_tokens));
+    let opts = PlanOptions {
+        cuda: !device.is_cpu(),
+        compute: dtype,
+        optimizer: cfg.training.optim.kind,
+        recompute,
+        contacts: false,
+    };
+    let batch = BatchShape::full(cfg.training.max_tokens, cfg.max_len.min(cfg.training.max_tokens));
     MemoryPlan::new(model.config(), &param_specs_of(&model.params), cfg.lora.as_ref(), n_classes, &opts, &batch)
 }
 

@@ -95,7 +95,10 @@ impl ContactData {
 pub struct ContactTrainConfig {
     pub data: ContactData,
     pub model: ModelSource,
-    pub output: PathBuf,
+    /// The optimisation loop (output directory, epochs or steps, token budget of a
+    /// micro-batch, learning rate, optimizer, seed, checkpoints, logging); with a
+    /// `token_budget` the run's epochs and horizon come from the budget instead.
+    pub training: LoopConfig,
     /// LoRA adapters (base frozen); `None` trains every weight.
     pub lora: Option<LoraConfig>,
     pub head_trainable: bool,
@@ -104,26 +107,13 @@ pub struct ContactTrainConfig {
     /// Window in tokens for whole-chain training and for evaluation.
     pub max_len: usize,
     pub min_sep: usize,
-    pub max_tokens: usize,
     /// Training tokens of the run (sets the horizon); `None`: `epochs` full epochs.
     pub token_budget: Option<u64>,
-    pub epochs: u64,
-    pub max_steps: Option<u64>,
-    pub stop_after: Option<u64>,
-    pub grad_accum: usize,
-    pub lr: f64,
-    pub warmup: Warmup,
-    pub optim: OptimConfig,
-    pub seed: u64,
     pub device: DeviceChoice,
     pub precision: Precision,
-    pub save_every: Option<u64>,
-    pub keep_checkpoints: usize,
     pub resume: bool,
-    pub log_every: u64,
     /// Proteins of the evaluation split scored after each epoch (a seeded sample).
     pub eval_limit: Option<usize>,
-    pub progress: bool,
     pub verbose: bool,
 }
 
@@ -134,30 +124,32 @@ impl ContactTrainConfig {
         ContactTrainConfig {
             data,
             model: ModelSource::Preset("esm2_t6_8M".into()),
-            output,
+            training: LoopConfig {
+                output,
+                epochs: 1,
+                max_steps: None,
+                stop_after: None,
+                grad_accum: 1,
+                lr: 1e-3,
+                warmup: Warmup::Fraction(0.05),
+                optim: OptimConfig { weight_decay: 0.0, ..OptimConfig::default() },
+                seed: 42,
+                save_every: None,
+                keep_checkpoints: 2,
+                log_every: 10,
+                progress: true,
+                max_tokens: 4096,
+            },
             lora: Some(LoraConfig::default()),
             head_trainable: true,
             crop: 200,
             max_len: 1024,
             min_sep: 6,
-            max_tokens: 4096,
             token_budget: None,
-            epochs: 1,
-            max_steps: None,
-            stop_after: None,
-            grad_accum: 1,
-            lr: 1e-3,
-            warmup: Warmup::Fraction(0.05),
-            optim: OptimConfig { weight_decay: 0.0, ..OptimConfig::default() },
-            seed: 42,
             device: DeviceChoice::Auto,
             precision: Precision::Auto,
-            save_every: None,
-            keep_checkpoints: 2,
             resume: false,
-            log_every: 10,
             eval_limit: None,
-            progress: true,
             verbose: true,
         }
     }
@@ -168,25 +160,6 @@ impl ContactTrainConfig {
             self.max_len
         } else {
             self.crop + 2
-        }
-    }
-
-    fn loop_config(&self, epochs: u64, max_steps: Option<u64>) -> LoopConfig {
-        LoopConfig {
-            output: self.output.clone(),
-            epochs,
-            max_steps,
-            stop_after: self.stop_after,
-            grad_accum: self.grad_accum,
-            lr: self.lr,
-            warmup: self.warmup,
-            optim: self.optim.clone(),
-            seed: self.seed,
-            save_every: self.save_every,
-            keep_checkpoints: self.keep_checkpoints,
-            log_every: self.log_every,
-            progress: self.progress,
-            max_tokens: self.max_tokens,
         }
     }
 }
@@ -304,18 +277,21 @@ impl Task for ContactTask {
 /// Build, load or resume the model, with adapters attached and parameters frozen as asked.
 fn build_model(cfg: &ContactTrainConfig, resume_from: Option<&Path>) -> Result<(ContactModel, String)> {
     let (mut model, note) = match (resume_from, &cfg.model) {
-        (Some(dir), _) => (ContactModel::from_pretrained(dir, cfg.seed)?.0, format!("resuming from {}", dir.display())),
-        (None, ModelSource::Preset(name)) => {
-            (ContactModel::new_random(&EsmConfig::preset(name)?, cfg.seed)?, format!("{name}, random initialisation"))
+        (Some(dir), _) => {
+            (ContactModel::from_pretrained(dir, cfg.training.seed)?.0, format!("resuming from {}", dir.display()))
         }
+        (None, ModelSource::Preset(name)) => (
+            ContactModel::new_random(&EsmConfig::preset(name)?, cfg.training.seed)?,
+            format!("{name}, random initialisation"),
+        ),
         (None, ModelSource::Pretrained(dir)) => {
-            let (m, report) = ContactModel::from_pretrained(dir, cfg.seed)?;
+            let (m, report) = ContactModel::from_pretrained(dir, cfg.training.seed)?;
             let fresh = if report.fresh.is_empty() { "none".into() } else { report.fresh.join(", ") };
             (m, format!("loaded {} tensors from {}; initialised fresh: {fresh}", report.loaded, dir.display()))
         }
     };
     if let Some(l) = &cfg.lora {
-        model.enable_lora(l, cfg.seed)?;
+        model.enable_lora(l, cfg.training.seed)?;
     }
     model.set_trainable(Trainable { lora: cfg.lora.is_some(), head: cfg.head_trainable })?;
     Ok((model, note))
@@ -350,8 +326,9 @@ pub fn train_contacts(cfg: &ContactTrainConfig) -> Result<ContactTrainSummary> {
         bail!("--crop must be 0 (whole chains) or at least 2 residues");
     }
     let (device, dtype, device_note) = device::open(&cfg.device, cfg.precision)?;
-    std::fs::create_dir_all(&cfg.output).with_context(|| format!("creating {}", cfg.output.display()))?;
-    let mut log = MetricsLog::open(Some(&cfg.output.join("metrics.jsonl")))?;
+    std::fs::create_dir_all(&cfg.training.output)
+        .with_context(|| format!("creating {}", cfg.training.output.display()))?;
+    let mut log = MetricsLog::open(Some(&cfg.training.output.join("metrics.jsonl")))?;
     let verbose = cfg.verbose;
     let say = move |s: String| {
         if verbose {
@@ -366,7 +343,7 @@ pub fn train_contacts(cfg: &ContactTrainConfig) -> Result<ContactTrainSummary> {
     if train.is_empty() {
         bail!("the training set is empty: no chains to train on");
     }
-    let eval_rows = eval.as_ref().map(|e| sample_rows(e.len(), cfg.eval_limit, cfg.seed)).unwrap_or_default();
+    let eval_rows = eval.as_ref().map(|e| sample_rows(e.len(), cfg.eval_limit, cfg.training.seed)).unwrap_or_default();
     say(format!(
         "data: {} — {} training chains ({} residues){}",
         cfg.data.describe(),
@@ -375,7 +352,7 @@ pub fn train_contacts(cfg: &ContactTrainConfig) -> Result<ContactTrainSummary> {
         eval.as_ref().map(|e| format!(", {} of {} evaluation chains", eval_rows.len(), e.len())).unwrap_or_default()
     ));
 
-    let resume_from = resume_dir(&cfg.output, cfg.resume)?;
+    let resume_from = resume_dir(&cfg.training.output, cfg.resume)?;
     let (mut model, note) = build_model(cfg, resume_from.as_deref())?;
     say(format!("model: {note}"));
     model.params.to_device(&device)?;
@@ -397,17 +374,17 @@ pub fn train_contacts(cfg: &ContactTrainConfig) -> Result<ContactTrainSummary> {
 
     let train_rows: Vec<usize> = (0..train.len()).collect();
     let lens = train.token_lengths();
-    let train_bcfg = BatchConfig::new(cfg.max_tokens, cfg.train_window(), cfg.seed)?;
-    let eval_bcfg = BatchConfig::new(cfg.max_tokens.max(cfg.max_len), cfg.max_len, cfg.seed)?;
+    let train_bcfg = BatchConfig::new(cfg.training.max_tokens, cfg.train_window(), cfg.training.seed)?;
+    let eval_bcfg = BatchConfig::new(cfg.training.max_tokens.max(cfg.max_len), cfg.max_len, cfg.training.seed)?;
     let plan0 = training_plan(&train_rows, &lens, &train_bcfg, 0)?;
     let (max_steps, epochs) = match cfg.token_budget {
         Some(b) => {
-            let (s, e) = steps_for_budget(b, &plan0, cfg.grad_accum);
-            (Some(cfg.max_steps.map_or(s, |m| m.min(s))), e)
+            let (s, e) = steps_for_budget(b, &plan0, cfg.training.grad_accum);
+            (Some(cfg.training.max_steps.map_or(s, |m| m.min(s))), e)
         }
-        None => (cfg.max_steps, cfg.epochs),
+        None => (cfg.training.max_steps, cfg.training.epochs),
     };
-    let lcfg = cfg.loop_config(epochs, max_steps);
+    let lcfg = LoopConfig { epochs, max_steps, ..cfg.training.clone() };
     let mut os = init_optimizer(&lcfg, &model.params, plan0.len() as u64, dtype, resume_from.as_deref())?;
     let epoch_tokens: usize = plan0.iter().map(PlannedBatch::n_tokens).sum();
     say(format!(
@@ -419,11 +396,11 @@ pub fn train_contacts(cfg: &ContactTrainConfig) -> Result<ContactTrainSummary> {
             format!("random {}-residue crops at their true positions", cfg.crop)
         },
         plan0.len(),
-        cfg.max_tokens,
+        cfg.training.max_tokens,
         epoch_tokens,
         cfg.token_budget.map(|b| format!(", budget {b} tokens")).unwrap_or_default(),
         os.schedule.total,
-        cfg.lr,
+        cfg.training.lr,
         os.schedule.warmup,
         device.name()
     ));
@@ -433,9 +410,9 @@ pub fn train_contacts(cfg: &ContactTrainConfig) -> Result<ContactTrainSummary> {
             "task": "contact", "data": cfg.data.describe(), "train_chains": train.len(), "eval_chains": eval_rows.len(),
             "model": cfg.model.describe(), "parameters": total_params, "trainable": trainable,
             "lora": model.lora().map(|l| l.to_json()), "head_trainable": cfg.head_trainable,
-            "crop": cfg.crop, "max_len": cfg.max_len, "min_sep": cfg.min_sep, "max_tokens": cfg.max_tokens,
+            "crop": cfg.crop, "max_len": cfg.max_len, "min_sep": cfg.min_sep, "max_tokens": cfg.training.max_tokens,
             "token_budget": cfg.token_budget, "epoch_tokens": epoch_tokens, "total_steps": os.schedule.total,
-            "warmup": os.schedule.warmup, "lr": cfg.lr, "grad_accum": cfg.grad_accum, "seed": cfg.seed,
+            "warmup": os.schedule.warmup, "lr": cfg.training.lr, "grad_accum": cfg.training.grad_accum, "seed": cfg.training.seed,
             "device": device.name(), "dtype": dtype.name(), "resumed_step": os.state.step,
         }),
     )?;
@@ -452,7 +429,7 @@ pub fn train_contacts(cfg: &ContactTrainConfig) -> Result<ContactTrainSummary> {
         min_sep: cfg.min_sep,
         device,
         plan: plan0,
-        progress: cfg.progress,
+        progress: cfg.training.progress,
         last_eval: None,
         trainable: Trainable { lora: cfg.lora.is_some(), head: cfg.head_trainable },
     };
@@ -468,7 +445,7 @@ pub fn train_contacts(cfg: &ContactTrainConfig) -> Result<ContactTrainSummary> {
     let eval = task.last_eval.as_ref().map(|(_, e)| e.clone());
     if let Some(e) = &eval {
         say(format!("{}\n{}", e.report, e.window_note()));
-        std::fs::write(cfg.output.join("eval.json"), serde_json::to_string_pretty(e)?)?;
+        std::fs::write(cfg.training.output.join("eval.json"), serde_json::to_string_pretty(e)?)?;
     }
     let model_dir = save_final(&task.model, cfg, task.trainable)?;
     let summary = ContactTrainSummary {
@@ -506,11 +483,11 @@ pub fn train_contacts(cfg: &ContactTrainConfig) -> Result<ContactTrainSummary> {
 /// `output/model` (merged), and with LoRA `output/adapter` (+ `output/base` for a random
 /// preset), each written atomically.
 fn save_final(model: &ContactModel, cfg: &ContactTrainConfig, trainable: Trainable) -> Result<PathBuf> {
-    let dir = cfg.output.join("model");
+    let dir = cfg.training.output.join("model");
     write_dir_atomically(&dir, |d| model.save(d, SaveMode::Merged))?;
     if model.lora().is_some() {
         write_adapter_dirs(
-            &cfg.output,
+            &cfg.training.output,
             &cfg.model,
             |d| model.save(d, SaveMode::BaseOnly),
             |d, base| model.save_adapters(d, trainable.head, base),
