@@ -173,11 +173,16 @@ bench() {
     RESULT[bench_$prec]="rc=$?"
 }
 
-run() {
+# The output folder and the carried binaries (both GPU-machine modes).
+prepare() {
     OUT=${OUT:-/tmp/qf-gpu-out}
     mkdir -p "$OUT"
     [ -x "$GPU_DIR/qf-engine" ] || { echo "no $GPU_DIR/qf-engine: run 'bash tools/gpu_check.sh build' here first and carry .gpu"; exit 1; }
     export QF_FIXTURES_DIR="$PWD/tests/fixtures"
+}
+
+run() {
+    prepare
     : > "$OUT/bench.jsonl"
     : > "$OUT/pytorch.jsonl"
 
@@ -293,10 +298,7 @@ memory_bench() {
 }
 
 memory() {
-    OUT=${OUT:-/tmp/qf-gpu-out}
-    mkdir -p "$OUT"
-    [ -x "$GPU_DIR/qf-engine" ] || { echo "no $GPU_DIR/qf-engine: run 'bash tools/gpu_check.sh build' here first and carry .gpu"; exit 1; }
-    export QF_FIXTURES_DIR="$PWD/tests/fixtures"
+    prepare
     : > "$OUT/memory.jsonl"
     stage "machine"
     nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv
