@@ -192,7 +192,8 @@ impl Tensor {
 
     /// A float tensor from f32 values, converted to `dtype` on `device`.
     pub fn from_f32(data: Vec<f32>, shape: &[usize], dtype: DType, device: &Device) -> Result<Tensor> {
-        Tensor::from_vec(data, shape)?.to_dtype(dtype)?.to_device(device)
+        // Moved first, converted where it lives: the CPU backend holds no half types.
+        Tensor::from_vec(data, shape)?.to_device(device)?.to_dtype(dtype)
     }
 
     /// An i32 tensor (ids, labels, offsets) on `device`.

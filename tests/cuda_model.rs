@@ -7,6 +7,7 @@
 
 mod common;
 mod cuda_common;
+mod kernel_emu;
 
 use cuda_common::{detail, fixture, gpu, rel_err, Target};
 use qf_engine::backend::cuda;

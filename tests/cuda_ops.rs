@@ -9,6 +9,7 @@
 
 mod common;
 mod cuda_common;
+mod kernel_emu;
 
 use common::TestRng;
 use cuda_common::{check_op, detail, gpu, on_gpu, round_to, rounded, tol, Input, Target, DTYPES};

@@ -28,12 +28,51 @@ pub fn detail(line: &str) {
     eprintln!("{line}");
 }
 
+/// What this process runs CUDA on: a real GPU; else the CPU emulation of
+/// `tests/kernel_emu` installed as the driver and cuBLAS (every kernel, the real
+/// launchers, cudarc and the engine's CUDA backend run; only the device is emulated);
+/// else nothing, with the reason. `QF_CUDA_EMULATION=0` turns the emulation off.
+#[derive(Clone, Debug)]
+pub enum Cuda {
+    Real,
+    Emulated,
+    Absent(String),
+}
+
+pub fn cuda(test: &str) -> Cuda {
+    static CUDA: std::sync::OnceLock<Cuda> = std::sync::OnceLock::new();
+    CUDA.get_or_init(|| {
+        let Some(why) = unavailable_reason() else { return Cuda::Real };
+        if std::env::var("QF_CUDA_EMULATION").is_ok_and(|v| v == "0") {
+            return Cuda::Absent(format!("{why} (emulation off: QF_CUDA_EMULATION=0)"));
+        }
+        let Some(emu) = crate::kernel_emu::emulator(test) else { return Cuda::Absent(why) };
+        if let Err(e) = emu.install_as_cuda() {
+            return Cuda::Absent(format!("{why}; the CUDA emulation could not be installed: {e}"));
+        }
+        match unavailable_reason() {
+            None => Cuda::Emulated,
+            Some(still) => Cuda::Absent(format!("{why}; with the CUDA emulation installed: {still}")),
+        }
+    })
+    .clone()
+}
+
+/// Whether the tests run on the CPU emulation (too slow for the long training checks).
+pub fn emulated() -> bool {
+    matches!(cuda("emulated"), Cuda::Emulated)
+}
+
 /// A fresh CUDA device computing in `dtype`, with every uninitialised buffer poisoned
 /// with NaN; or `None` after printing `SKIP: no CUDA device: <reason>`.
 pub fn gpu(test: &str, dtype: DType) -> Option<CudaDevice> {
-    if let Some(why) = unavailable_reason() {
-        say(&format!("SKIP: no CUDA device: {why} [{test}]"));
-        return None;
+    match cuda(test) {
+        Cuda::Real => {}
+        Cuda::Emulated => say(&format!("EMULATED: no GPU; the CUDA backend runs on the CPU emulation [{test}]")),
+        Cuda::Absent(why) => {
+            say(&format!("SKIP: no CUDA device: {why} [{test}]"));
+            return None;
+        }
     }
     if !kernels::BUILT_WITH_KERNELS {
         say(&format!("SKIP: no CUDA device: this build has no CUDA kernels ({}) [{test}]", kernels::KERNEL_BUILD_NOTE));

@@ -35,6 +35,7 @@ type NamesFn = unsafe extern "C" fn(*mut c_char, usize) -> usize;
 
 /// The loaded emulator library.
 pub struct Emulator {
+    dir: PathBuf,
     launch: LaunchFn,
     kinds: KindsFn,
     names: NamesFn,
@@ -107,6 +108,22 @@ impl Emulator {
         } else {
             Err(unsafe { CStr::from_ptr(err.as_ptr()) }.to_string_lossy().into_owned())
         }
+    }
+
+    /// Make this emulation the process's CUDA: the kernel library (loaded already) has the
+    /// soname `libcuda.so` and carries a fake driver, and the fake cuBLAS (soname
+    /// `libcublas.so`) is loaded here, so cudarc's `dlopen("libcuda.so")` and
+    /// `dlopen("libcublas.so")` find them (glibc returns an already loaded object whose
+    /// soname matches). Call it only where no real driver is present, before cudarc first
+    /// looks for one.
+    pub fn install_as_cuda(&self) -> Result<(), String> {
+        let path = CString::new(self.dir.join(CUBLAS_LIB).to_string_lossy().as_bytes()).map_err(|e| e.to_string())?;
+        let handle = unsafe { libc::dlopen(path.as_ptr(), libc::RTLD_NOW | libc::RTLD_LOCAL) };
+        if handle.is_null() {
+            let why = unsafe { CStr::from_ptr(libc::dlerror()) }.to_string_lossy().into_owned();
+            return Err(format!("dlopen {CUBLAS_LIB}: {why}"));
+        }
+        Ok(())
     }
 
     /// [`Emulator::launch`] that panics with the kernel's name on an error.
@@ -263,13 +280,15 @@ fn build_and_load() -> Result<Emulator, String> {
     let emu_dir = manifest_dir().join("tests/kernel_emu");
     let header = emu_dir.join("cuda_host_emulation.h");
     let runtime = emu_dir.join("cuda_host_emulation.cpp");
+    let driver = emu_dir.join("fake_driver.cpp");
+    let cublas = emu_dir.join("fake_cublas.cpp");
     let sources = sorted_files(&kernels, &["cu"])?;
     if sources.is_empty() {
         return Err(format!("no kernels in {}", kernels.display()));
     }
 
     let mut hash = 0xcbf2_9ce4_8422_2325u64;
-    for f in sorted_files(&kernels, &["cu", "cuh"])?.iter().chain([&header, &runtime]) {
+    for f in sorted_files(&kernels, &["cu", "cuh"])?.iter().chain([&header, &runtime, &driver, &cublas]) {
         fnv1a(&mut hash, f.to_string_lossy().as_bytes());
         fnv1a(&mut hash, &std::fs::read(f).map_err(|e| format!("reading {}: {e}", f.display()))?);
     }
@@ -277,18 +296,38 @@ fn build_and_load() -> Result<Emulator, String> {
     fnv1a(&mut hash, FLAGS.join(" ").as_bytes());
     fnv1a(&mut hash, include.to_string_lossy().as_bytes());
     let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!("kernel-emu/{hash:016x}"));
-    let lib = dir.join("libqf_kernel_emu.so");
-    if !lib.is_file() {
+    let lib = dir.join(KERNEL_LIB);
+    if !lib.is_file() || !dir.join(CUBLAS_LIB).is_file() {
         // Each process builds in its own directory (test binaries may build at the
         // same time) and renames the finished library into place.
         let work = dir.with_extension(format!("build-{}", std::process::id()));
-        build(&cxx, &work, &include, &kernels, &header, &runtime, &sources)?;
+        build(&cxx, &work, &include, &kernels, &header, &[runtime, driver], &sources)?;
+        build_cublas(&cxx, &work, &include, &cublas)?;
         std::fs::create_dir_all(&dir).map_err(|e| format!("creating {}: {e}", dir.display()))?;
-        let built = work.join("libqf_kernel_emu.so");
-        std::fs::rename(&built, &lib).map_err(|e| format!("renaming {}: {e}", built.display()))?;
+        for name in [CUBLAS_LIB, KERNEL_LIB] {
+            let built = work.join(name);
+            std::fs::rename(&built, dir.join(name)).map_err(|e| format!("renaming {}: {e}", built.display()))?;
+        }
         let _ = std::fs::remove_dir_all(&work);
     }
     load(&lib)
+}
+
+/// The kernels, the launch runtime and the fake driver; soname `libcuda.so`.
+const KERNEL_LIB: &str = "libqf_kernel_emu.so";
+/// The fake cuBLAS; soname `libcublas.so`.
+const CUBLAS_LIB: &str = "libqf_cublas_emu.so";
+
+fn build_cublas(cxx: &str, dir: &Path, include: &Path, src: &Path) -> Result<(), String> {
+    let obj = dir.join("fake_cublas.o");
+    run(Command::new(cxx).args(FLAGS).arg("-I").arg(include).arg("-c").arg(src).arg("-o").arg(&obj))?;
+    run(Command::new(cxx)
+        .arg("-shared")
+        .arg("-Wl,-soname,libcublas.so")
+        .arg("-o")
+        .arg(dir.join(CUBLAS_LIB))
+        .arg(&obj))
+    .map(|_| ())
 }
 
 fn base_command(cxx: &str, include: &Path, kernels: &Path, header: &Path) -> Command {
@@ -305,7 +344,7 @@ fn build(
     include: &Path,
     kernels: &Path,
     header: &Path,
-    runtime: &Path,
+    runtime: &[PathBuf],
     sources: &[PathBuf],
 ) -> Result<(), String> {
     std::fs::create_dir_all(dir).map_err(|e| format!("creating {}: {e}", dir.display()))?;
@@ -327,7 +366,7 @@ fn build(
         Ok(obj)
     };
     let mut jobs: Vec<PathBuf> = sources.to_vec();
-    jobs.push(runtime.to_path_buf());
+    jobs.extend(runtime.iter().cloned());
     let threads = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2).min(8);
     let next = std::sync::atomic::AtomicUsize::new(0);
     let results = std::sync::Mutex::new(Vec::new());
@@ -336,8 +375,9 @@ fn build(
             s.spawn(|| loop {
                 let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 let Some(src) = jobs.get(i) else { break };
-                let r = if src == runtime {
-                    let obj = dir.join("runtime.o");
+                let r = if runtime.contains(src) {
+                    let stem = src.file_stem().unwrap_or_default().to_string_lossy().into_owned();
+                    let obj = dir.join(format!("{stem}.o"));
                     run(base_command(cxx, include, kernels, header).arg("-c").arg(src).arg("-o").arg(&obj)).map(|_| obj)
                 } else {
                     compile_one(src)
@@ -347,8 +387,9 @@ fn build(
         }
     });
     let objects = results.into_inner().unwrap().into_iter().collect::<Result<Vec<_>, _>>()?;
-    let lib = dir.join("libqf_kernel_emu.so");
-    run(Command::new(cxx).arg("-shared").arg("-o").arg(&lib).args(&objects).arg("-lpthread")).map(|_| ())
+    let lib = dir.join(KERNEL_LIB);
+    run(Command::new(cxx).arg("-shared").arg("-Wl,-soname,libcuda.so").arg("-o").arg(&lib).args(&objects).arg("-lpthread"))
+        .map(|_| ())
 }
 
 fn load(lib: &Path) -> Result<Emulator, String> {
@@ -370,6 +411,7 @@ fn load(lib: &Path) -> Result<Emulator, String> {
     // The library stays loaded for the life of the test process.
     unsafe {
         Ok(Emulator {
+            dir: lib.parent().map(Path::to_path_buf).unwrap_or_default(),
             launch: std::mem::transmute::<*mut c_void, LaunchFn>(sym("qf_emu_launch")?),
             kinds: std::mem::transmute::<*mut c_void, KindsFn>(sym("qf_emu_kernel_kinds")?),
             names: std::mem::transmute::<*mut c_void, NamesFn>(sym("qf_emu_kernel_names")?),
