@@ -230,6 +230,10 @@ fn one_training_step_matches_the_cpu_in_bf16() {
 /// memory pool's cache: the pool reserves no new device memory.
 #[test]
 fn steady_state_steps_reserve_no_new_device_memory() {
+    if cuda_common::emulated() {
+        cuda_common::say("SKIP: the CPU emulation of CUDA has no caching pool to measure [steady-state memory]");
+        return;
+    }
     let Some(dev) = gpu("steady-state memory", DType::BF16) else { return };
     dev.set_poison_uninit(false); // measure the real path
     let gdev = Device::Cuda(dev.clone());
@@ -296,6 +300,10 @@ fn demo_run(out: &std::path::Path, precision: Precision) -> train::TrainSummary 
 /// no NaN, and the loss falls like the fp32 run's.
 #[test]
 fn two_hundred_fp16_steps_fall_like_fp32() {
+    if cuda_common::emulated() {
+        cuda_common::say("SKIP: 2 × 200 training steps are too slow for the CPU emulation of CUDA [200 fp16 steps]");
+        return;
+    }
     if gpu("200 fp16 steps", DType::F16).is_none() {
         return;
     }

@@ -10,13 +10,13 @@
 //! tie by the same comparison on the same values.
 
 mod common;
+mod cuda_common;
+mod kernel_emu;
 
 use std::time::Instant;
 
 use common::TestRng;
 use qf_engine::autograd::Grads;
-use qf_engine::backend::cuda::device::unavailable_reason;
-use qf_engine::backend::cuda::kernels::{BUILT_WITH_KERNELS, KERNEL_BUILD_NOTE};
 use qf_engine::backend::cuda::optim::{adam8bit_step, upload_maps, DeviceQuantizedMoments};
 use qf_engine::backend::cuda::CudaDevice;
 use qf_engine::model::checkpoint::{write_safetensors, MappedSafetensors, NamedTensor};
@@ -27,23 +27,10 @@ use qf_engine::optim::quant8::{signed_dynamic_map, unsigned_dynamic_map, QuantMa
 use qf_engine::optim::{OptimConfig, Optimizer, OptimizerKind};
 use qf_engine::{DType, Device, Tensor};
 
-/// The GPU, or `None` after printing why the test is skipped.
+/// The GPU (or, without one, the CPU emulation of CUDA), or `None` after printing why
+/// the test is skipped.
 fn cuda() -> Option<CudaDevice> {
-    if let Some(why) = unavailable_reason() {
-        eprintln!("SKIP: no CUDA device: {why}");
-        return None;
-    }
-    if !BUILT_WITH_KERNELS {
-        eprintln!("SKIP: no CUDA device: this build has no CUDA kernels ({KERNEL_BUILD_NOTE})");
-        return None;
-    }
-    match CudaDevice::open(0) {
-        Ok(d) => Some(d),
-        Err(e) => {
-            eprintln!("SKIP: no CUDA device: {e:#}");
-            None
-        }
-    }
+    cuda_common::open_cuda("optim_8bit_cuda")
 }
 
 fn randn(rng: &mut TestRng, n: usize, std: f64) -> Vec<f32> {
@@ -242,6 +229,10 @@ fn eight_bit_optimizer_on_the_gpu_matches_the_cpu_and_restores_from_checkpoints(
 
 #[test]
 fn adam8bit_kernel_bandwidth() {
+    if cuda_common::emulated() {
+        eprintln!("SKIP: bandwidth means nothing on the CPU emulation of CUDA [adam8bit_kernel_bandwidth]");
+        return;
+    }
     let Some(dev) = cuda() else { return };
     let d = Device::Cuda(dev.clone());
     let n = 64 << 20;

@@ -4,6 +4,8 @@
 //! contact head, whose attention probabilities are outputs of the recomputed layers.
 
 mod common;
+mod cuda_common;
+mod kernel_emu;
 
 use common::TestRng;
 use qf_engine::autograd::{checkpoint, Grads, Tape};
@@ -238,24 +240,10 @@ fn recompute_mode_parses() {
     assert!(e.contains("none or layer"), "{e}");
 }
 
-/// The GPU, or `None` after printing why the test is skipped.
+/// The GPU (or, without one, the CPU emulation of CUDA), or `None` after printing why
+/// the test is skipped.
 fn cuda() -> Option<qf_engine::backend::cuda::CudaDevice> {
-    use qf_engine::backend::cuda::{device::unavailable_reason, kernels::BUILT_WITH_KERNELS, CudaDevice};
-    if let Some(why) = unavailable_reason() {
-        eprintln!("SKIP: no CUDA device: {why}");
-        return None;
-    }
-    if !BUILT_WITH_KERNELS {
-        eprintln!("SKIP: no CUDA device: this build has no CUDA kernels");
-        return None;
-    }
-    match CudaDevice::open(0) {
-        Ok(d) => Some(d),
-        Err(e) => {
-            eprintln!("SKIP: no CUDA device: {e:#}");
-            None
-        }
-    }
+    cuda_common::open_cuda("recompute on CUDA")
 }
 
 /// On CUDA (fp32 compute) the recomputed forward is bit-identical (no forward kernel uses

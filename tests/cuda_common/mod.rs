@@ -63,9 +63,9 @@ pub fn emulated() -> bool {
     matches!(cuda("emulated"), Cuda::Emulated)
 }
 
-/// A fresh CUDA device computing in `dtype`, with every uninitialised buffer poisoned
-/// with NaN; or `None` after printing `SKIP: no CUDA device: <reason>`.
-pub fn gpu(test: &str, dtype: DType) -> Option<CudaDevice> {
+/// A fresh CUDA device (a GPU, or the CPU emulation without one), or `None` after
+/// printing `SKIP: no CUDA device: <reason>`.
+pub fn open_cuda(test: &str) -> Option<CudaDevice> {
     match cuda(test) {
         Cuda::Real => {}
         Cuda::Emulated => say(&format!("EMULATED: no GPU; the CUDA backend runs on the CPU emulation [{test}]")),
@@ -78,7 +78,13 @@ pub fn gpu(test: &str, dtype: DType) -> Option<CudaDevice> {
         say(&format!("SKIP: no CUDA device: this build has no CUDA kernels ({}) [{test}]", kernels::KERNEL_BUILD_NOTE));
         return None;
     }
-    let dev = CudaDevice::open(0).unwrap_or_else(|e| panic!("a CUDA device is present but cannot be opened: {e:#}"));
+    Some(CudaDevice::open(0).unwrap_or_else(|e| panic!("a CUDA device is present but cannot be opened: {e:#}")))
+}
+
+/// A fresh CUDA device computing in `dtype`, with every uninitialised buffer poisoned
+/// with NaN; or `None` after printing `SKIP: no CUDA device: <reason>`.
+pub fn gpu(test: &str, dtype: DType) -> Option<CudaDevice> {
+    let dev = open_cuda(test)?;
     dev.set_compute_dtype(dtype).unwrap();
     dev.set_poison_uninit(true);
     Some(dev)
@@ -140,9 +146,18 @@ pub fn tol(dtype: DType) -> f64 {
 }
 
 /// `v` rounded to the nearest value of `dtype` (round to nearest even).
+///
+/// An f32 value (every parameter, every kernel result) is rounded from its f32 bits:
+/// `half`'s f64 → f16/bf16 conversion drops the low 32 bits of the f64 mantissa before
+/// rounding, so an f32 just above a tie (e.g. 0xbd888004 → bf16) would round down
+/// there, unlike the device's `__float2bfloat16_rn` (found by the CPU emulation of CUDA).
 pub fn round_to(dtype: DType, v: f64) -> f64 {
+    let f = v as f32;
+    let exact_f32 = f as f64 == v;
     match dtype {
-        DType::F32 => v as f32 as f64,
+        DType::F32 => f as f64,
+        DType::F16 if exact_f32 => f16::from_f32(f).to_f64(),
+        DType::BF16 if exact_f32 => bf16::from_f32(f).to_f64(),
         DType::F16 => f16::from_f64(v).to_f64(),
         DType::BF16 => bf16::from_f64(v).to_f64(),
         DType::F64 => v,

@@ -4,10 +4,8 @@
 // through `qf_emu_launch`.
 #include "cuda_host_emulation.h"
 
-#include <pthread.h>
-#include <time.h>
+#include <ucontext.h>
 
-#include <barrier>
 #include <cstdio>
 #include <cstdlib>
 #include <map>
@@ -18,17 +16,20 @@
 namespace qf_emu {
 namespace {
 
-struct Warp {
-    std::barrier<> bar;
-    float slots[32];
-    explicit Warp(int lanes) : bar(lanes) {}
-};
+// Every CUDA thread of a block is a fiber (ucontext) on the launching OS thread; the
+// scheduler runs the fibers in turn, each until it waits at a barrier or returns. A
+// block barrier opens when every live thread of the block waits at it, a warp barrier
+// when every live lane of the warp does (a returned thread no longer counts, as an
+// exited thread on the GPU). No fiber ready and no barrier able to open is a deadlock
+// (a __syncthreads that not every thread reaches), reported as an error.
+enum class Wait { None, Block, Warp, Done };
 
-struct Block {
-    std::barrier<> bar;
-    std::vector<std::unique_ptr<Warp>> warps;
-    std::vector<unsigned char> smem;
-    explicit Block(int threads) : bar(threads) {}
+struct Fiber {
+    ucontext_t ctx;
+    ThreadState state;
+    int warp = 0;
+    int lane = 0;
+    Wait wait = Wait::None;
 };
 
 struct Kernel {
@@ -42,106 +43,132 @@ std::map<std::string, Kernel>& registry() {
     return r;
 }
 
-thread_local ThreadState t_state;
-thread_local Block* t_block = nullptr;
-thread_local Warp* t_warp = nullptr;
-thread_local int t_lane = 0;
+constexpr size_t kStackBytes = 64 * 1024;
 
-struct ThreadStart {
-    ThreadState state;
-    Block* block;
-    Warp* warp;
-    int lane;
-    const Thunk* thunk;
-    const uint64_t* slots;
+// The block being run (launches are serialised, so one at a time per process).
+struct BlockRun {
+    std::vector<Fiber> fibers;
+    std::vector<std::vector<char>> stacks;
+    std::vector<float> warp_slots;  // 32 per warp
+    std::vector<unsigned char> smem;
+    ucontext_t scheduler;
+    Fiber* current = nullptr;
+    const Thunk* thunk = nullptr;
+    const uint64_t* slots = nullptr;
 };
 
-void* run_thread(void* p) {
-    const ThreadStart* s = static_cast<const ThreadStart*>(p);
-    t_state = s->state;
-    t_block = s->block;
-    t_warp = s->warp;
-    t_lane = s->lane;
-    (*s->thunk)(s->slots);
-    // An exited thread no longer takes part in __syncthreads or in warp exchanges.
-    t_warp->bar.arrive_and_drop();
-    t_block->bar.arrive_and_drop();
-    return nullptr;
+BlockRun& run() {
+    static BlockRun r;
+    return r;
 }
 
-// Seconds one block may take before the launch is declared hung (a __syncthreads that
-// not every thread reaches deadlocks here; on the GPU it is undefined behaviour).
-constexpr int kBlockTimeoutSeconds = 120;
+void fiber_main() {
+    BlockRun& r = run();
+    (*r.thunk)(r.slots);
+    r.current->wait = Wait::Done;
+    swapcontext(&r.current->ctx, &r.scheduler);
+}
+
+void wait_at(Wait w) {
+    BlockRun& r = run();
+    r.current->wait = w;
+    swapcontext(&r.current->ctx, &r.scheduler);
+}
+
+// Open the barriers every live member has reached; false when nothing could open.
+bool open_barriers(BlockRun& r, int n_warps) {
+    bool opened = false;
+    size_t live = 0, at_block = 0;
+    for (auto& f : r.fibers) {
+        live += f.wait != Wait::Done;
+        at_block += f.wait == Wait::Block;
+    }
+    if (live > 0 && at_block == live) {
+        for (auto& f : r.fibers)
+            if (f.wait == Wait::Block) f.wait = Wait::None;
+        return true;
+    }
+    for (int w = 0; w < n_warps; ++w) {
+        size_t lanes = 0, waiting = 0;
+        for (size_t t = 32 * w; t < r.fibers.size() && t < size_t(32 * (w + 1)); ++t) {
+            lanes += r.fibers[t].wait != Wait::Done;
+            waiting += r.fibers[t].wait == Wait::Warp;
+        }
+        if (lanes > 0 && waiting == lanes) {
+            for (size_t t = 32 * w; t < r.fibers.size() && t < size_t(32 * (w + 1)); ++t)
+                if (r.fibers[t].wait == Wait::Warp) r.fibers[t].wait = Wait::None;
+            opened = true;
+        }
+    }
+    return opened;
+}
 
 bool run_block(const Kernel& k, const uint64_t* slots, uint3 block_idx, dim3 grid, dim3 block, unsigned smem_bytes,
                std::string& err) {
+    BlockRun& r = run();
     const int n = static_cast<int>(block.x * block.y * block.z);
-    Block b(n);
     const int n_warps = (n + 31) / 32;
-    for (int w = 0; w < n_warps; ++w) b.warps.push_back(std::make_unique<Warp>(std::min(32, n - 32 * w)));
+    r.fibers.assign(n, Fiber{});
+    if (r.stacks.size() < size_t(n)) r.stacks.resize(n);
+    r.warp_slots.assign(32 * n_warps, 0.0f);
     // Dynamic shared memory is uninitialised on the GPU: NaN bytes make a read before
     // write visible.
-    b.smem.assign(smem_bytes, 0xFF);
-
-    std::vector<ThreadStart> starts(n);
-    std::vector<pthread_t> threads(n);
-    pthread_attr_t attr;
-    pthread_attr_init(&attr);
-    pthread_attr_setstacksize(&attr, 256 * 1024);
-    int started = 0;
+    r.smem.assign(smem_bytes, 0xFF);
+    r.thunk = &k.thunk;
+    r.slots = slots;
     for (int t = 0; t < n; ++t) {
-        ThreadState st;
-        st.thread_idx = uint3{t % block.x, (t / block.x) % block.y, t / (block.x * block.y)};
-        st.block_idx = block_idx;
-        st.block_dim = block;
-        st.grid_dim = grid;
-        starts[t] = ThreadStart{st, &b, b.warps[t / 32].get(), t % 32, &k.thunk, slots};
-        if (pthread_create(&threads[t], &attr, run_thread, &starts[t]) != 0) {
-            err = "could not start thread " + std::to_string(t) + " of a block";
-            break;
+        Fiber& f = r.fibers[t];
+        f.state.thread_idx = uint3{t % block.x, (t / block.x) % block.y, t / (block.x * block.y)};
+        f.state.block_idx = block_idx;
+        f.state.block_dim = block;
+        f.state.grid_dim = grid;
+        f.warp = t / 32;
+        f.lane = t % 32;
+        if (r.stacks[t].empty()) r.stacks[t].resize(kStackBytes);
+        getcontext(&f.ctx);
+        f.ctx.uc_stack.ss_sp = r.stacks[t].data();
+        f.ctx.uc_stack.ss_size = kStackBytes;
+        f.ctx.uc_link = nullptr;
+        makecontext(&f.ctx, fiber_main, 0);
+    }
+    for (;;) {
+        bool ran = false;
+        for (auto& f : r.fibers) {
+            if (f.wait != Wait::None) continue;
+            r.current = &f;
+            swapcontext(&r.scheduler, &f.ctx);
+            ran = true;
         }
-        ++started;
-    }
-    pthread_attr_destroy(&attr);
-    if (started < n) {
-        // The started threads wait at barriers sized for n threads: nothing can be
-        // cleaned up safely.
-        std::fprintf(stderr, "kernel emulator: %s\n", err.c_str());
-        std::_Exit(101);
-    }
-    timespec deadline;
-    clock_gettime(CLOCK_REALTIME, &deadline);
-    deadline.tv_sec += kBlockTimeoutSeconds;
-    for (int t = 0; t < n; ++t) {
-        if (pthread_timedjoin_np(threads[t], nullptr, &deadline) != 0) {
-            std::fprintf(stderr,
-                         "kernel emulator: a block did not finish in %d s — a __syncthreads() or warp shuffle "
-                         "that not every thread reaches (deadlock)\n",
-                         kBlockTimeoutSeconds);
-            std::_Exit(101);
+        bool all_done = true;
+        for (auto& f : r.fibers) all_done &= f.wait == Wait::Done;
+        if (all_done) return true;
+        if (!open_barriers(r, n_warps) && !ran) {
+            err = "deadlock: a __syncthreads() or warp shuffle that not every live thread of the block reaches";
+            return false;
         }
     }
-    return true;
 }
 
 }  // namespace
 
-ThreadState& state() { return t_state; }
+ThreadState& state() { return run().current->state; }
 
-void sync_block() { t_block->bar.arrive_and_wait(); }
+void sync_block() { wait_at(Wait::Block); }
 
 float shfl_xor(float v, int lane_mask) {
-    Warp& w = *t_warp;
-    w.slots[t_lane] = v;
-    w.bar.arrive_and_wait();
-    const float r = w.slots[(t_lane ^ lane_mask) & 31];
-    w.bar.arrive_and_wait();  // nobody overwrites a slot before every lane has read
-    return r;
+    BlockRun& r = run();
+    Fiber& f = *r.current;
+    float* slots = &r.warp_slots[32 * f.warp];
+    slots[f.lane] = v;
+    wait_at(Wait::Warp);
+    const float out = slots[(f.lane ^ lane_mask) & 31];
+    wait_at(Wait::Warp);  // nobody overwrites a slot before every lane has read
+    return out;
 }
 
-unsigned char* dynamic_smem() { return t_block->smem.data(); }
+unsigned char* dynamic_smem() { return run().smem.data(); }
 
-unsigned dynamic_smem_bytes() { return static_cast<unsigned>(t_block->smem.size()); }
+unsigned dynamic_smem_bytes() { return static_cast<unsigned>(run().smem.size()); }
 
 void register_kernel(const char* name, const char* module, std::string kinds, Thunk thunk) {
     registry()[name] = Kernel{module, std::move(kinds), std::move(thunk)};

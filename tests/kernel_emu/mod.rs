@@ -321,13 +321,8 @@ const CUBLAS_LIB: &str = "libqf_cublas_emu.so";
 fn build_cublas(cxx: &str, dir: &Path, include: &Path, src: &Path) -> Result<(), String> {
     let obj = dir.join("fake_cublas.o");
     run(Command::new(cxx).args(FLAGS).arg("-I").arg(include).arg("-c").arg(src).arg("-o").arg(&obj))?;
-    run(Command::new(cxx)
-        .arg("-shared")
-        .arg("-Wl,-soname,libcublas.so")
-        .arg("-o")
-        .arg(dir.join(CUBLAS_LIB))
-        .arg(&obj))
-    .map(|_| ())
+    run(Command::new(cxx).arg("-shared").arg("-Wl,-soname,libcublas.so").arg("-o").arg(dir.join(CUBLAS_LIB)).arg(&obj))
+        .map(|_| ())
 }
 
 fn base_command(cxx: &str, include: &Path, kernels: &Path, header: &Path) -> Command {
@@ -388,8 +383,14 @@ fn build(
     });
     let objects = results.into_inner().unwrap().into_iter().collect::<Result<Vec<_>, _>>()?;
     let lib = dir.join(KERNEL_LIB);
-    run(Command::new(cxx).arg("-shared").arg("-Wl,-soname,libcuda.so").arg("-o").arg(&lib).args(&objects).arg("-lpthread"))
-        .map(|_| ())
+    run(Command::new(cxx)
+        .arg("-shared")
+        .arg("-Wl,-soname,libcuda.so")
+        .arg("-o")
+        .arg(&lib)
+        .args(&objects)
+        .arg("-lpthread"))
+    .map(|_| ())
 }
 
 fn load(lib: &Path) -> Result<Emulator, String> {
