@@ -19,9 +19,9 @@
 //!   dtype; NaN never passes. Casts are bit-exact against `half` (round to nearest even),
 //!   and the single-operation maps (add, accumulate, scale, fill) are bit-exact against
 //!   the same fp32 operation rounded once.
-//! * Launches are serialised by a lock (see [`launch`]); sizes are kept small because
-//!   every emulated CUDA thread is an OS thread (the 5,000-class head runs 5 rows of
-//!   1,024-thread blocks, the 33-token vocabulary 37 rows in f32).
+//! * Sizes are kept small because every emulated CUDA thread is a fiber on one CPU core
+//!   (the 5,000-class head runs 5 rows of 1,024-thread blocks, the 33-token vocabulary
+//!   37 rows in f32).
 
 mod common;
 mod kernel_emu;

@@ -1,5 +1,5 @@
 //! Every CUDA kernel, run on the CPU through the host emulation of `tests/kernel_emu`
-//! (one OS thread per CUDA thread, real barriers and warp exchanges), against a
+//! (every CUDA thread a fiber, real barriers and warp exchanges), against a
 //! reference computed here in f64 — so that every kernel executes, and its indexing,
 //! reductions, accumulation rules and argument lists are checked, on every CI landing,
 //! also where no GPU is lent. The launch shapes and argument lists are those of the

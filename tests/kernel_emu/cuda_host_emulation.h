@@ -3,26 +3,30 @@
 // Force-included (g++ -include) before a kernel file, this header turns CUDA C++ into
 // host C++: `__global__`/`__device__` functions become ordinary functions, and the
 // launch runtime (cuda_host_emulation.cpp) runs every block of a grid, one block after
-// the other, with one OS thread per CUDA thread, so that
+// the other, each CUDA thread a fiber (ucontext) that runs until it waits at a barrier
+// or returns, so that
 //   * __syncthreads() is a barrier over the block's threads (a thread that returns
-//     drops out of it, as an exited thread does on the GPU);
+//     drops out of it, as an exited thread does on the GPU); a barrier that can never
+//     open is reported as a deadlock;
 //   * __shfl_xor_sync() exchanges values through a per-warp slot array between two
-//     barriers over the warp's 32 threads;
+//     barriers over the warp's live lanes;
 //   * __shared__ variables are function-local statics: one copy, shared by the
 //     threads of the one block that runs at a time (launches are serialised over the
 //     whole process, so tests running in parallel do not share them);
 //   * dynamic shared memory (QF_DYNAMIC_SHARED) is a per-block buffer filled with NaN
 //     bytes, and %dynamic_smem_size reports its size;
-//   * atomicAdd() is an atomic read-modify-write on host memory.
+//   * atomicAdd() is a read-modify-write on host memory.
 // Device pointers are host pointers. Math comes from the host libm (expf, erff, …
 // may differ from the device's by an ulp or two; __fadd_rn and friends are exact
 // IEEE operations here as there, and the files are compiled with -ffp-contract=off).
+// fake_driver.cpp and fake_cublas.cpp put the engine's whole CUDA backend on top of
+// this (see tests/kernel_emu/mod.rs).
 //
 // What this cannot show: timing, occupancy, memory coalescing, races that the
-// sequential block order hides (blocks never run concurrently here), and anything
-// the real nvcc/ptxas would do differently. The GPU suite (tests/cuda_*.rs) remains
-// the real test; this one makes every kernel run, against a reference, on every CI
-// landing.
+// sequential order hides (blocks, and threads between barriers, never run
+// concurrently here), and anything the real nvcc/ptxas would do differently. A GPU
+// run of tests/cuda_*.rs remains the real test; this one makes every kernel run,
+// against a reference, on every CI landing.
 #pragma once
 
 #include <cuda_bf16.h>

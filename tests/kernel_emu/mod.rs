@@ -1,14 +1,21 @@
-//! The CPU emulation of the CUDA kernels (see `cuda_host_emulation.h` beside this
-//! file): every `kernels/*.cu` is compiled as host C++ by the system C++ compiler
-//! against the CUDA headers (the pip toolchain of `tools/install_cuda_toolchain.sh`,
-//! or `$CUDA_HOME`), linked with the launch runtime into one shared library, and
-//! loaded with `dlopen`. A test then launches a kernel by name with the same argument
-//! list (`qf_engine::backend::cuda::launch::Arg`) and launch shape the Rust launcher
-//! uses, on host buffers, and compares with a reference.
+//! The CPU emulation of CUDA (see `cuda_host_emulation.h` beside this file): every
+//! `kernels/*.cu` is compiled as host C++ by the system C++ compiler against the CUDA
+//! headers (the pip toolchain of `tools/install_cuda_toolchain.sh`, or `$CUDA_HOME`),
+//! linked with the launch runtime and a fake driver (`fake_driver.cpp`) into one shared
+//! library with the soname `libcuda.so`, beside a fake cuBLAS (`fake_cublas.cpp`, soname
+//! `libcublas.so`), and loaded with `dlopen`. Two uses:
 //!
-//! The library is cached under `$CARGO_TARGET_TMPDIR/kernel-emu/<hash of the sources>`.
-//! Without a C++20 compiler or the CUDA headers the tests print `SKIP: no kernel
-//! emulator: …`; with `QF_REQUIRE_CUDA_KERNELS=1` (CI) they fail instead.
+//! * kernel tests (`tests/emulated_*.rs`) launch a kernel by name with the argument list
+//!   (`qf_engine::backend::cuda::launch::Arg`) and launch shape its Rust launcher uses, on
+//!   host buffers, and compare with a reference;
+//! * [`Emulator::install_as_cuda`] makes cudarc find the fake driver and cuBLAS, so the
+//!   engine's real CUDA backend runs unchanged on the CPU (`tests/cuda_common`: the GPU
+//!   suites run this way where no GPU is present).
+//!
+//! The libraries are cached under `$CARGO_TARGET_TMPDIR/kernel-emu/<hash of the
+//! sources>`. Without a C++20 compiler or the CUDA headers the tests print `SKIP: no
+//! kernel emulator: …`; with `QF_REQUIRE_CUDA_KERNELS=1` (CI) a missing header or a
+//! failing compile is an error instead.
 #![allow(dead_code)]
 
 use std::ffi::{c_char, c_void, CStr, CString};
