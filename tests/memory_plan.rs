@@ -266,31 +266,49 @@ fn esm2_650m_lora_at_1024_tokens_plans_under_6_gib() {
     assert!(gib(p.total()) < 6.0, "planned {:.2} GiB", gib(p.total()));
 }
 
-#[test]
-fn bench_memory_finds_a_budget_that_fits_on_the_cpu() {
-    use qf_engine::train::bench::{bench_memory, MemoryBenchConfig};
-    use qf_engine::train::DeviceChoice;
-    let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
-    if std::fs::write("/proc/self/clear_refs", "5").is_err() {
+/// Whether the peak RSS can be reset (`bench --memory` on the CPU needs it); prints a SKIP
+/// line when not.
+fn peak_rss_resettable() -> bool {
+    let ok = std::fs::write("/proc/self/clear_refs", "5").is_ok();
+    if !ok {
         eprintln!("SKIP: /proc/self/clear_refs is not writable; peak RSS cannot be reset here");
-        return;
     }
-    let limit = 64u64 << 20;
-    let cfg = MemoryBenchConfig {
+    ok
+}
+
+/// `bench --memory` of `esm2_tiny` (20 classes) on the CPU: sequences of 128 tokens,
+/// budgets of 256 and 512 tokens, a 64 MiB limit.
+fn tiny_memory_bench(
+    optimizer: OptimizerKind,
+    recompute: Recompute,
+    lora: Option<LoraConfig>,
+    check: bool,
+) -> qf_engine::train::bench::MemoryBenchResult {
+    qf_engine::train::bench::bench_memory(&qf_engine::train::bench::MemoryBenchConfig {
         preset: "esm2_tiny".into(),
         n_classes: 20,
         max_len: 128,
-        device: DeviceChoice::Cpu,
+        device: qf_engine::train::DeviceChoice::Cpu,
         precision: qf_engine::train::Precision::Auto,
-        optimizer: OptimizerKind::AdamW8bit,
-        recompute: Recompute::Layer,
-        lora: None,
-        limit,
+        optimizer,
+        recompute,
+        lora,
+        limit: 64 << 20,
         budgets: (256, 512),
-        check: true,
+        check,
         seed: 3,
-    };
-    let r = bench_memory(&cfg).unwrap();
+    })
+    .unwrap()
+}
+
+#[test]
+fn bench_memory_finds_a_budget_that_fits_on_the_cpu() {
+    let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    if !peak_rss_resettable() {
+        return;
+    }
+    let limit = 64u64 << 20;
+    let r = tiny_memory_bench(OptimizerKind::AdamW8bit, Recompute::Layer, None, true);
     println!("{}", serde_json::to_string(&r).unwrap());
     for p in &r.measured {
         let ratio = p.measured_bytes as f64 / p.planned_bytes as f64;
@@ -308,30 +326,11 @@ fn bench_memory_finds_a_budget_that_fits_on_the_cpu() {
 
 #[test]
 fn bench_memory_with_lora_measures_what_the_planner_plans() {
-    use qf_engine::train::bench::{bench_memory, MemoryBenchConfig};
-    use qf_engine::train::DeviceChoice;
     let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
-    if std::fs::write("/proc/self/clear_refs", "5").is_err() {
-        eprintln!("SKIP: /proc/self/clear_refs is not writable; peak RSS cannot be reset here");
+    if !peak_rss_resettable() {
         return;
     }
-    let run = |lora: Option<LoraConfig>| {
-        bench_memory(&MemoryBenchConfig {
-            preset: "esm2_tiny".into(),
-            n_classes: 20,
-            max_len: 128,
-            device: DeviceChoice::Cpu,
-            precision: qf_engine::train::Precision::Auto,
-            optimizer: OptimizerKind::AdamW,
-            recompute: Recompute::None,
-            lora,
-            limit: 64 << 20,
-            budgets: (256, 512),
-            check: false,
-            seed: 3,
-        })
-        .unwrap()
-    };
+    let run = |lora: Option<LoraConfig>| tiny_memory_bench(OptimizerKind::AdamW, Recompute::None, lora, false);
     let lora = run(Some(LoraConfig::default()));
     println!("{}", serde_json::to_string(&lora).unwrap());
     assert_eq!(lora.lora.as_deref(), Some("r=8 alpha=8 dropout=0.05 on query,value"));
