@@ -179,6 +179,9 @@ prepare() {
     mkdir -p "$OUT"
     [ -x "$GPU_DIR/qf-engine" ] || { echo "no $GPU_DIR/qf-engine: run 'bash tools/gpu_check.sh build' here first and carry .gpu"; exit 1; }
     export QF_FIXTURES_DIR="$PWD/tests/fixtures"
+    # The GPU or nothing: never fall back to the CPU emulation of CUDA that the tests use
+    # where no driver exists (a missing driver must show as SKIP, not as a pass).
+    export QF_CUDA_EMULATION=0
 }
 
 run() {
