@@ -4,6 +4,10 @@
 //! formula. Also: the 8-bit optimizer's bytes per parameter over a real model, and the
 //! planned budget of ESM-2 650M full fine-tuning and LoRA.
 
+mod common;
+mod cuda_common;
+mod kernel_emu;
+
 use std::sync::Mutex;
 
 use qf_engine::autograd::{Grads, Tape};
@@ -277,8 +281,30 @@ fn peak_rss_resettable() -> bool {
 }
 
 /// `bench --memory` of `esm2_tiny` (20 classes) on the CPU: sequences of 128 tokens,
-/// budgets of 256 and 512 tokens, a 64 MiB limit.
+/// budgets of 256 and 512 tokens, a 64 MiB limit (the fit is not asserted here).
 fn tiny_memory_bench(
+    optimizer: OptimizerKind,
+    recompute: Recompute,
+    lora: Option<LoraConfig>,
+    check: bool,
+) -> qf_engine::train::bench::MemoryBenchResult {
+    tiny_memory_bench_on(
+        qf_engine::train::DeviceChoice::Cpu,
+        qf_engine::train::Precision::Auto,
+        128,
+        optimizer,
+        recompute,
+        lora,
+        check,
+    )
+}
+
+/// The same on `device` in `precision`, with sequences of `max_len` tokens and budgets of
+/// 2× and 4× that.
+fn tiny_memory_bench_on(
+    device: qf_engine::train::DeviceChoice,
+    precision: qf_engine::train::Precision,
+    max_len: usize,
     optimizer: OptimizerKind,
     recompute: Recompute,
     lora: Option<LoraConfig>,
@@ -287,14 +313,14 @@ fn tiny_memory_bench(
     qf_engine::train::bench::bench_memory(&qf_engine::train::bench::MemoryBenchConfig {
         preset: "esm2_tiny".into(),
         n_classes: 20,
-        max_len: 128,
-        device: qf_engine::train::DeviceChoice::Cpu,
-        precision: qf_engine::train::Precision::Auto,
+        max_len,
+        device,
+        precision,
         optimizer,
         recompute,
         lora,
         limit: 64 << 20,
-        budgets: (256, 512),
+        budgets: (2 * max_len, 4 * max_len),
         check,
         seed: 3,
     })
@@ -350,4 +376,43 @@ fn bench_memory_with_lora_measures_what_the_planner_plans() {
         lora.measured[1].planned_bytes - lora.measured[0].planned_bytes
             > full.measured[1].planned_bytes - full.measured[0].planned_bytes
     );
+}
+
+/// The CUDA memory plan against what the engine's CUDA backend allocates. On the CPU
+/// emulation of CUDA the pool counts every allocation exactly (64-byte rounding), so this
+/// checks the planner's CUDA terms (half copies, padded attention blocks, 8-bit state,
+/// LoRA activations, recomputation) against the real allocation pattern; on a GPU the
+/// driver's pool granularity is added, so only the emulation gets the tight bound.
+#[test]
+fn bench_memory_on_cuda_matches_the_cuda_plan() {
+    let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let emulated = match cuda_common::cuda("bench --memory on CUDA") {
+        cuda_common::Cuda::Real => false,
+        cuda_common::Cuda::Emulated => true,
+        cuda_common::Cuda::Absent(why) => {
+            eprintln!("SKIP: no CUDA device: {why}");
+            return;
+        }
+    };
+    use qf_engine::train::{DeviceChoice, Precision};
+    // Short sequences: the emulation runs every CUDA thread on one core.
+    for (precision, optimizer, recompute, lora) in [
+        (Precision::Bf16, OptimizerKind::AdamW8bit, Recompute::Layer, None),
+        (Precision::Fp16, OptimizerKind::AdamW, Recompute::None, Some(LoraConfig::default())),
+    ] {
+        let r = tiny_memory_bench_on(DeviceChoice::Cuda(0), precision, 32, optimizer, recompute, lora, false);
+        for p in &r.measured {
+            let ratio = p.measured_bytes as f64 / p.planned_bytes as f64;
+            println!(
+                "{precision:?} {optimizer:?} recompute {recompute} lora {:?}: {} tokens, measured/planned {ratio:.3}",
+                r.lora, p.tokens
+            );
+            let (lo, hi) = if emulated { (0.8, 1.2) } else { (0.5, 3.0) };
+            assert!(
+                (lo..hi).contains(&ratio),
+                "{precision:?} {optimizer:?} {recompute}: {} tokens measured/planned {ratio:.3}",
+                p.tokens
+            );
+        }
+    }
 }
