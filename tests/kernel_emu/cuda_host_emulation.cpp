@@ -4,7 +4,6 @@
 // through `qf_emu_launch`.
 #include "cuda_host_emulation.h"
 
-#include <ucontext.h>
 
 #include <cstdio>
 #include <cstdlib>
@@ -16,7 +15,7 @@
 namespace qf_emu {
 namespace {
 
-// Every CUDA thread of a block is a fiber (ucontext) on the launching OS thread; the
+// Every CUDA thread of a block is a fiber on the launching OS thread; the
 // scheduler runs the fibers in turn, each until it waits at a barrier or returns. A
 // block barrier opens when every live thread of the block waits at it, a warp barrier
 // when every live lane of the warp does (a returned thread no longer counts, as an
@@ -24,8 +23,35 @@ namespace {
 // (a __syncthreads that not every thread reaches), reported as an error.
 enum class Wait { None, Block, Warp, Done };
 
+// Fiber switch (x86-64 System V): push the callee-saved registers on the current stack,
+// save the stack pointer in *from, load `to` and pop the other fiber's registers; `ret`
+// resumes it. No signal-mask system call, unlike swapcontext.
+extern "C" void qf_emu_switch(void** from, void* to);
+asm(R"(
+    .text
+    .globl qf_emu_switch
+    .type qf_emu_switch, @function
+qf_emu_switch:
+    pushq %rbp
+    pushq %rbx
+    pushq %r12
+    pushq %r13
+    pushq %r14
+    pushq %r15
+    movq %rsp, (%rdi)
+    movq %rsi, %rsp
+    popq %r15
+    popq %r14
+    popq %r13
+    popq %r12
+    popq %rbx
+    popq %rbp
+    ret
+    .size qf_emu_switch, .-qf_emu_switch
+)");
+
 struct Fiber {
-    ucontext_t ctx;
+    void* sp = nullptr;  // saved stack pointer while switched out
     ThreadState state;
     int warp = 0;
     int lane = 0;
@@ -51,7 +77,7 @@ struct BlockRun {
     std::vector<std::vector<char>> stacks;
     std::vector<float> warp_slots;  // 32 per warp
     std::vector<unsigned char> smem;
-    ucontext_t scheduler;
+    void* scheduler_sp = nullptr;
     Fiber* current = nullptr;
     const Thunk* thunk = nullptr;
     const uint64_t* slots = nullptr;
@@ -62,17 +88,30 @@ BlockRun& run() {
     return r;
 }
 
-void fiber_main() {
+// A fiber's first frame: run the kernel thread, then hand back for good.
+[[noreturn]] void fiber_main() {
     BlockRun& r = run();
     (*r.thunk)(r.slots);
     r.current->wait = Wait::Done;
-    swapcontext(&r.current->ctx, &r.scheduler);
+    qf_emu_switch(&r.current->sp, r.scheduler_sp);
+    __builtin_unreachable();
+}
+
+// A fresh stack that the first switch "returns" into fiber_main with the alignment of a
+// called function ((rsp + 8) % 16 == 0 at entry).
+void* initial_stack(std::vector<char>& stack) {
+    auto top = reinterpret_cast<uintptr_t>(stack.data() + stack.size()) & ~uintptr_t(15);
+    auto* sp = reinterpret_cast<uintptr_t*>(top);
+    *--sp = 0;                                             // fiber_main's (never used) return address
+    *--sp = reinterpret_cast<uintptr_t>(&fiber_main);      // popped by `ret`
+    for (int i = 0; i < 6; ++i) *--sp = 0;                 // rbp rbx r12 r13 r14 r15
+    return sp;
 }
 
 void wait_at(Wait w) {
     BlockRun& r = run();
     r.current->wait = w;
-    swapcontext(&r.current->ctx, &r.scheduler);
+    qf_emu_switch(&r.current->sp, r.scheduler_sp);
 }
 
 // Open the barriers every live member has reached; false when nothing could open.
@@ -125,18 +164,14 @@ bool run_block(const Kernel& k, const uint64_t* slots, uint3 block_idx, dim3 gri
         f.warp = t / 32;
         f.lane = t % 32;
         if (r.stacks[t].empty()) r.stacks[t].resize(kStackBytes);
-        getcontext(&f.ctx);
-        f.ctx.uc_stack.ss_sp = r.stacks[t].data();
-        f.ctx.uc_stack.ss_size = kStackBytes;
-        f.ctx.uc_link = nullptr;
-        makecontext(&f.ctx, fiber_main, 0);
+        f.sp = initial_stack(r.stacks[t]);
     }
     for (;;) {
         bool ran = false;
         for (auto& f : r.fibers) {
             if (f.wait != Wait::None) continue;
             r.current = &f;
-            swapcontext(&r.scheduler, &f.ctx);
+            qf_emu_switch(&r.scheduler_sp, f.sp);
             ran = true;
         }
         bool all_done = true;

@@ -3,8 +3,8 @@
 // Force-included (g++ -include) before a kernel file, this header turns CUDA C++ into
 // host C++: `__global__`/`__device__` functions become ordinary functions, and the
 // launch runtime (cuda_host_emulation.cpp) runs every block of a grid, one block after
-// the other, each CUDA thread a fiber (ucontext) that runs until it waits at a barrier
-// or returns, so that
+// the other, each CUDA thread a fiber (its own stack, switched in user space) that runs
+// until it waits at a barrier or returns, so that
 //   * __syncthreads() is a barrier over the block's threads (a thread that returns
 //     drops out of it, as an exited thread does on the GPU); a barrier that can never
 //     open is reported as a deadlock;
