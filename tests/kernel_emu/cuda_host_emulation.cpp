@@ -26,6 +26,9 @@ enum class Wait { None, Block, Warp, Done };
 // Fiber switch (x86-64 System V): push the callee-saved registers on the current stack,
 // save the stack pointer in *from, load `to` and pop the other fiber's registers; `ret`
 // resumes it. No signal-mask system call, unlike swapcontext.
+#if !defined(__x86_64__)
+#error "the fiber switch of the kernel emulation is written for x86-64 (System V)"
+#endif
 extern "C" void qf_emu_switch(void** from, void* to);
 asm(R"(
     .text
