@@ -124,13 +124,7 @@ impl Emulator {
     /// soname matches). Call it only where no real driver is present, before cudarc first
     /// looks for one.
     pub fn install_as_cuda(&self) -> Result<(), String> {
-        let path = CString::new(self.dir.join(CUBLAS_LIB).to_string_lossy().as_bytes()).map_err(|e| e.to_string())?;
-        let handle = unsafe { libc::dlopen(path.as_ptr(), libc::RTLD_NOW | libc::RTLD_LOCAL) };
-        if handle.is_null() {
-            let why = unsafe { CStr::from_ptr(libc::dlerror()) }.to_string_lossy().into_owned();
-            return Err(format!("dlopen {CUBLAS_LIB}: {why}"));
-        }
-        Ok(())
+        open_library(&self.dir.join(CUBLAS_LIB)).map(|_| ())
     }
 
     /// [`Emulator::launch`] that panics with the kernel's name on an error.
@@ -400,13 +394,19 @@ fn build(
     .map(|_| ())
 }
 
-fn load(lib: &Path) -> Result<Emulator, String> {
+/// `dlopen` a library by path; it stays loaded for the life of the process.
+fn open_library(lib: &Path) -> Result<*mut c_void, String> {
     let path = CString::new(lib.to_string_lossy().as_bytes()).map_err(|e| e.to_string())?;
     let handle = unsafe { libc::dlopen(path.as_ptr(), libc::RTLD_NOW | libc::RTLD_LOCAL) };
     if handle.is_null() {
         let why = unsafe { CStr::from_ptr(libc::dlerror()) }.to_string_lossy().into_owned();
         return Err(format!("dlopen {}: {why}", lib.display()));
     }
+    Ok(handle)
+}
+
+fn load(lib: &Path) -> Result<Emulator, String> {
+    let handle = open_library(lib)?;
     let sym = |name: &str| -> Result<*mut c_void, String> {
         let c = CString::new(name).map_err(|e| e.to_string())?;
         let p = unsafe { libc::dlsym(handle, c.as_ptr()) };
