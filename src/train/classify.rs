@@ -369,8 +369,7 @@ pub fn train(cfg: &TrainConfig) -> Result<TrainSummary> {
     let bcfg = BatchConfig::new(cfg.training.max_tokens, cfg.max_len, cfg.training.seed)?;
     let lens = data.train.token_lengths();
     let batches_per_epoch = training_plan(&data.selection.rows, &lens, &bcfg, 0)?.len() as u64;
-    let lcfg = cfg.training.clone();
-    let mut os = init_optimizer(&lcfg, &model.params, batches_per_epoch, dtype, resume_from.as_deref())?;
+    let mut os = init_optimizer(&cfg.training, &model.params, batches_per_epoch, dtype, resume_from.as_deref())?;
     let weights = match cfg.class_weights {
         ClassWeighting::None => None,
         _ => Some(Tensor::from_f32(data.weights.weights.clone(), &[classes.len()], DType::F32, &device)?),
@@ -457,7 +456,7 @@ pub fn train(cfg: &TrainConfig) -> Result<TrainSummary> {
         progress: cfg.training.progress,
         last_eval: None,
     };
-    let ls = super::driver::run(&mut task, &lcfg, &mut os, &mut log, &say)?;
+    let ls = super::driver::run(&mut task, &cfg.training, &mut os, &mut log, &say)?;
 
     let peak = measured_peak(&task.device);
     if let Some((bytes, what)) = &peak {
