@@ -267,9 +267,8 @@ fn assert_same_state(what: &str, got: &QuantizedMoments, want: &QuantizedMoments
     }
 }
 
-/// Codes equal, or one apart exactly at a requantisation tie: `x / absmax` on the fp32
-/// midpoint of the two map entries (`x` the updated moment, recomputed from the state
-/// before the step). Returns the number of tie differences.
+/// [`common::quant::tie_differences`], with at most one tie per 10,000 codes (one allowed
+/// in a small tensor).
 fn check_codes(
     what: &str,
     want: &[u8],
@@ -278,18 +277,7 @@ fn check_codes(
     absmax: &[f32],
     map: &QuantMap,
 ) -> usize {
-    assert_eq!(want.len(), got.len());
-    let mut ties = 0;
-    for (i, (&a, &b)) in want.iter().zip(got).enumerate() {
-        if a == b {
-            continue;
-        }
-        let (lo, hi) = (a.min(b) as usize, a.max(b) as usize);
-        let u = x_new(i) / absmax[i / BLOCK_SIZE];
-        let mid = (map[lo] + map[hi]) * 0.5;
-        assert!(hi == lo + 1 && u == mid, "{what}[{i}]: CPU code {a}, kernel code {b}, x/absmax = {u:e} (not a tie)");
-        ties += 1;
-    }
+    let ties = common::quant::tie_differences(what, want, got, x_new, absmax, map);
     assert!(ties * 10_000 <= want.len().max(10_000), "{what}: {ties} tie differences in {} codes", want.len());
     ties
 }

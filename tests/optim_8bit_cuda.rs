@@ -58,20 +58,9 @@ fn moments(s: &Adam8bitState) -> &QuantizedMoments {
     }
 }
 
-/// Codes equal, or one apart exactly at a requantisation tie: `x / absmax` equal to the
-/// fp32 midpoint of the two map entries (`x` recomputed from the state before the step).
+/// [`common::quant::tie_differences`], with at most one tie per 10,000 codes.
 fn check_codes(what: &str, cpu: &[u8], gpu: &[u8], x_new: impl Fn(usize) -> f32, absmax: &[f32], map: &QuantMap) {
-    let mut ties = 0;
-    for (i, (&a, &b)) in cpu.iter().zip(gpu).enumerate() {
-        if a == b {
-            continue;
-        }
-        let (lo, hi) = (a.min(b) as usize, a.max(b) as usize);
-        let u = x_new(i) / absmax[i / BLOCK_SIZE];
-        let mid = (map[lo] + map[hi]) * 0.5;
-        assert!(hi == lo + 1 && u == mid, "{what}[{i}]: CPU code {a}, GPU code {b}, x/absmax = {u:e} (not a tie)");
-        ties += 1;
-    }
+    let ties = common::quant::tie_differences(what, cpu, gpu, x_new, absmax, map);
     assert!(ties * 10_000 <= cpu.len(), "{what}: {ties} tie differences in {} codes", cpu.len());
 }
 

@@ -2,6 +2,7 @@
 #![allow(dead_code)]
 
 pub mod gradcheck;
+pub mod quant;
 
 use std::path::PathBuf;
 
