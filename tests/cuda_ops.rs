@@ -622,3 +622,32 @@ fn out_of_memory_is_a_typed_error_naming_the_budget() {
     let t = Tensor::from_f32(vec![1.0, 2.0], &[2], DType::F32, &cuda_dev(&dev)).unwrap();
     assert_eq!(t.to_vec_f32().unwrap(), vec![1.0, 2.0]);
 }
+
+/// The harness's rounding to bf16 against a brute-force round-to-nearest-even from f64:
+/// the two bf16 neighbours of `v`, the nearer one, the even one on a tie. Values near
+/// bf16 ties, with bits below f32 precision, and f32 values just above a tie
+/// (0xbd888004, which `half`'s f64 conversion misrounds).
+#[test]
+fn harness_rounds_to_bf16_like_the_device() {
+    let nearest_even = |v: f64| -> f64 {
+        let below = bf16::from_bits(((v as f32).to_bits() >> 16) as u16); // truncated towards 0
+        let above = bf16::from_bits(below.to_bits() + 1);
+        let (db, da) = ((v - below.to_f64()).abs(), (above.to_f64() - v).abs());
+        if db < da || (db == da && below.to_bits() % 2 == 0) {
+            below.to_f64()
+        } else {
+            above.to_f64()
+        }
+    };
+    let mut rng = TestRng::new(7);
+    let mut cases = vec![f32::from_bits(0xbd88_8004) as f64];
+    for _ in 0..20_000 {
+        // an f32 on a bf16 tie, below the largest binade (no overflow to infinity)
+        let tie = f32::from_bits(((rng.next_u64() as u32) & 0x7eff_0000) | 0x8000) as f64;
+        let nudge = tie * 1e-12 * (rng.uniform() - 0.5); // below f32 precision
+        cases.extend([tie, tie + nudge, -(tie + nudge), rng.normal() * 3.0]);
+    }
+    for v in cases {
+        assert_eq!(round_to(DType::BF16, v), nearest_even(v), "bf16 rounding of {v:e}");
+    }
+}

@@ -147,22 +147,31 @@ pub fn tol(dtype: DType) -> f64 {
 
 /// `v` rounded to the nearest value of `dtype` (round to nearest even).
 ///
-/// An f32 value (every parameter, every kernel result) is rounded from its f32 bits:
-/// `half`'s f64 → f16/bf16 conversion drops the low 32 bits of the f64 mantissa before
-/// rounding, so an f32 just above a tie (e.g. 0xbd888004 → bf16) would round down
-/// there, unlike the device's `__float2bfloat16_rn` (found by the CPU emulation of CUDA).
+/// Halves are rounded from f32, not with `half`'s f64 conversion: that drops the low 32
+/// bits of the f64 mantissa before rounding, so an f32 just above a tie (e.g. 0xbd888004
+/// → bf16) rounds down there, unlike the device's `__float2bfloat16_rn` (found by the CPU
+/// emulation of CUDA). The f64 → f32 step rounds to odd, which keeps the second rounding
+/// exact (f32 carries 13 and 16 more mantissa bits than f16 and bf16).
 pub fn round_to(dtype: DType, v: f64) -> f64 {
-    let f = v as f32;
-    let exact_f32 = f as f64 == v;
     match dtype {
-        DType::F32 => f as f64,
-        DType::F16 if exact_f32 => f16::from_f32(f).to_f64(),
-        DType::BF16 if exact_f32 => bf16::from_f32(f).to_f64(),
-        DType::F16 => f16::from_f64(v).to_f64(),
-        DType::BF16 => bf16::from_f64(v).to_f64(),
+        DType::F32 => v as f32 as f64,
+        DType::F16 => f16::from_f32(to_f32_round_to_odd(v)).to_f64(),
+        DType::BF16 => bf16::from_f32(to_f32_round_to_odd(v)).to_f64(),
         DType::F64 => v,
         DType::I32 => v.round(),
     }
+}
+
+/// `v` as f32, rounded to odd: exact values stay; an inexact one lands on the neighbour
+/// of its two f32 neighbours whose last mantissa bit is 1.
+fn to_f32_round_to_odd(v: f64) -> f32 {
+    let f = v as f32;
+    if f as f64 == v || f == 0.0 || f.to_bits() & 1 == 1 {
+        return f;
+    }
+    // f is v rounded to nearest with an even last bit: step one ulp towards v.
+    let towards_v = if v.abs() > (f as f64).abs() { 1 } else { -1i32 };
+    f32::from_bits(f.to_bits().wrapping_add_signed(towards_v))
 }
 
 pub fn rounded(dtype: DType, v: &[f64]) -> Vec<f64> {
