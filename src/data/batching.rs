@@ -23,12 +23,9 @@
 //! length). Each window is an item carrying its row; [`average_by_row`] averages the
 //! windows' logits per row. Batches are filled greedily in row order.
 //!
-//! [`pack`] tokenizes with the ESM-2 alphabet of [`crate::data::tokenizer`] through a
-//! 256-entry lookup table built from [`residue_id`] (sequences are ASCII letters), and
-//! gives every item positions `0..len+2`: a classification crop is a standalone
+//! [`pack`] tokenizes with the ESM-2 alphabet of [`crate::data::tokenizer`], one token per
+//! residue byte ([`residue_token`]), and gives every item positions `0..len+2`: a classification crop is a standalone
 //! sequence, as ESM would see a domain cut out of its protein.
-
-use std::sync::OnceLock;
 
 use anyhow::{bail, Result};
 use serde::Serialize;
@@ -36,7 +33,7 @@ use serde::Serialize;
 use crate::data::batch::PackedBatch;
 use crate::data::dataset::LabelledSet;
 use crate::data::rng::Rng;
-use crate::data::tokenizer::{residue_id, CLS, EOS, UNK};
+use crate::data::tokenizer::{residue_token, CLS, EOS};
 
 /// Stream tags so the shuffle and the crops of one `(seed, epoch)` are independent.
 const SHUFFLE_STREAM: u64 = 0x5348_5546;
@@ -211,20 +208,6 @@ pub fn eval_plan(rows: &[usize], token_lens: &[u32], cfg: &BatchConfig) -> Resul
     Ok(fill_greedily(&items, cfg.max_tokens))
 }
 
-/// Byte → token id for every possible byte (letters outside the alphabet → `<unk>`).
-fn token_table() -> &'static [u8; 256] {
-    static TABLE: OnceLock<[u8; 256]> = OnceLock::new();
-    TABLE.get_or_init(|| {
-        let mut table = [UNK as u8; 256];
-        for (b, slot) in table.iter_mut().enumerate() {
-            if let Some(id) = residue_id(b as u8) {
-                *slot = id as u8;
-            }
-        }
-        table
-    })
-}
-
 /// Build the model input of one planned batch. `label_of_row` gives the class of a row
 /// (all `None` for unlabelled prediction). Errors on rows or ranges outside the set and
 /// on a batch in which only some items have labels.
@@ -243,7 +226,6 @@ pub fn pack(batch: &[PlanItem], set: &LabelledSet, label_of_row: impl Fn(usize) 
             set.name(batch[i].row)
         );
     }
-    let table = token_table();
     let mut packed = PackedBatch::new();
     let total: usize = batch.iter().map(PlanItem::n_tokens).sum();
     packed.tokens.reserve(total);
@@ -252,7 +234,7 @@ pub fn pack(batch: &[PlanItem], set: &LabelledSet, label_of_row: impl Fn(usize) 
     for ((item, label), residues) in batch.iter().zip(labels).zip(crops) {
         ids.clear();
         ids.push(CLS);
-        ids.extend(residues.iter().map(|&b| table[b as usize] as u32));
+        ids.extend(residues.iter().map(|&b| residue_token(b)));
         ids.push(EOS);
         packed.push(&ids, 0, label, item.row);
     }

@@ -28,7 +28,7 @@ use crate::data::batch::PackedBatch;
 use crate::data::batching::PlanItem;
 use crate::data::contacts::{contact_labels, ContactItem, ContactSet};
 use crate::data::structure::{read_structure_spec, CbMode};
-use crate::data::tokenizer::{residue_id, CLS, EOS, UNK};
+use crate::data::tokenizer::{residue_token, CLS, EOS};
 
 /// Chains with coordinates: a split of the prepared contact set, or structure files.
 pub enum ContactCorpus {
@@ -132,7 +132,7 @@ pub fn read_structure_items(specs: &[String]) -> Result<Vec<ContactItem>> {
 fn item_tokens(seq: &[u8], start: usize, len: usize) -> Vec<u32> {
     let mut ids = Vec::with_capacity(len + 2);
     ids.push(CLS);
-    ids.extend(seq[start..start + len].iter().map(|&b| residue_id(b).unwrap_or(UNK)));
+    ids.extend(seq[start..start + len].iter().map(|&b| residue_token(b)));
     ids.push(EOS);
     ids
 }

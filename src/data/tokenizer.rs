@@ -1,18 +1,26 @@
 //! The ESM-2 alphabet (33 tokens) and the sequence → token-id encoding.
 //!
-//! Order and ids are those of fair-esm's `Alphabet("ESM-1b")` and Hugging Face's
-//! `EsmTokenizer` vocabulary for every ESM-2 checkpoint:
-//! `<cls> <pad> <eos> <unk> L A G V S E R T I D P N K Q F Y M H W C X B U Z O . - <null_1> <mask>`.
+//! The order is fair-esm's `Alphabet.from_architecture("ESM-1b").all_toks`, which is also
+//! the `vocab.txt` of every published ESM-2 checkpoint read by transformers' `EsmTokenizer`:
+//! `<cls> <pad> <eos> <unk> L A G V S E R T I D P K Q N F Y M H W C X B U Z O . - <null_1> <mask>`
+//! (so P = 14, K = 15, Q = 16, N = 17). `tests/tokenizer_reference.rs` checks the table,
+//! the special ids and [`encode`] against both libraries through the fixture that
+//! `tools/make_reference_fixtures.py` records from them.
 //!
-//! Encoding prepends `<cls>` and appends `<eos>`. Residue letters are upper-cased first;
-//! a letter that is not in the alphabet (e.g. `J`, `*`, a digit) becomes `<unk>` (id 3),
-//! exactly as ESM's tokenizers do, and is counted in [`Encoded::unknown`] so callers can
-//! report it.
+//! Encoding, where both references accept the input, gives exactly their ids: `<cls>`
+//! first, `<eos>` last, whitespace dropped, and the literal special tokens (`<mask>`,
+//! `<unk>`, `<cls>`, `<pad>`, `<eos>`, `<null_1>`) read as those tokens. fair-esm refuses
+//! any other character (`KeyError`) and transformers turns each *run* of them into a
+//! single `<unk>`, which shortens the sequence. qf-engine does neither: a lower-case
+//! letter is read as its upper-case residue (FASTA is case-insensitive), and every other
+//! character becomes one `<unk>`, so that token `i + 1` is always residue `i` and
+//! per-residue outputs line up with the input. [`Encoded::unknown`] counts those
+//! characters so callers can report them.
 
 use anyhow::{bail, Result};
 
 pub const VOCAB: [&str; 33] = [
-    "<cls>", "<pad>", "<eos>", "<unk>", "L", "A", "G", "V", "S", "E", "R", "T", "I", "D", "P", "N", "K", "Q", "F", "Y",
+    "<cls>", "<pad>", "<eos>", "<unk>", "L", "A", "G", "V", "S", "E", "R", "T", "I", "D", "P", "K", "Q", "N", "F", "Y",
     "M", "H", "W", "C", "X", "B", "U", "Z", "O", ".", "-", "<null_1>", "<mask>",
 ];
 pub const VOCAB_SIZE: usize = 33;
@@ -22,40 +30,38 @@ pub const EOS: u32 = 2;
 pub const UNK: u32 = 3;
 pub const MASK: u32 = 32;
 
+/// Marks a byte that is not a one-character token in [`RESIDUE_TABLE`].
+const NOT_A_RESIDUE: u8 = u8::MAX;
+
+/// Token id of every byte that is a one-character token of [`VOCAB`] (letters of either
+/// case), built from [`VOCAB`] itself so the two can never disagree.
+const RESIDUE_TABLE: [u8; 256] = {
+    let mut table = [NOT_A_RESIDUE; 256];
+    let mut id = 0;
+    while id < VOCAB.len() {
+        let tok = VOCAB[id].as_bytes();
+        if tok.len() == 1 {
+            table[tok[0] as usize] = id as u8;
+            table[tok[0].to_ascii_lowercase() as usize] = id as u8;
+        }
+        id += 1;
+    }
+    table
+};
+
 /// Token id of one residue character, or `None` when the character is not in the alphabet.
 /// Lower-case letters map like their upper-case forms.
 pub fn residue_id(c: u8) -> Option<u32> {
-    let id = match c.to_ascii_uppercase() {
-        b'L' => 4,
-        b'A' => 5,
-        b'G' => 6,
-        b'V' => 7,
-        b'S' => 8,
-        b'E' => 9,
-        b'R' => 10,
-        b'T' => 11,
-        b'I' => 12,
-        b'D' => 13,
-        b'P' => 14,
-        b'N' => 15,
-        b'K' => 16,
-        b'Q' => 17,
-        b'F' => 18,
-        b'Y' => 19,
-        b'M' => 20,
-        b'H' => 21,
-        b'W' => 22,
-        b'C' => 23,
-        b'X' => 24,
-        b'B' => 25,
-        b'U' => 26,
-        b'Z' => 27,
-        b'O' => 28,
-        b'.' => 29,
-        b'-' => 30,
-        _ => return None,
-    };
-    Some(id)
+    match RESIDUE_TABLE[c as usize] {
+        NOT_A_RESIDUE => None,
+        id => Some(id as u32),
+    }
+}
+
+/// Token id of one residue byte of a sequence read from a file, `<unk>` for a byte
+/// outside the alphabet: the per-character rule of [`encode`], for the packed-batch path.
+pub fn residue_token(c: u8) -> u32 {
+    residue_id(c).unwrap_or(UNK)
 }
 
 /// One-letter code of a residue token id (`?` for special tokens).
@@ -74,32 +80,43 @@ pub struct Encoded {
     pub unknown: usize,
 }
 
-/// Tokenize a protein sequence with `<cls>`/`<eos>` added. The literal `<mask>` (as
-/// written by masked-LM tooling) is recognised as the mask token. Errors on an empty
-/// sequence, because ESM-2 has nothing to say about it.
+/// The special token written literally at the start of `text`, if any (`<mask>`, …).
+fn literal_special_token(text: &str) -> Option<(u32, usize)> {
+    VOCAB
+        .iter()
+        .enumerate()
+        .find(|(_, tok)| tok.len() > 1 && text.starts_with(**tok))
+        .map(|(id, tok)| (id as u32, tok.len()))
+}
+
+/// Tokenize a protein sequence with `<cls>`/`<eos>` added (see the module documentation
+/// for the rules). Errors on a sequence with no token at all, because ESM-2 has nothing
+/// to say about it.
 pub fn encode(seq: &str) -> Result<Encoded> {
-    let bytes = seq.trim().as_bytes();
-    if bytes.is_empty() {
-        bail!("empty sequence: a protein needs at least one residue");
-    }
-    let mut ids = Vec::with_capacity(bytes.len() + 2);
+    let mut ids = Vec::with_capacity(seq.len() + 2);
     ids.push(CLS);
     let mut unknown = 0;
-    let mut i = 0;
-    while i < bytes.len() {
-        if bytes[i..].starts_with(b"<mask>") {
-            ids.push(MASK);
-            i += 6;
+    let mut rest = seq;
+    while let Some(c) = rest.chars().next() {
+        if let Some((id, len)) = literal_special_token(rest) {
+            ids.push(id);
+            rest = &rest[len..];
             continue;
         }
-        match residue_id(bytes[i]) {
+        rest = &rest[c.len_utf8()..];
+        if c.is_whitespace() {
+            continue;
+        }
+        match u8::try_from(c).ok().and_then(residue_id) {
             Some(id) => ids.push(id),
             None => {
                 ids.push(UNK);
                 unknown += 1;
             }
         }
-        i += 1;
+    }
+    if ids.len() == 1 {
+        bail!("empty sequence: a protein needs at least one residue");
     }
     ids.push(EOS);
     Ok(Encoded { ids, unknown })
@@ -115,21 +132,25 @@ mod tests {
     use super::*;
 
     #[test]
-    fn vocabulary_matches_esm2_order() {
+    fn residue_table_follows_vocab() {
         assert_eq!(VOCAB.len(), VOCAB_SIZE);
         for (i, t) in VOCAB.iter().enumerate() {
             if t.len() == 1 {
                 assert_eq!(residue_id(t.as_bytes()[0]), Some(i as u32), "{t}");
+                assert_eq!(residue_id(t.as_bytes()[0].to_ascii_lowercase()), Some(i as u32), "{t}");
             }
         }
+        assert_eq!(residue_id(b'J'), None);
+        assert_eq!(residue_id(b'<'), None);
         assert_eq!(VOCAB[MASK as usize], "<mask>");
     }
 
     #[test]
-    fn encode_adds_cls_eos_and_maps_unknown() {
-        let e = encode("mKJ<mask>A").unwrap();
-        assert_eq!(e.ids, vec![CLS, 20, 16, UNK, MASK, 5, EOS]);
-        assert_eq!(e.unknown, 1);
-        assert!(encode("  ").unwrap_err().to_string().contains("empty sequence"));
+    fn encode_keeps_one_token_per_residue() {
+        let e = encode("mKJ<mask>A*").unwrap();
+        assert_eq!(e.ids, vec![CLS, 20, 15, UNK, MASK, 5, UNK, EOS]);
+        assert_eq!(e.unknown, 2);
+        assert_eq!(encode("é").unwrap().ids, vec![CLS, UNK, EOS]);
+        assert!(encode("  \n").unwrap_err().to_string().contains("empty sequence"));
     }
 }
