@@ -9,8 +9,12 @@ shows up in the outputs.  The Rust side loads `model.safetensors` +
 `config.json` from the same folder and compares against the three
 `expected_*.safetensors` files (see the README written next to them).
 
+Token ids come from transformers' `EsmTokenizer` over a `vocab.txt` written from
+fair-esm's alphabet (`esm.data.Alphabet.from_architecture("ESM-1b")`), never
+from a table of this project's.
+
 Usage (from the repository root, with a venv holding torch, transformers,
-safetensors and numpy):
+fair-esm, safetensors and numpy):
 
     /work/venv/bin/python tools/make_parity_fixtures.py \
         --data /work/shared/data/pfam/dev/data-00000-of-00002 \
@@ -24,26 +28,31 @@ import csv
 import json
 import os
 import sys
+import tempfile
 
 import numpy as np
 import torch
 import torch.nn.functional as F
+import esm
 import transformers
 from safetensors import safe_open
 from safetensors.torch import save_file
-from transformers import EsmConfig, EsmForSequenceClassification
+from transformers import EsmConfig, EsmForSequenceClassification, EsmTokenizer
 
 SEED = 20240521
 
-# ESM-2 vocabulary, in id order.
-VOCAB = [
-    "<cls>", "<pad>", "<eos>", "<unk>",
-    "L", "A", "G", "V", "S", "E", "R", "T", "I", "D", "P", "N", "K", "Q",
-    "F", "Y", "M", "H", "W", "C", "X", "B", "U", "Z", "O", ".", "-",
-    "<null_1>", "<mask>",
-]
-CLS, PAD, EOS, UNK, MASK = 0, 1, 2, 3, 32
-TOK = {t: i for i, t in enumerate(VOCAB)}
+def reference_tokenizer():
+    """transformers' EsmTokenizer over a vocab.txt written from fair-esm's alphabet: the
+    token ids come from the two reference libraries, never from a table of ours."""
+    alphabet = esm.data.Alphabet.from_architecture("ESM-1b")
+    vocab = os.path.join(tempfile.mkdtemp(), "vocab.txt")
+    with open(vocab, "w") as f:
+        f.write("\n".join(alphabet.all_toks) + "\n")
+    return EsmTokenizer(vocab)
+
+
+TOKENIZER = reference_tokenizer()
+CLS, PAD, EOS, MASK = TOKENIZER.cls_token_id, TOKENIZER.pad_token_id, TOKENIZER.eos_token_id, TOKENIZER.mask_token_id
 
 # The four Pfam dev rows used (shard data-00000-of-00002), picked by
 # sequence_name so that the choice does not depend on row order.
@@ -60,7 +69,9 @@ N_MASKED = [0, 1, 4, 9]
 
 
 def tokenize(seq):
-    return [CLS] + [TOK.get(c, UNK) for c in seq] + [EOS]
+    ids = TOKENIZER(seq)["input_ids"]
+    assert len(ids) == len(seq) + 2 and ids[0] == CLS and ids[-1] == EOS, seq
+    return ids
 
 
 def read_rows(path, names):
@@ -318,6 +329,12 @@ def main():
         "contacts_range_valid": [probs[valid.bool()].min().item(), probs[valid.bool()].max().item()],
     }
     print(json.dumps(meta, indent=1))
+    # The sequences and the ids the reference tokenizer gave them, so that a test can
+    # check the engine's tokenizer on the very inputs of the fixtures.
+    with open(os.path.join(out, "sequences.json"), "w") as f:
+        json.dump({"tokenizer": "transformers EsmTokenizer over fair-esm's alphabet",
+                   "rows": [{"sequence_name": n, "sequence": r[2], "input_ids": t}
+                            for n, r, t in zip(SEQUENCE_NAMES, rows, toks)]}, f, indent=1)
     for fn in sorted(os.listdir(out)):
         os.chmod(os.path.join(out, fn), 0o644)
         print(f"{os.path.getsize(os.path.join(out, fn)):>9}  {fn}")
