@@ -72,6 +72,18 @@ fn train_eval_predict_and_stats_through_the_binary() {
     assert!(stdout.contains("final evaluation: accuracy"), "{stdout}");
     let model = out.join("model");
     assert!(model.join("model.safetensors").is_file() && out.join("metrics.jsonl").is_file());
+    // Every model directory carries ESM-2's tokenizer, as a Hugging Face directory does.
+    let checkpoints: Vec<_> = std::fs::read_dir(out.join("checkpoints"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.join("config.json").is_file())
+        .collect();
+    assert!(!checkpoints.is_empty());
+    for dir in checkpoints.iter().chain([&model]) {
+        for f in ["vocab.txt", "tokenizer_config.json", "special_tokens_map.json"] {
+            assert!(dir.join(f).is_file(), "{} lacks {f}", dir.display());
+        }
+    }
 
     // eval on labelled FASTA of the same three families (from the committed excerpt).
     let fasta = tmp.path().join("eval.fasta");
@@ -134,6 +146,22 @@ fn train_eval_predict_and_stats_through_the_binary() {
         let (p1, p2): (f64, f64) = (f[2].parse().unwrap(), f[4].parse().unwrap());
         assert!(classes.iter().any(|c| c == f[1]) && p1 >= p2 && p1 <= 1.0, "{l}");
     }
+
+    // The same model with N and K swapped in its vocab.txt is refused, naming the token.
+    let altered = tmp.path().join("altered");
+    std::fs::create_dir(&altered).unwrap();
+    for e in std::fs::read_dir(&model).unwrap() {
+        let p = e.unwrap().path();
+        std::fs::copy(&p, altered.join(p.file_name().unwrap())).unwrap();
+    }
+    let vocab = std::fs::read_to_string(altered.join("vocab.txt")).unwrap();
+    let swapped: Vec<&str> =
+        vocab.lines().map(|t| if t == "K" { "N" } else if t == "N" { "K" } else { t }).collect();
+    std::fs::write(altered.join("vocab.txt"), swapped.join("\n")).unwrap();
+    let (ok, _, err) =
+        qf(&["predict", "--model", altered.to_str().unwrap(), "--input", fasta.to_str().unwrap(), "--device", "cpu"]);
+    assert!(!ok, "predict accepted a model whose vocab.txt is not ESM-2's");
+    assert!(err.contains("vocab.txt: token id 15 (line 16) is `N` but ESM-2's alphabet has `K` there"), "{err}");
 }
 
 #[test]

@@ -16,6 +16,7 @@ use super::init::Init;
 use super::inputs::ModelInputs;
 use super::lora::{self, LoraConfig, SaveMode};
 use super::params::Params;
+use super::tokenizer_files::write_tokenizer_files;
 use super::pretrained::{load_params, open_weights, save_tensors, LoadReport, Need, CONFIG_FILE, WEIGHTS_FILE};
 use crate::autograd::Tape;
 use crate::backend::cpu::rotary::inv_freq;
@@ -142,6 +143,13 @@ impl SequenceClassifier {
         Ok(lora::freeze_except(&mut self.params, |name| name.starts_with("classifier")))
     }
 
+    /// Save the adapters alone, with the classification head, as a PEFT adapter directory
+    /// for `EsmForSequenceClassification`; `base` names the base model.
+    pub fn save_adapters(&self, dir: &Path, base: &str) -> Result<()> {
+        let head: Vec<_> = self.params.ids().filter(|&id| self.params.name(id).starts_with("classifier")).collect();
+        lora::save_adapters(dir, &self.esm, &self.params, &head, base, lora::PeftBaseClass::EsmForSequenceClassification)
+    }
+
     /// Save as a Hugging Face `EsmForSequenceClassification` directory (or a qf-engine
     /// linear-head checkpoint) with the label map in `config.json`. LoRA adapters are
     /// folded into the weights (`SaveMode::Merged`) or kept apart for resumption.
@@ -157,6 +165,7 @@ impl SequenceClassifier {
         }
         lora::annotate_config(&mut cfg_json, &self.esm, mode);
         write_atomic(&dir.join(CONFIG_FILE), serde_json::to_string_pretty(&cfg_json)?.as_bytes())?;
+        write_tokenizer_files(dir)?;
         let mut tensors = lora::tensors_for_save(&self.esm, &self.params, mode)?;
         tensors.extend(rotary_buffers(self.config()));
         save_tensors(&dir.join(WEIGHTS_FILE), &tensors)

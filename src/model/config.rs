@@ -92,10 +92,17 @@ impl EsmConfig {
                 bail!("{source}: model_type is `{t}`, but qf-engine runs ESM-2 (`esm`) models only");
             }
         }
-        if let Some(t) = get_str("position_embedding_type") {
-            if t != "rotary" {
-                bail!("{source}: position_embedding_type `{t}` is not ESM-2's `rotary` (ESM-1b checkpoints are not supported)");
-            }
+        // transformers reads a missing `position_embedding_type` as "absolute" (learned
+        // position embeddings, ESM-1b), so a config without it is not ESM-2 either.
+        match get_str("position_embedding_type") {
+            Some("rotary") => {}
+            Some(t) => bail!(
+                "{source}: position_embedding_type `{t}` is not ESM-2's `rotary` (ESM-1b checkpoints are not supported)"
+            ),
+            None => bail!(
+                "{source}: position_embedding_type is missing, which transformers reads as `absolute` (ESM-1b); \
+                 an ESM-2 config says \"position_embedding_type\": \"rotary\""
+            ),
         }
         if v.get("emb_layer_norm_before").and_then(Value::as_bool) == Some(true) {
             bail!("{source}: emb_layer_norm_before = true is ESM-1b, not ESM-2");
@@ -122,7 +129,7 @@ impl EsmConfig {
             mask_token_id: v.get("mask_token_id").and_then(Value::as_u64).unwrap_or(32) as u32,
             pad_token_id: v.get("pad_token_id").and_then(Value::as_u64).unwrap_or(1) as u32,
             max_position_embeddings: get_usize("max_position_embeddings").unwrap_or(1026),
-            hidden_dropout_prob: get_f64("hidden_dropout_prob", 0.0)?,
+            hidden_dropout_prob: get_f64("hidden_dropout_prob", 0.1)?,
             initializer_range: get_f64("initializer_range", 0.02)?,
         };
         cfg.validate(source)?;
@@ -130,7 +137,10 @@ impl EsmConfig {
     }
 
     /// Read `config.json` from a checkpoint directory.
+    /// Every model directory is read through here, so this is also where its tokenizer
+    /// (`vocab.txt`, when present) is checked to be ESM-2's.
     pub fn from_dir(dir: &Path) -> Result<(EsmConfig, Value)> {
+        super::tokenizer_files::check_vocab_file(dir)?;
         let path = dir.join("config.json");
         if !path.is_file() {
             bail!("{}: config.json is missing (a Hugging Face checkpoint directory has config.json and model.safetensors)", dir.display());

@@ -29,6 +29,7 @@ use super::init::Init;
 use super::inputs::ModelInputs;
 use super::lora::{self, LoraConfig, SaveMode};
 use super::params::Params;
+use super::tokenizer_files::write_tokenizer_files;
 use super::pretrained::{load_params, open_weights, save_tensors, LoadReport, Need, CONFIG_FILE, WEIGHTS_FILE};
 use crate::autograd::Tape;
 use crate::ops;
@@ -159,15 +160,17 @@ impl ContactModel {
         }
         lora::annotate_config(&mut cfg_json, &self.esm, mode);
         write_atomic(&dir.join(CONFIG_FILE), serde_json::to_string_pretty(&cfg_json)?.as_bytes())?;
+        write_tokenizer_files(dir)?;
         let mut tensors = lora::tensors_for_save(&self.esm, &self.params, mode)?;
         tensors.extend(rotary_buffers(self.config()));
         save_tensors(&dir.join(WEIGHTS_FILE), &tensors)
     }
 
     /// Save the adapters alone (and the contact head when it was trained) as a PEFT
-    /// adapter directory; `base` names the base model.
+    /// adapter directory for `EsmModel`, the class the base is saved as; `base` names the
+    /// base model.
     pub fn save_adapters(&self, dir: &Path, with_head: bool, base: &str) -> Result<()> {
         let extra = if with_head { vec![self.head.weight, self.head.bias] } else { vec![] };
-        lora::save_adapters(dir, &self.esm, &self.params, &extra, base)
+        lora::save_adapters(dir, &self.esm, &self.params, &extra, base, lora::PeftBaseClass::EsmModel)
     }
 }

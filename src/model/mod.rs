@@ -14,6 +14,7 @@ pub mod linear;
 pub mod lora;
 pub mod params;
 pub mod pretrained;
+pub mod tokenizer_files;
 
 pub use classifier::SequenceClassifier;
 pub use config::EsmConfig;
