@@ -175,15 +175,15 @@ fn adapters_saved_in_peft_layout_load_back_to_the_same_outputs() {
     assert_eq!(config["r"], 8);
     assert_eq!(config["lora_alpha"], 8.0);
     assert_eq!(config["lora_dropout"], 0.05);
-    assert_eq!(config["target_modules"], serde_json::json!(["query", "value", "intermediate.dense"]));
-    assert_eq!(config["modules_to_save"], serde_json::json!(["contact_head.regression"]));
-    let file = MappedSafetensors::open(&dir.join("adapter_model.safetensors")).unwrap();
-    let mut names = file.names().unwrap();
-    names.sort();
-    assert_eq!(names.len(), 2 * 3 * 2 + 2, "{names:?}");
-    assert!(names.contains(&"base_model.model.esm.encoder.layer.0.attention.self.query.lora_A.weight".to_string()));
-    assert!(names.contains(&"base_model.model.esm.encoder.layer.1.intermediate.dense.lora_B.weight".to_string()));
-    assert!(names.contains(&"base_model.model.esm.contact_head.regression.bias".to_string()));
+    // What PEFT itself writes for EsmModel with these targets and the head to save.
+    let peft = &peft_layout()["EsmModel"];
+    assert_eq!(config["target_modules"], peft["target_modules"]);
+    assert_eq!(config["modules_to_save"], peft["modules_to_save"]);
+    assert_eq!(adapter_keys(&dir), strings(&peft["keys"]), "tensor keys of a PeftModel over EsmModel");
+    assert_only_peft_config_keys(&config);
+    for f in ["vocab.txt", "tokenizer_config.json", "special_tokens_map.json", "qf_engine_adapter.json"] {
+        assert!(dir.join(f).is_file(), "{f} missing from the adapter directory");
+    }
 
     let mut fresh = base();
     let loaded = lora::load_adapters(&dir, &mut fresh.esm, &mut fresh.params).unwrap();
@@ -199,6 +199,45 @@ fn adapters_saved_in_peft_layout_load_back_to_the_same_outputs() {
     assert_eq!(resumed.lora(), Some(cfg));
     let (h3, c3) = outputs(&resumed);
     assert!(h == h3 && c == c3, "outputs differ after an unmerged checkpoint round trip");
+}
+
+/// How PEFT saves ESM-2 adapters (`tools/make_reference_fixtures.py`, from PEFT itself).
+fn peft_layout() -> serde_json::Value {
+    serde_json::from_str(&std::fs::read_to_string(fixture("reference/peft_layout.json")).unwrap()).unwrap()
+}
+
+fn strings(v: &serde_json::Value) -> Vec<String> {
+    v.as_array().unwrap().iter().map(|s| s.as_str().unwrap().to_string()).collect()
+}
+
+fn adapter_keys(dir: &std::path::Path) -> Vec<String> {
+    let mut names = MappedSafetensors::open(&dir.join("adapter_model.safetensors")).unwrap().names().unwrap();
+    names.sort();
+    names
+}
+
+/// An `adapter_config.json` key that `LoraConfig` does not know makes PEFT warn.
+fn assert_only_peft_config_keys(config: &serde_json::Value) {
+    let known = strings(&peft_layout()["lora_config_fields"]);
+    for key in config.as_object().unwrap().keys() {
+        assert!(known.contains(key), "adapter_config.json key `{key}` is not a PEFT LoraConfig field");
+    }
+}
+
+#[test]
+fn classifier_adapters_have_the_keys_peft_writes_for_esm_for_sequence_classification() {
+    let (mut m, _) =
+        SequenceClassifier::from_pretrained(&fixture("esm_tiny"), None, HeadKind::Classification, 0.0, 0).unwrap();
+    m.enable_lora(&LoraConfig { dropout: 0.0, ..LoraConfig::default() }, 4).unwrap();
+    let tmp = tempfile::tempdir().unwrap();
+    m.save_adapters(tmp.path(), "tests/fixtures/esm_tiny").unwrap();
+    let peft = &peft_layout()["EsmForSequenceClassification"];
+    assert_eq!(adapter_keys(tmp.path()), strings(&peft["keys"]));
+    let config: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(tmp.path().join("adapter_config.json")).unwrap()).unwrap();
+    assert_eq!(config["target_modules"], peft["target_modules"]);
+    assert_eq!(config["modules_to_save"], peft["modules_to_save"]);
+    assert_only_peft_config_keys(&config);
 }
 
 #[test]

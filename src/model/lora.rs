@@ -10,11 +10,14 @@
 //!   inference; [`merged_tensors`] gives the same merged weights without touching the model
 //!   (what a saved Hugging Face directory holds).
 //! * [`save_adapters`] writes the adapters alone as PEFT does (`save_pretrained` of a
-//!   `PeftModel`): `adapter_model.safetensors` with keys `base_model.model.<name>.lora_A.weight`
-//!   / `.lora_B.weight` (plus any trainable head as `base_model.model.<name>`, PEFT's
-//!   `modules_to_save`), and `adapter_config.json` (`peft_type` LORA, `r`, `lora_alpha`,
-//!   `lora_dropout`, `target_modules` in Hugging Face module names). [`load_adapters`] reads
-//!   such a directory back onto a model, with or without the `esm.` prefix in the keys.
+//!   `PeftModel`) for the class the base is saved as ([`PeftBaseClass`]):
+//!   `adapter_model.safetensors` with keys `base_model.model.<module path>.lora_A.weight` /
+//!   `.lora_B.weight` (plus any trainable head as `base_model.model.<module path>.weight`,
+//!   PEFT's `modules_to_save`), `adapter_config.json` with only keys PEFT knows (`peft_type`
+//!   LORA, `r`, `lora_alpha`, `lora_dropout`, `target_modules` in Hugging Face module names),
+//!   the engine's record in `qf_engine_adapter.json`, and ESM-2's tokenizer files.
+//!   [`load_adapters`] reads such a directory back onto a model, with or without the
+//!   `esm.` level in the keys.
 
 use std::collections::BTreeSet;
 use std::path::Path;
@@ -26,6 +29,7 @@ use super::checkpoint::{write_atomic, write_safetensors, MappedSafetensors, Name
 use super::esm2::{Esm2, EsmLayer};
 use super::linear::Linear;
 use super::params::{ParamId, Params};
+use super::tokenizer_files::write_tokenizer_files;
 use crate::autograd::Tape;
 use crate::data::rng::Rng;
 use crate::ops;
@@ -336,36 +340,60 @@ pub fn peft_target_modules(targets: &[String]) -> Result<Value> {
     Ok(Value::Array(names))
 }
 
-/// Write the adapters of `esm` (and the `extra` parameters, e.g. a trained contact head)
-/// as a PEFT adapter directory. `base` names the base model in the config.
-pub fn save_adapters(dir: &Path, esm: &Esm2, params: &Params, extra: &[ParamId], base: &str) -> Result<()> {
+/// The Hugging Face class an adapter directory is written for. PEFT names every tensor
+/// by its module path in that class: `EsmModel` has no `esm.` level (`encoder.layer.0…`,
+/// `contact_head.regression`), while `EsmForSequenceClassification` keeps it
+/// (`esm.encoder.layer.0…`) beside its `classifier`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PeftBaseClass {
+    EsmModel,
+    EsmForSequenceClassification,
+}
+
+impl PeftBaseClass {
+    /// The PEFT key of the engine's parameter `name` (whose encoder names start `esm.`).
+    pub fn key(self, name: &str) -> String {
+        let path = match self {
+            PeftBaseClass::EsmModel => name.strip_prefix("esm.").unwrap_or(name),
+            PeftBaseClass::EsmForSequenceClassification => name,
+        };
+        format!("{PEFT_PREFIX}{path}")
+    }
+
+    /// PEFT's name of the module that holds parameter `name` (for `modules_to_save`).
+    fn module(self, name: &str) -> String {
+        let key = self.key(name);
+        let path = key.strip_prefix(PEFT_PREFIX).unwrap_or(&key);
+        path.rsplit_once('.').map_or(path, |(module, _)| module).to_string()
+    }
+}
+
+/// The engine's own record of an adapter directory, kept out of `adapter_config.json` (PEFT
+/// warns about keys it does not know): the LoRA targets in `--lora-targets` names.
+pub const ENGINE_ADAPTER_FILE: &str = "qf_engine_adapter.json";
+
+/// Write the adapters of `esm` (and the `extra` parameters, e.g. a trained head) as a PEFT
+/// adapter directory for `class`, with ESM-2's tokenizer files beside them. `base` names
+/// the base model in the config.
+pub fn save_adapters(
+    dir: &Path,
+    esm: &Esm2,
+    params: &Params,
+    extra: &[ParamId],
+    base: &str,
+    class: PeftBaseClass,
+) -> Result<()> {
     let Some(cfg) = attached_config(esm) else {
         bail!("the model has no LoRA adapters to save");
     };
     std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    let adapters = all_linears(esm).filter_map(|lin| lin.lora.as_ref()).flat_map(|l| [l.a, l.b]);
     let mut tensors = Vec::new();
-    for lin in all_linears(esm) {
-        if let Some(lora) = &lin.lora {
-            for id in [lora.a, lora.b] {
-                let t = params.get(id);
-                tensors.push(NamedTensor::f32(
-                    format!("{PEFT_PREFIX}{}", params.name(id)),
-                    t.shape(),
-                    &t.to_vec_f32()?,
-                ));
-            }
-        }
-    }
-    let mut modules_to_save = BTreeSet::new();
-    for &id in extra {
-        let name = params.name(id);
+    for id in adapters.chain(extra.iter().copied()) {
         let t = params.get(id);
-        tensors.push(NamedTensor::f32(format!("{PEFT_PREFIX}{name}"), t.shape(), &t.to_vec_f32()?));
-        if let Some((module, _)) = name.rsplit_once('.') {
-            // PEFT names the module by its last component path after the model prefix.
-            modules_to_save.insert(module.trim_start_matches("esm.").to_string());
-        }
+        tensors.push(NamedTensor::f32(class.key(params.name(id)), t.shape(), &t.to_vec_f32()?));
     }
+    let modules_to_save: BTreeSet<String> = extra.iter().map(|&id| class.module(params.name(id))).collect();
     write_safetensors(
         &dir.join(ADAPTER_WEIGHTS_FILE),
         &tensors,
@@ -387,9 +415,11 @@ pub fn save_adapters(dir: &Path, esm: &Esm2, params: &Params, extra: &[ParamId],
         "inference_mode": true,
         "layers_to_transform": null,
         "modules_to_save": if modules_to_save.is_empty() { Value::Null } else { json!(modules_to_save) },
-        "qf_engine_targets": cfg.targets,
     });
-    write_atomic(&dir.join(ADAPTER_CONFIG_FILE), serde_json::to_string_pretty(&config)?.as_bytes())
+    write_atomic(&dir.join(ADAPTER_CONFIG_FILE), serde_json::to_string_pretty(&config)?.as_bytes())?;
+    let engine = json!({ "lora_targets": cfg.targets });
+    write_atomic(&dir.join(ENGINE_ADAPTER_FILE), serde_json::to_string_pretty(&engine)?.as_bytes())?;
+    write_tokenizer_files(dir)
 }
 
 /// Which target a PEFT key (`…encoder.layer.N.<module>.lora_A.weight`) adapts, and its layer.
@@ -405,6 +435,7 @@ fn parse_adapter_key(key: &str) -> Option<(usize, &'static str)> {
 /// dropout and targets (found from the tensor names), load their values, and load any
 /// saved extra parameter (`modules_to_save`) the store has. Returns the configuration.
 pub fn load_adapters(dir: &Path, esm: &mut Esm2, params: &mut Params) -> Result<LoraConfig> {
+    super::tokenizer_files::check_vocab_file(dir)?;
     let cfg_path = dir.join(ADAPTER_CONFIG_FILE);
     let text = std::fs::read_to_string(&cfg_path).with_context(|| {
         format!(
@@ -448,6 +479,7 @@ pub fn load_adapters(dir: &Path, esm: &mut Esm2, params: &mut Params) -> Result<
         dropout: v.get("lora_dropout").and_then(Value::as_f64).unwrap_or(0.0),
         targets: LORA_TARGETS.iter().filter(|t| targets.contains(*t)).map(|t| t.to_string()).collect(),
     };
+    check_engine_record(dir, &cfg.targets)?;
     attach(esm, params, &cfg, 0)?;
     let ids: Vec<ParamId> = params.ids().collect();
     for id in ids {
@@ -468,6 +500,29 @@ pub fn load_adapters(dir: &Path, esm: &mut Esm2, params: &mut Params) -> Result<
         }
     }
     Ok(cfg)
+}
+
+/// When the directory has the engine's own record ([`ENGINE_ADAPTER_FILE`]), its targets
+/// must be the ones the tensors cover (a mismatch means files from two runs were mixed).
+fn check_engine_record(dir: &Path, found: &[String]) -> Result<()> {
+    let path = dir.join(ENGINE_ADAPTER_FILE);
+    if !path.is_file() {
+        return Ok(());
+    }
+    let text = std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
+    let v: Value = serde_json::from_str(&text).with_context(|| format!("{}: not valid JSON", path.display()))?;
+    let recorded: BTreeSet<&str> =
+        v.get("lora_targets").and_then(Value::as_array).into_iter().flatten().filter_map(Value::as_str).collect();
+    let found_set: BTreeSet<&str> = found.iter().map(String::as_str).collect();
+    if recorded != found_set {
+        bail!(
+            "{}: records LoRA targets {:?} but {ADAPTER_WEIGHTS_FILE} holds adapters for {:?}",
+            path.display(),
+            recorded,
+            found_set
+        );
+    }
+    Ok(())
 }
 
 /// How a model with adapters is written.

@@ -166,12 +166,11 @@ fn save_final(model: &SequenceClassifier, data: &ClassificationData, cfg: &Train
     let dir = cfg.training.output.join("model");
     write_dir_atomically(&dir, |d| write_model_dir(model, data, d, SaveMode::Merged))?;
     if model.lora().is_some() {
-        let head: Vec<_> = model.params.ids().filter(|&id| model.params.name(id).starts_with("classifier")).collect();
         write_adapter_dirs(
             &cfg.training.output,
             &cfg.model,
             |d| write_model_dir(model, data, d, SaveMode::BaseOnly),
-            |d, base| crate::model::lora::save_adapters(d, &model.esm, &model.params, &head, base),
+            |d, base| model.save_adapters(d, base),
         )?;
     }
     Ok(dir)
