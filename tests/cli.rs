@@ -23,6 +23,7 @@ fn every_command_has_help() {
         vec!["predict", "--help"],
         vec!["data", "stats", "--help"],
         vec!["bench", "--help"],
+        vec!["upgrade-vocab", "--help"],
     ] {
         let (ok, out, err) = qf(&cmd);
         assert!(ok, "{cmd:?} failed: {err}");

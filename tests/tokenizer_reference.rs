@@ -177,3 +177,36 @@ fn a_vocab_that_is_not_esm2s_is_refused_at_its_first_difference() {
     // A directory without vocab.txt is accepted (many checkpoints have only weights).
     check_vocab_file(tempfile::tempdir().unwrap().path()).unwrap();
 }
+
+/// A model saved before the fix saw N, K and Q under the old ids; `upgrade-vocab` moves
+/// its embedding rows so that, fed the real ids, it computes exactly what it computed.
+#[test]
+fn upgraded_pre_fix_model_predicts_with_real_ids_what_it_did_with_old_ids() {
+    use qf_engine::data::batch::PackedBatch;
+    use qf_engine::model::pre_fix_vocab::{pre_fix_id_of, upgrade_pre_fix_model};
+    use qf_engine::model::{HeadKind, ModelInputs, SequenceClassifier};
+    use qf_engine::{DType, Device, Tape};
+
+    let logits = |dir: &Path, ids: &[u32]| {
+        let (m, _) = SequenceClassifier::from_pretrained(dir, None, HeadKind::Classification, 0.0, 0).unwrap();
+        let mut b = PackedBatch::new();
+        b.push(ids, 0, None, 0);
+        let inp = ModelInputs::new(&b, m.config(), &Device::Cpu, DType::F32).unwrap();
+        m.forward(&Tape::inference(), &inp).unwrap().to_vec_f32().unwrap()
+    };
+    // The fixture stands for an old model (random weights, no vocab.txt).
+    let old = fixture("esm_tiny");
+    let tmp = tempfile::tempdir().unwrap();
+    let new = tmp.path().join("upgraded");
+    assert_eq!(upgrade_pre_fix_model(&old, &new).unwrap(), 1);
+    check_vocab_file(&new).unwrap();
+
+    let real = encode("MNKQLLNKQEFGHWNNKKQQ").unwrap().ids;
+    let pre_fix: Vec<u32> = real.iter().map(|&i| pre_fix_id_of()[i as usize] as u32).collect();
+    assert_ne!(real, pre_fix);
+    assert_eq!(logits(&new, &real), logits(&old, &pre_fix), "bit-identical predictions");
+    assert_ne!(logits(&old, &real), logits(&old, &pre_fix), "the ids matter for this model");
+
+    let err = upgrade_pre_fix_model(&new, &tmp.path().join("twice")).unwrap_err().to_string();
+    assert!(err.contains("has a vocab.txt"), "{err}");
+}

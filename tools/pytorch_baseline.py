@@ -47,14 +47,13 @@ PRESETS = {
     "esm2_t48_15B": (48, 5120, 40, 20480),
 }
 
-VOCAB = [
-    "<cls>", "<pad>", "<eos>", "<unk>",
-    "L", "A", "G", "V", "S", "E", "R", "T", "I", "D", "P", "N", "K", "Q",
-    "F", "Y", "M", "H", "W", "C", "X", "B", "U", "Z", "O", ".", "-",
-    "<null_1>", "<mask>",
-]
-CLS, PAD, EOS, UNK = 0, 1, 2, 3
-TOK = {t: i for i, t in enumerate(VOCAB) if len(t) == 1}
+# ESM-2's tokenizer as a user loads it from a checkpoint directory: transformers'
+# EsmTokenizer over the vocab.txt that tools/make_reference_fixtures.py saved from
+# fair-esm's alphabet.
+TOKENIZER_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "tests", "fixtures", "reference",
+                             "hf_tokenizer")
+TOKENIZER = transformers.AutoTokenizer.from_pretrained(TOKENIZER_DIR)
+PAD = TOKENIZER.pad_token_id
 
 
 def parse_args():
@@ -113,8 +112,7 @@ def read_rows(files, max_rows):
 
 
 def tokenize(seq, max_length):
-    ids = [TOK.get(c, UNK) for c in seq[: max_length - 2]]
-    return [CLS] + ids + [EOS]
+    return TOKENIZER(seq, truncation=True, max_length=max_length)["input_ids"]
 
 
 def main():

@@ -7,6 +7,7 @@ mod eval_args;
 mod predict_args;
 mod predict_contacts_args;
 mod train_args;
+mod upgrade_vocab_args;
 
 use anyhow::Result;
 use clap::{Parser, Subcommand};
@@ -42,6 +43,9 @@ pub enum Command {
     Data(data_args::DataArgs),
     /// Measure training throughput (sequences/s, tokens/s) and peak memory of a model preset.
     Bench(Box<bench_args::BenchArgs>),
+    /// Upgrade a model saved before the vocabulary fix of 2026-12-06 (its N, K and Q ids were
+    /// permuted): writes a copy that gives the same predictions with ESM-2's real token ids.
+    UpgradeVocab(upgrade_vocab_args::UpgradeVocabArgs),
 }
 
 pub fn run(cli: Cli) -> Result<()> {
@@ -52,5 +56,6 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::PredictContacts(args) => predict_contacts_args::run(*args),
         Command::Data(args) => data_args::run(args),
         Command::Bench(args) => bench_args::run(*args),
+        Command::UpgradeVocab(args) => upgrade_vocab_args::run(args),
     }
 }

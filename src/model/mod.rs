@@ -13,6 +13,7 @@ pub mod inputs;
 pub mod linear;
 pub mod lora;
 pub mod params;
+pub mod pre_fix_vocab;
 pub mod pretrained;
 pub mod tokenizer_files;
 
