@@ -134,3 +134,28 @@ fn empty_sequences_are_errors() {
     let e = format!("{:#}", read_fasta(&f, &FastaLabels::Header).unwrap_err());
     assert!(e.contains("x.fasta:1: record `a` has no sequence"), "{e}");
 }
+
+/// Replace values of tensor `name`: NaN at the indices in `nan`, +Inf at those in `inf`.
+fn poison(t: NamedTensor, name: &str, nan: &[usize], inf: &[usize]) -> Option<NamedTensor> {
+    if t.name != name {
+        return Some(t);
+    }
+    let mut v: Vec<f32> = t.data.chunks_exact(4).map(|c| f32::from_le_bytes(c.try_into().unwrap())).collect();
+    nan.iter().for_each(|&i| v[i] = f32::NAN);
+    inf.iter().for_each(|&i| v[i] = f32::INFINITY);
+    Some(NamedTensor::f32(&t.name, &t.shape, &v))
+}
+
+#[test]
+fn weights_with_nan_or_inf_are_refused_naming_tensor_and_counts() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = edited_checkpoint(tmp.path(), |t| {
+        let t = poison(t, "esm.encoder.layer.0.attention.self.key.weight", &[3, 70, 900], &[5])?;
+        poison(t, "classifier.out_proj.bias", &[], &[1, 2])
+    });
+    let e = load(&dir);
+    assert!(e.contains("the model's weights holds non-finite values in 2 tensor(s)"), "{e}");
+    assert!(e.contains("`esm.encoder.layer.0.attention.self.key.weight`: 3 NaN and 1 infinite of 4096 values"), "{e}");
+    assert!(e.contains("`classifier.out_proj.bias`: 0 NaN and 2 infinite of 5 values"), "{e}");
+    assert!(e.contains("--allow-nonfinite"), "{e}");
+}

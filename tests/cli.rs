@@ -156,8 +156,18 @@ fn train_eval_predict_and_stats_through_the_binary() {
         std::fs::copy(&p, altered.join(p.file_name().unwrap())).unwrap();
     }
     let vocab = std::fs::read_to_string(altered.join("vocab.txt")).unwrap();
-    let swapped: Vec<&str> =
-        vocab.lines().map(|t| if t == "K" { "N" } else if t == "N" { "K" } else { t }).collect();
+    let swapped: Vec<&str> = vocab
+        .lines()
+        .map(|t| {
+            if t == "K" {
+                "N"
+            } else if t == "N" {
+                "K"
+            } else {
+                t
+            }
+        })
+        .collect();
     std::fs::write(altered.join("vocab.txt"), swapped.join("\n")).unwrap();
     let (ok, _, err) =
         qf(&["predict", "--model", altered.to_str().unwrap(), "--input", fasta.to_str().unwrap(), "--device", "cpu"]);
@@ -213,4 +223,97 @@ fn bad_arguments_are_clear_errors() {
     let (ok, _, err) = qf(&["predict", "--model", "/nonexistent", "--input", "/nonexistent.fasta", "--device", "cpu"]);
     assert!(!ok);
     assert!(err.contains("config.json is missing"), "{err}");
+}
+
+/// Rewrite the safetensors file `path` with NaN in the first float tensor whose name passes `pick`.
+fn poison_first_tensor(path: &std::path::Path, pick: impl Fn(&str) -> bool) -> String {
+    use qf_engine::model::checkpoint::{write_safetensors, MappedSafetensors, NamedTensor};
+    let src = MappedSafetensors::open(path).unwrap();
+    let meta = src.metadata().unwrap();
+    let mut chosen = String::new();
+    let mut out = Vec::new();
+    for name in src.names().unwrap() {
+        let mut t = src
+            .with_view(&name, |v| {
+                Ok(NamedTensor {
+                    name: name.clone(),
+                    dtype: v.dtype(),
+                    shape: v.shape().to_vec(),
+                    data: v.data().to_vec(),
+                })
+            })
+            .unwrap();
+        if chosen.is_empty() && t.dtype == safetensors::Dtype::F32 && pick(&name) {
+            t.data[..4].copy_from_slice(&f32::NAN.to_le_bytes());
+            chosen = name;
+        }
+        out.push(t);
+    }
+    drop(src);
+    write_safetensors(path, &out, Some(meta)).unwrap();
+    assert!(!chosen.is_empty());
+    chosen
+}
+
+#[test]
+fn nonfinite_weights_and_optimizer_state_are_refused_unless_allowed() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("run");
+    let fixture = common::fixture("esm_tiny");
+    let train = |extra: &[&str]| {
+        let mut a = vec![
+            "train",
+            "--checkpoint",
+            fixture.to_str().unwrap(),
+            "--stratify",
+            "top:3",
+            "--epochs",
+            "2",
+            "--stop-after",
+            "2",
+            "--max-tokens",
+            "1024",
+            "--max-len",
+            "512",
+            "--device",
+            "cpu",
+            "--quiet",
+            "--output",
+            out.to_str().unwrap(),
+        ];
+        a.extend_from_slice(extra);
+        qf(&a)
+    };
+    let (ok, _, err) = train(&[]);
+    assert!(ok, "train failed: {err}");
+
+    // A NaN weight: predict refuses, naming the tensor; --allow-nonfinite loads it.
+    let model = out.join("checkpoints").join(std::fs::read_to_string(out.join("checkpoints/latest")).unwrap().trim());
+    let fasta = tmp.path().join("x.fasta");
+    std::fs::write(&fasta, ">a\nMKTAYIAKQRQISFVKSHFSRQ\n").unwrap();
+    let broken = tmp.path().join("broken");
+    std::fs::create_dir(&broken).unwrap();
+    for e in std::fs::read_dir(&model).unwrap() {
+        let p = e.unwrap().path();
+        std::fs::copy(&p, broken.join(p.file_name().unwrap())).unwrap();
+    }
+    let tensor = poison_first_tensor(&broken.join("model.safetensors"), |n| n.contains("encoder.layer.1"));
+    let predict = |extra: &[&str]| {
+        let mut a =
+            vec!["predict", "--model", broken.to_str().unwrap(), "--input", fasta.to_str().unwrap(), "--device", "cpu"];
+        a.extend_from_slice(extra);
+        qf(&a)
+    };
+    let (ok, _, err) = predict(&[]);
+    assert!(!ok, "a NaN checkpoint was loaded");
+    assert!(err.contains(&format!("`{tensor}`: 1 NaN and 0 infinite of")), "{err}");
+    let (ok, stdout, err) = predict(&["--allow-nonfinite"]);
+    assert!(ok, "--allow-nonfinite did not load it: {err}");
+    assert!(stdout.contains("NaN"), "{stdout}");
+
+    // A NaN optimizer moment: --resume refuses.
+    let state = poison_first_tensor(&model.join("training_state.safetensors"), |n| n.ends_with("exp_avg"));
+    let (ok, _, err) = train(&["--resume"]);
+    assert!(!ok, "resumed from a NaN optimizer state");
+    assert!(err.contains("the optimizer state holds non-finite values") && err.contains(&state), "{err}");
 }

@@ -68,7 +68,8 @@ fn rotary_inverse_frequencies_are_bit_identical_to_both() {
     for d in [16usize, 24, 32, 64, 128] {
         let ours: Vec<u64> = inv_freq(d).iter().map(|f| f.to_bits() as u64).collect();
         for source in ["transformers_f32_bits", "fair_esm_f32_bits"] {
-            let want: Vec<u64> = r[d.to_string()][source].as_array().unwrap().iter().map(|v| v.as_u64().unwrap()).collect();
+            let want: Vec<u64> =
+                r[d.to_string()][source].as_array().unwrap().iter().map(|v| v.as_u64().unwrap()).collect();
             assert_eq!(ours, want, "head dim {d} against {source}");
         }
     }
@@ -92,7 +93,12 @@ fn token_dropout_scale_matches_both() {
     // All cases packed in one batch: the scale is per sequence.
     let mut batch = PackedBatch::new();
     for (i, c) in cases.iter().enumerate() {
-        batch.push(&masked_sequence(c["tokens"].as_u64().unwrap() as usize, c["masks"].as_u64().unwrap() as usize), 0, None, i);
+        batch.push(
+            &masked_sequence(c["tokens"].as_u64().unwrap() as usize, c["masks"].as_u64().unwrap() as usize),
+            0,
+            None,
+            i,
+        );
     }
     let scale = token_dropout_scale(&batch, &cfg);
     for (i, c) in cases.iter().enumerate() {

@@ -10,8 +10,7 @@ use std::path::Path;
 use common::fixture;
 use qf_engine::data::tokenizer::{encode, residue_token, CLS, EOS, MASK, PAD, UNK, VOCAB};
 use qf_engine::model::tokenizer_files::{
-    check_vocab_file, special_tokens_map_json, tokenizer_config_json_text, vocab_txt, write_tokenizer_files,
-    VOCAB_FILE,
+    check_vocab_file, special_tokens_map_json, tokenizer_config_json_text, vocab_txt, write_tokenizer_files, VOCAB_FILE,
 };
 use serde_json::Value;
 
@@ -121,10 +120,8 @@ fn parity_fixture_ids_are_what_the_engine_gives_its_sequences() {
     for row in v["rows"].as_array().unwrap() {
         let seq = row["sequence"].as_str().unwrap();
         assert_eq!(encode(seq).unwrap().ids, ids(&row["input_ids"]), "{}", row["sequence_name"]);
-        let batch: Vec<u32> = std::iter::once(CLS)
-            .chain(seq.bytes().map(residue_token))
-            .chain(std::iter::once(EOS))
-            .collect();
+        let batch: Vec<u32> =
+            std::iter::once(CLS).chain(seq.bytes().map(residue_token)).chain(std::iter::once(EOS)).collect();
         assert_eq!(batch, ids(&row["input_ids"]));
     }
 }

@@ -63,6 +63,22 @@ pub struct DeviceArgs {
     pub quiet: bool,
 }
 
+/// How strictly model files are read.
+#[derive(Args, Debug, Clone)]
+pub struct WeightsArgs {
+    /// Load weights, adapters and a resumed optimizer state even when they hold NaN or
+    /// ±Inf (refused by default: such a model computes NaN for every input). For
+    /// inspecting a broken checkpoint.
+    #[arg(long)]
+    pub allow_nonfinite: bool,
+}
+
+impl WeightsArgs {
+    pub fn apply(&self) {
+        qf_engine::model::checkpoint::set_allow_nonfinite(self.allow_nonfinite);
+    }
+}
+
 pub fn open_device(a: &DeviceArgs) -> Result<Device> {
     qf_engine::train::device::set_threads(a.threads);
     let (d, _, note) =

@@ -15,7 +15,7 @@ use qf_engine::train::eval::evaluate;
 use qf_engine::train::log::progress_bar;
 use qf_engine::train::trained::load_trained;
 
-use super::common::{open_device, read_eval_set, DeviceArgs};
+use super::common::{open_device, read_eval_set, DeviceArgs, WeightsArgs};
 
 #[derive(Args, Debug)]
 pub struct EvalArgs {
@@ -79,9 +79,13 @@ pub struct EvalArgs {
 
     #[command(flatten)]
     pub device: DeviceArgs,
+
+    #[command(flatten)]
+    pub weights: WeightsArgs,
 }
 
 pub fn run(args: EvalArgs) -> Result<()> {
+    args.weights.apply();
     match args.task.as_str() {
         "classify" | "classification" => run_classify(args),
         "contact" | "contacts" => run_contacts(args),

@@ -12,7 +12,7 @@ use qf_engine::train::eval::{score_rows, softmax};
 use qf_engine::train::log::progress_bar;
 use qf_engine::train::trained::load_trained;
 
-use super::common::{open_device, read_sequences, DeviceArgs};
+use super::common::{open_device, read_sequences, DeviceArgs, WeightsArgs};
 
 #[derive(Args, Debug)]
 pub struct PredictArgs {
@@ -41,9 +41,13 @@ pub struct PredictArgs {
 
     #[command(flatten)]
     pub device: DeviceArgs,
+
+    #[command(flatten)]
+    pub weights: WeightsArgs,
 }
 
 pub fn run(args: PredictArgs) -> Result<()> {
+    args.weights.apply();
     let device = open_device(&args.device)?;
     let tm = load_trained(&args.model, &device)?;
     let set = read_sequences(&args.input, None, false)?;

@@ -18,7 +18,7 @@ use qf_engine::train::contact::load_contact_model;
 use qf_engine::train::contact_eval::predict_maps;
 use qf_engine::train::log::progress_bar;
 
-use super::common::{open_device, DeviceArgs};
+use super::common::{open_device, DeviceArgs, WeightsArgs};
 
 #[derive(Args, Debug)]
 pub struct PredictContactsArgs {
@@ -69,6 +69,9 @@ pub struct PredictContactsArgs {
 
     #[command(flatten)]
     pub device: DeviceArgs,
+
+    #[command(flatten)]
+    pub weights: WeightsArgs,
 }
 
 /// A file-name-safe form of a protein name.
@@ -125,6 +128,7 @@ fn gather_inputs(args: &PredictContactsArgs) -> Result<(Vec<ContactItem>, Vec<bo
 }
 
 pub fn run(args: PredictContactsArgs) -> Result<()> {
+    args.weights.apply();
     let device = open_device(&args.device)?;
     let model = load_contact_model(&args.model, args.adapter.as_deref(), &device)?;
     let (items, has_truth) = gather_inputs(&args)?;

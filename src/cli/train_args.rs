@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use anyhow::{bail, Result};
 use clap::Args;
 
-use super::common::{DeviceArgs, LoraArgs};
+use super::common::{DeviceArgs, LoraArgs, WeightsArgs};
 
 use qf_engine::data::class_weights::ClassWeighting;
 use qf_engine::data::stratify::StratifySpec;
@@ -180,6 +180,9 @@ pub struct TrainArgs {
     #[command(flatten)]
     pub device: DeviceArgs,
 
+    #[command(flatten)]
+    pub weights: WeightsArgs,
+
     /// Save a checkpoint every N optimizer steps (one is always saved per epoch).
     #[arg(long)]
     pub save_every: Option<u64>,
@@ -332,6 +335,7 @@ fn parse_count(s: &str) -> Result<u64> {
 }
 
 pub fn run(args: TrainArgs) -> Result<()> {
+    args.weights.apply();
     qf_engine::train::device::set_threads(args.device.threads);
     match args.task.as_str() {
         "classify" | "classification" => {

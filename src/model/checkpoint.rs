@@ -13,6 +13,7 @@ use std::collections::HashMap;
 use std::fs::File;
 use std::io::Write;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use anyhow::{bail, Context, Result};
 use memmap2::Mmap;
@@ -187,6 +188,71 @@ pub fn view_to_f32(view: &TensorView<'_>) -> Result<Vec<f32>> {
         Dtype::F64 => d.chunks_exact(8).map(|c| f64::from_le_bytes(c.try_into().expect("8 bytes")) as f32).collect(),
         other => bail!("has dtype {other:?}; model weights must be floating point (f32, f16, bf16 or f64)"),
     })
+}
+
+/// Whether weights holding NaN or ±Inf may be loaded (`--allow-nonfinite`, for inspecting a
+/// broken checkpoint). Off by default: such a model predicts NaN for every input, and a
+/// run resumed from such a state trains on NaN, so the load is refused instead.
+static ALLOW_NONFINITE: AtomicBool = AtomicBool::new(false);
+
+/// Set the process-wide policy for non-finite weights (the CLI's `--allow-nonfinite`).
+pub fn set_allow_nonfinite(allow: bool) {
+    ALLOW_NONFINITE.store(allow, Ordering::Relaxed);
+}
+
+/// Count the NaN and infinite values of float tensor `name` (0 for non-float tensors).
+fn count_nonfinite(view: &TensorView<'_>) -> (usize, usize) {
+    let mut nan = 0;
+    let mut inf = 0;
+    let mut tally = |x: f64| {
+        if x.is_nan() {
+            nan += 1;
+        } else if x.is_infinite() {
+            inf += 1;
+        }
+    };
+    let d = view.data();
+    match view.dtype() {
+        Dtype::F32 => d.chunks_exact(4).for_each(|c| tally(f32::from_le_bytes([c[0], c[1], c[2], c[3]]) as f64)),
+        Dtype::F16 => d.chunks_exact(2).for_each(|c| tally(half::f16::from_le_bytes([c[0], c[1]]).to_f64())),
+        Dtype::BF16 => d.chunks_exact(2).for_each(|c| tally(half::bf16::from_le_bytes([c[0], c[1]]).to_f64())),
+        Dtype::F64 => d.chunks_exact(8).for_each(|c| tally(f64::from_le_bytes(c.try_into().expect("8 bytes")))),
+        _ => {}
+    }
+    (nan, inf)
+}
+
+impl MappedSafetensors {
+    /// Refuse the file when any of the float tensors `names` holds NaN or ±Inf (unless
+    /// [`set_allow_nonfinite`] allowed it): the error names every such tensor with its
+    /// counts. `what` says what the file is, for the message.
+    pub fn check_finite<'a>(&self, names: impl IntoIterator<Item = &'a str>, what: &str) -> Result<()> {
+        if ALLOW_NONFINITE.load(Ordering::Relaxed) {
+            return Ok(());
+        }
+        let st = self.tensors()?;
+        let mut bad = Vec::new();
+        for name in names {
+            let Ok(view) = st.tensor(name) else { continue };
+            let (nan, inf) = count_nonfinite(&view);
+            if nan + inf > 0 {
+                let n: usize = view.shape().iter().product();
+                bad.push(format!("`{name}`: {nan} NaN and {inf} infinite of {n} values"));
+            }
+        }
+        if bad.is_empty() {
+            return Ok(());
+        }
+        let shown = bad.len().min(10);
+        bail!(
+            "{}: {what} holds non-finite values in {} tensor(s), so it would compute NaN:\n  {}{}\n\
+             (pass --allow-nonfinite to load it anyway, e.g. to inspect it)",
+            self.path.display(),
+            bad.len(),
+            bad[..shown].join("\n  "),
+            if bad.len() > shown { format!("\n  … and {} more", bad.len() - shown) } else { String::new() }
+        )
+    }
 }
 
 /// Names under which a parameter called `name` may appear in a Hugging Face file.

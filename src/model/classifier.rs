@@ -16,8 +16,8 @@ use super::init::Init;
 use super::inputs::ModelInputs;
 use super::lora::{self, LoraConfig, SaveMode};
 use super::params::Params;
-use super::tokenizer_files::write_tokenizer_files;
 use super::pretrained::{load_params, open_weights, save_tensors, LoadReport, Need, CONFIG_FILE, WEIGHTS_FILE};
+use super::tokenizer_files::write_tokenizer_files;
 use crate::autograd::Tape;
 use crate::backend::cpu::rotary::inv_freq;
 use crate::ops;
@@ -147,7 +147,14 @@ impl SequenceClassifier {
     /// for `EsmForSequenceClassification`; `base` names the base model.
     pub fn save_adapters(&self, dir: &Path, base: &str) -> Result<()> {
         let head: Vec<_> = self.params.ids().filter(|&id| self.params.name(id).starts_with("classifier")).collect();
-        lora::save_adapters(dir, &self.esm, &self.params, &head, base, lora::PeftBaseClass::EsmForSequenceClassification)
+        lora::save_adapters(
+            dir,
+            &self.esm,
+            &self.params,
+            &head,
+            base,
+            lora::PeftBaseClass::EsmForSequenceClassification,
+        )
     }
 
     /// Save as a Hugging Face `EsmForSequenceClassification` directory (or a qf-engine

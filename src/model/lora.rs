@@ -452,6 +452,7 @@ pub fn load_adapters(dir: &Path, esm: &mut Esm2, params: &mut Params) -> Result<
     }
     let file = MappedSafetensors::open(&dir.join(ADAPTER_WEIGHTS_FILE))?;
     let names = file.names()?;
+    file.check_finite(names.iter().map(String::as_str), "the adapter")?;
     let mut per_layer: Vec<BTreeSet<&'static str>> = vec![BTreeSet::new(); esm.layers.len()];
     for n in &names {
         if let Some((layer, target)) = parse_adapter_key(n) {

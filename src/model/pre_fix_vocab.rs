@@ -73,7 +73,12 @@ pub fn upgrade_pre_fix_model(src: &Path, dst: &Path) -> Result<usize> {
             continue;
         }
         if t.shape.first() != Some(&VOCAB.len()) {
-            bail!("{}: `{name}` has shape {:?}; expected {} rows, one per token", file.path().display(), t.shape, VOCAB.len());
+            bail!(
+                "{}: `{name}` has shape {:?}; expected {} rows, one per token",
+                file.path().display(),
+                t.shape,
+                VOCAB.len()
+            );
         }
         let row_bytes = t.data.len() / VOCAB.len();
         tensors.push(NamedTensor { data: reorder_rows(&t.data, row_bytes), ..t });

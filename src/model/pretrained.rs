@@ -65,6 +65,7 @@ pub fn load_params(params: &mut Params, file: &MappedSafetensors, need: impl Fn(
             None => report.fresh.push(name),
         }
     }
+    file.check_finite(used.iter().map(String::as_str), "the model's weights")?;
     report.unused = file.names()?.into_iter().filter(|n| !used.contains(n) && !is_buffer(n)).collect();
     report.unused.sort();
     Ok(report)

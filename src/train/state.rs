@@ -104,5 +104,7 @@ pub fn load_state(dir: &Path) -> Result<(TrainState, MappedSafetensors)> {
     let json = meta.get(STATE_KEY).with_context(|| format!("{}: no {STATE_KEY} metadata", file.path().display()))?;
     let state: TrainState =
         serde_json::from_str(json).with_context(|| format!("{}: unreadable training state", file.path().display()))?;
+    let names = file.names()?;
+    file.check_finite(names.iter().map(String::as_str), "the optimizer state")?;
     Ok((state, file))
 }
