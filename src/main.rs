@@ -5,6 +5,10 @@ mod cli;
 use clap::Parser;
 
 fn main() {
+    // A file-size limit (`ulimit -f`) then fails the write with EFBIG, which is reported
+    // as a clear error, instead of killing the process with SIGXFSZ mid-checkpoint.
+    // Safety: called before any other thread exists; SIG_IGN needs no handler.
+    unsafe { libc::signal(libc::SIGXFSZ, libc::SIG_IGN) };
     qf_engine::backend::cpu::keep_freed_memory();
     let args = cli::Cli::parse();
     if let Err(e) = cli::run(args) {

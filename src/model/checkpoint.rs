@@ -77,19 +77,35 @@ impl View for &NamedTensor {
     }
 }
 
-/// Write `bytes` to `path` atomically (temporary file, fsync, rename).
+/// Write `bytes` to `path` atomically (temporary file, fsync, rename). On failure the
+/// temporary file is removed and `path` is left as it was.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
     let dir = path.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
     std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("file");
     let tmp = dir.join(format!(".{name}.tmp-{}", std::process::id()));
-    {
-        let mut f = File::create(&tmp).with_context(|| format!("creating {}", tmp.display()))?;
-        f.write_all(bytes).with_context(|| format!("writing {}", tmp.display()))?;
-        f.sync_all().with_context(|| format!("syncing {}", tmp.display()))?;
+    let written = (|| {
+        let mut f = File::create(&tmp)?;
+        f.write_all(bytes)?;
+        f.sync_all()?;
+        std::fs::rename(&tmp, path)
+    })();
+    if let Err(e) = written {
+        let _ = std::fs::remove_file(&tmp);
+        return Err(describe_write_error(e, path));
     }
-    std::fs::rename(&tmp, path).with_context(|| format!("renaming {} to {}", tmp.display(), path.display()))?;
     Ok(())
+}
+
+/// An I/O error of a write, with what to do when the disk or a size limit is the cause.
+pub fn describe_write_error(e: std::io::Error, path: &Path) -> anyhow::Error {
+    let full = matches!(e.raw_os_error(), Some(libc::ENOSPC) | Some(libc::EFBIG) | Some(libc::EDQUOT));
+    let hint = if full {
+        " — the disk is full, or a quota or file-size limit (ulimit -f) was reached; free space and retry"
+    } else {
+        ""
+    };
+    anyhow::anyhow!("writing {}: {e}{hint}", path.display())
 }
 
 /// Serialise tensors (with optional string metadata) to a safetensors file, atomically.

@@ -19,7 +19,7 @@ use anyhow::{bail, Context, Result};
 use serde_json::{json, Value};
 
 use super::log::{progress_bar, MetricsLog};
-use super::state::{latest_checkpoint, load_state, save_checkpoint, TrainState};
+use super::state::{latest_checkpoint, load_state, remove_interrupted_writes, save_checkpoint, TrainState};
 use crate::autograd::{Grads, Tape};
 use crate::backend::cuda::{self, nvtx};
 use crate::data::rng::splitmix64;
@@ -117,6 +117,7 @@ pub trait Task {
 
 /// The latest checkpoint of `output` when resuming (an error when there is none).
 pub fn resume_dir(output: &Path, resume: bool) -> Result<Option<PathBuf>> {
+    remove_interrupted_writes(output)?;
     if !resume {
         return Ok(None);
     }

@@ -70,25 +70,67 @@ pub fn save_checkpoint(
         std::fs::remove_dir_all(&tmp)?;
     }
     std::fs::create_dir_all(&tmp)?;
-    write_model(&tmp)?;
-    let meta: HashMap<String, String> = [(STATE_KEY.to_string(), serde_json::to_string(state)?)].into();
-    write_safetensors(&tmp.join(STATE_FILE), &optimizer.state_tensors()?, Some(meta))?;
-    let dir = root.join(&name);
-    if dir.exists() {
-        std::fs::remove_dir_all(&dir)?;
+    let written = write_model(&tmp).and_then(|()| {
+        let meta: HashMap<String, String> = [(STATE_KEY.to_string(), serde_json::to_string(state)?)].into();
+        write_safetensors(&tmp.join(STATE_FILE), &optimizer.state_tensors()?, Some(meta))
+    });
+    if let Err(e) = written {
+        let _ = std::fs::remove_dir_all(&tmp);
+        let previous = match latest_checkpoint(output) {
+            Ok(Some(dir)) => format!("the previous checkpoint {} is intact", dir.display()),
+            _ => "no earlier checkpoint exists".to_string(),
+        };
+        return Err(e.context(format!("checkpoint {name} was not written ({previous})")));
     }
+    // A step saved twice (a periodic checkpoint, then the epoch's end at the same step)
+    // gets a new name: removing the old directory first would leave `latest` pointing at
+    // nothing if the process died before the rename.
+    let (dir, name) = unused_name(&root, &name);
     std::fs::rename(&tmp, &dir).with_context(|| format!("moving {} into place", dir.display()))?;
     write_atomic(&root.join("latest"), name.as_bytes())?;
-    prune(&root, keep.max(1))?;
+    prune(&root, keep.max(1), &name)?;
     Ok(dir)
 }
 
-/// Remove all but the newest `keep` checkpoint directories.
-fn prune(root: &Path, keep: usize) -> Result<()> {
+/// `root/name`, or `root/name.1`, `.2`, … when that exists (names sort in saving order).
+fn unused_name(root: &Path, name: &str) -> (PathBuf, String) {
+    let mut candidate = name.to_string();
+    let mut k = 0;
+    while root.join(&candidate).exists() {
+        k += 1;
+        candidate = format!("{name}.{k}");
+    }
+    (root.join(&candidate), candidate)
+}
+
+/// Remove what a run killed in the middle of a write left under `checkpoints/`: a
+/// half-written `.step-N.tmp` directory or a `.<file>.tmp-<pid>` file. Complete
+/// checkpoints are never touched.
+pub fn remove_interrupted_writes(output: &Path) -> Result<()> {
+    let root = checkpoints_dir(output);
+    let Ok(entries) = std::fs::read_dir(&root) else { return Ok(()) };
+    for entry in entries.filter_map(|e| e.ok()) {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let path = entry.path();
+        let leftover = name.starts_with('.') && (name.ends_with(".tmp") || name.contains(".tmp-"));
+        if !leftover {
+            continue;
+        }
+        let removed = if path.is_dir() { std::fs::remove_dir_all(&path) } else { std::fs::remove_file(&path) };
+        removed.with_context(|| format!("removing {}, left by an interrupted write", path.display()))?;
+    }
+    Ok(())
+}
+
+/// Remove all but the newest `keep` checkpoint directories, never the one `latest` names.
+fn prune(root: &Path, keep: usize, latest: &str) -> Result<()> {
     let mut dirs: Vec<PathBuf> = std::fs::read_dir(root)?
         .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| p.is_dir() && p.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with("step-")))
+        .filter(|p| {
+            p.is_dir() && p.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with("step-") && n != latest)
+        })
         .collect();
+    let keep = keep - 1; // `latest` is one of them
     dirs.sort();
     let n = dirs.len();
     for d in dirs.into_iter().take(n.saturating_sub(keep)) {
