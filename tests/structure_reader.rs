@@ -796,3 +796,21 @@ fn malformed_datasets_give_clear_errors() {
     let missing = format!("{:#}", ContactSet::open(dir.path().join("nope"), "valid").unwrap_err());
     assert!(missing.contains("does not exist"), "{missing}");
 }
+
+/// Found by `tests/fuzz_readers.rs`: a form feed (ASCII whitespace the tokenizer did not
+/// skip) made the mmCIF tokenizer stand still forever.
+#[test]
+fn mmcif_with_a_form_feed_is_read_not_hung() {
+    let gz = std::fs::read(common::fixture("pdb/1A8O_excerpt.cif.gz")).unwrap();
+    let mut text = Vec::new();
+    std::io::Read::read_to_end(&mut flate2::read::GzDecoder::new(&gz[..]), &mut text).unwrap();
+    let plain = parse_structure(&text, "x.cif", StructureFormat::Mmcif, None).unwrap();
+    let at = text.iter().position(|&b| b == b'\n').unwrap();
+    text.insert(at, 0x0C);
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        tx.send(parse_structure(&text, "x.cif", StructureFormat::Mmcif, None).map(|s| s.chains.len()))
+    });
+    let chains = rx.recv_timeout(std::time::Duration::from_secs(10)).expect("the mmCIF reader hung on a form feed");
+    assert_eq!(chains.unwrap(), plain.chains.len());
+}

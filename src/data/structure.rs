@@ -562,7 +562,9 @@ impl<'a> CifTokenizer<'a> {
                     self.pos += 1;
                     self.at_line_start = true;
                 }
-                b' ' | b'\t' | b'\r' => {
+                // every byte `bare` stops at is whitespace here too (form feed included),
+                // or the tokenizer would stand still
+                b if b.is_ascii_whitespace() => {
                     self.pos += 1;
                     self.at_line_start = false;
                 }
