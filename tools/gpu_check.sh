@@ -1,115 +1,109 @@
 #!/usr/bin/env bash
-# tools/gpu_check.sh — check qf-engine's CUDA path on a lent GPU machine with binaries
-# built here (that machine has no Rust toolchain and no network).
+# tools/gpu_check.sh — check qf-engine's CUDA path on a lent GPU machine in ONE call, with
+# binaries built here (that machine has no Rust toolchain and no network), and prove the
+# script itself beforehand on the CPU emulation of CUDA.
 #
-#   1. HERE (any machine with cargo; nvcc found as build.rs finds it):
-#
-#        bash tools/gpu_check.sh build
-#
-#      builds the release `qf-engine` binary and the GPU test executables (cuda_ops,
-#      cuda_model) with kernels required, strips them and copies them into the
-#      git-ignored `.gpu/`, together with a Pfam excerpt (the first $QF_GPU_PFAM_ROWS
-#      rows of one training shard of ../shared/data/pfam, as .gpu/pfam/train/) so the
-#      benchmarks see real Pfam lengths. About 40 MB; a call may carry 64 MiB.
-#
-#   2. THE ONE `device` CALL (the tool copies the working tree to the GPU machine's
-#      repository root; tests find tests/fixtures relative to it):
-#
-#        run(kind: "nvidia-h100-x1", carry: [".gpu"], timeout_s: 600,
+#   bash tools/gpu_check.sh build      HERE: release binary + GPU test executables (kernels
+#                                      required), stripped into the git-ignored .gpu/ with a
+#                                      Pfam excerpt (train shard rows and a FASTA of them)
+#   bash tools/gpu_check.sh --dry-run  HERE or in CI: `build`, then every stage below at tiny
+#                                      sizes on the CUDA emulation (the test executables load
+#                                      it themselves; the binary through LD_PRELOAD) and the
+#                                      PyTorch baseline on the CPU. Only what needs real
+#                                      hardware (nvidia-smi, compute-sanitizer, Nsight) is
+#                                      skipped, each with a printed SKIP line.
+#   bash tools/gpu_check.sh run        ON THE GPU MACHINE, the one `device` call:
+#        run(carry: [".gpu"], timeout_s: 540,
 #            command: "bash tools/gpu_check.sh run 2>&1 | tee $OUT/gpu.log")
 #
-#      which prints nvidia-smi; finds libcublas (and libnvToolsExt) and sets
-#      LD_LIBRARY_PATH; runs the GPU tests (cuda_ops, cuda_model, --nocapture: every
-#      measured error is printed); `qf-engine bench` of ESM-2 35M with a 5,000-class head
-#      on the Pfam excerpt in fp32, bf16 and fp16; the PyTorch baseline
-#      (tools/pytorch_baseline.py: same preset, classes and rows, sdpa, bf16); a CLI
-#      training run in fp16 (prints the memory plan); compute-sanitizer memcheck over the
-#      kernel tests and racecheck over the shared-memory kernels; an NVTX smoke run; and
-#      ends with a summary table. Each stage has its own time limit, cut so that all of
-#      them end within 560 s (QF_GPU_BUDGET_S) of the start, inside the 10-minute command
-#      limit. Logs and JSON land in $OUT (7 files): gpu.log, cuda_ops.log,
-#      cuda_model.log, sanitizer.log, bench.jsonl, pytorch.jsonl, summary.txt.
+# Stages, in priority order, each with its own time limit cut so that all of them end
+# within QF_GPU_BUDGET_S (default 480 s) of the start:
+#   1. correctness: the GPU test executables (every op, a whole training step in three
+#      precisions, 8-bit AdamW), each measured error printed;
+#   2. speed: ESM-2 35M training with a 5,000-class head on the Pfam excerpt (qf-engine bf16
+#      and fp16, then PyTorch + transformers bf16 SDPA on the same rows), a short `train`
+#      run that saves a model, and `predict` throughput with it (inference);
+#   3. memory: ESM-2 650M at 1,024 tokens, full fine-tuning (8-bit AdamW, recompute) against
+#      12 GB and LoRA q,v r=8 against 6 GB;
+#   4. compute-sanitizer memcheck and racecheck over the op tests;
+#   5. profiles: an Nsight Systems summary of bench steps and Nsight Compute on one kernel.
+# Every stage writes its log and a line of results.tsv into $OUT as soon as it ends, so a
+# run cut short still returns what ran. The summary table is the last thing printed.
 #
-#   3. A SECOND `device` CALL for the memory targets (same carry):
-#
-#        run(kind: "nvidia-h100-x1", carry: [".gpu"], timeout_s: 600,
-#            command: "bash tools/gpu_check.sh memory 2>&1 | tee $OUT/gpu-memory.log")
-#
-#      runs the 8-bit AdamW GPU tests (CPU-vs-CUDA update, kernel bandwidth against a
-#      device-to-device copy), then `qf-engine bench --memory` of ESM-2 650M on sequences
-#      of 1,024 tokens: full fine-tuning with 8-bit AdamW and recomputation against a
-#      12 GB limit, and LoRA (query,value, r=8, 1,000 classes) against 6 GB; each prints
-#      the pool peak measured at one and at two sequences beside the planner's figure.
-#      Results in $OUT/memory.jsonl and $OUT/optim_8bit_cuda.log.
-#
-# Environment (build): QF_SHARED_DIR (default ../shared), QF_GPU_PFAM_ROWS (20000).
-# Environment (run): OUT (default /tmp/qf-gpu-out).
+# Environment: OUT (run: /tmp/qf-gpu-out; dry run: target/gpu-dry-run), QF_GPU_BUDGET_S,
+# QF_SHARED_DIR (build; default ../shared), QF_GPU_PFAM_ROWS (build; 20000),
+# PYTHON (default python3; the dry run skips PyTorch, with a SKIP line, if it lacks torch).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 
 GPU_DIR=.gpu
 TESTS=(cuda_ops cuda_model optim_8bit_cuda)
+PY=${PYTHON:-python3}
 
 build() {
     set -e
     export QF_REQUIRE_CUDA_KERNELS=1
-    # build.rs finds nvcc via NVCC, CUDA_HOME/CUDA_PATH, PATH, then .cuda/ (tools/install_cuda_toolchain.sh).
     rm -rf "$GPU_DIR"
     mkdir -p "$GPU_DIR"
     echo "== building qf-engine (release, kernels required)"
     cargo build --release --bin qf-engine
     echo "== building the GPU test executables"
-    local json
+    local json exe
     json=$(cargo test --release --no-run --message-format=json $(printf -- '--test %s ' "${TESTS[@]}"))
     for t in "${TESTS[@]}"; do
-        local exe
         exe=$(printf '%s\n' "$json" | python3 -c '
 import json, sys
-name = sys.argv[1]
 for line in sys.stdin:
     try:
         m = json.loads(line)
     except ValueError:
         continue
-    if m.get("reason") == "compiler-artifact" and m.get("executable") and m["target"]["name"] == name:
+    if m.get("reason") == "compiler-artifact" and m.get("executable") and m["target"]["name"] == sys.argv[1]:
         print(m["executable"])
 ' "$t" | tail -n 1)
         [ -n "$exe" ] || { echo "no executable for test $t" >&2; exit 1; }
         strip -o "$GPU_DIR/$t" "$exe"
     done
     strip -o "$GPU_DIR/qf-engine" target/release/qf-engine
-    local shared="${QF_SHARED_DIR:-../shared}"
-    local shard
+    local shared="${QF_SHARED_DIR:-../shared}" shard rows
     shard=$(ls "$shared"/data/pfam/train/data-* 2>/dev/null | head -n 1 || true)
-    if [ -n "$shard" ]; then
-        mkdir -p "$GPU_DIR/pfam/train"
-        head -n $((${QF_GPU_PFAM_ROWS:-20000} + 1)) "$shard" > "$GPU_DIR/pfam/train/data-00000-of-00001"
-        echo "== Pfam excerpt: $(($(wc -l < "$GPU_DIR/pfam/train/data-00000-of-00001") - 1)) rows of $shard"
-    else
-        echo "== no Pfam shard under $shared/data/pfam/train: the benchmarks will use the built-in demo set"
+    rows=${QF_GPU_PFAM_ROWS:-20000}
+    if [ -z "$shard" ]; then
+        shard=tests/fixtures/pfam/split/train/data-00000-of-00003
+        echo "== no Pfam shard under $shared/data/pfam/train: using the committed excerpt"
     fi
-    echo "== $GPU_DIR:"
+    mkdir -p "$GPU_DIR/pfam/train"
+    head -n $((rows + 1)) "$shard" > "$GPU_DIR/pfam/train/data-00000-of-00001"
+    awk -F, 'NR > 1 && NR <= 2001 { print ">" $2; print $5 }' "$GPU_DIR/pfam/train/data-00000-of-00001" > "$GPU_DIR/pfam/domains.fasta"
+    echo "== Pfam excerpt: $(($(wc -l < "$GPU_DIR/pfam/train/data-00000-of-00001") - 1)) rows of $shard"
     du -ah "$GPU_DIR" | sort -k2
     local total
     total=$(du -sm "$GPU_DIR" | cut -f1)
     [ "$total" -lt 60 ] || { echo "$GPU_DIR is ${total} MB: over the 64 MiB a call may carry" >&2; exit 1; }
-    echo "== ready: run(kind: \"nvidia-h100-x1\", carry: [\".gpu\"], timeout_s: 600, command: \"bash tools/gpu_check.sh run 2>&1 | tee \$OUT/gpu.log\")"
+    set +e
 }
 
 # ---------------------------------------------------------------------------------------
-# run (on the GPU machine)
+# Stages (run and dry run)
 # ---------------------------------------------------------------------------------------
 
 START=$(date +%s)
-# Every stage ends before this many seconds after the start (the command limit is 600).
-BUDGET=${QF_GPU_BUDGET_S:-560}
 elapsed() { echo $(($(date +%s) - START)); }
 stage() { echo; echo "=== [$(elapsed) s] $*"; }
 
-# `limit SECONDS CMD...`: run CMD with a time limit of SECONDS, cut to what is left of
-# the budget; a stage that would get under 10 s is skipped (status 125).
+# `record STAGE ITEM STATUS DETAIL`: one line of results.tsv, written at once.
+record() { printf '%s\t%s\t%s\t%s\n' "$1" "$2" "$3" "$4" >> "$OUT/results.tsv"; }
+
+# `skip_hw STAGE ITEM WHAT`: a stage that needs real hardware, in the dry run.
+skip_hw() {
+    echo "SKIP (dry run; needs a real GPU): $3"
+    record "$1" "$2" SKIP "dry run: needs a real GPU"
+}
+
+# `limit SECONDS CMD...`: CMD with a time limit (× LIMIT_SCALE: the emulation is slow), cut
+# to what is left of the budget; a stage that would get under 10 s is skipped (status 125).
 limit() {
-    local secs=$1
+    local secs=$(($1 * LIMIT_SCALE))
     shift
     local left=$((BUDGET - $(elapsed)))
     [ "$secs" -gt "$left" ] && secs=$left
@@ -123,8 +117,9 @@ limit() {
     return $rc
 }
 
-# Put the folders of libcublas and libnvToolsExt on LD_LIBRARY_PATH (the loader's cache
-# first, then one pass over the file system). Sets NVTX_FOUND=1 when NVTX is there.
+status_of() { case $1 in 0) echo ok ;; 124) echo TIMEOUT ;; 125) echo "SKIP (budget)" ;; *) echo "FAIL rc=$1" ;; esac; }
+
+# Put the folders of libcublas and libnvToolsExt on LD_LIBRARY_PATH.
 NVTX_FOUND=0
 find_libs() {
     local cublas nvtx hits
@@ -148,115 +143,140 @@ find_libs() {
     if [ -n "$nvtx" ]; then NVTX_FOUND=1; else echo "(no libnvToolsExt.so: NVTX ranges unavailable)"; fi
 }
 
-declare -A RESULT
-
-# Run one test executable with --nocapture; record its exit status and result line.
-run_tests() {
-    local t=$1 secs=$2
-    shift 2
-    stage "GPU tests: $t (limit ${secs} s)"
-    limit "$secs" "$GPU_DIR/$t" --nocapture "$@" 2>&1 | tee "$OUT/$t.log"
-    local rc=${PIPESTATUS[0]}
-    local summary
-    summary=$(grep -E '^test result:' "$OUT/$t.log" | tail -n 1 | sed 's/^test result: //; s/; finished.*//')
-    RESULT[$t]="rc=$rc ${summary:-no result line}"
-    if grep -q '^SKIP: no CUDA device' "$OUT/$t.log"; then
-        RESULT[$t]="${RESULT[$t]} — SKIPPED: $(grep -m1 '^SKIP' "$OUT/$t.log")"
+# The binary as a command prefix (`timeout` runs executables, not shell functions): on the
+# GPU as it is; in the dry run over the emulation libraries that the test executables
+# built (the newest pair under target/tmp/kernel-emu/).
+set_qf() {
+    QF=("$GPU_DIR/qf-engine")
+    if [ "$DRY" = 1 ]; then
+        local d
+        d=$(ls -td target/tmp/kernel-emu/*/ 2>/dev/null | head -n 1)
+        [ -n "$d" ] || echo "!!! no emulation libraries under target/tmp/kernel-emu (the GPU tests build them)"
+        QF=(env "LD_PRELOAD=${d}libqf_kernel_emu.so ${d}libqf_cublas_emu.so" "$GPU_DIR/qf-engine")
     fi
 }
 
-bench() {
-    local prec=$1 secs=$2
-    stage "qf-engine bench esm2_t12_35M, 5000 classes, $prec (limit ${secs} s)"
-    limit "$secs" "$GPU_DIR/qf-engine" bench --preset esm2_t12_35M --classes 5000 "${DATA_ARGS[@]}" \
-        --device cuda --precision "$prec" --max-tokens 16384 --steps 10 --warmup 3 --json "$OUT/bench.jsonl"
-    RESULT[bench_$prec]="rc=$?"
+stage_correctness() {
+    local t secs summary rc
+    for t in "${TESTS[@]}"; do
+        case $t in cuda_ops) secs=90 ;; cuda_model) secs=150 ;; *) secs=60 ;; esac
+        stage "1. correctness: $t (limit ${secs} s)"
+        limit "$secs" "$GPU_DIR/$t" --nocapture 2>&1 | tee "$OUT/$t.log"
+        rc=${PIPESTATUS[0]}
+        summary=$(grep -E '^test result:' "$OUT/$t.log" | tail -n 1 | sed 's/^test result: //; s/; finished.*//')
+        if grep -q '^SKIP: no CUDA device' "$OUT/$t.log"; then
+            summary="$summary; SKIPPED: $(grep -m1 '^SKIP' "$OUT/$t.log")"
+        fi
+        record correctness "$t" "$(status_of "$rc")" "${summary:-no result line}"
+    done
 }
 
-# The output folder and the carried binaries (both GPU-machine modes).
-prepare() {
-    OUT=${OUT:-/tmp/qf-gpu-out}
-    mkdir -p "$OUT"
-    [ -x "$GPU_DIR/qf-engine" ] || { echo "no $GPU_DIR/qf-engine: run 'bash tools/gpu_check.sh build' here first and carry .gpu"; exit 1; }
-    export QF_FIXTURES_DIR="$PWD/tests/fixtures"
-    # The GPU or nothing: never fall back to the CPU emulation of CUDA that the tests use
-    # where no driver exists (a missing driver must show as SKIP, not as a pass).
-    export QF_CUDA_EMULATION=0
-}
+stage_speed() {
+    local prec rc line
+    for prec in "${BENCH_PRECISIONS[@]}"; do
+        stage "2. speed: qf-engine bench $PRESET_TRAIN, $CLASSES classes, $prec"
+        limit 45 "${QF[@]}" bench --preset "$PRESET_TRAIN" --classes "$CLASSES" --data "$GPU_DIR/pfam" --device cuda \
+            --precision "$prec" --max-tokens "$MAX_TOKENS" --max-len "$MAX_LEN" --steps "$STEPS" --warmup "$WARMUP" \
+            --json "$OUT/bench.jsonl" 2>&1 | tee "$OUT/bench_$prec.log"
+        rc=${PIPESTATUS[0]}
+        line=$(grep -m1 'sequences/s' "$OUT/bench_$prec.log" || true)
+        record speed "train qf-engine $prec" "$(status_of "$rc")" "${line:-no result}"
+    done
 
-run() {
-    prepare
-    : > "$OUT/bench.jsonl"
-    : > "$OUT/pytorch.jsonl"
-
-    stage "machine"
-    nvidia-smi
-    nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm --format=csv
-    uname -m
-    nproc
-
-    stage "CUDA libraries"
-    find_libs
-    echo "LD_LIBRARY_PATH=${LD_LIBRARY_PATH:-}"
-
-    # 1. correctness first
-    run_tests cuda_ops 120
-    run_tests cuda_model 180
-
-    # 2. throughput: qf-engine in three precisions, then PyTorch on the same rows
-    DATA_ARGS=()
-    [ -d "$GPU_DIR/pfam/train" ] && DATA_ARGS=(--data "$GPU_DIR/pfam")
-    bench fp32 60
-    bench bf16 50
-    bench fp16 50
-    stage "PyTorch baseline (transformers EsmForSequenceClassification, sdpa, bf16)"
-    if [ -d "$GPU_DIR/pfam/train" ]; then
-        PYTHONUNBUFFERED=1 limit 120 python3 tools/pytorch_baseline.py --device cuda --preset esm2_t12_35M \
-            --num-labels 5000 --data "$GPU_DIR/pfam" --precision bf16 --attn sdpa --batch-size 64 \
-            --steps 20 --warmup 3 | tee -a "$OUT/pytorch.jsonl"
-        RESULT[pytorch]="rc=${PIPESTATUS[0]}"
+    stage "2. speed: PyTorch + transformers, same preset and rows"
+    if "$PY" -c 'import torch, transformers' 2>/dev/null; then
+        PYTHONUNBUFFERED=1 limit 90 "$PY" tools/pytorch_baseline.py "${PYTORCH_ARGS[@]}" --preset "$PYTORCH_PRESET" \
+            --num-labels "$CLASSES" --data "$GPU_DIR/pfam" --attn sdpa 2>&1 | tee "$OUT/pytorch.log"
+        rc=${PIPESTATUS[0]}
+        grep '^{' "$OUT/pytorch.log" >> "$OUT/pytorch.jsonl"
+        record speed "train pytorch" "$(status_of "$rc")" "$(grep -m1 -o '"sequences_per_s": [0-9.]*' "$OUT/pytorch.log" || echo no result)"
     else
-        echo "no Pfam excerpt in $GPU_DIR (build with ../shared present): no PyTorch baseline"
+        echo "SKIP: $PY has no torch/transformers (set PYTHON to a Python that has them)"
+        record speed "train pytorch" SKIP "no torch in $PY"
     fi
 
-    # 3. the CLI end to end: memory plan at start, loss-scale counts in metrics.jsonl
-    stage "qf-engine train --device cuda --precision fp16 (demo, 4 families, 40 steps)"
-    limit 45 "$GPU_DIR/qf-engine" train --device cuda --precision fp16 --stratify top:4 --max-steps 40 \
-        --eval-limit 50 --output /tmp/qf-demo-gpu
-    RESULT[train_cli]="rc=$?"
-    tail -n 2 /tmp/qf-demo-gpu/metrics.jsonl 2>/dev/null
-
-    # 4. sanitizers over the kernel tests (slow: one thread)
-    stage "compute-sanitizer memcheck (cuda_ops) and racecheck (shared-memory kernels)"
-    if command -v compute-sanitizer >/dev/null; then
-        {
-            limit 90 compute-sanitizer --tool memcheck --error-exitcode 9 --print-limit 20 \
-                "$GPU_DIR/cuda_ops" --test-threads 1 --skip harness_on_the_cpu
-            echo "memcheck exit status: $?"
-            limit 40 compute-sanitizer --tool racecheck --error-exitcode 9 --print-limit 20 \
-                "$GPU_DIR/cuda_ops" --test-threads 1 layer_norm cross_entropy bias_gelu masked_binary
-            echo "racecheck exit status: $?"
-        } 2>&1 | tee "$OUT/sanitizer.log"
-        RESULT[memcheck]="$(grep -m1 -o 'memcheck exit status: [0-9]*' "$OUT/sanitizer.log") $(grep -m1 'ERROR SUMMARY' "$OUT/sanitizer.log" || true)"
-        RESULT[racecheck]="$(grep -m1 -o 'racecheck exit status: [0-9]*' "$OUT/sanitizer.log") $(grep -E 'RACECHECK SUMMARY|ERROR SUMMARY' "$OUT/sanitizer.log" | tail -n 1 || true)"
+    stage "2. speed: qf-engine train (saves a model), then predict throughput"
+    limit 60 "${QF[@]}" train --data "$GPU_DIR/pfam" --eval-split train --preset "$PRESET_TRAIN" --stratify top:50 \
+        --max-steps "$TRAIN_STEPS" --eval-limit 20 --max-tokens "$MAX_TOKENS" --max-len "$MAX_LEN" --device cuda \
+        --precision bf16 --quiet --output "$OUT/train_run" 2>&1 | tail -n 5 | tee "$OUT/train.log"
+    rc=${PIPESTATUS[0]}
+    record speed "train CLI" "$(status_of "$rc")" "$(grep -m1 '^done in' "$OUT/train.log" || echo no result)"
+    if [ -d "$OUT/train_run/model" ]; then
+        head -n $((2 * PREDICT_SEQS)) "$GPU_DIR/pfam/domains.fasta" > "$OUT/predict.fasta"
+        limit 45 "${QF[@]}" predict --model "$OUT/train_run/model" --input "$OUT/predict.fasta" --output "$OUT/predict.tsv" \
+            --max-tokens "$MAX_TOKENS" --max-len "$MAX_LEN" --device cuda --precision bf16 --quiet 2>&1 | tee "$OUT/predict.log"
+        rc=${PIPESTATUS[0]}
+        record speed "infer qf-engine bf16" "$(status_of "$rc")" "$(grep -m1 'sequences/s' "$OUT/predict.log" || echo no result)"
     else
-        echo "compute-sanitizer not found" | tee "$OUT/sanitizer.log"
+        record speed "infer qf-engine bf16" SKIP "no model from the train stage"
     fi
+}
 
-    if [ "$NVTX_FOUND" = 1 ]; then
-        stage "NVTX smoke test (QF_NVTX=1)"
-        limit 30 env QF_NVTX=1 "$GPU_DIR/qf-engine" bench --preset esm2_t6_8M --classes 100 --steps 2 --warmup 1 --device cuda
-        RESULT[nvtx]="rc=$?"
+stage_memory() {
+    local what rc
+    while IFS='|' read -r what args; do
+        stage "3. memory: $PRESET_MEMORY, $what"
+        # shellcheck disable=SC2086
+        limit 60 "${QF[@]}" bench --memory --preset "$PRESET_MEMORY" --max-len "$MEMORY_LEN" --budgets "$MEMORY_BUDGETS" \
+            --device cuda --precision bf16 --recompute layer --json "$OUT/memory.jsonl" $args 2>&1 | tee "$OUT/memory.log"
+        rc=${PIPESTATUS[0]}
+        record memory "$what" "$(status_of "$rc")" "$(grep -m1 -iE 'largest|fits' "$OUT/memory.log" || echo see memory.jsonl)"
+    done <<EOF
+full FT 8-bit AdamW, ${MEMORY_FULL_LIMIT}|--classes $CLASSES --optimizer adamw8bit --memory-limit $MEMORY_FULL_LIMIT
+LoRA q,v r=8, ${MEMORY_LORA_LIMIT}|--classes 1000 --optimizer adamw --lora --lora-targets query,value --lora-rank 8 --memory-limit $MEMORY_LORA_LIMIT
+EOF
+}
+
+stage_sanitizer() {
+    stage "4. compute-sanitizer memcheck and racecheck"
+    if [ "$DRY" = 1 ]; then
+        skip_hw sanitizer memcheck "compute-sanitizer --tool memcheck $GPU_DIR/cuda_ops"
+        skip_hw sanitizer racecheck "compute-sanitizer --tool racecheck $GPU_DIR/cuda_ops"
+        return
     fi
+    if ! command -v compute-sanitizer >/dev/null; then
+        record sanitizer all SKIP "compute-sanitizer not found"
+        return
+    fi
+    limit 60 compute-sanitizer --tool memcheck --error-exitcode 9 --print-limit 20 \
+        "$GPU_DIR/cuda_ops" --test-threads 1 --skip harness_on_the_cpu 2>&1 | tee "$OUT/memcheck.log"
+    record sanitizer memcheck "$(status_of "${PIPESTATUS[0]}")" "$(grep -m1 'ERROR SUMMARY' "$OUT/memcheck.log" || true)"
+    limit 30 compute-sanitizer --tool racecheck --error-exitcode 9 --print-limit 20 \
+        "$GPU_DIR/cuda_ops" --test-threads 1 layer_norm cross_entropy bias_gelu masked_binary 2>&1 | tee "$OUT/racecheck.log"
+    record sanitizer racecheck "$(status_of "${PIPESTATUS[0]}")" "$(grep -E 'RACECHECK SUMMARY|ERROR SUMMARY' "$OUT/racecheck.log" | tail -n 1 || true)"
+}
 
+stage_profiles() {
+    stage "5. profiles: Nsight Systems and Nsight Compute"
+    local bench_args=(bench --preset esm2_t12_35M --classes 5000 --data "$GPU_DIR/pfam" --device cuda --precision bf16 --steps 3 --warmup 1)
+    if [ "$DRY" = 1 ]; then
+        skip_hw profiles nsys "nsys profile --stats=true qf-engine ${bench_args[*]}"
+        skip_hw profiles ncu "ncu --set basic -k regex:layer_norm -c 3 qf-engine ${bench_args[*]}"
+        return
+    fi
+    if command -v nsys >/dev/null; then
+        limit 40 env QF_NVTX=$NVTX_FOUND nsys profile -o "$OUT/bench" --force-overwrite true --stats=true \
+            "$GPU_DIR/qf-engine" "${bench_args[@]}" > "$OUT/nsys.txt" 2>&1
+        record profiles nsys "$(status_of $?)" "kernel summary in nsys.txt"
+        rm -f "$OUT"/bench.nsys-rep "$OUT"/bench.sqlite
+    else
+        record profiles nsys SKIP "nsys not found"
+    fi
+    if command -v ncu >/dev/null; then
+        limit 30 ncu --set basic -k regex:layer_norm -c 3 "$GPU_DIR/qf-engine" "${bench_args[@]}" > "$OUT/ncu.txt" 2>&1
+        record profiles ncu "$(status_of $?)" "layer_norm in ncu.txt"
+    else
+        record profiles ncu SKIP "ncu not found"
+    fi
+}
+
+summary() {
     stage "summary"
     {
-        echo "qf-engine GPU check — $(date -u +%Y-%m-%dT%H:%MZ) — $(nvidia-smi --query-gpu=name,driver_version --format=csv,noheader | head -n 1) — $(elapsed) s"
+        echo "qf-engine GPU check ($MODE_NAME) — $(date -u +%Y-%m-%dT%H:%MZ) — $MACHINE — $(elapsed) s"
         echo
-        printf '%-12s %s\n' "stage" "result"
-        for k in cuda_ops cuda_model bench_fp32 bench_bf16 bench_fp16 pytorch train_cli memcheck racecheck nvtx; do
-            [ -n "${RESULT[$k]:-}" ] && printf '%-12s %s\n' "$k" "${RESULT[$k]}"
-        done
+        printf '%-12s %-36s %-14s %s\n' stage item status detail
+        while IFS=$'\t' read -r s i st d; do printf '%-12s %-36s %-14s %s\n' "$s" "$i" "$st" "$d"; done < "$OUT/results.tsv"
         echo
         python3 - "$OUT/bench.jsonl" "$OUT/pytorch.jsonl" <<'PY'
 import json, sys
@@ -267,77 +287,83 @@ for path in sys.argv[1:]:
     except OSError:
         continue
     for line in lines:
-        line = line.strip()
-        if not line.startswith("{"):
-            continue
         try:
             r = json.loads(line)
         except ValueError:
             continue
         if r.get("framework") == "pytorch":
-            rows.append((f"pytorch {r['precision']} sdpa b{r['batch_size']}", r["sequences_per_s"], r["tokens_per_s"],
-                         r.get("peak_mem_bytes"), r.get("mean_tokens_per_seq"), r.get("steps")))
+            rows.append((f"pytorch {r['precision']} b{r['batch_size']}", r["sequences_per_s"], r["tokens_per_s"], r.get("peak_mem_bytes")))
         else:
-            rows.append((f"qf-engine {r['dtype']}", r["sequences_per_s"], r["tokens_per_s"],
-                         r.get("peak_memory_bytes"), r.get("mean_tokens_per_sequence"), r.get("steps")))
-print(f"{'ESM-2 35M, 5000 classes':<28} {'seq/s':>9} {'tokens/s':>11} {'peak GiB':>9} {'tok/seq':>8} {'steps':>6}")
-for name, s, t, m, l, n in rows:
-    mem = f"{m / 2**30:.2f}" if m else "n/a"
-    print(f"{name:<28} {s:>9.1f} {t:>11.0f} {mem:>9} {l or 0:>8.1f} {n or 0:>6}")
-if not rows:
-    print("(no benchmark results)")
+            rows.append((f"qf-engine {r['dtype']}", r["sequences_per_s"], r["tokens_per_s"], r.get("peak_memory_bytes")))
+print(f"{'training':<24} {'seq/s':>9} {'tokens/s':>11} {'peak GiB':>9}")
+for name, s, t, m in rows:
+    print(f"{name:<24} {s:>9.1f} {t:>11.0f} {m / 2**30 if m else float('nan'):>9.2f}")
 PY
     } | tee "$OUT/summary.txt"
 }
 
-# The memory targets: 8-bit AdamW on the GPU, then ESM-2 650M at 1,024 tokens.
-memory_bench() {
-    local what=$1 secs=$2
-    shift 2
-    stage "qf-engine bench --memory: ESM-2 650M, $what (limit ${secs} s)"
-    limit "$secs" "$GPU_DIR/qf-engine" bench --memory --preset esm2_t33_650M --max-len 1024 --budgets 1024,2048 \
-        --device cuda --precision bf16 --recompute layer --json "$OUT/memory.jsonl" "$@"
-    RESULT[$what]="rc=$?"
-}
-
-memory() {
-    prepare
+check() {
+    BUDGET=${QF_GPU_BUDGET_S:-480}
+    mkdir -p "$OUT"
+    : > "$OUT/results.tsv"
+    : > "$OUT/bench.jsonl"
+    : > "$OUT/pytorch.jsonl"
     : > "$OUT/memory.jsonl"
+    [ -x "$GPU_DIR/qf-engine" ] || { echo "no $GPU_DIR/qf-engine: run 'bash tools/gpu_check.sh build' here first and carry .gpu"; exit 1; }
+    export QF_FIXTURES_DIR="$PWD/tests/fixtures"
     stage "machine"
-    nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv
-    stage "CUDA libraries"
-    find_libs
-    run_tests optim_8bit_cuda 120
-    memory_bench "full FT, 8-bit AdamW, 5,000 classes, 12 GB" 200 --classes 5000 --optimizer adamw8bit \
-        --memory-limit 12GB
-    memory_bench "LoRA q,v r=8, 1,000 classes, 6 GB" 160 --classes 1000 --optimizer adamw --lora \
-        --lora-targets query,value --lora-rank 8 --memory-limit 6GB
-    stage "summary"
-    {
-        echo "qf-engine GPU memory check — $(date -u +%Y-%m-%dT%H:%MZ) — $(nvidia-smi --query-gpu=name --format=csv,noheader | head -n 1) — $(elapsed) s"
-        for k in "${!RESULT[@]}"; do printf '%-48s %s\n' "$k" "${RESULT[$k]}"; done
-        python3 - "$OUT/memory.jsonl" <<'PY'
-import json, sys
-for line in open(sys.argv[1]):
-    if not line.startswith("{"):
-        continue
-    r = json.loads(line)
-    what = f"650M {r['optimizer']} lora={r.get('lora')} limit {r['limit_bytes'] / 2**30:.0f} GiB"
-    for p in r["measured"]:
-        print(f"{what}: {p['tokens']} tokens measured {p['measured_bytes'] / 2**30:.2f} GiB "
-              f"(planned {p['planned_bytes'] / 2**30:.2f} GiB, pool growth; add the CUDA context)")
-PY
-    } | tee "$OUT/memory-summary.txt"
+    if [ "$DRY" = 1 ]; then
+        skip_hw machine nvidia-smi "nvidia-smi"
+        MACHINE="CPU emulation of CUDA on $(nproc) cores"
+    else
+        nvidia-smi
+        MACHINE=$(nvidia-smi --query-gpu=name,driver_version --format=csv,noheader | head -n 1)
+        record machine gpu ok "$MACHINE"
+        find_libs
+    fi
+    stage_correctness
+    set_qf
+    stage_speed
+    stage_memory
+    stage_sanitizer
+    stage_profiles
+    summary
+    # The dry run fails when any stage failed (a SKIP is fine): that is what CI checks.
+    if [ "$DRY" = 1 ] && cut -f3 "$OUT/results.tsv" | grep -qE 'FAIL|TIMEOUT'; then
+        echo "dry run: some stages failed (see above)"
+        exit 1
+    fi
 }
 
 case "${1:-}" in
     build) build ;;
-    run) run ;;
-    memory) memory ;;
+    run)
+        DRY=0 MODE_NAME="GPU run"
+        OUT=${OUT:-/tmp/qf-gpu-out}
+        # The GPU or nothing: a missing driver must show as SKIP, never as an emulated pass.
+        export QF_CUDA_EMULATION=0
+        LIMIT_SCALE=1
+        PRESET_TRAIN=esm2_t12_35M CLASSES=5000 MAX_TOKENS=16384 MAX_LEN=1024 STEPS=10 WARMUP=3 TRAIN_STEPS=30
+        BENCH_PRECISIONS=(bf16 fp16) PREDICT_SEQS=2000
+        PYTORCH_PRESET=esm2_t12_35M PYTORCH_ARGS=(--device cuda --precision bf16 --batch-size 64 --steps 20 --warmup 3)
+        PRESET_MEMORY=esm2_t33_650M MEMORY_LEN=1024 MEMORY_BUDGETS=1024,2048 MEMORY_FULL_LIMIT=12GB MEMORY_LORA_LIMIT=6GB
+        check
+        ;;
+    --dry-run)
+        build || exit 1
+        START=$(date +%s)
+        DRY=1 MODE_NAME="dry run"
+        OUT=${OUT:-target/gpu-dry-run}
+        QF_GPU_BUDGET_S=${QF_GPU_BUDGET_S:-1500}
+        LIMIT_SCALE=4
+        PRESET_TRAIN=esm2_tiny CLASSES=20 MAX_TOKENS=256 MAX_LEN=128 STEPS=1 WARMUP=0 TRAIN_STEPS=2
+        BENCH_PRECISIONS=(bf16 fp16) PREDICT_SEQS=4
+        PYTORCH_PRESET=esm2_t6_8M PYTORCH_ARGS=(--device cpu --precision fp32 --batch-size 2 --steps 1 --warmup 0 --max-rows 50 --threads 2)
+        PRESET_MEMORY=esm2_tiny MEMORY_LEN=64 MEMORY_BUDGETS=64,128 MEMORY_FULL_LIMIT=1GB MEMORY_LORA_LIMIT=1GB
+        check
+        ;;
     *)
-        echo "usage: bash tools/gpu_check.sh build   (here: binaries into .gpu/)"
-        echo "       bash tools/gpu_check.sh run     (on the GPU machine: correctness and speed)"
-        echo "       bash tools/gpu_check.sh memory  (on the GPU machine: the 650M memory targets)"
+        echo "usage: bash tools/gpu_check.sh build | --dry-run | run   (see the header of this file)"
         exit 2
         ;;
 esac
