@@ -66,14 +66,19 @@ fn grad_of(model: &SequenceClassifier, grads: &Grads, name: &str) -> Option<Vec<
 }
 
 /// Tolerances of the whole-model comparison against the f64 CPU: the loss, each
-/// parameter's gradient, and all gradients together (one concatenated vector).
-/// fp32 is the project's parity bar; the CPU's own f32 path measures ≤ 2.5e-6 per
-/// tensor and 1.3e-6 overall on this batch — about 20–40× f32's unit roundoff (6e-8):
-/// this small random model with sharp attention amplifies rounding. In half precision
-/// every stored activation is rounded (unit roundoff 4.9e-4 in fp16, 3.9e-3 in bf16),
-/// so the bounds are ~60× (overall) and ~120× (per tensor) the half's roundoff. A
-/// broken kernel gives errors of order one; the measured errors are printed so that
-/// the bounds can be tightened from real numbers.
+/// parameter's gradient, and all gradients together (one concatenated vector), about 3×
+/// the worst errors measured on the CPU emulation of CUDA (2026-12-06; the emulation runs
+/// the real kernels, with fp32-accumulating GEMMs like cuBLAS):
+///
+/// | dtype | loss | worst tensor | all together |
+/// |---|---|---|---|
+/// | f32  | 1.5e-7 | 3.5e-6 (query bias) | 1.7e-6 |
+/// | f16  | 1.8e-4 | 6.0e-3 (key bias)   | 2.6e-3 |
+/// | bf16 | 2.4e-3 | 5.2e-2 (key bias)   | 2.8e-2 |
+///
+/// Every stored activation is rounded in half precision (unit roundoff 4.9e-4 in fp16,
+/// 3.9e-3 in bf16); this small random model with sharp attention amplifies that in the
+/// attention projections' gradients. A broken kernel gives errors of order one.
 struct ModelTol {
     loss: f64,
     tensor: f64,
@@ -82,9 +87,9 @@ struct ModelTol {
 
 fn model_tol(dt: DType) -> ModelTol {
     match dt {
-        DType::F32 => ModelTol { loss: 1e-5, tensor: 1e-5, global: 1e-5 },
-        DType::F16 => ModelTol { loss: 5e-3, tensor: 6e-2, global: 3e-2 },
-        _ => ModelTol { loss: 2e-2, tensor: 3e-1, global: 1.5e-1 },
+        DType::F32 => ModelTol { loss: 5e-7, tensor: 1e-5, global: 5e-6 },
+        DType::F16 => ModelTol { loss: 6e-4, tensor: 1.8e-2, global: 8e-3 },
+        _ => ModelTol { loss: 7e-3, tensor: 1.5e-1, global: 8e-2 },
     }
 }
 

@@ -12,7 +12,7 @@ mod cuda_common;
 mod kernel_emu;
 
 use common::TestRng;
-use cuda_common::{check_op, detail, gpu, on_gpu, round_to, rounded, tol, Input, Target, DTYPES};
+use cuda_common::{check_op, detail, explained_tol, gpu, on_gpu, round_to, rounded, tol, Input, Target, DTYPES};
 use half::{bf16, f16};
 use qf_engine::backend::cpu::attention::prob_offsets;
 use qf_engine::backend::cpu::philox::{dropout_keep, dropout_scale};
@@ -42,7 +42,7 @@ fn embedding_cases(t: &Target) {
                 Input::aux(scale, &[n], DType::F64),
             ];
             let f = |t: &Tape, i: &[Tensor]| Ok(vec![ops::embedding(t, &i[0], &i[1], &i[2])?]);
-            check_op(t, &mut rng, &format!("embedding {n}x{dim}"), &inputs, &f, tol(dt));
+            check_op(t, &mut rng, &format!("embedding {n}x{dim}"), &inputs, &f);
         }
     }
 }
@@ -67,7 +67,7 @@ fn layer_norm_cases(t: &Target) {
             ];
             let f = |t: &Tape, i: &[Tensor]| Ok(vec![ops::layer_norm(t, &i[0], &i[1], &i[2], 1e-5)?]);
             let what = format!("layer_norm {rows}x{dim}{}", if grad_params { "" } else { " frozen" });
-            check_op(t, &mut rng, &what, &inputs, &f, tol(dt));
+            check_op(t, &mut rng, &what, &inputs, &f);
         }
     }
 }
@@ -97,7 +97,7 @@ fn linear_cases(t: &Target) {
             }
             let f = |t: &Tape, i: &[Tensor]| Ok(vec![ops::linear(t, &i[0], &i[1], i.get(2))?]);
             let what = format!("linear {n}x{k}->{m} bias={bias} dW={w_grad} dx={x_grad}");
-            let e = check_op(t, &mut rng, &what, &inputs, &f, tol(dt));
+            let e = check_op(t, &mut rng, &what, &inputs, &f);
             if w_grad {
                 // gradients are listed for the inputs that take one: x (when trainable), W, b
                 let dw_err = e.grads[usize::from(x_grad)];
@@ -123,7 +123,7 @@ fn bias_gelu_cases(t: &Target) {
                 inputs.push(Input::param(&mut rng, DType::F32, &[cols], 0.0, 1.0, true));
             }
             let f = |t: &Tape, i: &[Tensor]| Ok(vec![ops::bias_gelu(t, &i[0], i.get(1))?]);
-            check_op(t, &mut rng, &format!("bias_gelu {rows}x{cols} bias={bias} dx={x_grad}"), &inputs, &f, tol(dt));
+            check_op(t, &mut rng, &format!("bias_gelu {rows}x{cols} bias={bias} dx={x_grad}"), &inputs, &f);
         }
     }
 }
@@ -140,14 +140,14 @@ fn elementwise_cases(t: &Target) {
         let a = Input::act(&mut rng, dt, &[13, 77], 1.0, true);
         let b = Input::act(&mut rng, dt, &[13, 77], 1.0, true);
         let f = |t: &Tape, i: &[Tensor]| Ok(vec![ops::tanh(t, &i[0])?]);
-        check_op(t, &mut rng, "tanh", std::slice::from_ref(&a), &f, tol(dt));
+        check_op(t, &mut rng, "tanh", std::slice::from_ref(&a), &f);
         let f = |t: &Tape, i: &[Tensor]| {
             let s = ops::add(t, &i[0], &i[1])?;
             let s2 = ops::scale(t, &s, -1.7)?;
             // i[0] feeds two ops: its gradient buffer accumulates twice
             Ok(vec![ops::add(t, &s2, &i[0])?, s])
         };
-        check_op(t, &mut rng, "add/scale", &[a, b], &f, tol(dt));
+        check_op(t, &mut rng, "add/scale", &[a, b], &f);
     }
 }
 
@@ -183,7 +183,7 @@ fn rotary_cases(t: &Target) {
         for (heads, hd) in [(3usize, 16usize), (2, 24), (5, 64)] {
             let inputs = [Input::act(&mut rng, dt, &[n, heads * hd], 1.0, true), Input::ints(pos.clone())];
             let f = |t: &Tape, i: &[Tensor]| Ok(vec![ops::rotary(t, &i[0], &i[1], heads, 0.37)?]);
-            check_op(t, &mut rng, &format!("rotary {heads}x{hd}"), &inputs, &f, tol(dt));
+            check_op(t, &mut rng, &format!("rotary {heads}x{hd}"), &inputs, &f);
         }
         // A shared offset leaves q·k unchanged up to rounding (RoPE sees differences).
         let (heads, hd) = (2usize, 32usize);
@@ -288,9 +288,11 @@ fn check_attention(t: &Target, rng: &mut TestRng, cu: &[u32], heads: usize, hd: 
     let c_tape = Tape::new();
     let c_out = run(&c_tape, &c_in, &c_layout);
 
-    let e = cuda_common::rel_err(&g_out[0].to_vec_f32().unwrap(), &c_out[0].to_vec_f64().unwrap());
-    detail(&format!("  {what} [{dt}] output: rel err {e:.2e}"));
-    assert!(e <= tol(dt), "{what} [{dt}]: output error {e:e}");
+    let want = c_out[0].to_vec_f64().unwrap();
+    let e = cuda_common::rel_err(&g_out[0].to_vec_f32().unwrap(), &want);
+    let bound = explained_tol(g_out[0].dtype(), &want);
+    detail(&format!("  {what} [{dt}] output: rel err {e:.2e} (bound {bound:.1e})"));
+    assert!(e <= bound, "{what} [{dt}]: output error {e:e}");
     let to_packed = |v: Vec<f32>| -> Vec<f64> {
         if t.is_gpu() {
             padded_to_packed(&v, &cuu, heads)
@@ -300,10 +302,11 @@ fn check_attention(t: &Target, rng: &mut TestRng, cu: &[u32], heads: usize, hd: 
     };
     if probs {
         let gp = to_packed(g_out[1].to_vec_f32().unwrap());
-        let e =
-            cuda_common::rel_err(&gp.iter().map(|&x| x as f32).collect::<Vec<_>>(), &c_out[1].to_vec_f64().unwrap());
-        detail(&format!("  {what} [{dt}] probabilities: rel err {e:.2e}"));
-        assert!(e <= tol(dt), "{what} [{dt}]: probability error {e:e}");
+        let want = c_out[1].to_vec_f64().unwrap();
+        let e = cuda_common::rel_err(&gp.iter().map(|&x| x as f32).collect::<Vec<_>>(), &want);
+        let bound = explained_tol(g_out[1].dtype(), &want);
+        detail(&format!("  {what} [{dt}] probabilities: rel err {e:.2e} (bound {bound:.1e})"));
+        assert!(e <= bound, "{what} [{dt}]: probability error {e:e}");
     }
     // Upstream gradients: random on the output and (packed / padded) on the probabilities.
     let s_out = rounded(dt, &rng.normals(n * w, 1.0));
@@ -335,9 +338,11 @@ fn check_attention(t: &Target, rng: &mut TestRng, cu: &[u32], heads: usize, hd: 
             assert!(g_grads.get(gi).is_none(), "{what}: frozen input {idx} got a gradient");
             continue;
         };
-        let e = cuda_common::rel_err(&g_grads.get(gi).unwrap().to_vec_f32().unwrap(), w);
-        detail(&format!("  {what} [{dt}] grad of {}: rel err {e:.2e}", ["q", "k", "v"][idx]));
-        assert!(e <= tol(dt), "{what} [{dt}]: gradient of input {idx} error {e:e}");
+        let got = g_grads.get(gi).unwrap();
+        let e = cuda_common::rel_err(&got.to_vec_f32().unwrap(), w);
+        let bound = explained_tol(got.dtype(), w);
+        detail(&format!("  {what} [{dt}] grad of {}: rel err {e:.2e} (bound {bound:.1e})", ["q", "k", "v"][idx]));
+        assert!(e <= bound, "{what} [{dt}]: gradient of input {idx} error {e:e}");
     }
 }
 
@@ -365,9 +370,9 @@ fn cross_entropy_cases(t: &Target) {
             let logits = Input::act(&mut rng, dt, &[rows, classes], 2.0, true);
             let f = |t: &Tape, i: &[Tensor]| Ok(vec![ops::cross_entropy(t, &i[0], &i[1], Some(&i[2]))?]);
             let inputs = [logits.clone(), Input::ints(labels.clone()), Input::aux(weights, &[classes], DType::F32)];
-            check_op(t, &mut rng, &format!("cross_entropy {rows}x{classes} weighted"), &inputs, &f, tol(dt));
+            check_op(t, &mut rng, &format!("cross_entropy {rows}x{classes} weighted"), &inputs, &f);
             let f = |t: &Tape, i: &[Tensor]| Ok(vec![ops::cross_entropy(t, &i[0], &i[1], None)?]);
-            check_op(t, &mut rng, &format!("cross_entropy {rows}x{classes}"), &inputs[..2], &f, tol(dt));
+            check_op(t, &mut rng, &format!("cross_entropy {rows}x{classes}"), &inputs[..2], &f);
         }
         // fp16 loss scaling: the upstream gradient 65536 must be applied before the
         // rounding of the logits' gradient (no underflow of small softmax terms).
@@ -375,7 +380,7 @@ fn cross_entropy_cases(t: &Target) {
         let labels: Vec<i32> = (0..rows).map(|_| rng.below(classes) as i32).collect();
         let inputs = [Input::act(&mut rng, dt, &[rows, classes], 1.0, true), Input::ints(labels)];
         let f = |t: &Tape, i: &[Tensor]| Ok(vec![ops::scale(t, &ops::cross_entropy(t, &i[0], &i[1], None)?, 65536.0)?]);
-        check_op(t, &mut rng, "cross_entropy × 65536 (loss scale)", &inputs, &f, tol(dt));
+        check_op(t, &mut rng, "cross_entropy × 65536 (loss scale)", &inputs, &f);
     }
 }
 
@@ -396,7 +401,7 @@ fn bce_cases(t: &Target) {
             Input::aux(mask, &[r, c], DType::F64),
         ];
         let f = |t: &Tape, i: &[Tensor]| Ok(vec![ops::bce_with_logits(t, &i[0], &i[1], &i[2])?]);
-        check_op(t, &mut rng, "bce_with_logits", &inputs, &f, tol(dt));
+        check_op(t, &mut rng, "bce_with_logits", &inputs, &f);
     }
 }
 
@@ -448,7 +453,7 @@ fn gather_cases(t: &Target) {
     {
         let inputs = [Input::act(&mut rng, dt, &[50, 37], 1.0, true), Input::ints(vec![0, 7, 49, 13, 21])];
         let f = |t: &Tape, i: &[Tensor]| Ok(vec![ops::gather_rows(t, &i[0], &i[1])?]);
-        check_op(t, &mut rng, "gather_rows", &inputs, &f, tol(dt));
+        check_op(t, &mut rng, "gather_rows", &inputs, &f);
     }
 }
 
