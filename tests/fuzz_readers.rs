@@ -332,8 +332,9 @@ fn readers_survive_mutated_real_files() {
             Ok(Err(e)) => {
                 errors[k] += 1;
                 let text = format!("{e:#}");
-                let named =
-                    text.contains(r.file.rsplit('/').next().unwrap()) || text.contains(&*path.to_string_lossy());
+                // the file, or the directory it is in (a Pfam split's error names the split)
+                let dir = path.parent().unwrap().to_string_lossy();
+                let named = text.contains(r.file.rsplit('/').next().unwrap()) || text.contains(&*dir);
                 (!named).then(|| format!("error that does not name its file: {text}"))
             }
             Ok(Ok(())) => None,
