@@ -215,6 +215,51 @@ fn bench_trains_lora_adapters_on_a_frozen_encoder() {
 }
 
 #[test]
+fn bench_reports_inference_with_phases_and_model_flop_utilisation() {
+    let (ok, out, err) = qf(&[
+        "bench",
+        "--mode",
+        "infer",
+        "--preset",
+        "esm2_tiny",
+        "--classes",
+        "20",
+        "--max-tokens",
+        "512",
+        "--max-len",
+        "256",
+        "--steps",
+        "2",
+        "--warmup",
+        "1",
+        "--repeats",
+        "3",
+        "--device",
+        "cpu",
+        "--threads",
+        "1",
+    ]);
+    assert!(ok, "bench --mode infer failed: {err}");
+    let json = out.lines().find(|l| l.starts_with('{')).unwrap_or_else(|| panic!("no JSON line in {out}"));
+    let r: serde_json::Value = serde_json::from_str(json).unwrap();
+    assert_eq!(r["mode"], "infer");
+    assert_eq!(r["runs_sequences_per_s"].as_array().unwrap().len(), 3);
+    let runs: Vec<f64> = r["runs_sequences_per_s"].as_array().unwrap().iter().map(|v| v.as_f64().unwrap()).collect();
+    let mut sorted = runs.clone();
+    sorted.sort_by(f64::total_cmp);
+    assert_eq!(r["sequences_per_s"].as_f64().unwrap(), sorted[1], "the median run is reported");
+    assert!(r["phases_ms"]["forward"].as_f64().unwrap() > 0.0);
+    assert_eq!(r["phases_ms"]["backward"].as_f64().unwrap(), 0.0);
+    let (flops, peak, mfu) = (
+        r["model_flops_per_s"].as_f64().unwrap(),
+        r["gemm_peak_flops_per_s"].as_f64().unwrap(),
+        r["mfu"].as_f64().unwrap(),
+    );
+    assert!(flops > 0.0 && peak > 0.0 && (mfu - flops / peak).abs() < 1e-9 * mfu.max(1.0));
+    assert!(out.contains("model FLOPs (MFU)") && out.contains("per step"), "{out}");
+}
+
+#[test]
 fn bad_arguments_are_clear_errors() {
     let (ok, _, err) =
         qf(&["train", "--preset", "esm2_t99_huge", "--device", "cpu", "--quiet", "--output", "/tmp/qf-never"]);

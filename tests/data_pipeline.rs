@@ -8,7 +8,8 @@ mod common;
 use std::collections::BTreeSet;
 
 use qf_engine::data::batching::{
-    average_by_row, crop_start, eval_plan, pack, training_plan, BatchConfig, PlanItem, PlannedBatch,
+    average_by_row, crop_start, eval_plan, eval_plan_by_length, pack, training_plan, BatchConfig, PlanItem,
+    PlannedBatch,
 };
 use qf_engine::data::class_weights::{class_weights, ClassWeighting};
 use qf_engine::data::dataset::{LabelledSet, LabelledSetBuilder};
@@ -332,6 +333,37 @@ fn eval_windows_pack_and_average_back_per_row() {
     assert_eq!(avg.row_values(slot), &[(200 + 400 + 600 + 626) as f32 / 5.0, 1.0]);
     for batch in &plan {
         pack(&batch.items, &train, |_| None).unwrap().validate().unwrap();
+    }
+}
+
+#[test]
+fn length_sorted_eval_plan_has_the_same_items_by_length_with_each_rows_windows_together() {
+    let train = fixture_train();
+    let rows: Vec<usize> = (0..train.len()).collect();
+    let cfg = BatchConfig::new(2048, 402, 0).unwrap();
+    let key = |i: &PlanItem| (i.row, i.residue_start, i.residue_len);
+    let mut plain: Vec<_> = eval_plan(&rows, &train.token_lengths(), &cfg)
+        .unwrap()
+        .iter()
+        .flat_map(|b| b.items.clone())
+        .map(|i| key(&i))
+        .collect();
+    let sorted: Vec<PlanItem> = eval_plan_by_length(&rows, &train.token_lengths(), &cfg)
+        .unwrap()
+        .iter()
+        .flat_map(|b| b.items.clone())
+        .collect();
+    assert!(sorted.windows(2).all(|w| w[0].residue_len <= w[1].residue_len), "not sorted by length");
+    let mut got: Vec<_> = sorted.iter().map(key).collect();
+    plain.sort();
+    got.sort();
+    assert_eq!(got, plain, "the same windows");
+    // The windows of a row are consecutive (the contact evaluation streams rows).
+    let mut done = std::collections::HashSet::new();
+    for w in sorted.windows(2) {
+        if w[0].row != w[1].row {
+            assert!(done.insert(w[0].row), "row {} appears in two runs", w[0].row);
+        }
     }
 }
 

@@ -1,5 +1,6 @@
-//! `qf-engine bench`: training throughput and memory of a preset on real protein lengths;
-//! `--memory`: the largest token budget that fits a memory limit.
+//! `qf-engine bench`: training or inference throughput of a preset on real protein
+//! lengths (with phases and model FLOP utilisation); `--memory`: the largest token budget
+//! that fits a memory limit.
 
 use std::path::PathBuf;
 
@@ -7,13 +8,18 @@ use anyhow::Result;
 use clap::Args;
 
 use qf_engine::model::lora::LoraConfig;
-use qf_engine::train::bench::{bench_memory, bench_training, BenchConfig, MemoryBenchConfig};
+use qf_engine::train::bench::{bench_memory, bench_throughput, BenchConfig, BenchResult, MemoryBenchConfig};
 use qf_engine::train::memory::{fmt_bytes, parse_bytes};
 
 use super::common::{DeviceArgs, LoraArgs};
 
 #[derive(Args, Debug)]
 pub struct BenchArgs {
+    /// What to time: `train` (forward, backward, optimizer) or `infer` (the predict path:
+    /// no tape, length-sorted packing, windows for long proteins).
+    #[arg(long, default_value = "train", value_name = "train|infer")]
+    pub mode: String,
+
     /// Model preset (random weights; speed does not depend on them).
     #[arg(long, default_value = "esm2_t12_35M")]
     pub preset: String,
@@ -40,6 +46,10 @@ pub struct BenchArgs {
     /// Untimed warm-up steps.
     #[arg(long, default_value_t = 2)]
     pub warmup: usize,
+
+    /// Timed runs of --steps each; the figure reported is their median.
+    #[arg(long, default_value_t = 3)]
+    pub repeats: usize,
 
     /// adamw or adamw8bit.
     #[arg(long, default_value = "adamw")]
@@ -105,12 +115,14 @@ pub fn run(args: BenchArgs) -> Result<()> {
         return run_memory(&args);
     }
     let cfg = BenchConfig {
+        mode: args.mode.parse()?,
         preset: args.preset.clone(),
         n_classes: args.classes,
         max_tokens: args.max_tokens,
         max_len: args.max_len,
         steps: args.steps,
         warmup: args.warmup,
+        repeats: args.repeats,
         data: args.data.clone(),
         device: args.device.device.parse()?,
         precision: args.device.precision.parse()?,
@@ -119,9 +131,19 @@ pub fn run(args: BenchArgs) -> Result<()> {
         lora: args.lora_config()?,
         seed: 7,
     };
-    let r = bench_training(&cfg)?;
+    let r = bench_throughput(&cfg)?;
+    print_table(&r);
+    emit_json(&serde_json::to_string(&r)?, args.json.as_ref())
+}
+
+/// The human-readable report of a throughput run.
+fn print_table(r: &BenchResult) {
+    let mode = match r.mode {
+        qf_engine::train::bench::BenchMode::Train => "training",
+        qf_engine::train::bench::BenchMode::Infer => "inference",
+    };
     println!(
-        "{} {} on {} ({}): {:.1} sequences/s, {:.0} tokens/s, {:.0} ms/step, {:.0} tokens/sequence, peak memory {}",
+        "{} {} on {} ({}), {mode}: {:.1} sequences/s, {:.0} tokens/s, {:.0} ms/step, {:.0} tokens/sequence, peak memory {}",
         r.preset,
         format_args!(
             "({:.1} M parameters, {} classes{})",
@@ -139,7 +161,27 @@ pub fn run(args: BenchArgs) -> Result<()> {
             .map(|b| format!("{:.2} GiB", b as f64 / (1u64 << 30) as f64))
             .unwrap_or_else(|| "n/a".into())
     );
-    emit_json(&serde_json::to_string(&r)?, args.json.as_ref())
+    let runs: Vec<String> = r.runs_sequences_per_s.iter().map(|x| format!("{x:.1}")).collect();
+    println!(
+        "  {:<26} {} (median of {} runs of {} steps, warm-up excluded)",
+        "runs, sequences/s",
+        runs.join(", "),
+        r.repeats,
+        r.steps
+    );
+    let p = &r.phases_ms;
+    println!(
+        "  {:<26} data {:.1} ms, forward {:.1} ms, backward {:.1} ms, optimizer {:.1} ms",
+        "per step", p.data, p.forward, p.backward, p.optimizer
+    );
+    println!(
+        "  {:<26} {:.1} GFLOP/s = {:.1}% of the GEMM rate measured now ({:.1} GFLOP/s, {})",
+        "model FLOPs (MFU)",
+        r.model_flops_per_s / 1e9,
+        100.0 * r.mfu,
+        r.gemm_peak_flops_per_s / 1e9,
+        r.gemm_peak_shape
+    );
 }
 
 /// Print a JSON line and append it to `--json` when given.

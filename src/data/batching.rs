@@ -208,6 +208,23 @@ pub fn eval_plan(rows: &[usize], token_lens: &[u32], cfg: &BatchConfig) -> Resul
     Ok(fill_greedily(&items, cfg.max_tokens))
 }
 
+/// [`eval_plan`] with the items sorted by length first (stable, so the windows of a row
+/// stay together): batches of similar lengths, which a padded attention path (CUDA's
+/// unfused one) computes with the least waste. Rows come out in another order; callers
+/// put results back in row order.
+pub fn eval_plan_by_length(rows: &[usize], token_lens: &[u32], cfg: &BatchConfig) -> Result<Vec<PlannedBatch>> {
+    let window = cfg.window_residues();
+    let mut items = Vec::with_capacity(rows.len());
+    for &row in rows {
+        let residues = residues_of(row, token_lens)?;
+        for (residue_start, residue_len) in eval_windows(residues, window) {
+            items.push(PlanItem { row, residue_start, residue_len });
+        }
+    }
+    items.sort_by_key(|it| it.residue_len);
+    Ok(fill_greedily(&items, cfg.max_tokens))
+}
+
 /// Build the model input of one planned batch. `label_of_row` gives the class of a row
 /// (all `None` for unlabelled prediction). Errors on rows or ranges outside the set and
 /// on a batch in which only some items have labels.

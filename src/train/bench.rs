@@ -1,7 +1,10 @@
-//! Training throughput benchmark (`qf-engine bench`): full training steps (forward,
-//! backward, optimizer) of an ESM-2 preset with a many-class head on real protein
-//! lengths (a Pfam split, or the built-in demo set), after warm-up steps; reports
-//! sequences/s, tokens/s and peak memory.
+//! Throughput benchmark (`qf-engine bench`): full training steps (forward, backward,
+//! optimizer), or inference as `predict` runs it (`--mode infer`: no tape, length-sorted
+//! packing, windows for long proteins), of an ESM-2 preset with a many-class head on real
+//! protein lengths (a Pfam split, or the built-in demo set). Warm-up batches are not
+//! timed; the figure is the median of several timed runs. Reports sequences/s, real
+//! tokens/s, time per phase (data, forward, backward, optimizer), model FLOP utilisation
+//! against the device's GEMM rate measured in the same run, and peak memory.
 //!
 //! `bench --memory` ([`bench_memory`]) finds the largest token budget that fits a memory
 //! limit. Method: full training steps (forward, backward, optimizer; two steps, so the
@@ -28,7 +31,7 @@ use super::memory::{self, param_specs_of, BatchShape, LinearFit, MemoryPlan, Pla
 use crate::autograd::{Grads, Tape};
 use crate::backend::cuda::{self, nvtx};
 use crate::data::batch::PackedBatch;
-use crate::data::batching::{pack, training_plan, BatchConfig};
+use crate::data::batching::{eval_plan_by_length, pack, training_plan, BatchConfig};
 use crate::data::dataset::LabelledSet;
 use crate::data::pfam::read_pfam_split;
 use crate::data::rng::splitmix64;
@@ -36,16 +39,41 @@ use crate::model::esm2::Recompute;
 use crate::model::lora::LoraConfig;
 use crate::model::{EsmConfig, HeadKind, ModelInputs, SequenceClassifier};
 use crate::optim::{LossScaler, OptimConfig, Optimizer, OptimizerKind};
-use crate::tensor::{DType, Device};
+use crate::tensor::{DType, Device, Tensor};
+
+/// What `bench` times: training steps, or inference as `predict` runs it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum BenchMode {
+    /// Forward, backward and optimizer step on training batches.
+    Train,
+    /// The predict path: no tape, length-sorted packing, windows for long proteins.
+    Infer,
+}
+
+impl std::str::FromStr for BenchMode {
+    type Err = anyhow::Error;
+    fn from_str(s: &str) -> Result<Self> {
+        match s {
+            "train" => Ok(BenchMode::Train),
+            "infer" | "inference" => Ok(BenchMode::Infer),
+            other => anyhow::bail!("unknown bench mode `{other}`: use train or infer"),
+        }
+    }
+}
 
 #[derive(Clone, Debug)]
 pub struct BenchConfig {
+    pub mode: BenchMode,
     pub preset: String,
     pub n_classes: usize,
     pub max_tokens: usize,
     pub max_len: usize,
+    /// Timed steps (batches) per run.
     pub steps: usize,
     pub warmup: usize,
+    /// Timed runs; the reported figure is their median.
+    pub repeats: usize,
     /// Pfam split directory for real lengths; the demo set when absent.
     pub data: Option<PathBuf>,
     pub device: DeviceChoice,
@@ -57,9 +85,20 @@ pub struct BenchConfig {
     pub seed: u64,
 }
 
+/// Wall time per step of each phase (device work waited for at the end of each phase).
+#[derive(Clone, Copy, Debug, Default, Serialize)]
+pub struct PhaseMs {
+    /// Packing the batch and uploading the model inputs.
+    pub data: f64,
+    pub forward: f64,
+    pub backward: f64,
+    pub optimizer: f64,
+}
+
 #[derive(Clone, Debug, Serialize)]
 pub struct BenchResult {
     pub engine: &'static str,
+    pub mode: BenchMode,
     pub device: String,
     pub dtype: String,
     pub preset: String,
@@ -70,10 +109,25 @@ pub struct BenchResult {
     pub n_classes: usize,
     pub max_tokens: usize,
     pub steps: usize,
+    pub repeats: usize,
+    /// Median over the runs.
     pub sequences_per_s: f64,
     pub tokens_per_s: f64,
+    /// Sequences/s of every run.
+    pub runs_sequences_per_s: Vec<f64>,
     pub step_ms: f64,
+    pub phases_ms: PhaseMs,
     pub mean_tokens_per_sequence: f64,
+    /// Matmul FLOPs of the model per second at the median run: 2·N per token forward (N
+    /// = weights of the encoder's linear layers), 2·N more for activation gradients and
+    /// 2·N_trainable for weight gradients in training, the head per sequence, and
+    /// attention's 4·L²·hidden per layer and sequence forward (×3 in training).
+    pub model_flops_per_s: f64,
+    /// The device's dense GEMM rate measured in the same run (see `gemm_peak`).
+    pub gemm_peak_flops_per_s: f64,
+    pub gemm_peak_shape: String,
+    /// model_flops_per_s / gemm_peak_flops_per_s.
+    pub mfu: f64,
     /// Peak device memory (CUDA memory pool) or peak resident memory of the process (CPU).
     pub peak_memory_bytes: Option<u64>,
     pub optimizer_state_bytes: usize,
@@ -90,7 +144,17 @@ fn sequences(cfg: &BenchConfig) -> Result<LabelledSet> {
 
 pub use super::memory::peak_rss_bytes;
 
-/// One training step (forward, backward, optimizer) of a micro-batch; waits for the device.
+/// Wait for the device's queued work (phase boundaries of the timings).
+fn sync(device: &Device) -> Result<()> {
+    match device {
+        Device::Cpu => Ok(()),
+        Device::Cuda(d) => d.synchronize(),
+    }
+}
+
+/// One training step (forward, backward, optimizer) of a micro-batch, each phase timed
+/// and waited for; adds the phase times to `phases` (ms).
+#[allow(clippy::too_many_arguments)]
 fn train_step(
     model: &mut SequenceClassifier,
     opt: &mut Optimizer,
@@ -99,18 +163,27 @@ fn train_step(
     seed: u64,
     scaler: &mut LossScaler,
     max_tokens: usize,
+    phases: &mut PhaseMs,
 ) -> Result<()> {
     let oom = |e: anyhow::Error| cuda::device::with_budget_hint(e, max_tokens);
+    let device = model.params.get(model.esm.word_embeddings).device();
     let _step = nvtx::range_with(|| format!("step {seed}"));
     let tape = Tape::with_seed(seed);
+    let t = Instant::now();
     let (_, loss) = {
         let _r = nvtx::range("forward");
         model.forward_loss(&tape, inp, None).map_err(oom)?
     };
+    sync(&device)?;
+    phases.forward += ms_since(t);
+    let t = Instant::now();
     {
         let _r = nvtx::range("backward");
         tape.backward_scaled(&loss, scaler.scale as f32, grads).map_err(oom)?;
     }
+    sync(&device)?;
+    phases.backward += ms_since(t);
+    let t = Instant::now();
     {
         let _r = nvtx::optimizer("optimizer");
         let stats = opt.step(&mut model.params, grads, 1e-5, 1.0 / scaler.scale).map_err(oom)?;
@@ -118,7 +191,12 @@ fn train_step(
     }
     grads.clear();
     loss.scalar_f32().map_err(oom)?; // waits for the GPU
+    phases.optimizer += ms_since(t);
     Ok(())
+}
+
+fn ms_since(t: Instant) -> f64 {
+    1000.0 * t.elapsed().as_secs_f64()
 }
 
 /// A random model of the benchmark's shape on `device`: `n_classes` classes, LoRA
@@ -154,7 +232,106 @@ fn device_label(device: &Device) -> String {
     }
 }
 
-pub fn bench_training(cfg: &BenchConfig) -> Result<BenchResult> {
+/// What one timed run did.
+#[derive(Default)]
+struct RunTotals {
+    seqs: u64,
+    toks: u64,
+    /// Attention FLOPs of the forward pass (Σ over sequences of 4·L²·hidden·layers).
+    attention_forward_flops: f64,
+    seconds: f64,
+    phases: PhaseMs,
+}
+
+impl RunTotals {
+    fn add_batch(&mut self, packed: &PackedBatch, ecfg: &EsmConfig) {
+        self.seqs += packed.n_seqs() as u64;
+        self.toks += packed.n_tokens() as u64;
+        let per_l2 = 4.0 * ecfg.hidden_size as f64 * ecfg.num_hidden_layers as f64;
+        self.attention_forward_flops +=
+            packed.cu_seqlens.windows(2).map(|w| per_l2 * ((w[1] - w[0]) as f64).powi(2)).sum::<f64>();
+    }
+}
+
+/// Weights of the encoder's linear layers (all, and the trainable ones) and of the head:
+/// the N of the matmul FLOP count.
+fn matmul_weights(model: &SequenceClassifier) -> (f64, f64, f64) {
+    let (mut enc, mut enc_trainable, mut head) = (0.0, 0.0, 0.0);
+    for (name, t) in model.params.iter() {
+        if t.shape().len() != 2 || name.contains("word_embeddings") || name.contains("contact_head") {
+            continue;
+        }
+        let n = t.numel() as f64;
+        if name.starts_with("classifier") {
+            head += n;
+        } else {
+            enc += n;
+            if t.requires_grad() {
+                enc_trainable += n;
+            }
+        }
+    }
+    (enc, enc_trainable, head)
+}
+
+/// Matmul FLOPs of a run (see [`BenchResult::model_flops_per_s`]).
+fn model_flops(mode: BenchMode, model: &SequenceClassifier, run: &RunTotals) -> f64 {
+    let (enc, enc_trainable, head) = matmul_weights(model);
+    let (toks, seqs) = (run.toks as f64, run.seqs as f64);
+    match mode {
+        BenchMode::Infer => 2.0 * enc * toks + 2.0 * head * seqs + run.attention_forward_flops,
+        BenchMode::Train => {
+            (4.0 * enc + 2.0 * enc_trainable) * toks + 6.0 * head * seqs + 3.0 * run.attention_forward_flops
+        }
+    }
+}
+
+/// The device's dense GEMM rate in the compute dtype, measured now: square products of
+/// 1,024 on the CPU (f32, all threads) and 4,096 on a GPU (cuBLAS, fp32 accumulation), 64
+/// on the CPU emulation of CUDA. Best of several timed repetitions after one warm-up.
+pub fn gemm_peak(device: &Device, dtype: DType) -> Result<(f64, String)> {
+    let n = match device {
+        Device::Cpu => 1024,
+        Device::Cuda(d) if d.name().contains("emulation") => 64,
+        Device::Cuda(_) => 4096,
+    };
+    let dtype = if matches!(device, Device::Cpu) { DType::F32 } else { dtype };
+    let values: Vec<f32> = (0..n * n).map(|i| ((i * 7919 % 1000) as f32 - 500.0) * 1e-3).collect();
+    let a = Tensor::from_f32(values.clone(), &[n, n], dtype, device)?;
+    let b = Tensor::from_f32(values, &[n, n], dtype, device)?;
+    let tape = Tape::inference();
+    let once = || -> Result<f64> {
+        let t = Instant::now();
+        let c = crate::ops::linear(&tape, &a, &b, None)?;
+        sync(device)?;
+        drop(c);
+        Ok(t.elapsed().as_secs_f64())
+    };
+    once()?;
+    let mut best = f64::INFINITY;
+    let started = Instant::now();
+    for _ in 0..20 {
+        best = best.min(once()?);
+        if started.elapsed().as_secs_f64() > 0.5 {
+            break;
+        }
+    }
+    Ok((2.0 * (n * n * n) as f64 / best.max(1e-12), format!("{} {n}x{n}x{n}", dtype.name())))
+}
+
+fn median(v: &[f64]) -> f64 {
+    let mut s = v.to_vec();
+    s.sort_by(f64::total_cmp);
+    match s.len() {
+        0 => 0.0,
+        n if n % 2 == 1 => s[n / 2],
+        n => 0.5 * (s[n / 2 - 1] + s[n / 2]),
+    }
+}
+
+/// `qf-engine bench`: `repeats` timed runs of `steps` batches (after `warmup` untimed
+/// ones) in the chosen mode; the median run is reported with its phases and MFU.
+pub fn bench_throughput(cfg: &BenchConfig) -> Result<BenchResult> {
     let (device, dtype, _) = device::open(&cfg.device, cfg.precision)?;
     let set = sequences(cfg)?;
     let ecfg = EsmConfig::preset(&cfg.preset)?;
@@ -162,35 +339,81 @@ pub fn bench_training(cfg: &BenchConfig) -> Result<BenchResult> {
     let (params, trainable) = model.params.counts();
     let rows: Vec<usize> = (0..set.len()).collect();
     let bcfg = BatchConfig::new(cfg.max_tokens, cfg.max_len, cfg.seed)?;
-    let plan = training_plan(&rows, &set.token_lengths(), &bcfg, 0)?;
+    let plan = match cfg.mode {
+        BenchMode::Train => training_plan(&rows, &set.token_lengths(), &bcfg, 0)?,
+        BenchMode::Infer => eval_plan_by_length(&rows, &set.token_lengths(), &bcfg)?,
+    };
+    if plan.is_empty() {
+        anyhow::bail!("no batches to time: the benchmark data has no sequences");
+    }
     let mut opt = Optimizer::new(OptimConfig { kind: cfg.optimizer, ..OptimConfig::default() });
     let n_classes = cfg.n_classes as u32;
     let mut grads = Grads::new();
     // fp16 trains with dynamic loss scaling, as `train` does.
     let mut scaler = if dtype == DType::F16 { LossScaler::new() } else { LossScaler::disabled() };
-    let (mut seqs, mut toks) = (0u64, 0u64);
-    let mut t0 = Instant::now();
-    for step in 0..cfg.warmup + cfg.steps {
-        if step == cfg.warmup {
-            t0 = Instant::now();
-            seqs = 0;
-            toks = 0;
-        }
+    let mut step = 0usize;
+    let mut one_batch = |totals: &mut RunTotals| -> Result<()> {
         let batch = &plan[step % plan.len()];
-        let packed = pack(&batch.items, &set, |r| Some(r as u32 % n_classes))?;
+        step += 1;
+        let t = Instant::now();
+        let labels = |r: usize| (cfg.mode == BenchMode::Train).then_some(r as u32 % n_classes);
+        let packed = pack(&batch.items, &set, labels)?;
         let oom = |e: anyhow::Error| cuda::device::with_budget_hint(e, cfg.max_tokens);
         let inp = ModelInputs::new(&packed, model.config(), &device, DType::F32).map_err(oom)?;
-        train_step(&mut model, &mut opt, &mut grads, &inp, step as u64, &mut scaler, cfg.max_tokens)?;
-        seqs += packed.n_seqs() as u64;
-        toks += packed.n_tokens() as u64;
+        sync(&device)?;
+        totals.phases.data += ms_since(t);
+        match cfg.mode {
+            BenchMode::Train => train_step(
+                &mut model,
+                &mut opt,
+                &mut grads,
+                &inp,
+                step as u64,
+                &mut scaler,
+                cfg.max_tokens,
+                &mut totals.phases,
+            )?,
+            BenchMode::Infer => {
+                let t = Instant::now();
+                let logits = model.forward(&Tape::inference(), &inp).map_err(oom)?;
+                logits.to_vec_f32().map_err(oom)?; // what predict reads back; waits for the GPU
+                totals.phases.forward += ms_since(t);
+            }
+        }
+        totals.add_batch(&packed, &ecfg);
+        Ok(())
+    };
+    let mut warm = RunTotals::default();
+    for _ in 0..cfg.warmup {
+        one_batch(&mut warm)?;
     }
-    let secs = t0.elapsed().as_secs_f64().max(1e-9);
+    let mut runs = Vec::with_capacity(cfg.repeats.max(1));
+    for _ in 0..cfg.repeats.max(1) {
+        let mut totals = RunTotals::default();
+        let t0 = Instant::now();
+        for _ in 0..cfg.steps.max(1) {
+            one_batch(&mut totals)?;
+        }
+        totals.seconds = t0.elapsed().as_secs_f64().max(1e-9);
+        runs.push(totals);
+    }
+    let rates: Vec<f64> = runs.iter().map(|r| r.seqs as f64 / r.seconds).collect();
+    let mid = median(&rates);
+    let run = runs
+        .iter()
+        .min_by(|a, b| (a.seqs as f64 / a.seconds - mid).abs().total_cmp(&(b.seqs as f64 / b.seconds - mid).abs()))
+        .expect("one run");
+    let steps = cfg.steps.max(1) as f64;
+    let flops = model_flops(cfg.mode, &model, run) / run.seconds;
+    let (peak_flops, peak_shape) = gemm_peak(&device, dtype)?;
     let peak = match &device {
         Device::Cpu => peak_rss_bytes(),
         Device::Cuda(d) => crate::backend::cuda::device::pool_peak_bytes(d).ok(),
     };
+    let p = run.phases;
     Ok(BenchResult {
         engine: "qf-engine",
+        mode: cfg.mode,
         device: device_label(&device),
         dtype: dtype.name().into(),
         preset: cfg.preset.clone(),
@@ -199,11 +422,23 @@ pub fn bench_training(cfg: &BenchConfig) -> Result<BenchResult> {
         lora: cfg.lora.as_ref().map(describe_lora),
         n_classes: cfg.n_classes,
         max_tokens: cfg.max_tokens,
-        steps: cfg.steps,
-        sequences_per_s: seqs as f64 / secs,
-        tokens_per_s: toks as f64 / secs,
-        step_ms: 1000.0 * secs / cfg.steps.max(1) as f64,
-        mean_tokens_per_sequence: toks as f64 / seqs.max(1) as f64,
+        steps: cfg.steps.max(1),
+        repeats: runs.len(),
+        sequences_per_s: run.seqs as f64 / run.seconds,
+        tokens_per_s: run.toks as f64 / run.seconds,
+        runs_sequences_per_s: rates,
+        step_ms: 1000.0 * run.seconds / steps,
+        phases_ms: PhaseMs {
+            data: p.data / steps,
+            forward: p.forward / steps,
+            backward: p.backward / steps,
+            optimizer: p.optimizer / steps,
+        },
+        mean_tokens_per_sequence: run.toks as f64 / run.seqs.max(1) as f64,
+        model_flops_per_s: flops,
+        gemm_peak_flops_per_s: peak_flops,
+        gemm_peak_shape: peak_shape,
+        mfu: flops / peak_flops.max(1e-9),
         peak_memory_bytes: peak,
         optimizer_state_bytes: opt.state_bytes(),
         skipped_steps: scaler.skipped,
@@ -327,7 +562,7 @@ fn measure(cfg: &MemoryBenchConfig, ecfg: &EsmConfig, device: &Device, tokens: u
         let mut scaler = LossScaler::disabled();
         for step in 0..2 {
             let inp = ModelInputs::new(&batch, model.config(), device, DType::F32)?;
-            train_step(&mut model, &mut opt, &mut grads, &inp, step, &mut scaler, tokens)?;
+            train_step(&mut model, &mut opt, &mut grads, &inp, step, &mut scaler, tokens, &mut PhaseMs::default())?;
         }
     }
     Ok(end_measure(device)?.saturating_sub(base))

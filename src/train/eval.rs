@@ -9,7 +9,7 @@ use anyhow::Result;
 use indicatif::ProgressBar;
 
 use crate::autograd::Tape;
-use crate::data::batching::{average_by_row, eval_plan, pack, BatchConfig};
+use crate::data::batching::{average_by_row, eval_plan_by_length, pack, BatchConfig};
 use crate::data::dataset::LabelledSet;
 use crate::metrics::classification::{ClassificationReport, Predictions};
 use crate::model::{ModelInputs, SequenceClassifier};
@@ -37,7 +37,7 @@ pub fn score_rows(
 ) -> Result<RowScores> {
     let t0 = Instant::now();
     let lens = set.token_lengths();
-    let plan = eval_plan(rows, &lens, bcfg)?;
+    let plan = eval_plan_by_length(rows, &lens, bcfg)?;
     let c = model.n_classes();
     let (mut item_rows, mut values) = (Vec::new(), Vec::new());
     bar.set_length(plan.len() as u64);
@@ -52,10 +52,14 @@ pub fn score_rows(
         bar.inc(1);
     }
     let avg = average_by_row(&item_rows, &values, c)?;
+    // Back in the order of `rows` (the plan ran them by length).
+    let slot: std::collections::HashMap<usize, usize> = avg.rows.iter().enumerate().map(|(i, &r)| (r, i)).collect();
+    let mut seen = std::collections::HashSet::new();
+    let order: Vec<usize> = rows.iter().filter(|r| seen.insert(**r)).map(|r| slot[r]).collect();
     Ok(RowScores {
-        rows: avg.rows,
-        logits: avg.values,
-        windows: avg.windows,
+        rows: order.iter().map(|&i| avg.rows[i]).collect(),
+        logits: order.iter().flat_map(|&i| avg.values[i * c..(i + 1) * c].iter().copied()).collect(),
+        windows: order.iter().map(|&i| avg.windows[i]).collect(),
         n_classes: c,
         seconds: t0.elapsed().as_secs_f64(),
     })
@@ -84,7 +88,7 @@ pub fn evaluate(
     bar: &ProgressBar,
 ) -> Result<EvalResult> {
     let scores = score_rows(model, set, rows, bcfg, device, bar)?;
-    // `average_by_row` orders rows as first seen; realign the labels.
+    // Scores come in the order of `rows`; realign the labels all the same.
     let label_of: std::collections::HashMap<usize, u32> = rows.iter().copied().zip(labels.iter().copied()).collect();
     let y: Vec<u32> = scores.rows.iter().map(|r| label_of[r]).collect();
     let c = scores.n_classes;
