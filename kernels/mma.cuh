@@ -95,42 +95,57 @@ __device__ __forceinline__ Coord c_coord(int lane, int i) {
     return Coord{(lane >> 2) + 8 * (i >> 1), 2 * (lane & 3) + (i & 1)};
 }
 
-// The registers one lane contributes to an mma.
+// The registers one lane contributes to an mma: A, B and its accumulators C.
 template <int KA, int KB> struct MmaRegs {
     uint32_t a[KA];
     uint32_t b[KB];
+    float c[4];
 };
 
-// D = A·B + C for the calling lane's four accumulators, with A (16×K) and B (K×8)
-// assembled element by element from the whole warp's registers.
+// D = A·B + C for every lane of the warp, with A (16×K) and B (K×8) assembled element by
+// element from the whole warp's registers, and each lane's C and D at the coordinates of
+// the accumulator layout. The first lane to resume computes the warp's 32×4 results once;
+// each lane takes its own four.
 template <typename T, int K>
 __device__ __forceinline__ void mma(float d[4], const uint32_t* a, const uint32_t* b) {
     constexpr int KA = K / 4, KB = K / 8;  // registers per lane: 4 and 2 (k16), 2 and 1 (k8)
     MmaRegs<KA, KB> mine;
     for (int r = 0; r < KA; ++r) mine.a[r] = a[r];
     for (int r = 0; r < KB; ++r) mine.b[r] = b[r];
-    const unsigned char* all = qf_emu::warp_exchange(&mine, sizeof mine);
-    auto regs_of = [&](int lane) -> const MmaRegs<KA, KB>& {
-        return *reinterpret_cast<const MmaRegs<KA, KB>*>(all + (size_t)lane * qf_emu::kExchangeBytes);
-    };
-    float A[16][K], B[K][8];
-    for (int lane = 0; lane < 32; ++lane) {
-        for (int i = 0; i < 2 * KA; ++i) {
-            const Coord c = K == 16 ? a16_coord(lane, i) : a8_coord(lane, i);
-            A[c.row][c.col] = unpack<T>(regs_of(lane).a[i >> 1], i & 1);
+    for (int i = 0; i < 4; ++i) mine.c[i] = d[i];
+    bool first = false;
+    const unsigned char* all = qf_emu::warp_exchange(&mine, sizeof mine, &first);
+    float* results = reinterpret_cast<float*>(qf_emu::warp_scratch());  // lane l's D at 4·l ... (stride below)
+    constexpr int kStride = qf_emu::kExchangeBytes / sizeof(float);
+    if (first) {
+        auto regs_of = [&](int lane) -> const MmaRegs<KA, KB>& {
+            return *reinterpret_cast<const MmaRegs<KA, KB>*>(all + (size_t)lane * qf_emu::kExchangeBytes);
+        };
+        float A[16][K], B[K][8], C[16][8];
+        for (int lane = 0; lane < 32; ++lane) {
+            for (int i = 0; i < 2 * KA; ++i) {
+                const Coord c = K == 16 ? a16_coord(lane, i) : a8_coord(lane, i);
+                A[c.row][c.col] = unpack<T>(regs_of(lane).a[i >> 1], i & 1);
+            }
+            for (int i = 0; i < 2 * KB; ++i) {
+                const Coord c = K == 16 ? b16_coord(lane, i) : b8_coord(lane, i);
+                B[c.row][c.col] = unpack<T>(regs_of(lane).b[i >> 1], i & 1);
+            }
+            for (int i = 0; i < 4; ++i) {
+                const Coord c = c_coord(lane, i);
+                C[c.row][c.col] = regs_of(lane).c[i];
+            }
         }
-        for (int i = 0; i < 2 * KB; ++i) {
-            const Coord c = K == 16 ? b16_coord(lane, i) : b8_coord(lane, i);
-            B[c.row][c.col] = unpack<T>(regs_of(lane).b[i >> 1], i & 1);
-        }
+        for (int lane = 0; lane < 32; ++lane)
+            for (int i = 0; i < 4; ++i) {
+                const Coord c = c_coord(lane, i);
+                double sum = 0.0;
+                for (int k = 0; k < K; ++k) sum += (double)A[c.row][k] * (double)B[k][c.col];
+                results[lane * kStride + i] = (float)(sum + (double)C[c.row][c.col]);
+            }
     }
     const int me = qf_emu::lane_id();
-    for (int i = 0; i < 4; ++i) {
-        const Coord c = c_coord(me, i);
-        double sum = 0.0;
-        for (int k = 0; k < K; ++k) sum += (double)A[c.row][k] * (double)B[k][c.col];
-        d[i] = (float)(sum + (double)d[i]);
-    }
+    for (int i = 0; i < 4; ++i) d[i] = results[me * kStride + i];
 }
 
 // ldmatrix.m8n8.xN{.trans}.b16: `row` is this lane's row address (used by lanes 0..8N-1).

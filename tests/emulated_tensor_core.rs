@@ -21,29 +21,9 @@ mod kernel_emu;
 
 use common::TestRng;
 use half::{bf16, f16};
-use kernel_emu::{emulator, ptr, ptr_mut, Element, Shape};
+use kernel_emu::{emulator, ptr, ptr_mut, Aligned16, Element, Shape};
 use qf_engine::backend::cuda::launch::Arg;
 use qf_engine::DType;
-
-/// `n` elements whose storage is 16-byte aligned (cp.async copies 16-byte blocks from
-/// aligned addresses), backed by u128 words.
-struct Aligned16<T: bytemuck::Pod> {
-    words: Vec<u128>,
-    n: usize,
-    _t: std::marker::PhantomData<T>,
-}
-
-impl<T: bytemuck::Pod> Aligned16<T> {
-    fn from_slice(v: &[T]) -> Self {
-        let bytes = std::mem::size_of_val(v);
-        let mut words = vec![0u128; bytes.div_ceil(16)];
-        bytemuck::cast_slice_mut::<u128, u8>(&mut words)[..bytes].copy_from_slice(bytemuck::cast_slice(v));
-        Aligned16 { words, n: v.len(), _t: std::marker::PhantomData }
-    }
-    fn as_slice(&self) -> &[T] {
-        &bytemuck::cast_slice::<u128, T>(&self.words)[..self.n]
-    }
-}
 
 fn dtype_of<T: Element>() -> DType {
     match T::SUFFIX {

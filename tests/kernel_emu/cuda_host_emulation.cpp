@@ -94,6 +94,8 @@ struct BlockRun {
     // lane that runs ahead into the next collective never overwrites a block that a
     // slower lane is still reading), each 32 lanes × kExchangeBytes.
     std::vector<unsigned char> exchange;
+    std::vector<unsigned char> scratch;  // same shape: results computed once per collective
+    std::vector<unsigned> claimed;       // per exchange block: the collective whose results are computed
     std::string error;  // first report_error of the running block
     std::vector<unsigned char> smem;
     void* scheduler_sp = nullptr;
@@ -170,6 +172,8 @@ bool run_block(const Kernel& k, const uint64_t* slots, uint3 block_idx, dim3 gri
     if (r.stacks.size() < size_t(n)) r.stacks.resize(n);
     r.warp_slots.assign(32 * n_warps, 0.0f);
     r.exchange.assign(size_t(n_warps) * 2 * 32 * kExchangeBytes, 0);
+    r.scratch.assign(r.exchange.size(), 0);
+    r.claimed.assign(size_t(n_warps) * 2, 0);
     r.error.clear();
     // Dynamic shared memory is uninitialised on the GPU: NaN bytes make a read before
     // write visible.
@@ -242,7 +246,7 @@ void report_error(const char* msg) {
     if (r.error.empty()) r.error = msg;
 }
 
-const unsigned char* warp_exchange(const void* mine, unsigned bytes) {
+const unsigned char* warp_exchange(const void* mine, unsigned bytes, bool* first) {
     BlockRun& r = run();
     Fiber& f = *r.current;
     if (bytes > kExchangeBytes) {
@@ -256,14 +260,25 @@ const unsigned char* warp_exchange(const void* mine, unsigned bytes) {
     // The barrier opened: every live lane of the warp deposited. The instruction needs all
     // 32: each lane has entered this collective, and none has gone past the next one (a
     // lane that already ran on may have entered the next collective, or returned).
-    const size_t first = size_t(f.warp) * 32;
-    bool full = first + 32 <= r.fibers.size();
-    for (size_t t = first; full && t < first + 32; ++t) {
+    const size_t lane0 = size_t(f.warp) * 32;
+    bool full = lane0 + 32 <= r.fibers.size();
+    for (size_t t = lane0; full && t < lane0 + 32; ++t) {
         const unsigned e = r.fibers[t].exchanges;
         full = e == entered || e == entered + 1;
     }
     if (!full) report_error("a warp-collective instruction (mma/ldmatrix) ran with fewer than 32 active lanes");
+    if (first != nullptr) {
+        unsigned& claim = r.claimed[size_t(f.warp) * 2 + ((entered - 1) & 1)];
+        *first = claim != entered;
+        claim = entered;
+    }
     return block;
+}
+
+unsigned char* warp_scratch() {
+    BlockRun& r = run();
+    const Fiber& f = *r.current;
+    return &r.scratch[(size_t(f.warp) * 2 + ((f.exchanges - 1) & 1)) * 32 * kExchangeBytes];
 }
 
 void async_copy(void* dst, const void* src, unsigned bytes) {

@@ -88,8 +88,12 @@ int lane_id();
 constexpr unsigned kExchangeBytes = 64;
 // Warp-collective gather: deposit `bytes` (≤ kExchangeBytes) from `mine`, wait for all 32
 // lanes of the warp, and return the 32 deposits (lane l's at offset l·kExchangeBytes).
-// The block stays valid until the warp's next collective.
-const unsigned char* warp_exchange(const void* mine, unsigned bytes);
+// The block stays valid until the warp's next collective. `*first` (when given) is set
+// for exactly one lane of the warp, the first to resume: it may compute the results of
+// every lane once into warp_scratch() (32 × kExchangeBytes, valid as long as the block),
+// which the other lanes then read.
+const unsigned char* warp_exchange(const void* mine, unsigned bytes, bool* first = nullptr);
+unsigned char* warp_scratch();
 // Fail the running launch with `msg` (the first report wins); the kernel runs on.
 void report_error(const char* msg);
 // cp.async: queue a copy of `bytes` from `src` to `dst`; close the open group; complete
