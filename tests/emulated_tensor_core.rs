@@ -53,7 +53,14 @@ fn gemm_check<T: Element + bytemuck::Pod>(
     emu.launch(
         &format!("tc_gemm_check_{}", T::SUFFIX),
         Shape::flat(1, 32).with_smem(smem),
-        &[ptr_mut(&mut c), ptr(a.as_slice()), ptr(b.as_slice()), Arg::I32(k as i32), Arg::I32(n as i32), Arg::I32(variant)],
+        &[
+            ptr_mut(&mut c),
+            ptr(a.as_slice()),
+            ptr(b.as_slice()),
+            Arg::I32(k as i32),
+            Arg::I32(n as i32),
+            Arg::I32(variant),
+        ],
     )?;
     Ok(c)
 }

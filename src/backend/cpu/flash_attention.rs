@@ -82,7 +82,9 @@ fn rotated<T: Real>(q: &[T], k: &[T], positions: &[i32], dims: FlashDims, q_scal
 fn scores<T: Real>(qr: &[T], kr: &[T], t: &Task, dims: FlashDims) -> Vec<T> {
     let mut s = vec![T::zero(); t.len * t.len];
     // Safety: `s` holds len × len elements.
-    unsafe { gemm_into_ptr(s.as_mut_ptr(), t.len, head_block(qr, t, dims), head_block(kr, t, dims).t(), T::one(), T::zero()) };
+    unsafe {
+        gemm_into_ptr(s.as_mut_ptr(), t.len, head_block(qr, t, dims), head_block(kr, t, dims).t(), T::one(), T::zero())
+    };
     s
 }
 
@@ -109,7 +111,8 @@ pub fn forward<T: Real>(
 ) {
     let n_tokens = *cu.last().unwrap_or(&0);
     let (qr, kr) = rotated(q, k, positions, dims, q_scale);
-    let (out_ptr, lse_ptr, prob_ptr) = (SharedMut(out.as_mut_ptr()), SharedMut(lse.as_mut_ptr()), SharedMut(probs.as_mut_ptr()));
+    let (out_ptr, lse_ptr, prob_ptr) =
+        (SharedMut(out.as_mut_ptr()), SharedMut(lse.as_mut_ptr()), SharedMut(probs.as_mut_ptr()));
     let want_probs = !probs.is_empty();
     let width = dims.width();
     tasks(cu, dims.n_heads).par_iter().for_each(|t| {
@@ -185,7 +188,8 @@ pub fn backward<T: Real>(
     let (qr, kr) = rotated(q, k, positions, dims, q_scale);
     // Gradients of the rotated q̃ and k̃, rotated back at the end.
     let (mut dqr, mut dkr) = (vec![T::zero(); q.len()], vec![T::zero(); k.len()]);
-    let (dqr_ptr, dkr_ptr, dv_ptr) = (SharedMut(dqr.as_mut_ptr()), SharedMut(dkr.as_mut_ptr()), SharedMut(dv.as_mut_ptr()));
+    let (dqr_ptr, dkr_ptr, dv_ptr) =
+        (SharedMut(dqr.as_mut_ptr()), SharedMut(dkr.as_mut_ptr()), SharedMut(dv.as_mut_ptr()));
     let want_dv = !dv.is_empty();
     tasks(cu, dims.n_heads).par_iter().for_each(|t| {
         let l = t.len;
