@@ -114,6 +114,25 @@ impl<T: Half> Inputs<T> {
     }
 }
 
+/// Sentinel elements after every output buffer: a kernel that writes past the end of
+/// its output changes them.
+const GUARD: usize = 8;
+const SENTINEL: f32 = -77.0;
+
+fn guarded<T: Element>(n: usize, fill: f32) -> Vec<T> {
+    let mut v = vec![T::from_f32(fill); n];
+    v.extend(std::iter::repeat_n(T::from_f32(SENTINEL), GUARD));
+    v
+}
+
+/// `v` without its guard, after checking the guard is intact.
+fn unguard<T: Element>(what: &str, mut v: Vec<T>) -> Vec<T> {
+    let n = v.len() - GUARD;
+    assert!(v[n..].iter().all(|x| x.to_f32() == SENTINEL), "{what}: a kernel wrote past the end of the buffer");
+    v.truncate(n);
+    v
+}
+
 /// The forward kernel's outputs.
 struct Forward<T: Half> {
     out: Aligned16<T>,
@@ -125,9 +144,9 @@ struct Forward<T: Half> {
 /// v, positions, cu_seqlens, n_seqs, n_tokens, n_heads, q_scale) over flash_config.
 fn forward<T: Half>(emu: &Emulator, b: &Batch, x: &Inputs<T>, want_probs: bool) -> Forward<T> {
     let n = b.tokens();
-    let mut out = Aligned16::from_slice(&vec![T::from_f32(f32::NAN); n * b.width()]);
-    let mut lse = vec![f32::NAN; b.heads * n];
-    let mut probs = want_probs.then(|| vec![T::from_f32(f32::NAN); b.n_probs()]);
+    let mut out = Aligned16::from_slice(&guarded::<T>(n * b.width(), f32::NAN));
+    let mut lse = guarded::<f32>(b.heads * n, f32::NAN);
+    let mut probs = want_probs.then(|| guarded::<T>(b.n_probs(), f32::NAN));
     let cfg = flash_config(FlashStage::Forward, b.d, &b.layout(), b.heads).unwrap();
     emu.run(
         &kernel("forward", b.d, T::SUFFIX),
@@ -147,7 +166,12 @@ fn forward<T: Half>(emu: &Emulator, b: &Batch, x: &Inputs<T>, want_probs: bool) 
             Arg::F32(b.q_scale()),
         ],
     );
-    Forward { out, lse, probs }
+    let out_all = unguard("out", out.as_slice().to_vec());
+    Forward {
+        out: Aligned16::from_slice(&out_all),
+        lse: unguard("lse", lse),
+        probs: probs.map(|p| unguard("probs", p)),
+    }
 }
 
 /// The twin's forward in f64: (out, lse, probs).
@@ -155,7 +179,18 @@ fn forward_reference<T: Half>(b: &Batch, x: &Inputs<T>) -> (Vec<f64>, Vec<f64>, 
     let n = b.tokens();
     let (mut out, mut lse, mut probs) = (vec![0.0; n * b.width()], vec![0.0; b.heads * n], vec![0.0; b.n_probs()]);
     let (q, k, v) = (f64s(x.q.as_slice()), f64s(x.k.as_slice()), f64s(x.v.as_slice()));
-    twin::forward(&mut out, &mut lse, &mut probs, &q, &k, &v, &b.positions, &b.cu_usize(), b.dims(), b.q_scale() as f64);
+    twin::forward(
+        &mut out,
+        &mut lse,
+        &mut probs,
+        &q,
+        &k,
+        &v,
+        &b.positions,
+        &b.cu_usize(),
+        b.dims(),
+        b.q_scale() as f64,
+    );
     (out, lse, probs)
 }
 
@@ -279,10 +314,15 @@ fn compare<T: Half>(emu: &Emulator, rng: &mut TestRng, b: &Batch, probs: bool) -
 
     let dout = Aligned16::from_slice(&randn::<T>(rng, n * b.width(), 1.0));
     let dprobs = probs.then(|| randn::<T>(rng, b.n_probs(), 1.0));
-    let start = |rng: &mut TestRng| randn::<T>(rng, n * b.width(), 0.1);
+    let start = |rng: &mut TestRng| {
+        let mut v = randn::<T>(rng, n * b.width(), 0.1);
+        v.extend(std::iter::repeat_n(T::from_f32(SENTINEL), GUARD));
+        v
+    };
     let mut g = Grads { dq: start(rng), dk: start(rng), dv: start(rng) };
-    let (dq0, dk0, dv0) = (f64s(&g.dq), f64s(&g.dk), f64s(&g.dv));
+    let (dq0, dk0, dv0) = (f64s(&g.dq[..n * b.width()]), f64s(&g.dk[..n * b.width()]), f64s(&g.dv[..n * b.width()]));
     backward(emu, b, &x, &fwd, &dout, dprobs.as_deref(), &mut g);
+    let g = Grads { dq: unguard("dq", g.dq), dk: unguard("dk", g.dk), dv: unguard("dv", g.dv) };
 
     let (mut rq, mut rk, mut rv) = (vec![0.0; n * b.width()], vec![0.0; n * b.width()], vec![0.0; n * b.width()]);
     let dprobs64 = dprobs.as_ref().map(|d| f64s(d));
@@ -358,6 +398,134 @@ fn flash_attention_matches_the_cpu_twin_for_every_head_dim_f16() {
 #[test]
 fn flash_attention_matches_the_cpu_twin_for_every_head_dim_bf16() {
     every_head_dim::<bf16>(0xf1a5_0002, &TOL_BF16);
+}
+
+/// Lengths 1 to 1,100 in one batch: one long protein beside domains of random lengths
+/// (a Pfam-like mix), and lengths on and just off the 64-row tiles.
+fn long_batch_lengths(rng: &mut TestRng) -> Vec<usize> {
+    let mut lens = vec![1100, 1, 2, 64, 65, 127, 128, 129];
+    lens.extend((0..12).map(|_| 3 + rng.below(300)));
+    lens
+}
+
+fn long_batch<T: Half>(seed: u64, d: usize, probs: bool, tol: &Errors) {
+    let Some(emu) = emulator("flash long batch") else { return };
+    let mut rng = TestRng::new(seed);
+    let lens = long_batch_lengths(&mut rng);
+    let b = Batch::new(&lens, &OFFSETS, 1, d);
+    let started = std::time::Instant::now();
+    let e = compare::<T>(emu, &mut rng, &b, probs);
+    println!(
+        "{} d={d} probs={probs} lengths {lens:?} ({} tokens): {e} [{:.1} s]",
+        T::SUFFIX,
+        b.tokens(),
+        started.elapsed().as_secs_f64()
+    );
+    for (what, got, bound) in [
+        ("out", e.out, tol.out),
+        ("lse", e.lse, tol.lse),
+        ("probs", e.probs, tol.probs),
+        ("dq", e.dq, tol.dq),
+        ("dk", e.dk, tol.dk),
+        ("dv", e.dv, tol.dv),
+    ] {
+        assert!(got <= bound, "{} long batch d={d}: {what} relative error {got:e} > {bound:e}", T::SUFFIX);
+    }
+}
+
+// Measured on the long batches (3,562 and 3,292 tokens): fp16 d=16 out 5.3e-4, lse 3.2e-5,
+// dq 6.5e-4, dk 6.1e-4, dv 5.8e-4 (1.7 s); bf16 d=64 with probabilities out 3.9e-3,
+// lse 1.5e-4, probs 3.7e-3, dq 4.5e-3, dk 4.5e-3, dv 4.2e-3 (5.6 s): within the bounds
+// of the standard batch.
+#[test]
+fn flash_attention_over_lengths_1_to_1100_in_one_batch_f16() {
+    long_batch::<f16>(0xf1a5_0003, 16, false, &TOL_F16);
+}
+
+#[test]
+fn flash_attention_over_lengths_1_to_1100_in_one_batch_with_probabilities_bf16() {
+    long_batch::<bf16>(0xf1a5_0004, 64, true, &TOL_BF16);
+}
+
+/// Forward (with probabilities) and backward (with a gradient on them) of fixed inputs:
+/// out, lse, probs, dq, dk, dv as f32, gradients accumulated from zero.
+fn outputs<T: Half>(emu: &Emulator, b: &Batch, x: &Inputs<T>, dout: &Aligned16<T>, dprobs: &[T]) -> Vec<Vec<f32>> {
+    let fwd = forward(emu, b, x, true);
+    let zero = || guarded::<T>(b.tokens() * b.width(), 0.0);
+    let mut g = Grads { dq: zero(), dk: zero(), dv: zero() };
+    backward(emu, b, x, &fwd, dout, Some(dprobs), &mut g);
+    let g = Grads { dq: unguard("dq", g.dq), dk: unguard("dk", g.dk), dv: unguard("dv", g.dv) };
+    vec![
+        f32s(fwd.out.as_slice()),
+        fwd.lse.clone(),
+        f32s(fwd.probs.as_ref().unwrap()),
+        f32s(&g.dq),
+        f32s(&g.dk),
+        f32s(&g.dv),
+    ]
+}
+
+const NAMES: [&str; 6] = ["out", "lse", "probs", "dq", "dk", "dv"];
+
+/// RoPE depends on position differences only: moving every position by 1000 changes the
+/// kernels' outputs and gradients only at rounding level — by no more than the kernels'
+/// own error against the twin (the `tol` bounds). The twin itself moves by the fp32
+/// rounding of the larger angles (measured ≤ 2e-5).
+fn shared_offset<T: Half>(seed: u64, tol: &Errors) {
+    let Some(emu) = emulator("flash shared offset") else { return };
+    let mut rng = TestRng::new(seed);
+    let b = Batch::new(&LENS, &OFFSETS, 2, 32);
+    let moved = b.shifted(1000);
+    let x = Inputs::<T>::random(&mut rng, &b);
+    let dout = Aligned16::from_slice(&randn::<T>(&mut rng, b.tokens() * b.width(), 1.0));
+    let dprobs = randn::<T>(&mut rng, b.n_probs(), 1.0);
+    let (at0, at1000) = (outputs(emu, &b, &x, &dout, &dprobs), outputs(emu, &moved, &x, &dout, &dprobs));
+    let bounds = [tol.out, tol.lse, tol.probs, tol.dq, tol.dk, tol.dv];
+    for ((what, (a, c)), bound) in NAMES.iter().zip(at0.iter().zip(&at1000)).zip(bounds) {
+        let e = rel_err(c, a);
+        println!("{} shared offset 1000: {what} moved by {e:.1e}", T::SUFFIX);
+        assert!(e <= bound, "{} a shared offset moved {what} by {e:e} > {bound:e}", T::SUFFIX);
+    }
+    let (r0, r1) = (forward_reference(&b, &x).0, forward_reference(&moved, &x).0);
+    let e =
+        rel_err(&r1.iter().map(|&v| v as f32).collect::<Vec<_>>(), &r0.iter().map(|&v| v as f32).collect::<Vec<_>>());
+    println!("{} shared offset 1000: the f64 twin's output moved by {e:.1e}", T::SUFFIX);
+    assert!(e <= 2e-5, "the twin moved by {e:e} under a shared offset");
+}
+
+#[test]
+fn a_shared_position_offset_changes_outputs_only_at_rounding_level_f16() {
+    shared_offset::<f16>(0xf1a5_0005, &TOL_F16);
+}
+
+#[test]
+fn a_shared_position_offset_changes_outputs_only_at_rounding_level_bf16() {
+    shared_offset::<bf16>(0xf1a5_0006, &TOL_BF16);
+}
+
+/// The backward pass is deterministic: no floating-point atomics (each dK/dV row has one
+/// writer, the block of its key tile; each dQ row one, the block of its query tile, in a
+/// separate pass), so two runs give identical bits. On the emulation blocks run in order
+/// anyway; the source check below is what carries over to a GPU.
+#[test]
+fn flash_attention_is_deterministic_bit_for_bit() {
+    let Some(emu) = emulator("flash deterministic") else { return };
+    let mut rng = TestRng::new(0xf1a5_0007);
+    let b = Batch::new(&LENS, &OFFSETS, 2, 24);
+    let x = Inputs::<f16>::random(&mut rng, &b);
+    let dout = Aligned16::from_slice(&randn::<f16>(&mut rng, b.tokens() * b.width(), 1.0));
+    let dprobs = randn::<f16>(&mut rng, b.n_probs(), 1.0);
+    let (first, second) = (outputs(emu, &b, &x, &dout, &dprobs), outputs(emu, &b, &x, &dout, &dprobs));
+    for (what, (a, c)) in NAMES.iter().zip(first.iter().zip(&second)) {
+        let same = a.iter().zip(c).all(|(p, q)| p.to_bits() == q.to_bits());
+        assert!(same, "{what} differs between two runs");
+    }
+    let src = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/kernels/flash_attention.cu")).unwrap();
+    let code: String = src.lines().map(|l| l.split("//").next().unwrap_or("")).collect::<Vec<_>>().join("\n");
+    assert!(
+        !code.contains("atomic"),
+        "kernels/flash_attention.cu uses an atomic: the backward is no longer deterministic"
+    );
 }
 
 #[test]
