@@ -469,6 +469,61 @@ fn flash_attention_agrees_with_the_unfused_path() {
     }
 }
 
+/// The tensor-core check kernels of `kernels/tensor_core_check.cu` on the device: on a GPU
+/// this is the hardware's own fragment layout against the one the CPU emulation
+/// implements (tests/emulated_tensor_core.rs); on the emulation it repeats that test
+/// through the fake driver. Correct layouts match an f64 GEMM to fp32 accumulation
+/// (measured on the emulation: ≤ 4.1e-8; bound 1e-6 leaves room for the tensor core's
+/// own summation order), deliberately permuted ones do not (relative error ≥ 0.78).
+#[test]
+fn tensor_core_fragment_layouts_on_the_device() {
+    use qf_engine::backend::cuda::launch::{empty, launch, p, Arg};
+    for dt in [DType::F16, DType::BF16] {
+        let Some(dev) = gpu("tensor_core", dt) else { return };
+        let d = Device::Cuda(dev.clone());
+        let mut rng = TestRng::new(116);
+        for (k, n) in [(16usize, 8usize), (24, 24), (56, 24), (64, 64)] {
+            let a = rounded(dt, &rng.normals(16 * k, 1.0));
+            let b = rounded(dt, &rng.normals(k * n, 1.0));
+            let mut want = vec![0f64; 16 * n];
+            for i in 0..16 {
+                for j in 0..n {
+                    want[i * n + j] = (0..k).map(|q| a[i * k + q] * b[q * n + j]).sum();
+                }
+            }
+            let to_dev = |v: &[f64], shape: &[usize]| {
+                Tensor::from_f32(v.iter().map(|&x| x as f32).collect(), shape, dt, &d).unwrap()
+            };
+            let (ta, tb) = (to_dev(&a, &[16, k]), to_dev(&b, &[k, n]));
+            for variant in 0..4 {
+                let c = empty(&dev, &[16, n], DType::F32).unwrap();
+                let name = if dt == DType::F16 { "tc_gemm_check_f16" } else { "tc_gemm_check_bf16" };
+                let cfg = cudarc::driver::LaunchConfig {
+                    grid_dim: (1, 1, 1),
+                    block_dim: (32, 1, 1),
+                    shared_mem_bytes: ((16 * (k + 8) + k * (n + 8)) * 2) as u32,
+                };
+                let args = [
+                    p(&c).unwrap(),
+                    p(&ta).unwrap(),
+                    p(&tb).unwrap(),
+                    Arg::I32(k as i32),
+                    Arg::I32(n as i32),
+                    Arg::I32(variant),
+                ];
+                launch(&dev, "tensor_core_check", name, cfg, &args).unwrap();
+                let e = cuda_common::rel_err(&c.to_vec_f32().unwrap(), &want);
+                detail(&format!("  tensor core [{dt}] k={k} n={n} variant {variant}: rel err {e:.2e}"));
+                if variant < 2 {
+                    assert!(e <= 1e-6, "[{dt}] k={k} n={n}: the documented layout (variant {variant}) is off by {e:e}");
+                } else {
+                    assert!(e > 0.3, "[{dt}] k={k} n={n}: the permuted layout (variant {variant}) was not caught ({e:e})");
+                }
+            }
+        }
+    }
+}
+
 fn cross_entropy_cases(t: &Target) {
     let (dt, mut rng) = (t.dtype(), TestRng::new(109));
     {

@@ -234,7 +234,7 @@ run() {
                 "$GPU_DIR/cuda_ops" --test-threads 1 --skip harness_on_the_cpu
             echo "memcheck exit status: $?"
             limit 40 compute-sanitizer --tool racecheck --error-exitcode 9 --print-limit 20 \
-                "$GPU_DIR/cuda_ops" --test-threads 1 layer_norm cross_entropy bias_gelu masked_binary
+                "$GPU_DIR/cuda_ops" --test-threads 1 layer_norm cross_entropy bias_gelu masked_binary flash_attention tensor_core
             echo "racecheck exit status: $?"
         } 2>&1 | tee "$OUT/sanitizer.log"
         RESULT[memcheck]="$(grep -m1 -o 'memcheck exit status: [0-9]*' "$OUT/sanitizer.log") $(grep -m1 'ERROR SUMMARY' "$OUT/sanitizer.log" || true)"
