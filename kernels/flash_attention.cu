@@ -54,7 +54,7 @@
 //
 // Launch: forward, kv and q: block (128, 1, 1) — 4 warps, 16 rows each —, grid
 //   (ceil(max_len / 64), n_seqs, n_heads) (blocks past their sequence's end return at
-//   once), dynamic shared memory (bytes, stride = D + 8):
+//   once), dynamic shared memory (bytes; stride = D + 8, or D + 16 for D = 24):
 //     forward: 2·D + (64 + 2·N)·stride·2              N = 64 for D ≤ 64, else 32
 //     kv:      2·D + (128 + 2·Q)·stride·2 + 8·Q        Q = 64 for D ≤ 64, else 32
 //     q:       2·D + (128 + 2·N)·stride·2
@@ -71,12 +71,15 @@ namespace {
 constexpr int kThreads = 128;
 constexpr int kWarps = kThreads / 32;
 constexpr int kRowsPerBlock = 16 * kWarps;  // query rows (forward, dQ) or key rows (dK, dV)
-constexpr int kPad = 8;                     // elements of padding per shared-memory row
 
 // Tile shapes of head dimension D.
 template <int D> struct Tile {
     static_assert(D % 8 == 0 && D >= 16 && D <= 128, "head dims 16..128, multiples of 8");
-    static constexpr int kStride = D + kPad;         // elements per shared-memory row (16-byte multiple)
+    // Elements per shared-memory row: a 16-byte multiple (ldmatrix rows are 16-byte
+    // aligned) ≡ 8 mod 16, so the 8 rows of an ldmatrix matrix start 4·(odd) banks apart
+    // and hit all 32 banks once (D + 8 for D = 16, 32, 64, 128; D + 16 for D = 24).
+    static constexpr int kStride = D + (D % 16 == 8 ? 16 : 8);
+    static_assert(kStride % 16 == 8, "bank-conflict-free ldmatrix rows");
     static constexpr int kKSteps = D / 16;           // m16n8k16 steps over the head dimension
     static constexpr bool kK8 = D % 16 == 8;         // then one m16n8k8 step (D = 24)
     static constexpr int kDimTiles = D / 8;          // 8-column tiles of a head

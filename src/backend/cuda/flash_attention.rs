@@ -47,10 +47,11 @@ pub fn supports(dtype: DType, head_dim: usize) -> bool {
 }
 
 /// Dynamic shared memory of a kernel (the kernel header's formulas): the rotary
-/// frequencies, then tiles of rows of `head_dim + 8` 16-bit elements.
+/// frequencies, then tiles of rows of `head_dim + 8` 16-bit elements (`+ 16` for head dim
+/// 24: rows ≡ 8 mod 16 elements keep ldmatrix free of bank conflicts).
 pub fn flash_smem_bytes(stage: FlashStage, head_dim: usize) -> usize {
     let step = if head_dim <= 64 { 64 } else { 32 }; // keys (forward, q) or queries (kv) per step
-    let row = (head_dim + 8) * 2;
+    let row = (head_dim + if head_dim % 16 == 8 { 16 } else { 8 }) * 2;
     let inv_freq = head_dim / 2 * 4;
     match stage {
         FlashStage::Forward => inv_freq + (ROWS_PER_BLOCK + 2 * step) * row,
