@@ -65,7 +65,8 @@ pub fn set_default_attention(kind: AttentionKernel) {
     DEFAULT_ATTENTION.store(kind as u8, Ordering::Relaxed);
 }
 
-fn default_attention() -> AttentionKernel {
+/// The attention of devices opened from now on.
+pub fn default_attention() -> AttentionKernel {
     match DEFAULT_ATTENTION.load(Ordering::Relaxed) {
         0 => AttentionKernel::Flash,
         _ => AttentionKernel::Unfused,
