@@ -517,7 +517,10 @@ fn tensor_core_fragment_layouts_on_the_device() {
                 if variant < 2 {
                     assert!(e <= 1e-6, "[{dt}] k={k} n={n}: the documented layout (variant {variant}) is off by {e:e}");
                 } else {
-                    assert!(e > 0.3, "[{dt}] k={k} n={n}: the permuted layout (variant {variant}) was not caught ({e:e})");
+                    assert!(
+                        e > 0.3,
+                        "[{dt}] k={k} n={n}: the permuted layout (variant {variant}) was not caught ({e:e})"
+                    );
                 }
             }
         }
