@@ -58,7 +58,7 @@
 //     forward: 2·D + (64 + 2·N)·stride·2              N = 64 for D ≤ 64, else 32
 //     kv:      2·D + (128 + 2·Q)·stride·2 + 8·Q        Q = 64 for D ≤ 64, else 32
 //     q:       2·D + (128 + 2·N)·stride·2
-//   (the D = 128 kernels need more than 48 KiB: the launcher raises the limit). A launch
+//   (the D = 128 backward kernels need 51 KiB: the launcher raises the limit). A launch
 //   with less shared memory or another block size does nothing. dot: one warp per
 //   (head, token) row, block (256, 1, 1), grid ceil(n_heads·n_tokens / 8) (rows
 //   grid-strided).
