@@ -48,16 +48,11 @@
 // d/2 (sin, cos) pairs of its token once into shared memory (static, 3 KiB)
 // and applies them to all heads.
 #include "common.cuh"
+#include "rotary.cuh"
 
 namespace {
 
 constexpr int kMaxHalf = 256;
-
-// (1): inv_freq_i, identical to the CPU twin's formula above.
-__device__ __forceinline__ float rotary_inv_freq(int i, int head_dim) {
-    const float e = (float)(2 * i) / (float)head_dim;
-    return 1.0f / (float)pow(10000.0, (double)e);
-}
 
 struct RotaryTables {
     float inv_freq[kMaxHalf];
@@ -67,7 +62,7 @@ struct RotaryTables {
 
 // Fill inv_freq once per block.
 __device__ __forceinline__ void init_inv_freq(RotaryTables& tab, int half, int head_dim) {
-    for (int i = threadIdx.x; i < half; i += blockDim.x) tab.inv_freq[i] = rotary_inv_freq(i, head_dim);
+    for (int i = threadIdx.x; i < half; i += blockDim.x) tab.inv_freq[i] = qf::rotary_inv_freq(i, head_dim);
 }
 
 // (2): per-token angle table.  Caller synchronises before and after.
@@ -103,12 +98,15 @@ __device__ void rotary_apply(T* out, const T* in, const int* __restrict__ positi
             const float a2 = qf::to_f32(in_row[j2]);
             const float c = tab.cos_t[i];
             const float s = tab.sin_t[i];
+            float y1, y2;
             if (kBackward) {  // (4): rotation by −θ, accumulated
-                qf::accumulate_into(out_row + j1, (a1 * c + a2 * s) * scale);
-                qf::accumulate_into(out_row + j2, (a2 * c - a1 * s) * scale);
+                qf::rotate_pair_inverse(a1, a2, c, s, scale, y1, y2);
+                qf::accumulate_into(out_row + j1, y1);
+                qf::accumulate_into(out_row + j2, y2);
             } else {  // (3)
-                out_row[j1] = qf::from_f32<T>((a1 * c - a2 * s) * scale);
-                out_row[j2] = qf::from_f32<T>((a2 * c + a1 * s) * scale);
+                qf::rotate_pair(a1, a2, c, s, scale, y1, y2);
+                out_row[j1] = qf::from_f32<T>(y1);
+                out_row[j2] = qf::from_f32<T>(y2);
             }
         }
     }

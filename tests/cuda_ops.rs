@@ -31,7 +31,7 @@ fn cuda_dev(d: &CudaDevice) -> Device {
 }
 
 fn embedding_cases(t: &Target) {
-    let (dt, mut rng) = (t.dtype(), TestRng::new(101));
+    let mut rng = TestRng::new(101);
     {
         for (n, dim) in [(77usize, 37usize), (300, 96)] {
             let ids: Vec<i32> = (0..n).map(|i| if i % 5 == 0 { 5 } else { rng.below(33) as i32 }).collect();
@@ -359,6 +359,179 @@ fn attention_packed_sequences_with_probabilities_and_their_gradient() {
     on_gpu("attention", attention_cases);
 }
 
+/// A packed batch of `lens` with crop offsets: cu_seqlens and per-token positions.
+fn crop_batch(lens: &[usize], offsets: &[i32]) -> (Vec<u32>, Vec<i32>) {
+    let (mut cu, mut pos) = (vec![0u32], Vec::new());
+    for (&l, &off) in lens.iter().zip(offsets.iter().cycle()) {
+        cu.push(cu.last().unwrap() + l as u32);
+        pos.extend((0..l as i32).map(|i| off + i));
+    }
+    (cu, pos)
+}
+
+/// Flash batches: every supported head dim, lengths 1 and across the 64-row tiles, crop
+/// offsets, with and without probabilities (and their gradient), a frozen k.
+const FLASH_CASES: [(&[usize], usize, usize, bool, bool); 5] = [
+    (&[1, 4, 33, 2, 71], 3, 16, true, true),
+    (&[7, 129, 14], 2, 24, true, true),
+    (&[4, 7, 65], 2, 32, false, false),
+    (&[65, 3], 1, 64, true, true),
+    (&[20, 1, 66], 1, 128, false, true),
+];
+
+/// `ops::flash_attention` on the target against the CPU op in f64 (the twin of the
+/// kernel). On an f32 GPU it runs the unfused fallback, whose probabilities are padded:
+/// there the cases ask for none.
+fn flash_attention_cases(t: &Target) {
+    let (dt, mut rng) = (t.dtype(), TestRng::new(114));
+    let packed_probs = !(t.is_gpu() && dt == DType::F32);
+    for (lens, heads, hd, probs, k_grad) in FLASH_CASES {
+        let probs = probs && packed_probs;
+        let (cu, pos) = crop_batch(lens, &[0, 300, 17, 1020]);
+        let n = pos.len();
+        let w = heads * hd;
+        let inputs = [
+            Input::act(&mut rng, dt, &[n, w], 1.0, true),
+            Input::act(&mut rng, dt, &[n, w], 1.5, k_grad),
+            Input::act(&mut rng, dt, &[n, w], 1.0, true),
+            Input::ints(pos),
+        ];
+        let (g_layout, c_layout) =
+            (SeqLayout::new(&cu, &t.device()).unwrap(), SeqLayout::new(&cu, &Device::Cpu).unwrap());
+        let f = |tape: &Tape, i: &[Tensor]| {
+            let layout = if i[0].is_cpu() { &c_layout } else { &g_layout };
+            let c_q = (hd as f64).powf(-0.5);
+            let (o, p) = ops::flash_attention(tape, &i[0], &i[1], &i[2], &i[3], layout, heads, c_q, probs)?;
+            Ok(std::iter::once(o).chain(p).collect())
+        };
+        let what = format!("flash_attention {lens:?} {heads}x{hd} probs={probs} dK={k_grad}");
+        check_op(t, &mut rng, &what, &inputs, &f);
+    }
+}
+
+#[test]
+fn flash_attention_with_rotary_inside_against_the_cpu() {
+    on_gpu("flash_attention", flash_attention_cases);
+}
+
+/// The flash kernels against the unfused CUDA path (rotary kernel, padded blocks, cuBLAS,
+/// masked softmax) on the same device and inputs: outputs, probabilities and gradients.
+/// Measured worst relative difference (emulation): fp16 6.2e-4, bf16 4.9e-3; bounds 2e-3
+/// and 1.2e-2.
+#[test]
+fn flash_attention_agrees_with_the_unfused_path() {
+    for (dt, bound) in [(DType::F16, 2e-3), (DType::BF16, 1.2e-2)] {
+        let Some(dev) = gpu("flash_attention_agrees_with_the_unfused_path", dt) else { return };
+        let t = Target::Gpu(dev);
+        let mut rng = TestRng::new(115);
+        let mut worst = 0f64;
+        for (lens, heads, hd, _, _) in FLASH_CASES {
+            let (cu, pos) = crop_batch(lens, &[5, 0, 900]);
+            let cuu: Vec<usize> = cu.iter().map(|&c| c as usize).collect();
+            let (n, w) = (pos.len(), heads * hd);
+            let layout = SeqLayout::new(&cu, &t.device()).unwrap();
+            let positions = Tensor::from_i32(pos, &[n], &t.device()).unwrap();
+            let data: Vec<Vec<f64>> = [1.0, 1.5, 1.0].iter().map(|&s| rounded(dt, &rng.normals(n * w, s))).collect();
+            let seed_out = rounded(dt, &rng.normals(n * w, 1.0));
+            let seed_p = rounded(dt, &rng.normals(prob_offsets(&cuu, heads).1, 1.0));
+            let c_q = (hd as f64).powf(-0.5);
+            // [out, probs (packed), dq, dk, dv] of one path.
+            let run = |fused: bool| -> Vec<Vec<f64>> {
+                let ins: Vec<Tensor> = data.iter().map(|d| t.tensor(d, &[n, w], dt).with_requires_grad(true)).collect();
+                let tape = Tape::new();
+                let (o, p) = if fused {
+                    ops::flash_attention(&tape, &ins[0], &ins[1], &ins[2], &positions, &layout, heads, c_q, true)
+                } else {
+                    let q = ops::rotary(&tape, &ins[0], &positions, heads, c_q).unwrap();
+                    let k = ops::rotary(&tape, &ins[1], &positions, heads, 1.0).unwrap();
+                    ops::attention(&tape, &q, &k, &ins[2], &layout, heads, 1.0, true)
+                }
+                .unwrap();
+                let p = p.unwrap();
+                let p_seed = if fused { seed_p.clone() } else { packed_to_padded(&seed_p, &cuu, heads) };
+                let mut out = vec![o.to_vec_f64().unwrap()];
+                out.push(if fused {
+                    p.to_vec_f64().unwrap()
+                } else {
+                    padded_to_packed(&p.to_vec_f32().unwrap(), &cuu, heads)
+                });
+                let roots = [(&o, t.tensor(&seed_out, &[n, w], dt)), (&p, t.tensor(&p_seed, p.shape(), dt))];
+                let mut grads = Grads::new();
+                tape.backward_from_many(&roots, &mut grads).unwrap();
+                out.extend(ins.iter().map(|x| grads.get(x).unwrap().to_vec_f64().unwrap()));
+                out
+            };
+            let (fused, unfused) = (run(true), run(false));
+            for (what, (a, b)) in ["out", "probs", "dq", "dk", "dv"].iter().zip(fused.iter().zip(&unfused)) {
+                let a32: Vec<f32> = a.iter().map(|&x| x as f32).collect();
+                let e = cuda_common::rel_err(&a32, b);
+                detail(&format!("  flash vs unfused {lens:?} {heads}x{hd} [{dt}] {what}: rel diff {e:.2e}"));
+                worst = worst.max(e);
+                assert!(e <= bound, "flash vs unfused {lens:?} {heads}x{hd} [{dt}] {what}: {e:e} > {bound:e}");
+            }
+        }
+        detail(&format!("flash vs unfused [{dt}]: worst relative difference {worst:.2e}"));
+    }
+}
+
+/// The tensor-core check kernels of `kernels/tensor_core_check.cu` on the device: on a GPU
+/// this is the hardware's own fragment layout against the one the CPU emulation
+/// implements (tests/emulated_tensor_core.rs); on the emulation it repeats that test
+/// through the fake driver. Correct layouts match an f64 GEMM to fp32 accumulation
+/// (measured on the emulation: ≤ 4.1e-8; bound 1e-6 leaves room for the tensor core's
+/// own summation order), deliberately permuted ones do not (relative error ≥ 0.78).
+#[test]
+fn tensor_core_fragment_layouts_on_the_device() {
+    use qf_engine::backend::cuda::launch::{empty, launch, p, Arg};
+    for dt in [DType::F16, DType::BF16] {
+        let Some(dev) = gpu("tensor_core", dt) else { return };
+        let d = Device::Cuda(dev.clone());
+        let mut rng = TestRng::new(116);
+        for (k, n) in [(16usize, 8usize), (24, 24), (56, 24), (64, 64)] {
+            let a = rounded(dt, &rng.normals(16 * k, 1.0));
+            let b = rounded(dt, &rng.normals(k * n, 1.0));
+            let mut want = vec![0f64; 16 * n];
+            for i in 0..16 {
+                for j in 0..n {
+                    want[i * n + j] = (0..k).map(|q| a[i * k + q] * b[q * n + j]).sum();
+                }
+            }
+            let to_dev = |v: &[f64], shape: &[usize]| {
+                Tensor::from_f32(v.iter().map(|&x| x as f32).collect(), shape, dt, &d).unwrap()
+            };
+            let (ta, tb) = (to_dev(&a, &[16, k]), to_dev(&b, &[k, n]));
+            for variant in 0..4 {
+                let c = empty(&dev, &[16, n], DType::F32).unwrap();
+                let name = if dt == DType::F16 { "tc_gemm_check_f16" } else { "tc_gemm_check_bf16" };
+                let cfg = cudarc::driver::LaunchConfig {
+                    grid_dim: (1, 1, 1),
+                    block_dim: (32, 1, 1),
+                    shared_mem_bytes: ((16 * (k + 8) + k * (n + 8)) * 2) as u32,
+                };
+                let args = [
+                    p(&c).unwrap(),
+                    p(&ta).unwrap(),
+                    p(&tb).unwrap(),
+                    Arg::I32(k as i32),
+                    Arg::I32(n as i32),
+                    Arg::I32(variant),
+                ];
+                launch(&dev, "tensor_core_check", name, cfg, &args).unwrap();
+                let e = cuda_common::rel_err(&c.to_vec_f32().unwrap(), &want);
+                detail(&format!("  tensor core [{dt}] k={k} n={n} variant {variant}: rel err {e:.2e}"));
+                if variant < 2 {
+                    assert!(e <= 1e-6, "[{dt}] k={k} n={n}: the documented layout (variant {variant}) is off by {e:e}");
+                } else {
+                    assert!(
+                        e > 0.3,
+                        "[{dt}] k={k} n={n}: the permuted layout (variant {variant}) was not caught ({e:e})"
+                    );
+                }
+            }
+        }
+    }
+}
+
 fn cross_entropy_cases(t: &Target) {
     let (dt, mut rng) = (t.dtype(), TestRng::new(109));
     {
@@ -476,6 +649,7 @@ fn harness_on_the_cpu_in_f32() {
         elementwise_cases,
         rotary_cases,
         attention_cases,
+        flash_attention_cases,
         cross_entropy_cases,
         bce_cases,
         gather_cases,

@@ -11,6 +11,7 @@ mod kernel_emu;
 use std::sync::Mutex;
 
 use qf_engine::autograd::{Grads, Tape};
+use qf_engine::backend::cuda::AttentionKernel;
 use qf_engine::data::batch::PackedBatch;
 use qf_engine::model::esm2::Recompute;
 use qf_engine::model::lora::LoraConfig;
@@ -210,19 +211,36 @@ fn esm2_650m_full_fine_tuning_at_1024_tokens_plans_under_12_gib() {
         assert!(p.total_params > 650_000_000 && p.total_params < 660_000_000, "{}", p.total_params);
         assert!(gib(p.total()) < 12.0, "planned {:.2} GiB", gib(p.total()));
         assert!(p.optimizer_bytes_per_param() < 2.1);
-        // Without recomputation the activations grow past 3 GiB; fp32 AdamW state takes
-        // 8 B/param instead of 2.03 (~3.6 GiB more): each alone leaves under 1 GiB spare.
-        let none = MemoryPlan::new(
+        // With the unfused attention (padded probabilities), the activations without
+        // recomputation grow past 3 GiB; fp32 AdamW state takes 8 B/param instead of 2.03
+        // (~3.6 GiB more): each alone leaves under 1 GiB spare.
+        let no_recompute = PlanOptions { recompute: Recompute::None, ..opts.clone() };
+        let none = MemoryPlan::with_attention(
             &shape.cfg,
             &specs,
             None,
             classes,
-            &PlanOptions { recompute: Recompute::None, ..opts.clone() },
+            &no_recompute,
             &batch,
+            AttentionKernel::Unfused,
         )
         .unwrap();
-        println!("  without recomputation: {}", none.summary());
+        println!("  without recomputation, unfused attention: {}", none.summary());
         assert!(gib(none.activations) > 3.0);
+        // The flash attention keeps nothing quadratic: without recomputation the step
+        // plans 9.3 GiB, under the 12 GB budget.
+        let flash = MemoryPlan::with_attention(
+            &shape.cfg,
+            &specs,
+            None,
+            classes,
+            &no_recompute,
+            &batch,
+            AttentionKernel::Flash,
+        )
+        .unwrap();
+        println!("  without recomputation, flash attention: {}", flash.summary());
+        assert!(gib(flash.activations) < 2.0 && gib(flash.total()) < 12.0);
         let fp32 = MemoryPlan::new(
             &shape.cfg,
             &specs,

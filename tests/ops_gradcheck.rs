@@ -122,6 +122,87 @@ fn attention_with_only_some_inputs_trainable() {
     assert!(check(&f, &[q, k, v], &mut rng, 1e-6, 200) < TOL);
 }
 
+/// Positions of a batch: sequence starts at a crop offset (a crop keeps its true residue
+/// positions), `<cls>` one before.
+fn crop_positions(cu: &[u32], offsets: &[i32]) -> Tensor {
+    let mut pos = Vec::new();
+    for (w, &off) in cu.windows(2).zip(offsets) {
+        pos.extend((0..(w[1] - w[0]) as i32).map(|i| off + i));
+    }
+    ints(&pos)
+}
+
+#[test]
+fn flash_attention_with_rotary_and_probs_gradient() {
+    let mut rng = TestRng::new(20);
+    let cu = [0u32, 5, 6, 13, 16];
+    let layout = SeqLayout::new(&cu, &Device::Cpu).unwrap();
+    let positions = crop_positions(&cu, &[0, 7, 130, 2]);
+    let (heads, d) = (3, 4);
+    let q = param(&mut rng, &[16, heads * d], 1.0);
+    let k = param(&mut rng, &[16, heads * d], 1.0);
+    let v = param(&mut rng, &[16, heads * d], 1.0);
+    let f = move |t: &qf_engine::Tape, i: &[Tensor]| {
+        let (o, p) = ops::flash_attention(t, &i[0], &i[1], &i[2], &positions, &layout, heads, 0.6, true)?;
+        Ok(vec![o, p.unwrap()])
+    };
+    assert!(check(&f, &[q, k, v], &mut rng, 1e-6, 400) < TOL);
+}
+
+#[test]
+fn flash_attention_with_only_some_inputs_trainable() {
+    let mut rng = TestRng::new(21);
+    let cu = [0u32, 4, 11];
+    let layout = SeqLayout::new(&cu, &Device::Cpu).unwrap();
+    let positions = crop_positions(&cu, &[3, 0]);
+    let q = param(&mut rng, &[11, 8], 1.0);
+    let k = param(&mut rng, &[11, 8], 1.0).with_requires_grad(false);
+    let v = param(&mut rng, &[11, 8], 1.0);
+    let f = move |t: &qf_engine::Tape, i: &[Tensor]| {
+        Ok(vec![ops::flash_attention(t, &i[0], &i[1], &i[2], &positions, &layout, 2, 0.5, false)?.0])
+    };
+    assert!(check(&f, &[q, k, v], &mut rng, 1e-6, 200) < TOL);
+}
+
+/// The fused op is `rotary(q)·c_q`, `rotary(k)`, then attention with scale 1: outputs,
+/// probabilities and all three gradients agree in f64 to rounding.
+#[test]
+fn flash_attention_is_rotary_then_attention() {
+    let mut rng = TestRng::new(22);
+    let cu = [0u32, 1, 9, 30];
+    let layout = SeqLayout::new(&cu, &Device::Cpu).unwrap();
+    let positions = crop_positions(&cu, &[0, 40, 1000]);
+    let (heads, d, c_q) = (2, 6, 6f64.powf(-0.5));
+    let ins: Vec<Tensor> = (0..3).map(|_| param(&mut rng, &[30, heads * d], 1.0)).collect();
+    let seeds = [rng.normals(30 * heads * d, 1.0), rng.normals(2 * (1 + 64 + 441), 1.0)];
+    let run = |fused: bool| -> Vec<Vec<f64>> {
+        let tape = qf_engine::Tape::new();
+        let (o, p) = if fused {
+            ops::flash_attention(&tape, &ins[0], &ins[1], &ins[2], &positions, &layout, heads, c_q, true).unwrap()
+        } else {
+            let q = ops::rotary(&tape, &ins[0], &positions, heads, c_q).unwrap();
+            let k = ops::rotary(&tape, &ins[1], &positions, heads, 1.0).unwrap();
+            ops::attention(&tape, &q, &k, &ins[2], &layout, heads, 1.0, true).unwrap()
+        };
+        let p = p.unwrap();
+        let mut out = vec![o.to_vec_f64().unwrap(), p.to_vec_f64().unwrap()];
+        let roots = [
+            (&o, Tensor::from_vec(seeds[0].clone(), o.shape()).unwrap()),
+            (&p, Tensor::from_vec(seeds[1].clone(), p.shape()).unwrap()),
+        ];
+        let mut grads = qf_engine::Grads::new();
+        tape.backward_from_many(&roots, &mut grads).unwrap();
+        out.extend(ins.iter().map(|x| grads.get(x).unwrap().to_vec_f64().unwrap()));
+        out
+    };
+    let (fused, unfused) = (run(true), run(false));
+    for (what, (a, b)) in ["out", "probs", "dq", "dk", "dv"].iter().zip(fused.iter().zip(&unfused)) {
+        let err = a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0.0, f64::max);
+        let scale = b.iter().map(|y| y.abs()).fold(0.0, f64::max);
+        assert!(err <= 1e-12 * scale.max(1.0), "{what}: fused and unfused differ by {err:e}");
+    }
+}
+
 #[test]
 fn weighted_cross_entropy_with_ignored_rows() {
     let mut rng = TestRng::new(11);

@@ -242,7 +242,7 @@ stage_sanitizer() {
         "$GPU_DIR/cuda_ops" --test-threads 1 --skip harness_on_the_cpu 2>&1 | tee "$OUT/memcheck.log"
     record sanitizer memcheck "$(status_of "${PIPESTATUS[0]}")" "$(grep -m1 'ERROR SUMMARY' "$OUT/memcheck.log" || true)"
     limit 30 compute-sanitizer --tool racecheck --error-exitcode 9 --print-limit 20 \
-        "$GPU_DIR/cuda_ops" --test-threads 1 layer_norm cross_entropy bias_gelu masked_binary 2>&1 | tee "$OUT/racecheck.log"
+        "$GPU_DIR/cuda_ops" --test-threads 1 layer_norm cross_entropy bias_gelu masked_binary flash_attention tensor_core 2>&1 | tee "$OUT/racecheck.log"
     record sanitizer racecheck "$(status_of "${PIPESTATUS[0]}")" "$(grep -E 'RACECHECK SUMMARY|ERROR SUMMARY' "$OUT/racecheck.log" | tail -n 1 || true)"
 }
 

@@ -110,7 +110,7 @@ fn lora_note(lora: &Option<String>, trainable: usize) -> String {
 }
 
 pub fn run(args: BenchArgs) -> Result<()> {
-    qf_engine::train::device::set_threads(args.device.threads);
+    super::common::apply_device_settings(&args.device)?;
     if args.memory {
         return run_memory(&args);
     }

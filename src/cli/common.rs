@@ -58,6 +58,11 @@ pub struct DeviceArgs {
     #[arg(long, default_value_t = 0)]
     pub threads: usize,
 
+    /// CUDA attention: flash (the fused kernel, rotary inside) or unfused (the reference
+    /// path: rotary kernel, padded blocks, cuBLAS and a masked softmax).
+    #[arg(long, default_value = "flash")]
+    pub attention: String,
+
     /// No progress bars.
     #[arg(long)]
     pub quiet: bool,
@@ -79,8 +84,15 @@ impl WeightsArgs {
     }
 }
 
-pub fn open_device(a: &DeviceArgs) -> Result<Device> {
+/// Apply the process-wide device settings: CPU threads and the CUDA attention path.
+pub fn apply_device_settings(a: &DeviceArgs) -> Result<()> {
     qf_engine::train::device::set_threads(a.threads);
+    qf_engine::backend::cuda::device::set_default_attention(a.attention.parse()?);
+    Ok(())
+}
+
+pub fn open_device(a: &DeviceArgs) -> Result<Device> {
+    apply_device_settings(a)?;
     let (d, _, note) =
         qf_engine::train::device::open(&a.device.parse::<DeviceChoice>()?, a.precision.parse::<Precision>()?)?;
     if let Some(n) = note {

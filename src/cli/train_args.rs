@@ -336,7 +336,7 @@ fn parse_count(s: &str) -> Result<u64> {
 
 pub fn run(args: TrainArgs) -> Result<()> {
     args.weights.apply();
-    qf_engine::train::device::set_threads(args.device.threads);
+    super::common::apply_device_settings(&args.device)?;
     match args.task.as_str() {
         "classify" | "classification" => {
             let cfg = args.to_config()?;

@@ -7,7 +7,9 @@
 //! h = LN_final(x)                                              (emb_layer_norm_after)
 //! ```
 //! Attention: `q = (Wq·x + bq)·d^-½` is scaled *before* the rotary embedding, `k` is
-//! rotated unscaled, the softmax uses scale 1, sequences are packed (no padding).
+//! rotated unscaled, the softmax uses scale 1, sequences are packed (no padding). On CUDA
+//! the rotary embedding and attention run as one flash kernel (`ops::flash_attention`)
+//! unless `--attention unfused` chose the separate ops, which the CPU always uses.
 //! Parameter names are Hugging Face's under the `esm.` prefix.
 //!
 //! With [`Recompute::Layer`] each block runs through [`autograd::checkpoint`]: a
@@ -185,9 +187,14 @@ impl Esm2 {
         let k = layer.key.forward(p, tape, &h)?;
         let v = layer.value.forward(p, tape, &h)?;
         let q_scale = (self.cfg.head_dim() as f64).powf(-0.5);
-        let q = ops::rotary(tape, &q, &inp.positions, heads, q_scale)?;
-        let k = ops::rotary(tape, &k, &inp.positions, heads, 1.0)?;
-        let (ctx, probs) = ops::attention(tape, &q, &k, &v, &inp.layout, heads, 1.0, want_attention)?;
+        let (ctx, probs) = if ops::flash_attention::is_default_on(&q.device()) {
+            // The same maths in one fused kernel (rotary inside).
+            ops::flash_attention(tape, &q, &k, &v, &inp.positions, &inp.layout, heads, q_scale, want_attention)?
+        } else {
+            let q = ops::rotary(tape, &q, &inp.positions, heads, q_scale)?;
+            let k = ops::rotary(tape, &k, &inp.positions, heads, 1.0)?;
+            ops::attention(tape, &q, &k, &v, &inp.layout, heads, 1.0, want_attention)?
+        };
         let a = layer.attn_out.forward(p, tape, &ctx)?;
         let x = ops::add(tape, x, &a)?;
         let h = layer.ffn_ln.forward(p, tape, &x)?;

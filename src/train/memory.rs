@@ -36,7 +36,18 @@
 //! ```
 //!
 //! `P` is the number of attention probabilities: `H·Σ_s L_s²` on the CPU (packed per
-//! sequence), `H·n_seqs·L_max²` on CUDA (padded), `n_pad = n_seqs·L_max`. A LoRA adapter
+//! sequence), `H·n_seqs·L_max²` on CUDA (padded), `n_pad = n_seqs·L_max`.
+//!
+//! On CUDA with the flash kernel (the default attention in fp16/bf16 for head dims 16, 24,
+//! 32, 64, 128: `backend/cuda/flash_attention.rs`) there is no rotary op and nothing
+//! quadratic unless a contact head asks for the probabilities (then packed, `P = H·Σ_s L_s²`):
+//!
+//! ```text
+//! flash attention  q, k, v (unrotated), log-sum-exp (fp32)        3·n·h·e + 4·H·n
+//!                  [+ contacts: the packed probabilities]         [+ P·e]
+//! S_layer (flash) = (10·n·h + 2·n·f)·e + 16n + 4·H·n [+ P·e]
+//! T (flash)       = max((n·h + 2·n·f)·e, 4·n·h·e + 4·H·n)     dq, dk, dv, dO, Δ
+//! ``` A LoRA adapter
 //! on a projection `in → out` of rank `r` (`model/lora.rs`) adds the base output, the
 //! scaled update and its unscaled copy (`3·n·out·e`), the rank-`r` activation (`n·r·e`) and,
 //! with dropout, the dropped-out input (`n·in·e`).
@@ -266,7 +277,8 @@ pub struct MemoryPlan {
 }
 
 impl MemoryPlan {
-    /// Plan a step of `batch` for the parameters `specs` of an encoder `cfg`.
+    /// Plan a step of `batch` for the parameters `specs` of an encoder `cfg`, with the
+    /// CUDA attention new devices get (`--attention`).
     pub fn new(
         cfg: &EsmConfig,
         specs: &[ParamSpec],
@@ -274,6 +286,20 @@ impl MemoryPlan {
         n_classes: usize,
         opts: &PlanOptions,
         batch: &BatchShape,
+    ) -> Result<MemoryPlan> {
+        let attention = crate::backend::cuda::device::default_attention();
+        Self::with_attention(cfg, specs, lora, n_classes, opts, batch, attention)
+    }
+
+    /// [`MemoryPlan::new`] for a given CUDA attention path.
+    pub fn with_attention(
+        cfg: &EsmConfig,
+        specs: &[ParamSpec],
+        lora: Option<&LoraConfig>,
+        n_classes: usize,
+        opts: &PlanOptions,
+        batch: &BatchShape,
+        attention: crate::backend::cuda::AttentionKernel,
     ) -> Result<MemoryPlan> {
         let half = matches!(opts.compute, DType::F16 | DType::BF16);
         if half && !opts.cuda {
@@ -290,7 +316,7 @@ impl MemoryPlan {
                 OptimizerKind::AdamW8bit => adam8bit::state_bytes(s.numel),
             })
             .sum::<usize>();
-        let act = Activations::new(cfg, lora, n_classes, opts, batch)?;
+        let act = Activations::new(cfg, lora, n_classes, opts, batch, flash_attention_in_use(cfg, opts, attention))?;
         Ok(MemoryPlan {
             weights: if half { 2 * gemm as u64 } else { 4 * total as u64 },
             master: if half { 4 * total as u64 } else { 0 },
@@ -360,6 +386,17 @@ struct Activations {
     contacts: bool,
 }
 
+/// Whether a CUDA run of this model computes its attention with the flash kernel: the
+/// flash attention chosen, and a dtype and head dim it takes (else the unfused fallback).
+fn flash_attention_in_use(
+    cfg: &EsmConfig,
+    opts: &PlanOptions,
+    attention: crate::backend::cuda::AttentionKernel,
+) -> bool {
+    use crate::backend::cuda::{flash_attention::supports, AttentionKernel};
+    opts.cuda && attention == AttentionKernel::Flash && supports(opts.compute, cfg.head_dim())
+}
+
 impl Activations {
     fn new(
         cfg: &EsmConfig,
@@ -367,17 +404,23 @@ impl Activations {
         n_classes: usize,
         opts: &PlanOptions,
         b: &BatchShape,
+        flash: bool,
     ) -> Result<Self> {
         let e = opts.compute.size_in_bytes() as u64;
         let (n, h, f) = (b.tokens as u64, cfg.hidden_size as u64, cfg.intermediate_size as u64);
         let heads = cfg.num_attention_heads as u64;
-        let (p, n_pad) = if opts.cuda {
+        let (p, n_pad) = if opts.cuda && !flash {
             (heads * (b.n_seqs * b.max_len * b.max_len) as u64, (b.n_seqs * b.max_len) as u64)
         } else {
             (heads * b.sum_sq_len as u64, n)
         };
-        let mut layer = (12 * n * h + 2 * n * f + p) * e + 16 * n;
-        if opts.cuda {
+        let mut layer = if flash {
+            // No rotary op, no padded copies; the probabilities exist only for a contact head.
+            (10 * n * h + 2 * n * f) * e + 16 * n + 4 * heads * n + if opts.contacts { p * e } else { 0 }
+        } else {
+            (12 * n * h + 2 * n * f + p) * e + 16 * n
+        };
+        if opts.cuda && !flash {
             layer += 3 * n_pad * h * e;
         }
         if let Some(l) = lora {
@@ -387,7 +430,9 @@ impl Activations {
                 layer += (3 * n * fout as u64 + n * l.rank as u64 + dropped) * e;
             }
         }
-        let transient = if opts.cuda {
+        let transient = if flash {
+            ((n * h + 2 * n * f) * e).max(4 * n * h * e + 4 * heads * n)
+        } else if opts.cuda {
             ((n * h + 2 * n * f) * e).max((2 * p + 2 * n_pad * h + 4 * n * h) * e).max(4 * p + 4 * n_pad * h * e)
         } else {
             ((n * h + 2 * n * f) * e).max(5 * n * h * e)
@@ -706,6 +751,37 @@ mod tests {
         )
         .unwrap();
         assert_eq!(fp32.optimizer_bytes_per_param(), 8.0);
+    }
+
+    /// At a fixed token budget the flash path's activations do not grow with the longest
+    /// sequence (classification: nothing quadratic is kept); the unfused path's padded
+    /// probabilities grow with max_len².
+    #[test]
+    fn flash_activations_do_not_grow_with_the_longest_sequence() {
+        let shape = classifier("esm2_t12_35M", 1000);
+        let opts = PlanOptions {
+            cuda: true,
+            compute: DType::BF16,
+            optimizer: OptimizerKind::AdamW,
+            recompute: Recompute::None,
+            contacts: false,
+        };
+        let act = |flash: bool, max_len: usize| {
+            let b = BatchShape::full(16384, max_len);
+            Activations::new(&shape.cfg, None, 1000, &opts, &b, flash).unwrap().peak()
+        };
+        // (Fewer, longer sequences: only the per-sequence head rows change, downwards.)
+        let (short, long) = (act(true, 128), act(true, 1024));
+        assert!(long <= short, "flash activations grow with max_len: {short} → {long}");
+        // Padded probabilities: H·n_seqs·L² = H·n·L at n tokens, 8× more at L = 1024.
+        let (unfused_short, unfused_long) = (act(false, 128), act(false, 1024));
+        assert!(unfused_long > 2 * unfused_short, "unfused {unfused_short} → {unfused_long}");
+        // 35M, 16,384 tokens of 1,024: 3.6 GB planned for flash, 13.9 GB unfused.
+        assert!(long < unfused_long / 3, "flash {long} against unfused {unfused_long} at max_len 1024");
+        let flash = crate::backend::cuda::AttentionKernel::Flash;
+        assert!(flash_attention_in_use(&shape.cfg, &opts, flash), "35M (head dim 24) in bf16 runs the flash kernel");
+        let f32_opts = PlanOptions { compute: DType::F32, ..opts.clone() };
+        assert!(!flash_attention_in_use(&shape.cfg, &f32_opts, flash), "f32 falls back to the unfused path");
     }
 
     #[test]

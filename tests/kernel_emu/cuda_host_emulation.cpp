@@ -53,12 +53,23 @@ qf_emu_switch:
     .size qf_emu_switch, .-qf_emu_switch
 )");
 
+// One queued cp.async copy of a thread, in commit group `group`.
+struct AsyncCopy {
+    void* dst;
+    const void* src;
+    unsigned bytes;
+    unsigned group;
+};
+
 struct Fiber {
     void* sp = nullptr;  // saved stack pointer while switched out
     ThreadState state;
     int warp = 0;
     int lane = 0;
     Wait wait = Wait::None;
+    unsigned exchanges = 0;           // warp collectives this thread has entered
+    std::vector<AsyncCopy> copies;    // queued cp.async copies
+    unsigned open_group = 0;          // the group new copies join (committed: all below it)
 };
 
 struct Kernel {
@@ -79,6 +90,13 @@ struct BlockRun {
     std::vector<Fiber> fibers;
     std::vector<std::vector<char>> stacks;
     std::vector<float> warp_slots;  // 32 per warp
+    // Two exchange blocks per warp (alternating between consecutive collectives, so a
+    // lane that runs ahead into the next collective never overwrites a block that a
+    // slower lane is still reading), each 32 lanes × kExchangeBytes.
+    std::vector<unsigned char> exchange;
+    std::vector<unsigned char> scratch;  // same shape: results computed once per collective
+    std::vector<unsigned> claimed;       // per exchange block: the collective whose results are computed
+    std::string error;  // first report_error of the running block
     std::vector<unsigned char> smem;
     void* scheduler_sp = nullptr;
     Fiber* current = nullptr;
@@ -153,6 +171,10 @@ bool run_block(const Kernel& k, const uint64_t* slots, uint3 block_idx, dim3 gri
     r.fibers.assign(n, Fiber{});
     if (r.stacks.size() < size_t(n)) r.stacks.resize(n);
     r.warp_slots.assign(32 * n_warps, 0.0f);
+    r.exchange.assign(size_t(n_warps) * 2 * 32 * kExchangeBytes, 0);
+    r.scratch.assign(r.exchange.size(), 0);
+    r.claimed.assign(size_t(n_warps) * 2, 0);
+    r.error.clear();
     // Dynamic shared memory is uninitialised on the GPU: NaN bytes make a read before
     // write visible.
     r.smem.assign(smem_bytes, 0xFF);
@@ -179,7 +201,16 @@ bool run_block(const Kernel& k, const uint64_t* slots, uint3 block_idx, dim3 gri
         }
         bool all_done = true;
         for (auto& f : r.fibers) all_done &= f.wait == Wait::Done;
-        if (all_done) return true;
+        if (all_done) {
+            for (auto& f : r.fibers)
+                if (!f.copies.empty() && r.error.empty())
+                    r.error = "a thread exited with cp.async copies it never waited for";
+            if (!r.error.empty()) {
+                err = r.error;
+                return false;
+            }
+            return true;
+        }
         if (!open_barriers(r, n_warps) && !ran) {
             err = "deadlock: a __syncthreads() or warp shuffle that not every live thread of the block reaches";
             return false;
@@ -193,6 +224,8 @@ ThreadState& state() { return run().current->state; }
 
 void sync_block() { wait_at(Wait::Block); }
 
+void sync_warp() { wait_at(Wait::Warp); }
+
 float shfl_xor(float v, int lane_mask) {
     BlockRun& r = run();
     Fiber& f = *r.current;
@@ -205,6 +238,79 @@ float shfl_xor(float v, int lane_mask) {
 }
 
 unsigned char* dynamic_smem() { return run().smem.data(); }
+
+int lane_id() { return run().current->lane; }
+
+void report_error(const char* msg) {
+    BlockRun& r = run();
+    if (r.error.empty()) r.error = msg;
+}
+
+const unsigned char* warp_exchange(const void* mine, unsigned bytes, bool* first) {
+    BlockRun& r = run();
+    Fiber& f = *r.current;
+    if (bytes > kExchangeBytes) {
+        report_error("warp_exchange: operand block larger than kExchangeBytes");
+        bytes = kExchangeBytes;
+    }
+    unsigned char* block = &r.exchange[(size_t(f.warp) * 2 + (f.exchanges & 1)) * 32 * kExchangeBytes];
+    std::memcpy(block + size_t(f.lane) * kExchangeBytes, mine, bytes);
+    const unsigned entered = ++f.exchanges;
+    wait_at(Wait::Warp);
+    // The barrier opened: every live lane of the warp deposited. The instruction needs all
+    // 32: each lane has entered this collective, and none has gone past the next one (a
+    // lane that already ran on may have entered the next collective, or returned).
+    const size_t lane0 = size_t(f.warp) * 32;
+    bool full = lane0 + 32 <= r.fibers.size();
+    for (size_t t = lane0; full && t < lane0 + 32; ++t) {
+        const unsigned e = r.fibers[t].exchanges;
+        full = e == entered || e == entered + 1;
+    }
+    if (!full) report_error("a warp-collective instruction (mma/ldmatrix) ran with fewer than 32 active lanes");
+    if (first != nullptr) {
+        unsigned& claim = r.claimed[size_t(f.warp) * 2 + ((entered - 1) & 1)];
+        *first = claim != entered;
+        claim = entered;
+    }
+    return block;
+}
+
+unsigned char* warp_scratch() {
+    BlockRun& r = run();
+    const Fiber& f = *r.current;
+    return &r.scratch[(size_t(f.warp) * 2 + ((f.exchanges - 1) & 1)) * 32 * kExchangeBytes];
+}
+
+void async_copy(void* dst, const void* src, unsigned bytes) {
+    BlockRun& r = run();
+    Fiber& f = *r.current;
+    const auto d = reinterpret_cast<uintptr_t>(dst), s = reinterpret_cast<uintptr_t>(src);
+    const auto smem = reinterpret_cast<uintptr_t>(r.smem.data());
+    if (d % bytes != 0 || s % bytes != 0) {
+        report_error("cp.async: an address is not aligned to the copy size");
+        return;
+    }
+    if (d < smem || d + bytes > smem + r.smem.size()) {
+        report_error("cp.async: the destination is outside the dynamic shared memory");
+        return;
+    }
+    f.copies.push_back(AsyncCopy{dst, src, bytes, f.open_group});
+}
+
+void async_commit() { ++run().current->open_group; }
+
+void async_wait(int allowed_pending) {
+    Fiber& f = *run().current;
+    // Groups below `limit` must be complete; the newest `allowed_pending` committed
+    // groups and the open (uncommitted) one may stay pending.
+    const long long limit = (long long)f.open_group - (allowed_pending > 0 ? allowed_pending : 0);
+    std::vector<AsyncCopy> still;
+    for (const AsyncCopy& c : f.copies) {
+        if ((long long)c.group < limit) std::memcpy(c.dst, c.src, c.bytes);
+        else still.push_back(c);
+    }
+    f.copies.swap(still);
+}
 
 unsigned dynamic_smem_bytes() { return static_cast<unsigned>(run().smem.size()); }
 

@@ -10,6 +10,16 @@
 //     open is reported as a deadlock;
 //   * __shfl_xor_sync() exchanges values through a per-warp slot array between two
 //     barriers over the warp's live lanes;
+//   * warp-collective instructions (the tensor-core primitives of kernels/mma.cuh:
+//     mma.sync, ldmatrix) gather every lane's registers through warp_exchange(): each
+//     lane deposits its operands, waits until all 32 lanes of its warp have, and then
+//     computes its own result from the whole warp's registers exactly as the PTX ISA
+//     defines the instruction. A collective reached by fewer than 32 live lanes (an
+//     exited or diverged lane), or an ldmatrix row outside the dynamic shared memory or
+//     not 16-byte aligned, fails the launch with a message (report_error);
+//   * cp.async copies are queued per thread and land when that thread waits for their
+//     group (cp.async.wait_group / wait_all), so a read before the wait sees the NaN
+//     bytes of fresh dynamic shared memory, not the data;
 //   * __shared__ variables are function-local statics: one copy, shared by the
 //     threads of the one block that runs at a time (launches are serialised over the
 //     whole process, so tests running in parallel do not share them);
@@ -67,9 +77,30 @@ struct ThreadState {
 
 ThreadState& state();
 void sync_block();
+void sync_warp();
 float shfl_xor(float v, int lane_mask);
 unsigned char* dynamic_smem();
 unsigned dynamic_smem_bytes();
+
+// The calling thread's lane in its warp (PTX %laneid).
+int lane_id();
+// Largest operand block one lane deposits in a warp_exchange.
+constexpr unsigned kExchangeBytes = 64;
+// Warp-collective gather: deposit `bytes` (≤ kExchangeBytes) from `mine`, wait for all 32
+// lanes of the warp, and return the 32 deposits (lane l's at offset l·kExchangeBytes).
+// The block stays valid until the warp's next collective. `*first` (when given) is set
+// for exactly one lane of the warp, the first to resume: it may compute the results of
+// every lane once into warp_scratch() (32 × kExchangeBytes, valid as long as the block),
+// which the other lanes then read.
+const unsigned char* warp_exchange(const void* mine, unsigned bytes, bool* first = nullptr);
+unsigned char* warp_scratch();
+// Fail the running launch with `msg` (the first report wins); the kernel runs on.
+void report_error(const char* msg);
+// cp.async: queue a copy of `bytes` from `src` to `dst`; close the open group; complete
+// every group but the newest `allowed_pending` committed ones.
+void async_copy(void* dst, const void* src, unsigned bytes);
+void async_commit();
+void async_wait(int allowed_pending);
 
 // Registration of an `extern "C"` kernel: its argument kinds and a thunk that calls it
 // with the raw 64-bit argument slots of a launch.
@@ -131,6 +162,7 @@ inline unsigned min(unsigned a, unsigned b) { return a < b ? a : b; }
 inline unsigned max(unsigned a, unsigned b) { return a > b ? a : b; }
 
 inline void __syncthreads() { qf_emu::sync_block(); }
+inline void __syncwarp(unsigned /*mask*/ = 0xffffffffu) { qf_emu::sync_warp(); }
 inline float __shfl_xor_sync(unsigned /*mask*/, float v, int lane_mask) { return qf_emu::shfl_xor(v, lane_mask); }
 
 inline float atomicAdd(float* p, float v) { return std::atomic_ref<float>(*p).fetch_add(v); }

@@ -158,6 +158,29 @@ impl Emulator {
     }
 }
 
+/// `n` elements whose storage is 16-byte aligned, as device memory is (cp.async copies
+/// 16-byte blocks from aligned addresses; a `Vec<f16>` is only 2-byte aligned).
+pub struct Aligned16<T: bytemuck::Pod> {
+    words: Vec<u128>,
+    n: usize,
+    _t: std::marker::PhantomData<T>,
+}
+
+impl<T: bytemuck::Pod> Aligned16<T> {
+    pub fn from_slice(v: &[T]) -> Self {
+        let bytes = std::mem::size_of_val(v);
+        let mut words = vec![0u128; bytes.div_ceil(16)];
+        bytemuck::cast_slice_mut::<u128, u8>(&mut words)[..bytes].copy_from_slice(bytemuck::cast_slice(v));
+        Aligned16 { words, n: v.len(), _t: std::marker::PhantomData }
+    }
+    pub fn as_slice(&self) -> &[T] {
+        &bytemuck::cast_slice::<u128, T>(&self.words)[..self.n]
+    }
+    pub fn as_mut_slice(&mut self) -> &mut [T] {
+        &mut bytemuck::cast_slice_mut::<u128, T>(&mut self.words)[..self.n]
+    }
+}
+
 /// Host address of a buffer, as a kernel pointer argument.
 pub fn ptr<T>(v: &[T]) -> Arg {
     Arg::Ptr(v.as_ptr() as u64)

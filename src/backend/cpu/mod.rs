@@ -12,6 +12,7 @@ pub mod denormals;
 pub mod dropout;
 pub mod elementwise;
 pub mod embedding;
+pub mod flash_attention;
 pub mod gelu;
 pub mod layer_norm;
 pub mod matmul;

@@ -2,8 +2,10 @@
 //! are scattered into padded per-sequence blocks `[n_seqs, heads, max_len, d]`, the
 //! products run as strided-batched GEMMs over `n_seqs·heads` blocks, the masked softmax
 //! is fused (fp32 scores in, compute-dtype probabilities out), and the output is
-//! gathered back to the packed layout. Length-bucketed batches keep the padding small;
-//! a fused flash-style kernel is a separate issue.
+//! gathered back to the packed layout. Length-bucketed batches keep the padding small.
+//! The default CUDA attention is now the fused kernel of `flash_attention.rs`; this path
+//! is the reference behind `--attention unfused` and the fallback for f32 and for head
+//! dims the flash kernels do not take.
 //!
 //! Launches (from the kernel header): pack/unpack flat grid-stride, block 256, grid
 //! min(ceil(elements/256), 32·SMs); softmax forward/backward one warp per score row,

@@ -1,7 +1,7 @@
 //! Contact head for GPU attention probabilities.
 //!
-//! This first path copies the probabilities (padded `[n_seqs, heads, max_len, max_len]`
-//! per layer) to the host, runs the CPU head (`backend/cpu/contact_head.rs`) and copies
+//! This first path copies the probabilities (per layer: packed 1-D blocks from the flash
+//! kernel, or padded `[n_seqs, heads, max_len, max_len]` from the unfused attention) to the host, runs the CPU head (`backend/cpu/contact_head.rs`) and copies
 //! the logits back; the backward does the reverse. It is exact but synchronises with
 //! the host, so contact training on the GPU is bounded by it until a fused kernel
 //! replaces it.
@@ -50,6 +50,12 @@ fn packed_to_padded(packed: &[f32], layout: &SeqLayout, heads: usize) -> Vec<f32
     out
 }
 
+/// Whether a layer's probabilities are the flash kernel's packed blocks (1-D, the CPU
+/// layout) rather than the unfused path's padded 4-D tensor.
+fn is_packed(p: &Tensor) -> bool {
+    p.shape().len() == 1
+}
+
 pub fn contact_head(
     tape: &Tape,
     probs: &[Tensor],
@@ -64,7 +70,8 @@ pub fn contact_head(
     let host_probs: Vec<Tensor> = probs
         .iter()
         .map(|p| {
-            let packed = padded_to_packed(&p.to_vec_f32()?, layout, n_heads);
+            let packed =
+                if is_packed(p) { p.to_vec_f32()? } else { padded_to_packed(&p.to_vec_f32()?, layout, n_heads) };
             let n = packed.len();
             Ok(Tensor::from_vec(packed, &[n])?.with_requires_grad(p.requires_grad()))
         })
@@ -87,8 +94,9 @@ pub fn contact_head(
             host_tape.backward_from(&logits, hg, &mut hgrads)?;
             for (p, hp) in probs.iter().zip(&host_probs) {
                 if let Some(d) = hgrads.get(hp) {
-                    let padded = packed_to_padded(&d.to_vec_f32()?, &layout, n_heads);
-                    grads.accumulate(p, &Tensor::from_f32(padded, p.shape(), p.dtype(), &gpu)?)?;
+                    let packed = d.to_vec_f32()?;
+                    let g = if is_packed(p) { packed } else { packed_to_padded(&packed, &layout, n_heads) };
+                    grads.accumulate(p, &Tensor::from_f32(g, p.shape(), p.dtype(), &gpu)?)?;
                 }
             }
             for (t, ht) in [(&weight, &hw), (&bias, &hb)] {

@@ -13,7 +13,7 @@
 //! its token budget in the message ([`with_budget_hint`]).
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
 use std::sync::{Arc, Mutex};
 
 use anyhow::{anyhow, bail, Context, Result};
@@ -24,6 +24,54 @@ use super::kernels;
 use super::storage::{CudaBuf, CudaStorage};
 use crate::backend::cpu::CpuStorage;
 use crate::tensor::{DType, Tensor, TensorId};
+
+/// Which attention the CUDA backend runs (`--attention`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum AttentionKernel {
+    /// The fused flash kernel with rotary inside (`kernels/flash_attention.cu`); f32 and
+    /// head dims other than 16, 24, 32, 64 and 128 fall back to the unfused path.
+    #[default]
+    Flash,
+    /// The first path, kept as the reference: the rotary kernel, then q, k, v copied into
+    /// padded per-sequence blocks, cuBLAS GEMMs and a masked softmax (`kernels/attention.cu`).
+    Unfused,
+}
+
+impl std::str::FromStr for AttentionKernel {
+    type Err = anyhow::Error;
+    fn from_str(s: &str) -> Result<Self> {
+        match s {
+            "flash" | "fused" => Ok(AttentionKernel::Flash),
+            "unfused" => Ok(AttentionKernel::Unfused),
+            _ => bail!("unknown attention `{s}`: use flash or unfused"),
+        }
+    }
+}
+
+impl std::fmt::Display for AttentionKernel {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            AttentionKernel::Flash => "flash",
+            AttentionKernel::Unfused => "unfused",
+        })
+    }
+}
+
+/// The attention of devices opened from now on (the CLI's `--attention`).
+static DEFAULT_ATTENTION: AtomicU8 = AtomicU8::new(0);
+
+/// Choose the attention of CUDA devices opened after this call.
+pub fn set_default_attention(kind: AttentionKernel) {
+    DEFAULT_ATTENTION.store(kind as u8, Ordering::Relaxed);
+}
+
+/// The attention of devices opened from now on.
+pub fn default_attention() -> AttentionKernel {
+    match DEFAULT_ATTENTION.load(Ordering::Relaxed) {
+        0 => AttentionKernel::Flash,
+        _ => AttentionKernel::Unfused,
+    }
+}
 
 /// A handle to an opened CUDA device (cheap to clone).
 #[derive(Clone)]
@@ -50,6 +98,8 @@ struct Inner {
     functions: Mutex<HashMap<String, CudaFunction>>,
     /// Activation dtype of this run (f32, f16 or bf16).
     compute_dtype: Mutex<DType>,
+    /// The attention path (`AttentionKernel as u8`).
+    attention: AtomicU8,
     /// Half-precision copies of fp32 master weights, by the master's id. The optimizer
     /// rewrites them in the same pass that updates the masters.
     compute_copies: Mutex<HashMap<TensorId, Tensor>>,
@@ -121,6 +171,7 @@ impl CudaDevice {
                 modules: Mutex::new(HashMap::new()),
                 functions: Mutex::new(HashMap::new()),
                 compute_dtype: Mutex::new(DType::F32),
+                attention: AtomicU8::new(default_attention() as u8),
                 compute_copies: Mutex::new(HashMap::new()),
             }),
         })
@@ -180,6 +231,19 @@ impl CudaDevice {
         }
         *self.inner.compute_dtype.lock().unwrap_or_else(|e| e.into_inner()) = dtype;
         Ok(())
+    }
+
+    /// The attention this device runs (flash unless `--attention unfused` or
+    /// [`CudaDevice::set_attention_kernel`] chose the unfused reference path).
+    pub fn attention_kernel(&self) -> AttentionKernel {
+        match self.inner.attention.load(Ordering::Relaxed) {
+            0 => AttentionKernel::Flash,
+            _ => AttentionKernel::Unfused,
+        }
+    }
+
+    pub fn set_attention_kernel(&self, kind: AttentionKernel) {
+        self.inner.attention.store(kind as u8, Ordering::Relaxed);
     }
 
     /// `w` in `dtype`: `w` itself when it already is, else its cached half copy (made on

@@ -15,6 +15,7 @@ pub mod device;
 pub mod dropout;
 pub mod elementwise;
 pub mod embedding;
+pub mod flash_attention;
 pub mod gather;
 pub mod gemm;
 pub mod kernels;
@@ -27,5 +28,5 @@ pub mod optim;
 pub mod rotary;
 pub mod storage;
 
-pub use device::CudaDevice;
+pub use device::{AttentionKernel, CudaDevice};
 pub use storage::{CudaBuf, CudaStorage};

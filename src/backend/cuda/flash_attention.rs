@@ -1,0 +1,362 @@
+//! Flash attention on the GPU (`kernels/flash_attention.cu`): one fused kernel for the
+//! forward pass (rotary on q and k as their tiles load, online softmax, the log-sum-exp
+//! saved, optionally the probabilities written for the contact head in a second pass),
+//! and three for the backward pass (Δ = rowsum(dO∘O) (+ rowsum(G∘P)); dK and dV per key
+//! tile; dQ per query tile — deterministic, no atomics), all on packed sequences with no
+//! padding and no `L×L` buffer. The CPU twin is `backend/cpu/flash_attention.rs`.
+//!
+//! fp16 and bf16 with head dims 16, 24, 32, 64 and 128 run the kernels; f32 (no tensor
+//! cores at fp32 precision) and other head dims fall back to the unfused path (the rotary
+//! kernel, then `attention.rs`), whose probabilities are padded
+//! (`[n_seqs, heads, max_len, max_len]`) instead of packed (1-D, the CPU layout).
+//!
+//! Launches (from the kernel header): forward, kv and q kernels: block 128, grid
+//! (ceil(max_len / 64), n_seqs, heads), dynamic shared memory [`flash_smem_bytes`]; the Δ
+//! kernel: one warp per (head, token) row, [`warp_rows_config`].
+
+use anyhow::{bail, Result};
+use cudarc::driver::LaunchConfig;
+
+use super::device::CudaDevice;
+use super::launch::{device_of, dynamic_smem, empty, int, launch, p, p_opt, warp_rows_config, zeros, Arg};
+use super::nvtx;
+use crate::autograd::Tape;
+use crate::backend::cpu::attention::prob_offsets;
+use crate::ops::SeqLayout;
+use crate::tensor::{DType, Tensor};
+
+/// Head dimensions with their own kernels.
+pub const FLASH_HEAD_DIMS: [usize; 5] = [16, 24, 32, 64, 128];
+/// Threads per block (4 warps of 16 rows each) and rows per block.
+const THREADS: u32 = 128;
+const ROWS_PER_BLOCK: usize = 64;
+/// Largest grid.y and grid.z CUDA accepts.
+const MAX_GRID_YZ: usize = 65_535;
+
+/// The three tiled kernels.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FlashStage {
+    Forward,
+    BackwardKv,
+    BackwardQ,
+}
+
+/// Whether the flash kernels take this dtype and head dimension.
+pub fn supports(dtype: DType, head_dim: usize) -> bool {
+    matches!(dtype, DType::F16 | DType::BF16) && FLASH_HEAD_DIMS.contains(&head_dim)
+}
+
+/// Dynamic shared memory of a kernel (the kernel header's formulas): the rotary
+/// frequencies, then tiles of rows of `head_dim + 8` 16-bit elements (`+ 16` for head dim
+/// 24: rows ≡ 8 mod 16 elements keep ldmatrix free of bank conflicts).
+pub fn flash_smem_bytes(stage: FlashStage, head_dim: usize) -> usize {
+    let step = if head_dim <= 64 { 64 } else { 32 }; // keys (forward, q) or queries (kv) per step
+    let row = (head_dim + if head_dim % 16 == 8 { 16 } else { 8 }) * 2;
+    let inv_freq = head_dim / 2 * 4;
+    match stage {
+        FlashStage::Forward => inv_freq + (ROWS_PER_BLOCK + 2 * step) * row,
+        FlashStage::BackwardKv => inv_freq + (2 * ROWS_PER_BLOCK + 2 * step) * row + 8 * step,
+        FlashStage::BackwardQ => inv_freq + (2 * ROWS_PER_BLOCK + 2 * step) * row,
+    }
+}
+
+/// Grid (ceil(max_len / 64), n_seqs, heads) of blocks of 128 threads.
+pub fn flash_config(stage: FlashStage, head_dim: usize, layout: &SeqLayout, heads: usize) -> Result<LaunchConfig> {
+    if layout.n_seqs() > MAX_GRID_YZ || heads > MAX_GRID_YZ {
+        bail!("flash attention: at most {MAX_GRID_YZ} sequences and heads per call");
+    }
+    Ok(LaunchConfig {
+        grid_dim: (layout.max_len.div_ceil(ROWS_PER_BLOCK).max(1) as u32, layout.n_seqs() as u32, heads as u32),
+        block_dim: (THREADS, 1, 1),
+        shared_mem_bytes: flash_smem_bytes(stage, head_dim) as u32,
+    })
+}
+
+/// The launch configuration with the kernel's shared-memory limit raised where it needs
+/// more than 48 KiB.
+fn config(
+    dev: &CudaDevice,
+    stage: FlashStage,
+    name: &str,
+    head_dim: usize,
+    layout: &SeqLayout,
+    heads: usize,
+) -> Result<LaunchConfig> {
+    let cfg = flash_config(stage, head_dim, layout, heads)?;
+    let granted = dynamic_smem(dev, "flash_attention", name, cfg.shared_mem_bytes as usize)?;
+    if granted < cfg.shared_mem_bytes {
+        bail!(
+            "flash attention: `{name}` needs {} bytes of shared memory per block, more than this GPU gives; \
+             use --attention unfused",
+            cfg.shared_mem_bytes
+        );
+    }
+    Ok(cfg)
+}
+
+/// Sizes of one call.
+#[derive(Clone, Copy)]
+struct Dims {
+    tokens: usize,
+    heads: usize,
+    head_dim: usize,
+}
+
+/// The forward kernel: `(out, lse, probs)`.
+#[allow(clippy::too_many_arguments)]
+fn run_forward(
+    dev: &CudaDevice,
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    positions: &Tensor,
+    layout: &SeqLayout,
+    d: Dims,
+    q_scale: f32,
+    want_probs: bool,
+) -> Result<(Tensor, Tensor, Option<Tensor>)> {
+    let dt = q.dtype();
+    let out = empty(dev, &[d.tokens, d.heads * d.head_dim], dt)?;
+    let lse = empty(dev, &[d.heads, d.tokens], DType::F32)?;
+    let probs = if want_probs { Some(empty(dev, &[prob_offsets(&layout.cu, d.heads).1], dt)?) } else { None };
+    let name = match (d.head_dim, dt) {
+        (16, DType::F16) => "flash_attention_forward_d16_f16",
+        (24, DType::F16) => "flash_attention_forward_d24_f16",
+        (32, DType::F16) => "flash_attention_forward_d32_f16",
+        (64, DType::F16) => "flash_attention_forward_d64_f16",
+        (128, DType::F16) => "flash_attention_forward_d128_f16",
+        (16, DType::BF16) => "flash_attention_forward_d16_bf16",
+        (24, DType::BF16) => "flash_attention_forward_d24_bf16",
+        (32, DType::BF16) => "flash_attention_forward_d32_bf16",
+        (64, DType::BF16) => "flash_attention_forward_d64_bf16",
+        (128, DType::BF16) => "flash_attention_forward_d128_bf16",
+        (d, dt) => bail!("no flash attention kernel for head dim {d} in {dt}"),
+    };
+    let cfg = config(dev, FlashStage::Forward, name, d.head_dim, layout, d.heads)?;
+    // flash_attention_forward_dD_T(out, lse, probs, q, k, v, positions, cu_seqlens, n_seqs,
+    //                              n_tokens, n_heads, q_scale)
+    launch(
+        dev,
+        "flash_attention",
+        name,
+        cfg,
+        &[
+            p(&out)?,
+            p(&lse)?,
+            p_opt(probs.as_ref())?,
+            p(q)?,
+            p(k)?,
+            p(v)?,
+            p(positions)?,
+            p(&layout.cu_device)?,
+            int(layout.n_seqs())?,
+            int(d.tokens)?,
+            int(d.heads)?,
+            Arg::F32(q_scale),
+        ],
+    )?;
+    Ok((out, lse, probs))
+}
+
+/// What the backward pass reads.
+struct Saved {
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    positions: Tensor,
+    layout: SeqLayout,
+    out: Tensor,
+    lse: Tensor,
+    probs: Option<Tensor>,
+    d: Dims,
+    q_scale: f32,
+}
+
+/// Gradients into `dq`, `dk`, `dv` (accumulated; `None` skips one) from the gradient on
+/// the output `dout` and on the probabilities `dprobs`.
+fn run_backward(
+    dev: &CudaDevice,
+    s: &Saved,
+    dout: &Tensor,
+    dprobs: Option<&Tensor>,
+    grads: (Option<&Tensor>, Option<&Tensor>, Option<&Tensor>),
+) -> Result<()> {
+    let (dt, d) = (s.q.dtype(), s.d);
+    let (dq, dk, dv) = grads;
+    let delta = empty(dev, &[d.heads, d.tokens], DType::F32)?;
+    let probs_for_delta = if dprobs.is_some() { s.probs.as_ref() } else { None };
+    // flash_attention_backward_dot_T(delta, out, dout, probs, dprobs, cu_seqlens, n_seqs,
+    //                                n_tokens, n_heads, head_dim)
+    let dot_name = match dt {
+        DType::F16 => "flash_attention_backward_dot_f16",
+        DType::BF16 => "flash_attention_backward_dot_bf16",
+        other => bail!("no flash attention kernel in {other}"),
+    };
+    launch(
+        dev,
+        "flash_attention",
+        dot_name,
+        warp_rows_config(d.heads * d.tokens),
+        &[
+            p(&delta)?,
+            p(&s.out)?,
+            p(dout)?,
+            p_opt(probs_for_delta)?,
+            p_opt(dprobs)?,
+            p(&s.layout.cu_device)?,
+            int(s.layout.n_seqs())?,
+            int(d.tokens)?,
+            int(d.heads)?,
+            int(d.head_dim)?,
+        ],
+    )?;
+    if dk.is_some() || dv.is_some() {
+        let kv_name = match (d.head_dim, dt) {
+            (16, DType::F16) => "flash_attention_backward_kv_d16_f16",
+            (24, DType::F16) => "flash_attention_backward_kv_d24_f16",
+            (32, DType::F16) => "flash_attention_backward_kv_d32_f16",
+            (64, DType::F16) => "flash_attention_backward_kv_d64_f16",
+            (128, DType::F16) => "flash_attention_backward_kv_d128_f16",
+            (16, DType::BF16) => "flash_attention_backward_kv_d16_bf16",
+            (24, DType::BF16) => "flash_attention_backward_kv_d24_bf16",
+            (32, DType::BF16) => "flash_attention_backward_kv_d32_bf16",
+            (64, DType::BF16) => "flash_attention_backward_kv_d64_bf16",
+            (128, DType::BF16) => "flash_attention_backward_kv_d128_bf16",
+            (d, dt) => bail!("no flash attention kernel for head dim {d} in {dt}"),
+        };
+        let cfg = config(dev, FlashStage::BackwardKv, kv_name, d.head_dim, &s.layout, d.heads)?;
+        // flash_attention_backward_kv_dD_T(dk, dv, q, k, v, dout, lse, delta, dprobs, positions,
+        //                                  cu_seqlens, n_seqs, n_tokens, n_heads, q_scale)
+        launch(
+            dev,
+            "flash_attention",
+            kv_name,
+            cfg,
+            &[
+                p_opt(dk)?,
+                p_opt(dv)?,
+                p(&s.q)?,
+                p(&s.k)?,
+                p(&s.v)?,
+                p(dout)?,
+                p(&s.lse)?,
+                p(&delta)?,
+                p_opt(dprobs)?,
+                p(&s.positions)?,
+                p(&s.layout.cu_device)?,
+                int(s.layout.n_seqs())?,
+                int(d.tokens)?,
+                int(d.heads)?,
+                Arg::F32(s.q_scale),
+            ],
+        )?;
+    }
+    if let Some(dq) = dq {
+        let q_name = match (d.head_dim, dt) {
+            (16, DType::F16) => "flash_attention_backward_q_d16_f16",
+            (24, DType::F16) => "flash_attention_backward_q_d24_f16",
+            (32, DType::F16) => "flash_attention_backward_q_d32_f16",
+            (64, DType::F16) => "flash_attention_backward_q_d64_f16",
+            (128, DType::F16) => "flash_attention_backward_q_d128_f16",
+            (16, DType::BF16) => "flash_attention_backward_q_d16_bf16",
+            (24, DType::BF16) => "flash_attention_backward_q_d24_bf16",
+            (32, DType::BF16) => "flash_attention_backward_q_d32_bf16",
+            (64, DType::BF16) => "flash_attention_backward_q_d64_bf16",
+            (128, DType::BF16) => "flash_attention_backward_q_d128_bf16",
+            (d, dt) => bail!("no flash attention kernel for head dim {d} in {dt}"),
+        };
+        let cfg = config(dev, FlashStage::BackwardQ, q_name, d.head_dim, &s.layout, d.heads)?;
+        // flash_attention_backward_q_dD_T(dq, q, k, v, dout, lse, delta, dprobs, positions,
+        //                                 cu_seqlens, n_seqs, n_tokens, n_heads, q_scale)
+        launch(
+            dev,
+            "flash_attention",
+            q_name,
+            cfg,
+            &[
+                p(dq)?,
+                p(&s.q)?,
+                p(&s.k)?,
+                p(&s.v)?,
+                p(dout)?,
+                p(&s.lse)?,
+                p(&delta)?,
+                p_opt(dprobs)?,
+                p(&s.positions)?,
+                p(&s.layout.cu_device)?,
+                int(s.layout.n_seqs())?,
+                int(d.tokens)?,
+                int(d.heads)?,
+                Arg::F32(s.q_scale),
+            ],
+        )?;
+    }
+    Ok(())
+}
+
+/// Attention with rotary inside on CUDA (see `ops::flash_attention`): the output and,
+/// when asked, the probabilities (packed 1-D like the CPU's from the flash kernels,
+/// padded from the unfused fallback).
+#[allow(clippy::too_many_arguments)]
+pub fn flash_attention(
+    tape: &Tape,
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    positions: &Tensor,
+    layout: &SeqLayout,
+    n_heads: usize,
+    q_scale: f64,
+    want_probs: bool,
+) -> Result<(Tensor, Option<Tensor>)> {
+    let dev = device_of(q)?;
+    let (n, width) = q.dims2()?;
+    let dt = q.dtype();
+    if k.dtype() != dt || v.dtype() != dt {
+        bail!("flash attention on CUDA: q, k, v dtypes differ ({dt}, {}, {})", k.dtype(), v.dtype());
+    }
+    let head_dim = width / n_heads;
+    if !supports(dt, head_dim) {
+        let q = crate::ops::rotary(tape, q, positions, n_heads, q_scale)?;
+        let k = crate::ops::rotary(tape, k, positions, n_heads, 1.0)?;
+        return super::attention::attention(tape, &q, &k, v, layout, n_heads, 1.0, want_probs);
+    }
+    let _r = nvtx::fwd("flash_attention");
+    let d = Dims { tokens: n, heads: n_heads, head_dim };
+    let (out, lse, probs) = run_forward(&dev, q, k, v, positions, layout, d, q_scale as f32, want_probs)?;
+    let needs = tape.needs_grad(&[q, k, v]);
+    let out = out.with_requires_grad(needs);
+    let probs = probs.map(|t| t.with_requires_grad(needs));
+    if needs {
+        let saved = Saved {
+            q: q.clone(),
+            k: k.clone(),
+            v: v.clone(),
+            positions: positions.clone(),
+            layout: layout.clone(),
+            out: out.clone().with_requires_grad(false),
+            lse,
+            probs: probs.as_ref().map(|t| t.clone().with_requires_grad(false)),
+            d,
+            q_scale: q_scale as f32,
+        };
+        let mut outputs = vec![&out];
+        outputs.extend(probs.as_ref());
+        tape.record("flash_attention", &outputs, move |outs, grads| {
+            let _r = nvtx::bwd("flash_attention");
+            let dprobs = outs.get(1).and_then(Option::as_ref);
+            let dout = match outs.first().and_then(Option::as_ref) {
+                Some(g) => g.clone(),
+                None if dprobs.is_some() => zeros(&dev, &[d.tokens, d.heads * d.head_dim], dt)?,
+                None => return Ok(()),
+            };
+            let (dq, dk, dv) = (grads.take_acc(&saved.q)?, grads.take_acc(&saved.k)?, grads.take_acc(&saved.v)?);
+            let result = run_backward(&dev, &saved, &dout, dprobs, (dq.as_ref(), dk.as_ref(), dv.as_ref()));
+            grads.put(&saved.q, dq);
+            grads.put(&saved.k, dk);
+            grads.put(&saved.v, dv);
+            result
+        });
+    }
+    Ok((out, probs))
+}
