@@ -18,9 +18,14 @@
 //     hard requirements and are stated per kernel.
 #pragma once
 
+// build.rs expands the kernel files with a plain C preprocessor and
+// QF_SIGNATURES_ONLY defined, to read the `extern "C" __global__` signatures the
+// typed Rust launchers are generated from; the CUDA headers are not needed for that.
+#ifndef QF_SIGNATURES_ONLY
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 #include <stdint.h>
+#endif
 
 namespace qf {
 

@@ -482,7 +482,8 @@ fn flash_attention_agrees_with_the_unfused_path() {
 /// own summation order), deliberately permuted ones do not (relative error ≥ 0.78).
 #[test]
 fn tensor_core_fragment_layouts_on_the_device() {
-    use qf_engine::backend::cuda::launch::{empty, launch, p, Arg};
+    use qf_engine::backend::cuda::kernels;
+    use qf_engine::backend::cuda::launch::{empty, p};
     for dt in [DType::F16, DType::BF16] {
         let Some(dev) = gpu("tensor_core", dt) else { return };
         let d = Device::Cuda(dev.clone());
@@ -502,21 +503,22 @@ fn tensor_core_fragment_layouts_on_the_device() {
             let (ta, tb) = (to_dev(&a, &[16, k]), to_dev(&b, &[k, n]));
             for variant in 0..4 {
                 let c = empty(&dev, &[16, n], DType::F32).unwrap();
-                let name = if dt == DType::F16 { "tc_gemm_check_f16" } else { "tc_gemm_check_bf16" };
                 let cfg = cudarc::driver::LaunchConfig {
                     grid_dim: (1, 1, 1),
                     block_dim: (32, 1, 1),
                     shared_mem_bytes: ((16 * (k + 8) + k * (n + 8)) * 2) as u32,
                 };
-                let args = [
+                kernels::tensor_core_check::tc_gemm_check(
+                    &dev,
+                    cfg,
                     p(&c).unwrap(),
                     p(&ta).unwrap(),
                     p(&tb).unwrap(),
-                    Arg::I32(k as i32),
-                    Arg::I32(n as i32),
-                    Arg::I32(variant),
-                ];
-                launch(&dev, "tensor_core_check", name, cfg, &args).unwrap();
+                    k as i32,
+                    n as i32,
+                    variant,
+                )
+                .unwrap();
                 let e = cuda_common::rel_err(&c.to_vec_f32().unwrap(), &want);
                 detail(&format!("  tensor core [{dt}] k={k} n={n} variant {variant}: rel err {e:.2e}"));
                 if variant < 2 {

@@ -22,7 +22,17 @@ use common::{rel_err, TestRng};
 use half::{bf16, f16};
 use kernel_emu::{emulator, ptr, ptr_mut, to_f32, Element, Emulator, Shape};
 use qf_engine::backend::cpu;
-use qf_engine::backend::cuda::launch::{block_rows_config, int, long, warp_rows_config, Arg, BLOCK};
+use qf_engine::backend::cuda::launch::{block_rows_config, warp_rows_config, Arg, BLOCK};
+
+/// A `long long` argument.
+fn long(n: usize) -> Arg {
+    Arg::I64(n as i64)
+}
+
+/// An `int` argument from a size.
+fn int(n: usize) -> anyhow::Result<Arg> {
+    Ok(Arg::I32(qf_engine::backend::cuda::launch::int(n)?))
+}
 
 /// SM counts the flat launches are shaped for: an H100, and one SM (several passes).
 const H100_SMS: u32 = 132;

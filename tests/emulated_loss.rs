@@ -32,11 +32,19 @@ use common::{rel_err, TestRng};
 use half::{bf16, f16};
 use kernel_emu::{emulator, ptr, to_elem, to_f32, Element, Emulator, Shape};
 use qf_engine::backend::cpu;
-use qf_engine::backend::cuda::launch::{
-    block_rows_config, int, long, single_thread_config, vec_width, Arg, BLOCK, NULL,
-};
+use qf_engine::backend::cuda::launch::{block_rows_config, single_thread_config, vec_width, Arg, BLOCK, NULL};
 use qf_engine::ops::cross_entropy::IGNORE_INDEX;
 use qf_engine::tensor::DType;
+
+/// A `long long` argument.
+fn long(n: usize) -> Arg {
+    Arg::I64(n as i64)
+}
+
+/// An `int` argument from a size.
+fn int(n: usize) -> anyhow::Result<Arg> {
+    Ok(Arg::I32(qf_engine::backend::cuda::launch::int(n)?))
+}
 
 /// One emulated launch (the emulator serialises launches across the tests' threads).
 fn launch(emu: &Emulator, name: &str, shape: Shape, args: &[Arg]) {

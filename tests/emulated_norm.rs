@@ -24,7 +24,12 @@ mod kernel_emu;
 use common::{rel_err, TestRng};
 use half::{bf16, f16};
 use kernel_emu::{emulator, ptr, ptr_mut, to_elem, to_f32, Element, Emulator, Shape};
-use qf_engine::backend::cuda::launch::{block_rows_config, int, warp_rows_config, Arg, BLOCK, NULL, ROW_BLOCK};
+use qf_engine::backend::cuda::launch::{block_rows_config, warp_rows_config, Arg, BLOCK, NULL, ROW_BLOCK};
+
+/// An `int` argument from a size.
+fn int(n: usize) -> anyhow::Result<Arg> {
+    Ok(Arg::I32(qf_engine::backend::cuda::launch::int(n)?))
+}
 
 /// Tolerance for outputs in the compute dtype `T`.
 fn tol<T: Element>() -> f64 {

@@ -31,7 +31,7 @@ use common::TestRng;
 use cudarc::driver::LaunchConfig;
 use half::{bf16, f16};
 use kernel_emu::{emulator, ptr, ptr_mut, Emulator, Shape};
-use qf_engine::backend::cuda::launch::{long, Arg, NULL};
+use qf_engine::backend::cuda::launch::{Arg, NULL};
 use qf_engine::backend::cuda::optim::consts_args;
 use qf_engine::optim::adam8bit::{self, Adam8bitState, QuantizedMoments, MIN_8BIT_SIZE};
 use qf_engine::optim::adamw_step::{adamw_update, AdamConsts, AdamHyper};
@@ -39,6 +39,11 @@ use qf_engine::optim::quant8::{
     max_round_trip_error, n_blocks, nearest_code, signed_dynamic_map, unsigned_dynamic_map, zero_code, QuantMap,
     BLOCK_SIZE, MAP_SIZE,
 };
+
+/// A `long long` argument.
+fn long(n: usize) -> Arg {
+    Arg::I64(n as i64)
+}
 
 /// Threads per block of the optimizer kernels (`THREADS` of optim.rs).
 const THREADS: u32 = 256;

@@ -15,7 +15,8 @@ use anyhow::Result;
 
 use super::device::CudaDevice;
 use super::gemm::{gemm, Batch, Operand};
-use super::launch::{device_of, empty, flat_config, int, kname, launch, p, ptr, warp_rows_config, Arg};
+use super::kernels;
+use super::launch::{device_of, empty, flat_config, int, p, ptr, warp_rows_config};
 use super::nvtx;
 use crate::autograd::Tape;
 use crate::ops::SeqLayout;
@@ -49,21 +50,17 @@ impl Dims {
 fn pack(dev: &CudaDevice, src: &Tensor, layout: &SeqLayout, d: Dims) -> Result<Tensor> {
     let dst = empty(dev, &[d.padded_len()], src.dtype())?;
     // attn_pack_T(dst, src, cu_seqlens, n_seqs, max_len, n_heads, head_dim, src_row_stride)
-    launch(
+    kernels::attention::attn_pack(
         dev,
-        "attention",
-        &kname("attn_pack", src.dtype())?,
         flat_config(dev, d.padded_len(), 1, 32),
-        &[
-            p(&dst)?,
-            p(src)?,
-            p(&layout.cu_device)?,
-            int(d.n_seqs)?,
-            int(d.max_len)?,
-            int(d.heads)?,
-            int(d.head_dim)?,
-            int(d.width)?,
-        ],
+        p(&dst)?,
+        p(src)?,
+        p(&layout.cu_device)?,
+        int(d.n_seqs)?,
+        int(d.max_len)?,
+        int(d.heads)?,
+        int(d.head_dim)?,
+        int(d.width)?,
     )?;
     Ok(dst)
 }
@@ -77,22 +74,18 @@ fn unpack_into(
     accumulate: bool,
 ) -> Result<()> {
     // attn_unpack_T(dst, src, cu_seqlens, n_seqs, max_len, n_heads, head_dim, dst_row_stride, accumulate)
-    launch(
+    kernels::attention::attn_unpack(
         dev,
-        "attention",
-        &kname("attn_unpack", src.dtype())?,
         flat_config(dev, d.padded_len(), 1, 32),
-        &[
-            p(dst)?,
-            p(src)?,
-            p(&layout.cu_device)?,
-            int(d.n_seqs)?,
-            int(d.max_len)?,
-            int(d.heads)?,
-            int(d.head_dim)?,
-            int(d.width)?,
-            Arg::I32(accumulate as i32),
-        ],
+        p(dst)?,
+        p(src)?,
+        p(&layout.cu_device)?,
+        int(d.n_seqs)?,
+        int(d.max_len)?,
+        int(d.heads)?,
+        int(d.head_dim)?,
+        int(d.width)?,
+        accumulate as i32,
     )
 }
 
@@ -146,20 +139,16 @@ pub fn attention(
     batched(&dev, l, l, hd, op(&qp, hd, false)?, l * hd, op(&kp, hd, true)?, l * hd, &scores, l * l, l, 0.0, blocks)?;
     let probs = empty(&dev, &[d.n_seqs, n_heads, l, l], dt)?;
     // attn_softmax_forward_T(probs, scores, cu_seqlens, n_seqs, n_heads, max_len, scale)
-    launch(
+    kernels::attention::attn_softmax_forward(
         &dev,
-        "attention",
-        &kname("attn_softmax_forward", dt)?,
         warp_rows_config(d.row_blocks()),
-        &[
-            p(&probs)?,
-            p(&scores)?,
-            p(&layout.cu_device)?,
-            int(d.n_seqs)?,
-            int(n_heads)?,
-            int(l)?,
-            Arg::F32(scale as f32),
-        ],
+        p(&probs)?,
+        p(&scores)?,
+        p(&layout.cu_device)?,
+        int(d.n_seqs)?,
+        int(n_heads)?,
+        int(l)?,
+        scale as f32,
     )?;
     drop(scores);
     // O = P V, back to the packed layout.
@@ -244,21 +233,17 @@ pub fn attention(
             // dS = scale·P ⊙ (dP − rowsum(dP ⊙ P)), written over dP's storage type.
             let ds = empty(&dev, &[d.probs_len()], dt)?;
             // attn_softmax_backward_T(dscores, probs, dprobs, cu_seqlens, n_seqs, n_heads, max_len, scale)
-            launch(
+            kernels::attention::attn_softmax_backward(
                 &dev,
-                "attention",
-                &kname("attn_softmax_backward", dt)?,
                 warp_rows_config(d.row_blocks()),
-                &[
-                    p(&ds)?,
-                    p(&saved)?,
-                    p(&dp)?,
-                    p(&layout.cu_device)?,
-                    int(d.n_seqs)?,
-                    int(d.heads)?,
-                    int(l)?,
-                    Arg::F32(scale as f32),
-                ],
+                p(&ds)?,
+                p(&saved)?,
+                p(&dp)?,
+                p(&layout.cu_device)?,
+                int(d.n_seqs)?,
+                int(d.heads)?,
+                int(l)?,
+                scale as f32,
             )?;
             drop(dp);
             if q.requires_grad() {

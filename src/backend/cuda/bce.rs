@@ -7,7 +7,8 @@
 use anyhow::{bail, Result};
 
 use super::elementwise::check_scalar;
-use super::launch::{device_of, empty, flat_config, kname, launch, long, p, zeros, Arg, NULL};
+use super::kernels;
+use super::launch::{device_of, empty, flat_config, long, null, p, zeros};
 use super::nvtx;
 use crate::autograd::Tape;
 use crate::ops::out_grad;
@@ -27,12 +28,16 @@ pub fn bce_with_logits(tape: &Tape, logits: &Tensor, targets: &Tensor, mask: &Te
     let loss = zeros(&dev, &[1], DType::F32)?;
     let cfg = flat_config(&dev, n, 1, 8);
     // bce_with_logits_forward_backward_T(loss_sum, dlogits = null, logits, targets, mask, n, inv_count)
-    launch(
+    kernels::bce::bce_with_logits_forward_backward(
         &dev,
-        "bce",
-        &kname("bce_with_logits_forward_backward", logits.dtype())?,
         cfg,
-        &[p(&loss)?, NULL, p(logits)?, p(targets)?, p(mask)?, long(n), Arg::F32(inv)],
+        p(&loss)?,
+        null(),
+        p(logits)?,
+        p(targets)?,
+        p(mask)?,
+        long(n),
+        inv,
     )?;
     let loss = loss.with_requires_grad(tape.needs_grad(&[logits]));
     if loss.requires_grad() {
@@ -43,12 +48,16 @@ pub fn bce_with_logits(tape: &Tape, logits: &Tensor, targets: &Tensor, mask: &Te
             check_scalar(dloss)?;
             let d = empty(&dev, logits.shape(), logits.dtype())?;
             // bce_with_logits_backward_T(dlogits, logits, targets, mask, n, inv_count, dloss)
-            launch(
+            kernels::bce::bce_with_logits_backward(
                 &dev,
-                "bce",
-                &kname("bce_with_logits_backward", logits.dtype())?,
                 cfg,
-                &[p(&d)?, p(&logits)?, p(&targets)?, p(&mask)?, long(n), Arg::F32(inv), p(dloss)?],
+                p(&d)?,
+                p(&logits)?,
+                p(&targets)?,
+                p(&mask)?,
+                long(n),
+                inv,
+                p(dloss)?,
             )?;
             grads.accumulate(&logits, &d)
         });

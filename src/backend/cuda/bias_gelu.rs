@@ -4,7 +4,8 @@
 
 use anyhow::Result;
 
-use super::launch::{block_rows_config, column_config, device_of, empty, int, kname, launch, p, p_opt, ROW_BLOCK};
+use super::kernels;
+use super::launch::{block_rows_config, column_config, device_of, empty, int, p, p_opt, ROW_BLOCK};
 use super::nvtx;
 use crate::autograd::Tape;
 use crate::ops::out_grad;
@@ -16,12 +17,14 @@ pub fn bias_gelu(tape: &Tape, x: &Tensor, bias: Option<&Tensor>) -> Result<Tenso
     let (rows, cols) = x.dims2()?;
     let y = empty(&dev, &[rows, cols], x.dtype())?;
     // bias_gelu_forward_T(y, x, bias, rows, cols)
-    launch(
+    kernels::bias_gelu::bias_gelu_forward(
         &dev,
-        "bias_gelu",
-        &kname("bias_gelu_forward", x.dtype())?,
         block_rows_config(rows, ROW_BLOCK),
-        &[p(&y)?, p(x)?, p_opt(bias)?, int(rows)?, int(cols)?],
+        p(&y)?,
+        p(x)?,
+        p_opt(bias)?,
+        int(rows)?,
+        int(cols)?,
     )?;
     let mut inputs = vec![x];
     inputs.extend(bias);
@@ -42,12 +45,16 @@ pub fn bias_gelu(tape: &Tape, x: &Tensor, bias: Option<&Tensor>) -> Result<Tenso
                 None => None,
             };
             // bias_gelu_backward_T(dx, dbias, dy, x, bias, rows, cols)
-            launch(
+            kernels::bias_gelu::bias_gelu_backward(
                 &dev,
-                "bias_gelu",
-                &kname("bias_gelu_backward", dy.dtype())?,
                 column_config(&dev, rows, cols),
-                &[p(&dx)?, p_opt(db.as_ref())?, p(dy)?, p(&x)?, p_opt(bias.as_ref())?, int(rows)?, int(cols)?],
+                p(&dx)?,
+                p_opt(db.as_ref())?,
+                p(dy)?,
+                p(&x)?,
+                p_opt(bias.as_ref())?,
+                int(rows)?,
+                int(cols)?,
             )?;
             if x.requires_grad() {
                 grads.put(&x, Some(dx));

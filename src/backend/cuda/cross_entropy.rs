@@ -12,7 +12,8 @@ use anyhow::Result;
 use cudarc::driver::LaunchConfig;
 
 use super::elementwise::check_scalar;
-use super::launch::{block_rows_config, device_of, empty, int, kname, launch, long, p, p_opt, zeros, Arg, NULL};
+use super::kernels;
+use super::launch::{block_rows_config, device_of, empty, int, long, null, p, p_opt, zeros};
 use super::nvtx;
 use crate::autograd::Tape;
 use crate::backend::cpu::cross_entropy::IGNORE_INDEX;
@@ -32,36 +33,35 @@ pub fn cross_entropy(tape: &Tape, logits: &Tensor, labels: &Tensor, weights: Opt
     let (rows, classes) = logits.dims2()?;
     // Σ w_y over the non-ignored rows, on the device (no copy of the labels to the host).
     let wsum = empty(&dev, &[1], DType::F32)?;
-    launch(
+    kernels::cross_entropy::label_weight_sum(
         &dev,
-        "cross_entropy",
-        "label_weight_sum",
         block_rows_config(1, 256),
-        &[p(&wsum)?, p(labels)?, p_opt(weights)?, int(rows)?, int(classes)?, Arg::I32(IGNORE_INDEX)],
+        p(&wsum)?,
+        p(labels)?,
+        p_opt(weights)?,
+        int(rows)?,
+        int(classes)?,
+        IGNORE_INDEX,
     )?;
     let loss_rows = empty(&dev, &[rows], DType::F32)?;
     // cross_entropy_forward_backward_T(loss_rows, dlogits = null, logits, labels,
     //                                  class_weights, rows, n_classes, ignore_index, weight_sum)
-    launch(
+    kernels::cross_entropy::cross_entropy_forward_backward(
         &dev,
-        "cross_entropy",
-        &kname("cross_entropy_forward_backward", logits.dtype())?,
         row_config(rows, classes),
-        &[
-            p(&loss_rows)?,
-            NULL,
-            p(logits)?,
-            p(labels)?,
-            p_opt(weights)?,
-            int(rows)?,
-            int(classes)?,
-            Arg::I32(IGNORE_INDEX),
-            p(&wsum)?,
-        ],
+        p(&loss_rows)?,
+        null(),
+        p(logits)?,
+        p(labels)?,
+        p_opt(weights)?,
+        int(rows)?,
+        int(classes)?,
+        IGNORE_INDEX,
+        p(&wsum)?,
     )?;
     // sum_f32(out, x, n): one block, so the loss is deterministic.
     let loss = zeros(&dev, &[1], DType::F32)?;
-    launch(&dev, "reduce", "sum_f32", block_rows_config(1, 256), &[p(&loss)?, p(&loss_rows)?, long(rows)])?;
+    kernels::reduce::sum_f32(&dev, block_rows_config(1, 256), p(&loss)?, p(&loss_rows)?, long(rows))?;
     let loss = loss.with_requires_grad(tape.needs_grad(&[logits]));
     if loss.requires_grad() {
         let (logits, labels, weights) = (logits.clone(), labels.clone(), weights.cloned());
@@ -72,22 +72,18 @@ pub fn cross_entropy(tape: &Tape, logits: &Tensor, labels: &Tensor, weights: Opt
             let dlogits = empty(&dev, logits.shape(), logits.dtype())?;
             // cross_entropy_backward_T(dlogits, logits, labels, class_weights, rows,
             //                          n_classes, ignore_index, weight_sum, dloss)
-            launch(
+            kernels::cross_entropy::cross_entropy_backward(
                 &dev,
-                "cross_entropy",
-                &kname("cross_entropy_backward", logits.dtype())?,
                 row_config(rows, classes),
-                &[
-                    p(&dlogits)?,
-                    p(&logits)?,
-                    p(&labels)?,
-                    p_opt(weights.as_ref())?,
-                    int(rows)?,
-                    int(classes)?,
-                    Arg::I32(IGNORE_INDEX),
-                    p(&wsum)?,
-                    p(dloss)?,
-                ],
+                p(&dlogits)?,
+                p(&logits)?,
+                p(&labels)?,
+                p_opt(weights.as_ref())?,
+                int(rows)?,
+                int(classes)?,
+                IGNORE_INDEX,
+                p(&wsum)?,
+                p(dloss)?,
             )?;
             grads.accumulate(&logits, &dlogits)
         });

@@ -3,7 +3,8 @@
 
 use anyhow::Result;
 
-use super::launch::{device_of, empty, flat_config, kname, launch, long, p, Arg};
+use super::kernels;
+use super::launch::{device_of, empty, flat_config, long, p};
 use super::nvtx;
 use crate::tensor::Tensor;
 
@@ -13,13 +14,7 @@ pub fn forward(x: &Tensor, prob: f32, seed: u64, offset: u64) -> Result<Tensor> 
     let y = empty(&dev, x.shape(), x.dtype())?;
     let n = x.numel();
     // dropout_forward_T(y, x, p, seed, offset, n)
-    launch(
-        &dev,
-        "dropout",
-        &kname("dropout_forward", x.dtype())?,
-        flat_config(&dev, n, 4, 32),
-        &[p(&y)?, p(x)?, Arg::F32(prob), Arg::U64(seed), Arg::U64(offset), long(n)],
-    )?;
+    kernels::dropout::dropout_forward(&dev, flat_config(&dev, n, 4, 32), p(&y)?, p(x)?, prob, seed, offset, long(n))?;
     Ok(y)
 }
 
@@ -28,11 +23,5 @@ pub fn backward(dx: &Tensor, dy: &Tensor, prob: f32, seed: u64, offset: u64) -> 
     let dev = device_of(dy)?;
     let n = dy.numel();
     // dropout_backward_T(dx, dy, p, seed, offset, n)
-    launch(
-        &dev,
-        "dropout",
-        &kname("dropout_backward", dy.dtype())?,
-        flat_config(&dev, n, 4, 32),
-        &[p(dx)?, p(dy)?, Arg::F32(prob), Arg::U64(seed), Arg::U64(offset), long(n)],
-    )
+    kernels::dropout::dropout_backward(&dev, flat_config(&dev, n, 4, 32), p(dx)?, p(dy)?, prob, seed, offset, long(n))
 }

@@ -7,7 +7,8 @@ use anyhow::{bail, Result};
 use cudarc::driver::LaunchConfig;
 
 use super::device::CudaDevice;
-use super::launch::{device_of, empty, flat_config, kname, launch, long, p, vec_width, Arg};
+use super::kernels;
+use super::launch::{device_of, empty, flat_config, long, p, vec_width};
 use super::nvtx;
 use crate::tensor::{ensure_same_shape, DType, Tensor};
 
@@ -23,13 +24,7 @@ pub fn add(a: &Tensor, b: &Tensor) -> Result<Tensor> {
     let out = empty(&dev, a.shape(), a.dtype())?;
     let n = a.numel();
     // add_T(out, a, b, n)
-    launch(
-        &dev,
-        "elementwise",
-        &kname("add", a.dtype())?,
-        map_config(&dev, n, a.dtype()),
-        &[p(&out)?, p(a)?, p(b)?, long(n)],
-    )?;
+    kernels::elementwise::add(&dev, map_config(&dev, n, a.dtype()), p(&out)?, p(a)?, p(b)?, long(n))?;
     Ok(out)
 }
 
@@ -41,13 +36,7 @@ pub fn accumulate(dst: &mut Tensor, src: &Tensor) -> Result<()> {
     let dev = device_of(src)?;
     let n = src.numel();
     // accumulate_T(dst, src, n)
-    launch(
-        &dev,
-        "elementwise",
-        &kname("accumulate", src.dtype())?,
-        map_config(&dev, n, src.dtype()),
-        &[p(dst)?, p(src)?, long(n)],
-    )
+    kernels::elementwise::accumulate(&dev, map_config(&dev, n, src.dtype()), p(dst)?, p(src)?, long(n))
 }
 
 /// `alpha · x` (a new tensor).
@@ -57,13 +46,7 @@ pub fn scale(x: &Tensor, alpha: f32) -> Result<Tensor> {
     let out = empty(&dev, x.shape(), x.dtype())?;
     let n = x.numel();
     // scale_T(out, x, s, n)
-    launch(
-        &dev,
-        "elementwise",
-        &kname("scale", x.dtype())?,
-        map_config(&dev, n, x.dtype()),
-        &[p(&out)?, p(x)?, Arg::F32(alpha), long(n)],
-    )?;
+    kernels::elementwise::scale(&dev, map_config(&dev, n, x.dtype()), p(&out)?, p(x)?, alpha, long(n))?;
     Ok(out)
 }
 
@@ -73,13 +56,7 @@ pub fn scale_by_device_scalar(x: &Tensor, s: &Tensor) -> Result<()> {
     let dev = device_of(x)?;
     let n = x.numel();
     // scale_by_device_scalar_T(x, s, n)
-    launch(
-        &dev,
-        "elementwise",
-        &kname("scale_by_device_scalar", x.dtype())?,
-        map_config(&dev, n, x.dtype()),
-        &[p(x)?, p(s)?, long(n)],
-    )
+    kernels::elementwise::scale_by_device_scalar(&dev, map_config(&dev, n, x.dtype()), p(x)?, p(s)?, long(n))
 }
 
 /// `tanh(x)`.
@@ -89,13 +66,7 @@ pub fn tanh_forward(x: &Tensor) -> Result<Tensor> {
     let out = empty(&dev, x.shape(), x.dtype())?;
     let n = x.numel();
     // tanh_forward_T(y, x, n)
-    launch(
-        &dev,
-        "elementwise",
-        &kname("tanh_forward", x.dtype())?,
-        map_config(&dev, n, x.dtype()),
-        &[p(&out)?, p(x)?, long(n)],
-    )?;
+    kernels::elementwise::tanh_forward(&dev, map_config(&dev, n, x.dtype()), p(&out)?, p(x)?, long(n))?;
     Ok(out)
 }
 
@@ -105,13 +76,7 @@ pub fn tanh_backward(dx: &mut Tensor, dy: &Tensor, y: &Tensor) -> Result<()> {
     let dev = device_of(dy)?;
     let n = dy.numel();
     // tanh_backward_T(dx, dy, y, n)
-    launch(
-        &dev,
-        "elementwise",
-        &kname("tanh_backward", dy.dtype())?,
-        map_config(&dev, n, dy.dtype()),
-        &[p(dx)?, p(dy)?, p(y)?, long(n)],
-    )
+    kernels::elementwise::tanh_backward(&dev, map_config(&dev, n, dy.dtype()), p(dx)?, p(dy)?, p(y)?, long(n))
 }
 
 /// A one-element f32 GPU tensor (an upstream loss gradient).

@@ -4,7 +4,8 @@
 
 use anyhow::{bail, Result};
 
-use super::launch::{block_rows_config, device_of, empty, int, kname, launch, p, ROW_BLOCK};
+use super::kernels;
+use super::launch::{block_rows_config, device_of, empty, int, p, ROW_BLOCK};
 use super::nvtx;
 use crate::tensor::{DType, Tensor};
 
@@ -29,12 +30,15 @@ pub fn forward(ids: &Tensor, weight: &Tensor, row_scale: &Tensor) -> Result<Tens
     let dtype = dev.compute_dtype();
     let out = empty(&dev, &[n, dim], dtype)?;
     // embedding_forward_T(out, weight, ids, row_scale, n_tokens, dim)
-    launch(
+    kernels::embedding::embedding_forward(
         &dev,
-        "embedding",
-        &kname("embedding_forward", dtype)?,
         block_rows_config(n, ROW_BLOCK),
-        &[p(&out)?, p(weight)?, p(ids)?, p(row_scale)?, int(n)?, int(dim)?],
+        p(&out)?,
+        p(weight)?,
+        p(ids)?,
+        p(row_scale)?,
+        int(n)?,
+        int(dim)?,
     )?;
     Ok(out)
 }
@@ -46,11 +50,14 @@ pub fn backward(dweight: &mut Tensor, dout: &Tensor, ids: &Tensor, row_scale: &T
     let dev = device_of(dout)?;
     let (n, dim) = dout.dims2()?;
     // embedding_backward_T(dweight, dout, ids, row_scale, n_tokens, dim)
-    launch(
+    kernels::embedding::embedding_backward(
         &dev,
-        "embedding",
-        &kname("embedding_backward", dout.dtype())?,
         block_rows_config(n, ROW_BLOCK),
-        &[p(dweight)?, p(dout)?, p(ids)?, p(row_scale)?, int(n)?, int(dim)?],
+        p(dweight)?,
+        p(dout)?,
+        p(ids)?,
+        p(row_scale)?,
+        int(n)?,
+        int(dim)?,
     )
 }

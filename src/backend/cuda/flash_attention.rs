@@ -18,7 +18,8 @@ use anyhow::{bail, Result};
 use cudarc::driver::LaunchConfig;
 
 use super::device::CudaDevice;
-use super::launch::{device_of, dynamic_smem, empty, int, launch, p, p_opt, warp_rows_config, zeros, Arg};
+use super::kernels;
+use super::launch::{device_of, dynamic_smem, empty, int, kname, p, p_opt, warp_rows_config, zeros};
 use super::nvtx;
 use crate::autograd::Tape;
 use crate::backend::cpu::attention::prob_offsets;
@@ -119,41 +120,32 @@ fn run_forward(
     let out = empty(dev, &[d.tokens, d.heads * d.head_dim], dt)?;
     let lse = empty(dev, &[d.heads, d.tokens], DType::F32)?;
     let probs = if want_probs { Some(empty(dev, &[prob_offsets(&layout.cu, d.heads).1], dt)?) } else { None };
-    let name = match (d.head_dim, dt) {
-        (16, DType::F16) => "flash_attention_forward_d16_f16",
-        (24, DType::F16) => "flash_attention_forward_d24_f16",
-        (32, DType::F16) => "flash_attention_forward_d32_f16",
-        (64, DType::F16) => "flash_attention_forward_d64_f16",
-        (128, DType::F16) => "flash_attention_forward_d128_f16",
-        (16, DType::BF16) => "flash_attention_forward_d16_bf16",
-        (24, DType::BF16) => "flash_attention_forward_d24_bf16",
-        (32, DType::BF16) => "flash_attention_forward_d32_bf16",
-        (64, DType::BF16) => "flash_attention_forward_d64_bf16",
-        (128, DType::BF16) => "flash_attention_forward_d128_bf16",
-        (d, dt) => bail!("no flash attention kernel for head dim {d} in {dt}"),
+    use kernels::flash_attention as fa;
+    let forward = match d.head_dim {
+        16 => fa::flash_attention_forward_d16,
+        24 => fa::flash_attention_forward_d24,
+        32 => fa::flash_attention_forward_d32,
+        64 => fa::flash_attention_forward_d64,
+        128 => fa::flash_attention_forward_d128,
+        hd => bail!("no flash attention kernel for head dim {hd}"),
     };
-    let cfg = config(dev, FlashStage::Forward, name, d.head_dim, layout, d.heads)?;
-    // flash_attention_forward_dD_T(out, lse, probs, q, k, v, positions, cu_seqlens, n_seqs,
-    //                              n_tokens, n_heads, q_scale)
-    launch(
+    let name = kname(&format!("flash_attention_forward_d{}", d.head_dim), dt)?;
+    let cfg = config(dev, FlashStage::Forward, &name, d.head_dim, layout, d.heads)?;
+    forward(
         dev,
-        "flash_attention",
-        name,
         cfg,
-        &[
-            p(&out)?,
-            p(&lse)?,
-            p_opt(probs.as_ref())?,
-            p(q)?,
-            p(k)?,
-            p(v)?,
-            p(positions)?,
-            p(&layout.cu_device)?,
-            int(layout.n_seqs())?,
-            int(d.tokens)?,
-            int(d.heads)?,
-            Arg::F32(q_scale),
-        ],
+        p(&out)?,
+        p(&lse)?,
+        p_opt(probs.as_ref())?,
+        p(q)?,
+        p(k)?,
+        p(v)?,
+        p(positions)?,
+        p(&layout.cu_device)?,
+        int(layout.n_seqs())?,
+        int(d.tokens)?,
+        int(d.heads)?,
+        q_scale,
     )?;
     Ok((out, lse, probs))
 }
@@ -187,108 +179,81 @@ fn run_backward(
     let probs_for_delta = if dprobs.is_some() { s.probs.as_ref() } else { None };
     // flash_attention_backward_dot_T(delta, out, dout, probs, dprobs, cu_seqlens, n_seqs,
     //                                n_tokens, n_heads, head_dim)
-    let dot_name = match dt {
-        DType::F16 => "flash_attention_backward_dot_f16",
-        DType::BF16 => "flash_attention_backward_dot_bf16",
-        other => bail!("no flash attention kernel in {other}"),
-    };
-    launch(
+    kernels::flash_attention::flash_attention_backward_dot(
         dev,
-        "flash_attention",
-        dot_name,
         warp_rows_config(d.heads * d.tokens),
-        &[
-            p(&delta)?,
-            p(&s.out)?,
+        p(&delta)?,
+        p(&s.out)?,
+        p(dout)?,
+        p_opt(probs_for_delta)?,
+        p_opt(dprobs)?,
+        p(&s.layout.cu_device)?,
+        int(s.layout.n_seqs())?,
+        int(d.tokens)?,
+        int(d.heads)?,
+        int(d.head_dim)?,
+    )?;
+    if dk.is_some() || dv.is_some() {
+        use kernels::flash_attention as fa;
+        let backward_kv = match d.head_dim {
+            16 => fa::flash_attention_backward_kv_d16,
+            24 => fa::flash_attention_backward_kv_d24,
+            32 => fa::flash_attention_backward_kv_d32,
+            64 => fa::flash_attention_backward_kv_d64,
+            128 => fa::flash_attention_backward_kv_d128,
+            hd => bail!("no flash attention kernel for head dim {hd}"),
+        };
+        let name = kname(&format!("flash_attention_backward_kv_d{}", d.head_dim), dt)?;
+        let cfg = config(dev, FlashStage::BackwardKv, &name, d.head_dim, &s.layout, d.heads)?;
+        backward_kv(
+            dev,
+            cfg,
+            p_opt(dk)?,
+            p_opt(dv)?,
+            p(&s.q)?,
+            p(&s.k)?,
+            p(&s.v)?,
             p(dout)?,
-            p_opt(probs_for_delta)?,
+            p(&s.lse)?,
+            p(&delta)?,
             p_opt(dprobs)?,
+            p(&s.positions)?,
             p(&s.layout.cu_device)?,
             int(s.layout.n_seqs())?,
             int(d.tokens)?,
             int(d.heads)?,
-            int(d.head_dim)?,
-        ],
-    )?;
-    if dk.is_some() || dv.is_some() {
-        let kv_name = match (d.head_dim, dt) {
-            (16, DType::F16) => "flash_attention_backward_kv_d16_f16",
-            (24, DType::F16) => "flash_attention_backward_kv_d24_f16",
-            (32, DType::F16) => "flash_attention_backward_kv_d32_f16",
-            (64, DType::F16) => "flash_attention_backward_kv_d64_f16",
-            (128, DType::F16) => "flash_attention_backward_kv_d128_f16",
-            (16, DType::BF16) => "flash_attention_backward_kv_d16_bf16",
-            (24, DType::BF16) => "flash_attention_backward_kv_d24_bf16",
-            (32, DType::BF16) => "flash_attention_backward_kv_d32_bf16",
-            (64, DType::BF16) => "flash_attention_backward_kv_d64_bf16",
-            (128, DType::BF16) => "flash_attention_backward_kv_d128_bf16",
-            (d, dt) => bail!("no flash attention kernel for head dim {d} in {dt}"),
-        };
-        let cfg = config(dev, FlashStage::BackwardKv, kv_name, d.head_dim, &s.layout, d.heads)?;
-        // flash_attention_backward_kv_dD_T(dk, dv, q, k, v, dout, lse, delta, dprobs, positions,
-        //                                  cu_seqlens, n_seqs, n_tokens, n_heads, q_scale)
-        launch(
-            dev,
-            "flash_attention",
-            kv_name,
-            cfg,
-            &[
-                p_opt(dk)?,
-                p_opt(dv)?,
-                p(&s.q)?,
-                p(&s.k)?,
-                p(&s.v)?,
-                p(dout)?,
-                p(&s.lse)?,
-                p(&delta)?,
-                p_opt(dprobs)?,
-                p(&s.positions)?,
-                p(&s.layout.cu_device)?,
-                int(s.layout.n_seqs())?,
-                int(d.tokens)?,
-                int(d.heads)?,
-                Arg::F32(s.q_scale),
-            ],
+            s.q_scale,
         )?;
     }
     if let Some(dq) = dq {
-        let q_name = match (d.head_dim, dt) {
-            (16, DType::F16) => "flash_attention_backward_q_d16_f16",
-            (24, DType::F16) => "flash_attention_backward_q_d24_f16",
-            (32, DType::F16) => "flash_attention_backward_q_d32_f16",
-            (64, DType::F16) => "flash_attention_backward_q_d64_f16",
-            (128, DType::F16) => "flash_attention_backward_q_d128_f16",
-            (16, DType::BF16) => "flash_attention_backward_q_d16_bf16",
-            (24, DType::BF16) => "flash_attention_backward_q_d24_bf16",
-            (32, DType::BF16) => "flash_attention_backward_q_d32_bf16",
-            (64, DType::BF16) => "flash_attention_backward_q_d64_bf16",
-            (128, DType::BF16) => "flash_attention_backward_q_d128_bf16",
-            (d, dt) => bail!("no flash attention kernel for head dim {d} in {dt}"),
+        use kernels::flash_attention as fa;
+        let backward_q = match d.head_dim {
+            16 => fa::flash_attention_backward_q_d16,
+            24 => fa::flash_attention_backward_q_d24,
+            32 => fa::flash_attention_backward_q_d32,
+            64 => fa::flash_attention_backward_q_d64,
+            128 => fa::flash_attention_backward_q_d128,
+            hd => bail!("no flash attention kernel for head dim {hd}"),
         };
-        let cfg = config(dev, FlashStage::BackwardQ, q_name, d.head_dim, &s.layout, d.heads)?;
-        // flash_attention_backward_q_dD_T(dq, q, k, v, dout, lse, delta, dprobs, positions,
-        //                                 cu_seqlens, n_seqs, n_tokens, n_heads, q_scale)
-        launch(
+        let name = kname(&format!("flash_attention_backward_q_d{}", d.head_dim), dt)?;
+        let cfg = config(dev, FlashStage::BackwardQ, &name, d.head_dim, &s.layout, d.heads)?;
+        backward_q(
             dev,
-            "flash_attention",
-            q_name,
             cfg,
-            &[
-                p(dq)?,
-                p(&s.q)?,
-                p(&s.k)?,
-                p(&s.v)?,
-                p(dout)?,
-                p(&s.lse)?,
-                p(&delta)?,
-                p_opt(dprobs)?,
-                p(&s.positions)?,
-                p(&s.layout.cu_device)?,
-                int(s.layout.n_seqs())?,
-                int(d.tokens)?,
-                int(d.heads)?,
-                Arg::F32(s.q_scale),
-            ],
+            p(dq)?,
+            p(&s.q)?,
+            p(&s.k)?,
+            p(&s.v)?,
+            p(dout)?,
+            p(&s.lse)?,
+            p(&delta)?,
+            p_opt(dprobs)?,
+            p(&s.positions)?,
+            p(&s.layout.cu_device)?,
+            int(s.layout.n_seqs())?,
+            int(d.tokens)?,
+            int(d.heads)?,
+            s.q_scale,
         )?;
     }
     Ok(())

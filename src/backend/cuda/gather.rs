@@ -5,7 +5,8 @@
 
 use anyhow::Result;
 
-use super::launch::{block_rows_config, device_of, empty, int, kname, launch, p, ROW_BLOCK};
+use super::kernels;
+use super::launch::{block_rows_config, device_of, empty, int, p, ROW_BLOCK};
 use super::nvtx;
 use crate::autograd::Tape;
 use crate::ops::out_grad;
@@ -18,13 +19,7 @@ pub fn gather_rows(tape: &Tape, x: &Tensor, rows: &Tensor) -> Result<Tensor> {
     let n = rows.numel();
     let y = empty(&dev, &[n, dim], x.dtype())?;
     // gather_rows_T(out, x, rows, n, dim)
-    launch(
-        &dev,
-        "gather",
-        &kname("gather_rows", x.dtype())?,
-        block_rows_config(n, ROW_BLOCK),
-        &[p(&y)?, p(x)?, p(rows)?, int(n)?, int(dim)?],
-    )?;
+    kernels::gather::gather_rows(&dev, block_rows_config(n, ROW_BLOCK), p(&y)?, p(x)?, p(rows)?, int(n)?, int(dim)?)?;
     let y = y.with_requires_grad(tape.needs_grad(&[x]));
     if y.requires_grad() {
         let (x, rows) = (x.clone(), rows.clone());
@@ -33,12 +28,14 @@ pub fn gather_rows(tape: &Tape, x: &Tensor, rows: &Tensor) -> Result<Tensor> {
             let dy = out_grad(outs, 0)?;
             let dx = grads.acc(&x)?;
             // scatter_add_rows_T(dx, dout, rows, n, dim)
-            launch(
+            kernels::gather::scatter_add_rows(
                 &dev,
-                "gather",
-                &kname("scatter_add_rows", dy.dtype())?,
                 block_rows_config(n, ROW_BLOCK),
-                &[p(dx)?, p(dy)?, p(&rows)?, int(n)?, int(dim)?],
+                p(dx)?,
+                p(dy)?,
+                p(&rows)?,
+                int(n)?,
+                int(dim)?,
             )
         });
     }

@@ -10,7 +10,8 @@
 use anyhow::{bail, Result};
 
 use super::device::CudaDevice;
-use super::launch::{device_of, dynamic_smem, empty, int, kname, launch, p, p_opt, warp_rows_config, Arg, BLOCK};
+use super::kernels;
+use super::launch::{device_of, dynamic_smem, empty, int, kname, p, p_opt, warp_rows_config, BLOCK};
 use super::nvtx;
 use crate::autograd::Tape;
 use crate::ops::out_grad;
@@ -26,12 +27,18 @@ pub fn layer_norm(tape: &Tape, x: &Tensor, w: &Tensor, b: &Tensor, eps: f64) -> 
     let y = empty(&dev, &[rows, dim], x.dtype())?;
     let mean = empty(&dev, &[rows], DType::F32)?;
     let rstd = empty(&dev, &[rows], DType::F32)?;
-    launch(
+    kernels::layer_norm::layer_norm_forward(
         &dev,
-        "layer_norm",
-        &kname("layer_norm_forward", x.dtype())?,
         warp_rows_config(rows),
-        &[p(&y)?, p(&mean)?, p(&rstd)?, p(x)?, p(w)?, p(b)?, int(rows)?, int(dim)?, Arg::F32(eps as f32)],
+        p(&y)?,
+        p(&mean)?,
+        p(&rstd)?,
+        p(x)?,
+        p(w)?,
+        p(b)?,
+        int(rows)?,
+        int(dim)?,
+        eps as f32,
     )?;
     let y = y.with_requires_grad(tape.needs_grad(&[x, w, b]));
     if y.requires_grad() {
@@ -81,11 +88,18 @@ fn backward(
         cfg.shared_mem_bytes = dynamic_smem(dev, "layer_norm", &name, 2 * dim * 4)?;
     }
     debug_assert_eq!(cfg.block_dim.0, BLOCK);
-    launch(
+    kernels::layer_norm::layer_norm_backward(
         dev,
-        "layer_norm",
-        &name,
         cfg,
-        &[p(dx)?, p_opt(dw)?, p_opt(db)?, p(dy)?, p(x)?, p(w)?, p(mean)?, p(rstd)?, int(rows)?, int(dim)?],
+        p(dx)?,
+        p_opt(dw)?,
+        p_opt(db)?,
+        p(dy)?,
+        p(x)?,
+        p(w)?,
+        p(mean)?,
+        p(rstd)?,
+        int(rows)?,
+        int(dim)?,
     )
 }

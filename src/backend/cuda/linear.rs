@@ -10,7 +10,8 @@ use anyhow::{bail, Result};
 
 use super::device::CudaDevice;
 use super::gemm::{gemm, Operand};
-use super::launch::{block_rows_config, column_config, device_of, empty, int, kname, launch, p, ptr, ROW_BLOCK};
+use super::kernels;
+use super::launch::{block_rows_config, column_config, device_of, empty, int, p, ptr, ROW_BLOCK};
 use super::nvtx;
 use crate::autograd::Tape;
 use crate::ops::out_grad;
@@ -75,23 +76,11 @@ pub fn linear(tape: &Tape, x: &Tensor, w: &Tensor, b: Option<&Tensor>) -> Result
 /// `y[r, :] += b` in place (`bias_add_T(y, x = y, bias, rows, cols)`).
 fn bias_add(dev: &CudaDevice, y: &Tensor, b: &Tensor) -> Result<()> {
     let (rows, cols) = y.dims2()?;
-    launch(
-        dev,
-        "bias",
-        &kname("bias_add", y.dtype())?,
-        block_rows_config(rows, ROW_BLOCK),
-        &[p(y)?, p(y)?, p(b)?, int(rows)?, int(cols)?],
-    )
+    kernels::bias::bias_add(dev, block_rows_config(rows, ROW_BLOCK), p(y)?, p(y)?, p(b)?, int(rows)?, int(cols)?)
 }
 
 /// `db += Σ_rows dy` in fp32 (`bias_grad_T(dbias, dy, rows, cols)`).
 fn bias_grad(dev: &CudaDevice, db: &Tensor, dy: &Tensor) -> Result<()> {
     let (rows, cols) = dy.dims2()?;
-    launch(
-        dev,
-        "bias",
-        &kname("bias_grad", dy.dtype())?,
-        column_config(dev, rows, cols),
-        &[p(db)?, p(dy)?, int(rows)?, int(cols)?],
-    )
+    kernels::bias::bias_grad(dev, column_config(dev, rows, cols), p(db)?, p(dy)?, int(rows)?, int(cols)?)
 }

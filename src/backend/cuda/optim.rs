@@ -13,7 +13,8 @@ use anyhow::{bail, Context, Result};
 use cudarc::driver::{sys, CudaSlice, DevicePtr, LaunchConfig};
 
 use super::device::CudaDevice;
-use super::launch::{launch, long, p, p_opt, Arg};
+use super::kernels;
+use super::launch::{long, p, p_opt, Arg, Ptr};
 use crate::optim::adam8bit::QuantizedMoments;
 use crate::optim::adamw_step::AdamConsts;
 use crate::optim::quant8::{n_blocks, signed_dynamic_map, unsigned_dynamic_map, zero_code, BLOCK_SIZE, MAP_SIZE};
@@ -50,7 +51,7 @@ fn capped_config(dev: &CudaDevice, blocks: usize, per_sm: u32) -> Result<LaunchC
 pub fn sum_squares(dev: &CudaDevice, acc: &Tensor, nonfinite: &Tensor, x: &Tensor) -> Result<()> {
     let n = x.numel();
     let cfg = capped_config(dev, n.div_ceil(THREADS as usize), 8)?;
-    launch(dev, "grad_norm", "sum_squares_f32", cfg, &[p(acc)?, p(nonfinite)?, p(x)?, long(n)])
+    kernels::grad_norm::sum_squares_f32(dev, cfg, p(acc)?, p(nonfinite)?, p(x)?, long(n))
 }
 
 /// From the sum of squares: the gradient multiplier (clip × 1/loss-scale), the skip flag
@@ -67,12 +68,16 @@ pub fn clip_and_scale(
     norm: &Tensor,
 ) -> Result<()> {
     let one = LaunchConfig { grid_dim: (1, 1, 1), block_dim: (1, 1, 1), shared_mem_bytes: 0 };
-    launch(
+    kernels::grad_norm::clip_and_scale(
         dev,
-        "grad_norm",
-        "clip_and_scale",
         one,
-        &[p(coef)?, p(sumsq)?, p(nonfinite)?, p(skip)?, Arg::F32(max_norm), Arg::F32(inv_loss_scale), p(norm)?],
+        p(coef)?,
+        p(sumsq)?,
+        p(nonfinite)?,
+        p(skip)?,
+        max_norm,
+        inv_loss_scale,
+        p(norm)?,
     )
 }
 
@@ -113,10 +118,27 @@ pub fn adamw_step(
     skip: &Tensor,
 ) -> Result<()> {
     let n = param.numel();
-    let mut args = vec![p(param)?, p(grad)?, p(m)?, p(v)?, p_opt(half)?, Arg::I32(half_kind(half)), long(n)];
-    args.extend(consts_args(c));
-    args.extend([p(grad_scale)?, p(skip)?]);
-    launch(dev, "adamw", "adamw_step", capped_config(dev, n.div_ceil(THREADS as usize), 32)?, &args)
+    let cfg = capped_config(dev, n.div_ceil(THREADS as usize), 32)?;
+    kernels::adamw::adamw_step(
+        dev,
+        cfg,
+        p(param)?,
+        p(grad)?,
+        p(m)?,
+        p(v)?,
+        p_opt(half)?,
+        half_kind(half),
+        long(n),
+        c.decay,
+        c.one_minus_beta1,
+        c.beta2,
+        c.one_minus_beta2,
+        c.bias_correction2_sqrt,
+        c.eps,
+        c.neg_step_size,
+        p(grad_scale)?,
+        p(skip)?,
+    )
 }
 
 /// Block-wise 8-bit moments of one tensor on the device: one code byte per element for
@@ -224,21 +246,29 @@ pub fn adam8bit_step(
         bail!("adam8bit step: the quantisation maps must be 512 f32 values");
     }
     let (m_codes, v_codes) = state.code_ptrs();
-    let mut args = vec![
+    let cfg = capped_config(dev, n.div_ceil(BLOCK_SIZE), 8)?;
+    debug_assert_eq!(BLOCK_SIZE as u32, THREADS);
+    kernels::adam8bit::adam8bit_step(
+        dev,
+        cfg,
         p(param)?,
         p(grad)?,
-        Arg::Ptr(m_codes),
+        Ptr::from_addr(m_codes),
         p(&state.m_absmax)?,
-        Arg::Ptr(v_codes),
+        Ptr::from_addr(v_codes),
         p(&state.v_absmax)?,
         p(maps)?,
         p_opt(half)?,
-        Arg::I32(half_kind(half)),
+        half_kind(half),
         long(n),
-    ];
-    args.extend(consts_args(c));
-    args.extend([p(grad_scale)?, p(skip)?]);
-    let cfg = capped_config(dev, n.div_ceil(BLOCK_SIZE), 8)?;
-    debug_assert_eq!(BLOCK_SIZE as u32, THREADS);
-    launch(dev, "adam8bit", "adam8bit_step", cfg, &args)
+        c.decay,
+        c.one_minus_beta1,
+        c.beta2,
+        c.one_minus_beta2,
+        c.bias_correction2_sqrt,
+        c.eps,
+        c.neg_step_size,
+        p(grad_scale)?,
+        p(skip)?,
+    )
 }

@@ -4,7 +4,8 @@
 
 use anyhow::{bail, Result};
 
-use super::launch::{block_rows_config, device_of, empty, int, kname, launch, p, Arg};
+use super::kernels;
+use super::launch::{block_rows_config, device_of, empty, int, p};
 use super::nvtx;
 use crate::autograd::Tape;
 use crate::ops::out_grad;
@@ -25,22 +26,18 @@ pub fn rotary(tape: &Tape, x: &Tensor, positions: &Tensor, n_heads: usize, scale
     }
     let y = empty(&dev, &[n, width], x.dtype())?;
     // rotary_forward_T(out, x, positions, n_tokens, n_heads, head_dim, x_row_stride, out_row_stride, scale)
-    launch(
+    kernels::rotary::rotary_forward(
         &dev,
-        "rotary",
-        &kname("rotary_forward", x.dtype())?,
         block_rows_config(n, ROTARY_BLOCK),
-        &[
-            p(&y)?,
-            p(x)?,
-            p(positions)?,
-            int(n)?,
-            int(n_heads)?,
-            int(head_dim)?,
-            int(width)?,
-            int(width)?,
-            Arg::F32(scale as f32),
-        ],
+        p(&y)?,
+        p(x)?,
+        p(positions)?,
+        int(n)?,
+        int(n_heads)?,
+        int(head_dim)?,
+        int(width)?,
+        int(width)?,
+        scale as f32,
     )?;
     let y = y.with_requires_grad(tape.needs_grad(&[x]));
     if y.requires_grad() {
@@ -51,22 +48,18 @@ pub fn rotary(tape: &Tape, x: &Tensor, positions: &Tensor, n_heads: usize, scale
             let dx = grads.acc(&x)?;
             // rotary_backward_T(dx, dout, positions, n_tokens, n_heads, head_dim, dx_row_stride,
             //                   dout_row_stride, scale)
-            launch(
+            kernels::rotary::rotary_backward(
                 &dev,
-                "rotary",
-                &kname("rotary_backward", dy.dtype())?,
                 block_rows_config(n, ROTARY_BLOCK),
-                &[
-                    p(dx)?,
-                    p(dy)?,
-                    p(&positions)?,
-                    int(n)?,
-                    int(n_heads)?,
-                    int(head_dim)?,
-                    int(width)?,
-                    int(width)?,
-                    Arg::F32(scale as f32),
-                ],
+                p(dx)?,
+                p(dy)?,
+                p(&positions)?,
+                int(n)?,
+                int(n_heads)?,
+                int(head_dim)?,
+                int(width)?,
+                int(width)?,
+                scale as f32,
             )
         });
     }
