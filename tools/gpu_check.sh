@@ -22,7 +22,8 @@
 #      precisions, 8-bit AdamW), each measured error printed;
 #   2. speed: ESM-2 35M training with a 5,000-class head on the Pfam excerpt (qf-engine bf16
 #      and fp16, then PyTorch + transformers bf16 SDPA on the same rows), a short `train`
-#      run that saves a model, and `predict` throughput with it (inference);
+#      run that saves a model, `predict` throughput with it (inference), and the criterion
+#      benchmarks of every kernel with their roofline fractions (benches/cuda_ops.rs);
 #   3. memory: ESM-2 650M at 1,024 tokens, full fine-tuning (8-bit AdamW, recompute) against
 #      12 GB and LoRA q,v r=8 against 6 GB;
 #   4. compute-sanitizer memcheck and racecheck over the op tests;
@@ -64,6 +65,18 @@ for line in sys.stdin:
         [ -n "$exe" ] || { echo "no executable for test $t" >&2; exit 1; }
         strip -o "$GPU_DIR/$t" "$exe"
     done
+    exe=$(cargo bench --no-run --bench cuda_ops --message-format=json | python3 -c '
+import json, sys
+for line in sys.stdin:
+    try:
+        m = json.loads(line)
+    except ValueError:
+        continue
+    if m.get("reason") == "compiler-artifact" and m.get("executable") and m["target"]["name"] == "cuda_ops":
+        print(m["executable"])
+' | tail -n 1)
+    [ -n "$exe" ] || { echo "no executable for the cuda_ops benchmark" >&2; exit 1; }
+    strip -o "$GPU_DIR/bench_cuda_ops" "$exe"
     strip -o "$GPU_DIR/qf-engine" target/release/qf-engine
     local shared="${QF_SHARED_DIR:-../shared}" shard rows
     shard=$(ls "$shared"/data/pfam/train/data-* 2>/dev/null | head -n 1 || true)
@@ -212,6 +225,18 @@ stage_speed() {
     fi
 }
 
+# Criterion benchmarks of every kernel with their roofline fractions (short samples).
+stage_kernel_benches() {
+    stage "2. speed: kernel benchmarks (criterion, roofline fractions)"
+    if [ "$DRY" = 1 ]; then
+        QF_BENCH_EMULATION=1 limit 60 "$GPU_DIR/bench_cuda_ops" --test 2>&1 | tail -n 30 | tee "$OUT/kernel_benches.log"
+    else
+        limit 100 "$GPU_DIR/bench_cuda_ops" --bench --warm-up-time 0.2 --measurement-time 0.5 --noplot 2>&1 \
+            | tee "$OUT/kernel_benches.log" | grep -A200 '^roofline'
+    fi
+    record speed "kernel benchmarks" "$(status_of "${PIPESTATUS[0]}")" "$(grep -m1 '^roofline' "$OUT/kernel_benches.log" || echo no result)"
+}
+
 stage_memory() {
     local what rc
     while IFS='|' read -r what args; do
@@ -324,6 +349,7 @@ check() {
     stage_correctness
     set_qf
     stage_speed
+    stage_kernel_benches
     stage_memory
     stage_sanitizer
     stage_profiles
