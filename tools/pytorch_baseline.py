@@ -1,11 +1,12 @@
 #!/usr/bin/env python3
-"""PyTorch + transformers peer for qf-engine's training benchmarks.
+"""PyTorch + transformers peer for qf-engine's training and inference benchmarks.
 
-Trains `EsmForSequenceClassification` (random init from an ESM-2 preset's
-config) with AdamW on real Pfam train rows, the way an ordinary user does it:
-plain random batches (nothing sorted or packed), each batch padded to its
-longest sequence (DataCollatorWithPadding style) or to --max-length, and
-prints ONE JSON line with the measured throughput.
+Trains (`--mode train`) or runs inference with (`--mode infer`)
+`EsmForSequenceClassification` (random init from an ESM-2 preset's config) on real
+Pfam train rows, the way users do it: random batches, each padded to its longest
+sequence (DataCollatorWithPadding style) or to --max-length, optionally
+length-bucketed (`--bucket`, transformers' group_by_length) and compiled
+(`--compile`), and prints ONE JSON line with the measured throughput.
 
 Example:
     /work/venv/bin/python tools/pytorch_baseline.py --device cuda \
@@ -80,6 +81,11 @@ def parse_args():
                     help="fused AdamW (default: on for cuda, off for cpu)")
     ap.add_argument("--threads", type=int, default=0, help="torch.set_num_threads on CPU (0 = torch default)")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--mode", choices=["train", "infer"], default="train",
+                    help="train: forward, loss, backward, AdamW; infer: forward only under torch.inference_mode")
+    ap.add_argument("--bucket", action=argparse.BooleanOptionalAction, default=False,
+                    help="length-bucketed batches (sort each window of 50 batches by length, then shuffle the "
+                         "batches), as transformers' group_by_length does")
     return ap.parse_args()
 
 
@@ -139,6 +145,10 @@ def main():
     rng = random.Random(args.seed)
     picks = [rows[rng.randrange(len(rows))] for _ in range(n_needed)]  # plain random batches
     examples = [(tokenize(s, args.max_length), rank[f] % args.num_labels) for f, s in picks]
+    if args.bucket:
+        window = 50 * args.batch_size
+        for i in range(0, len(examples), window):
+            examples[i:i + window] = sorted(examples[i:i + window], key=lambda e: len(e[0]))
 
     def collate(batch):
         L = args.max_length if args.pad == "max_length" else max(len(t) for t, _ in batch)
@@ -162,7 +172,7 @@ def main():
     config._attn_implementation = args.attn
     model = EsmForSequenceClassification(config)
     model.config._attn_implementation = args.attn
-    model.to(dev).train()
+    model.to(dev).train(args.mode == "train")
     n_params = sum(p.numel() for p in model.parameters())
     fused = args.fused if args.fused is not None else args.device == "cuda"
     opt = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=args.weight_decay, fused=fused)
@@ -170,7 +180,15 @@ def main():
     amp_dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(args.precision)
     scaler = torch.amp.GradScaler(args.device, enabled=args.precision == "fp16")
 
-    def step(batch):
+    def infer_step(batch):
+        ids, am, labels, real, padded = collate(batch)
+        ids = ids.to(dev, non_blocking=True)
+        am = am.to(dev, non_blocking=True)
+        with torch.inference_mode(), torch.autocast(args.device, dtype=amp_dtype, enabled=amp_dtype is not None):
+            logits = step_model(input_ids=ids, attention_mask=am).logits
+        return logits.float().softmax(-1).sum().detach(), real, padded
+
+    def train_step(batch):
         ids, am, labels, real, padded = collate(batch)
         ids = ids.to(dev, non_blocking=True)
         am = am.to(dev, non_blocking=True)
@@ -187,8 +205,11 @@ def main():
         if args.device == "cuda":
             torch.cuda.synchronize()
 
+    step = train_step if args.mode == "train" else infer_step
     B = args.batch_size
     batches = [examples[i * B:(i + 1) * B] for i in range(args.warmup + args.steps)]
+    if args.bucket:
+        rng.shuffle(batches)
     for b in batches[: args.warmup]:
         step(b)
     sync()
@@ -212,6 +233,8 @@ def main():
     seqs = args.steps * B
     print(json.dumps({
         "framework": "pytorch",
+        "mode": args.mode,
+        "bucket": args.bucket,
         "torch": torch.__version__,
         "transformers": transformers.__version__,
         "device": args.device,
