@@ -1,6 +1,6 @@
 // embedding.cu — token embedding lookup with ESM-2 token-dropout row scaling.
 //
-// Maths (ESM-2 token dropout, see DESIGN.md "ESM-2 exactly"):
+// Maths (ESM-2 token dropout, as transformers' EsmEmbeddings and fair-esm apply it):
 //   forward   out[t, d]           = W[ids[t], d] · s[t]
 //   backward  dW[ids[t], d]      += dout[t, d] · s[t]        (for every t)
 // where s[t] is the per-token scale chosen by the host: 0 for <mask> and

@@ -2,7 +2,7 @@
 //! hand-written CUDA kernels, driven from a minimal autograd tape — no deep-learning
 //! framework underneath.
 //!
-//! Layout (see `../shared/docs/DESIGN.md`): `tensor` (storage and devices), `backend`
+//! Layout (see `docs/ARCHITECTURE.md`): `tensor` (storage and devices), `backend`
 //! (the CPU reference and CUDA), `autograd` (the tape), `ops` (forward + backward of each
 //! op), `model` (ESM-2, heads, checkpoints), `optim`, `data`, `train`, `metrics`.
 
