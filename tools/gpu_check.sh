@@ -77,6 +77,18 @@ for line in sys.stdin:
 ' | tail -n 1)
     [ -n "$exe" ] || { echo "no executable for the cuda_ops benchmark" >&2; exit 1; }
     strip -o "$GPU_DIR/bench_cuda_ops" "$exe"
+    exe=$(cargo bench --no-run --bench attention --message-format=json | python3 -c '
+import json, sys
+for line in sys.stdin:
+    try:
+        m = json.loads(line)
+    except ValueError:
+        continue
+    if m.get("reason") == "compiler-artifact" and m.get("executable") and m["target"]["name"] == "attention":
+        print(m["executable"])
+' | tail -n 1)
+    [ -n "$exe" ] || { echo "no executable for the attention benchmark" >&2; exit 1; }
+    strip -o "$GPU_DIR/bench_attention" "$exe"
     strip -o "$GPU_DIR/qf-engine" target/release/qf-engine
     local shared="${QF_SHARED_DIR:-../shared}" shard rows
     shard=$(ls "$shared"/data/pfam/train/data-* 2>/dev/null | head -n 1 || true)
@@ -228,13 +240,27 @@ stage_speed() {
 # Criterion benchmarks of every kernel with their roofline fractions (short samples).
 stage_kernel_benches() {
     stage "2. speed: kernel benchmarks (criterion, roofline fractions)"
-    if [ "$DRY" = 1 ]; then
-        QF_BENCH_EMULATION=1 limit 60 "$GPU_DIR/bench_cuda_ops" --test 2>&1 | tail -n 30 | tee "$OUT/kernel_benches.log"
+    local b rc
+    for b in attention cuda_ops; do
+        if [ "$DRY" = 1 ]; then
+            QF_BENCH_EMULATION=1 limit 60 "$GPU_DIR/bench_$b" --test 2>&1 | tail -n 30 | tee "$OUT/bench_$b.log"
+            rc=${PIPESTATUS[0]}
+        else
+            limit 60 "$GPU_DIR/bench_$b" --bench --warm-up-time 0.2 --measurement-time 0.5 --noplot 2>&1 \
+                | tee "$OUT/bench_$b.log" | grep -A200 '^roofline'
+            rc=${PIPESTATUS[0]}
+        fi
+        record speed "kernel benchmarks: $b" "$(status_of "$rc")" "$(grep -m1 '^roofline' "$OUT/bench_$b.log" || echo no result)"
+    done
+    stage "2. speed: PyTorch scaled_dot_product_attention at the same shapes"
+    if "$PY" -c 'import torch' 2>/dev/null; then
+        local tiny=()
+        [ "$DRY" = 1 ] && tiny=(--device cpu --tiny)
+        limit 60 "$PY" tools/pytorch_attention_bench.py "${tiny[@]}" 2>&1 | tee "$OUT/pytorch_attention.jsonl"
+        record speed "pytorch SDPA" "$(status_of "${PIPESTATUS[0]}")" "$(grep -c '^{' "$OUT/pytorch_attention.jsonl") cases"
     else
-        limit 100 "$GPU_DIR/bench_cuda_ops" --bench --warm-up-time 0.2 --measurement-time 0.5 --noplot 2>&1 \
-            | tee "$OUT/kernel_benches.log" | grep -A200 '^roofline'
+        record speed "pytorch SDPA" SKIP "no torch in $PY"
     fi
-    record speed "kernel benchmarks" "$(status_of "${PIPESTATUS[0]}")" "$(grep -m1 '^roofline' "$OUT/kernel_benches.log" || echo no result)"
 }
 
 stage_memory() {
