@@ -32,9 +32,10 @@ pub struct BenchArgs {
     #[arg(long, value_name = "DIR")]
     pub data: Option<PathBuf>,
 
-    /// Token budget per step.
-    #[arg(long, default_value_t = 16384)]
-    pub max_tokens: usize,
+    /// Token budget per batch (default: 16,384 for train; for infer the predict default,
+    /// 2,048 on the CPU and 16,384 on CUDA).
+    #[arg(long, value_name = "TOKENS")]
+    pub max_tokens: Option<usize>,
 
     #[arg(long, default_value_t = 1024)]
     pub max_len: usize,

@@ -8,7 +8,7 @@ use clap::Args;
 
 use qf_engine::data::batching::BatchConfig;
 use qf_engine::data::tokenizer::residue_id;
-use qf_engine::train::eval::{score_rows, softmax};
+use qf_engine::train::eval::{default_inference_tokens, score_rows, softmax};
 use qf_engine::train::log::progress_bar;
 use qf_engine::train::trained::load_trained;
 
@@ -32,8 +32,10 @@ pub struct PredictArgs {
     #[arg(long, default_value_t = 5)]
     pub top_k: usize,
 
-    #[arg(long, default_value_t = 16384)]
-    pub max_tokens: usize,
+    /// Token budget per batch (default: the fastest measured for the device, 2,048 on the
+    /// CPU and 16,384 on CUDA; see the README's "Inference batch size").
+    #[arg(long, value_name = "TOKENS")]
+    pub max_tokens: Option<usize>,
 
     /// Window in tokens; longer proteins are scored as averaged overlapping windows.
     #[arg(long, default_value_t = 1024)]
@@ -60,7 +62,8 @@ pub fn run(args: PredictArgs) -> Result<()> {
         eprintln!("note: {unknown} residues are not in the ESM-2 alphabet and were read as <unk>, as ESM does");
     }
     let rows: Vec<usize> = (0..set.len()).collect();
-    let bcfg = BatchConfig::new(args.max_tokens, args.max_len, 0)?;
+    let budget = args.max_tokens.unwrap_or_else(|| default_inference_tokens(&device).max(args.max_len));
+    let bcfg = BatchConfig::new(budget, args.max_len, 0)?;
     let bar = progress_bar(0, "predict", !args.device.quiet);
     let scores = score_rows(&tm.model, &set, &rows, &bcfg, &device, &bar)?;
     bar.finish_and_clear();

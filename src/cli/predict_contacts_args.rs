@@ -16,6 +16,7 @@ use qf_engine::data::contacts::{contact_labels, ContactItem, CONTACT_CUTOFF};
 use qf_engine::metrics::contact::{ContactMetrics, DEFAULT_THRESHOLD};
 use qf_engine::train::contact::load_contact_model;
 use qf_engine::train::contact_eval::predict_maps;
+use qf_engine::train::eval::default_inference_tokens;
 use qf_engine::train::log::progress_bar;
 
 use super::common::{open_device, DeviceArgs, WeightsArgs};
@@ -55,9 +56,10 @@ pub struct PredictContactsArgs {
     #[arg(long, default_value_t = 1024)]
     pub max_len: usize,
 
-    /// Token budget per batch.
-    #[arg(long, default_value_t = 16384)]
-    pub max_tokens: usize,
+    /// Token budget per batch (default: the fastest measured for the device, 2,048 on the
+    /// CPU and 16,384 on CUDA; see the README's "Inference batch size").
+    #[arg(long, value_name = "TOKENS")]
+    pub max_tokens: Option<usize>,
 
     /// Smallest sequence separation |i-j| scored.
     #[arg(long, default_value_t = 6)]
@@ -135,7 +137,8 @@ pub fn run(args: PredictContactsArgs) -> Result<()> {
     std::fs::create_dir_all(&args.output).with_context(|| format!("creating {}", args.output.display()))?;
     let corpus = ContactCorpus::Items(items);
     let rows: Vec<usize> = (0..corpus.len()).collect();
-    let bcfg = BatchConfig::new(args.max_tokens.max(args.max_len), args.max_len, 0)?;
+    let budget = args.max_tokens.unwrap_or_else(|| default_inference_tokens(&device).max(args.max_len));
+    let bcfg = BatchConfig::new(budget.max(args.max_len), args.max_len, 0)?;
     let bar = progress_bar(0, "predict", !args.device.quiet);
     let mut metrics = ContactMetrics::with_options(args.min_sep, DEFAULT_THRESHOLD);
     let mut per_protein = Vec::new();

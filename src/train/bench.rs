@@ -26,6 +26,7 @@ use std::time::Instant;
 use anyhow::Result;
 use serde::Serialize;
 
+use super::eval::default_inference_tokens;
 use super::device::{self, DeviceChoice, Precision};
 use super::memory::{self, param_specs_of, BatchShape, LinearFit, MemoryPlan, PlanOptions};
 use crate::autograd::{Grads, Tape};
@@ -62,12 +63,17 @@ impl std::str::FromStr for BenchMode {
     }
 }
 
+/// Training batch budget of `bench` when none is given (as `train`'s default).
+pub const TRAIN_TOKENS: usize = 16384;
+
 #[derive(Clone, Debug)]
 pub struct BenchConfig {
     pub mode: BenchMode,
     pub preset: String,
     pub n_classes: usize,
-    pub max_tokens: usize,
+    /// Token budget per batch; `None`: 16,384 for training, the device's inference
+    /// default (`eval::default_inference_tokens`) for inference.
+    pub max_tokens: Option<usize>,
     pub max_len: usize,
     /// Timed steps (batches) per run.
     pub steps: usize,
@@ -338,7 +344,11 @@ pub fn bench_throughput(cfg: &BenchConfig) -> Result<BenchResult> {
     let mut model = bench_model(&ecfg, cfg.n_classes, cfg.lora.as_ref(), cfg.recompute, &device, cfg.seed)?;
     let (params, trainable) = model.params.counts();
     let rows: Vec<usize> = (0..set.len()).collect();
-    let bcfg = BatchConfig::new(cfg.max_tokens, cfg.max_len, cfg.seed)?;
+    let max_tokens = cfg.max_tokens.unwrap_or_else(|| match cfg.mode {
+        BenchMode::Train => TRAIN_TOKENS,
+        BenchMode::Infer => default_inference_tokens(&device).max(cfg.max_len),
+    });
+    let bcfg = BatchConfig::new(max_tokens, cfg.max_len, cfg.seed)?;
     let plan = match cfg.mode {
         BenchMode::Train => training_plan(&rows, &set.token_lengths(), &bcfg, 0)?,
         BenchMode::Infer => eval_plan_by_length(&rows, &set.token_lengths(), &bcfg)?,
@@ -358,7 +368,7 @@ pub fn bench_throughput(cfg: &BenchConfig) -> Result<BenchResult> {
         let t = Instant::now();
         let labels = |r: usize| (cfg.mode == BenchMode::Train).then_some(r as u32 % n_classes);
         let packed = pack(&batch.items, &set, labels)?;
-        let oom = |e: anyhow::Error| cuda::device::with_budget_hint(e, cfg.max_tokens);
+        let oom = |e: anyhow::Error| cuda::device::with_budget_hint(e, max_tokens);
         let inp = ModelInputs::new(&packed, model.config(), &device, DType::F32).map_err(oom)?;
         sync(&device)?;
         totals.phases.data += ms_since(t);
@@ -370,7 +380,7 @@ pub fn bench_throughput(cfg: &BenchConfig) -> Result<BenchResult> {
                 &inp,
                 step as u64,
                 &mut scaler,
-                cfg.max_tokens,
+                max_tokens,
                 &mut totals.phases,
             )?,
             BenchMode::Infer => {
@@ -421,7 +431,7 @@ pub fn bench_throughput(cfg: &BenchConfig) -> Result<BenchResult> {
         trainable_parameters: trainable,
         lora: cfg.lora.as_ref().map(describe_lora),
         n_classes: cfg.n_classes,
-        max_tokens: cfg.max_tokens,
+        max_tokens,
         steps: cfg.steps.max(1),
         repeats: runs.len(),
         sequences_per_s: run.seqs as f64 / run.seconds,

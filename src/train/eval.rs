@@ -15,6 +15,24 @@ use crate::metrics::classification::{ClassificationReport, Predictions};
 use crate::model::{ModelInputs, SequenceClassifier};
 use crate::tensor::{DType, Device};
 
+/// The batch token budget of inference (`predict`, `eval`, `predict-contacts`, `bench
+/// --mode infer`) when the user gives none: the fastest one measured on each kind of
+/// device (README, "Inference batch size"). On the CPU small batches win, since the
+/// activations of 2,048 tokens stay in cache and the windows of one batch have similar
+/// lengths; a GPU needs large batches to fill its cores.
+pub fn default_inference_tokens(device: &Device) -> usize {
+    if device.is_cpu() {
+        CPU_INFERENCE_TOKENS
+    } else {
+        CUDA_INFERENCE_TOKENS
+    }
+}
+
+/// Fastest budget of `bench --mode infer` on the CPU (see `default_inference_tokens`).
+pub const CPU_INFERENCE_TOKENS: usize = 2048;
+/// Budget on CUDA: the training default, until a GPU measurement says otherwise.
+pub const CUDA_INFERENCE_TOKENS: usize = 16384;
+
 /// Averaged logits of every scored row.
 pub struct RowScores {
     pub rows: Vec<usize>,
