@@ -4,8 +4,9 @@
 # script itself beforehand on the CPU emulation of CUDA.
 #
 #   bash tools/gpu_check.sh build      HERE: release binary + GPU test executables (kernels
-#                                      required), stripped into the git-ignored .gpu/ with a
-#                                      Pfam excerpt (train shard rows and a FASTA of them)
+#                                      required), stripped and packed into one xz archive in the
+#                                      git-ignored .gpu/ (~5 MB: a call carries at most 64 MiB),
+#                                      with a Pfam excerpt (train shard rows and a FASTA of them)
 #   bash tools/gpu_check.sh --dry-run  HERE or in CI: `build`, then every stage below at tiny
 #                                      sizes on the CUDA emulation (the test executables load
 #                                      it themselves; the binary through LD_PRELOAD) and the
