@@ -5,7 +5,7 @@
 #
 #   bash tools/gpu_check.sh build      HERE: release binary + GPU test executables (kernels
 #                                      required), stripped and packed into one xz archive in the
-#                                      git-ignored .gpu/ (~5 MB: a call carries at most 64 MiB),
+#                                      git-ignored .gpu/ (~6 MB: a call carries at most 64 MiB),
 #                                      with a Pfam excerpt (train shard rows and a FASTA of them)
 #   bash tools/gpu_check.sh --dry-run  HERE or in CI: `build`, then every stage below at tiny
 #                                      sizes on the CUDA emulation (the test executables load
@@ -118,7 +118,7 @@ pack_executables() {
     local names=()
     for f in "$GPU_DIR"/*; do [ -f "$f" ] && [ -x "$f" ] && names+=("$(basename "$f")"); done
     echo "== packing ${#names[@]} executables into $GPU_DIR/$PACKED"
-    tar -C "$GPU_DIR" -cf - "${names[@]}" | xz -T1 --lzma2=preset=6,dict=192MiB > "$GPU_DIR/$PACKED"
+    tar -C "$GPU_DIR" -cf - "${names[@]}" | xz -T1 --lzma2=preset=1,dict=192MiB > "$GPU_DIR/$PACKED"
     (cd "$GPU_DIR" && rm -f "${names[@]}")
 }
 
