@@ -257,6 +257,18 @@ fn bench_reports_inference_with_phases_and_model_flop_utilisation() {
     );
     assert!(flops > 0.0 && peak > 0.0 && (mfu - flops / peak).abs() < 1e-9 * mfu.max(1.0));
     assert!(out.contains("model FLOPs (MFU)") && out.contains("per step"), "{out}");
+    // The timed batches sample every length, not only the shortest proteins that a
+    // length-sorted plan starts with.
+    let lens = qf_engine::data::demo::demo_sets().unwrap().0.token_lengths();
+    let set_mean = lens.iter().map(|&l| l as f64).sum::<f64>() / lens.len() as f64;
+    let shortest_mean = {
+        let mut l = lens.clone();
+        l.sort_unstable();
+        l[..l.len() / 5].iter().map(|&x| x as f64).sum::<f64>() / (l.len() / 5) as f64
+    };
+    let timed_mean = r["mean_tokens_per_sequence"].as_f64().unwrap();
+    eprintln!("timed batches: {timed_mean:.1} tokens/sequence; set {set_mean:.1}; shortest fifth {shortest_mean:.1}");
+    assert!(timed_mean > shortest_mean && timed_mean > 0.5 * set_mean, "{timed_mean} vs {set_mean}");
 }
 
 #[test]

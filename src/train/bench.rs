@@ -335,6 +335,14 @@ fn median(v: &[f64]) -> f64 {
     }
 }
 
+/// The inference plan runs from the shortest sequences to the longest; a benchmark that
+/// timed its first batches would see only the shortest proteins. Shuffling the batches
+/// (each still of similar lengths) makes any run of them a sample of every length.
+fn batches_in_random_order<T>(mut plan: Vec<T>, seed: u64) -> Vec<T> {
+    crate::data::rng::Rng::new(seed).shuffle(&mut plan);
+    plan
+}
+
 /// `qf-engine bench`: `repeats` timed runs of `steps` batches (after `warmup` untimed
 /// ones) in the chosen mode; the median run is reported with its phases and MFU.
 pub fn bench_throughput(cfg: &BenchConfig) -> Result<BenchResult> {
@@ -351,7 +359,7 @@ pub fn bench_throughput(cfg: &BenchConfig) -> Result<BenchResult> {
     let bcfg = BatchConfig::new(max_tokens, cfg.max_len, cfg.seed)?;
     let plan = match cfg.mode {
         BenchMode::Train => training_plan(&rows, &set.token_lengths(), &bcfg, 0)?,
-        BenchMode::Infer => eval_plan_by_length(&rows, &set.token_lengths(), &bcfg)?,
+        BenchMode::Infer => batches_in_random_order(eval_plan_by_length(&rows, &set.token_lengths(), &bcfg)?, cfg.seed),
     };
     if plan.is_empty() {
         anyhow::bail!("no batches to time: the benchmark data has no sequences");
