@@ -77,6 +77,9 @@ impl CurvesPlot {
         draw_picture(width, height, |root| {
             let (top, body) = root.split_vertically(TITLE_HEIGHT);
             top.draw_text(&self.title(), &title_style(), (12, 10)).map_err(plotting_error)?;
+            if self.runs.len() > 1 {
+                self.draw_run_legend(&top)?;
+            }
             let panels = body.split_evenly((1, 1 + self.metrics.len()));
             self.draw_loss_panel(&panels[0])?;
             for (metric, panel) in self.metrics.iter().zip(&panels[1..]) {
@@ -107,8 +110,10 @@ impl CurvesPlot {
             let line = chart
                 .draw_series(LineSeries::new(run.train_loss.iter().copied(), colour.stroke_width(2)))
                 .map_err(plotting_error)?;
-            line.label(if several { run.label.clone() } else { "training loss".into() })
-                .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 18, y)], colour.stroke_width(2)));
+            if !several {
+                line.label("training loss")
+                    .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 18, y)], colour.stroke_width(2)));
+            }
             chart
                 .draw_series(eval_loss(run).into_iter().map(|p| Circle::new(p, 5, colour.filled())))
                 .map_err(plotting_error)?;
@@ -123,7 +128,10 @@ impl CurvesPlot {
                 });
             }
         }
-        draw_legend(&mut chart)
+        if self.runs.len() == 1 {
+            draw_legend(&mut chart)?;
+        }
+        Ok(())
     }
 
     fn draw_metric_panel(&self, area: &Area, metric: &str) -> Result<()> {
@@ -133,17 +141,25 @@ impl CurvesPlot {
         for (k, run) in self.runs.iter().enumerate() {
             let colour = run_colour(k);
             let points = run.eval_metric(metric);
-            let line = chart
+            chart
                 .draw_series(LineSeries::new(points.iter().copied(), colour.stroke_width(2)))
                 .map_err(plotting_error)?;
-            if self.runs.len() > 1 {
-                line.label(run.label.clone())
-                    .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 18, y)], colour.stroke_width(2)));
-            }
             chart.draw_series(points.iter().map(|&p| Circle::new(p, 4, colour.filled()))).map_err(plotting_error)?;
         }
-        if self.runs.len() > 1 {
-            draw_legend(&mut chart)?;
+        Ok(())
+    }
+
+    /// Several runs: their colours and names in the title band, right of the title.
+    fn draw_run_legend(&self, top: &Area) -> Result<()> {
+        let (title_width, _) = top.estimate_text_size(&self.title(), &title_style()).map_err(plotting_error)?;
+        let style = (font::FAMILY, 15).into_font().color(&BLACK);
+        let mut x = 12 + title_width as i32 + 36;
+        for (k, run) in self.runs.iter().enumerate() {
+            let colour = run_colour(k);
+            top.draw(&PathElement::new(vec![(x, 20), (x + 24, 20)], colour.stroke_width(3))).map_err(plotting_error)?;
+            top.draw_text(&run.label, &style, (x + 30, 12)).map_err(plotting_error)?;
+            let (w, _) = top.estimate_text_size(&run.label, &style).map_err(plotting_error)?;
+            x += 30 + w as i32 + 28;
         }
         Ok(())
     }
