@@ -260,6 +260,11 @@ fn a_contact_map_has_numbered_axes_a_colour_bar_and_its_scores_in_the_title() {
     // C6-C127 disulfide: predicted above the diagonal, true below.
     assert_eq!(png.pixel(mx + 126 * 7 + 3, my + 5 * 7 + 3), PREDICTED_FULL);
     assert_eq!(png.pixel(mx + 5 * 7 + 3, my + 126 * 7 + 3), TRUE_CONTACT);
+    // The true contacts are outlined above the diagonal: the cell's border, not its centre.
+    assert_eq!(png.pixel(mx + 126 * 7, my + 5 * 7 + 3), TRUE_CONTACT, "left border of cell (5, 126)");
+    let (non_contact_i, non_contact_j) = (0u32, 100u32);
+    assert_eq!(masked[(non_contact_i * 129 + non_contact_j) as usize], 0);
+    assert_eq!(png.pixel(mx + non_contact_j * 7, my + non_contact_i * 7 + 3), BACKGROUND, "no border");
     // Colour bar: p = 1 at the top, p = 0 (white) at the bottom.
     let (bx, by) = layout.bar_origin;
     assert_eq!(png.pixel(bx + BAR_WIDTH / 2, by), PREDICTED_FULL);
@@ -341,4 +346,25 @@ fn plot_command_draws_one_run_or_several_and_names_bad_input() {
     let help = qf(&["plot", "--help"]);
     let help = String::from_utf8_lossy(&help.stdout);
     assert!(help.contains("Examples:") && help.contains("--metric"), "{help}");
+}
+
+#[test]
+fn text_needs_no_system_font() {
+    // plotters' `ttf` feature (font-kit, fontconfig, FreeType) stays out of the build: text
+    // comes from the embedded DejaVu subset through `ab_glyph`.
+    let lock = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/Cargo.lock")).unwrap();
+    for system in ["font-kit", "yeslogic-fontconfig-sys", "freetype-sys", "servo-fontconfig"] {
+        assert!(!lock.contains(&format!("name = \"{system}\"")), "{system} is in Cargo.lock");
+    }
+    assert!(lock.contains("name = \"ab_glyph\""));
+    let font = std::fs::read(concat!(env!("CARGO_MANIFEST_DIR"), "/assets/fonts/DejaVuSans-subset.ttf")).unwrap();
+    assert!(font.len() < 300_000, "the embedded font stays small ({} bytes)", font.len());
+    assert!(std::path::Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/assets/fonts/LICENSE-DejaVu.txt")).is_file());
+    // The title of a curves picture is drawn with it: dark pixels in the title band.
+    let image = CurvesPlot::new(vec![parse(CLASSIFY_LOG)], &[]).unwrap().render().unwrap();
+    let dark = (0..TITLE_HEIGHT)
+        .flat_map(|y| (0..image.width).map(move |x| (x, y)))
+        .filter(|&(x, y)| image.pixel(x, y).iter().all(|&c| c < 110))
+        .count();
+    assert!(dark > 100, "title text drawn ({dark} dark pixels)");
 }

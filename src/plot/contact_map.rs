@@ -136,12 +136,12 @@ impl ContactPicture<'_> {
     fn subtitle(&self) -> String {
         match (self.truth, self.scores) {
             (Some(_), Some(s)) => format!(
-                "long-range P@L {} · MCC {} (p > 0.5, |i − j| ≥ {})   upper: predicted, lower: true (Cβ < 8 Å)",
+                "long-range P@L {} · MCC {} (p > 0.5, |i − j| ≥ {})   upper: predicted (true contacts outlined), lower: true (Cβ < 8 Å)",
                 format_score(s.precision[range_index(SeparationRange::Long)][0]),
                 format_score(s.mcc),
                 self.min_sep
             ),
-            (Some(_), None) => "upper: predicted, lower: true contacts (Cβ < 8 Å)".into(),
+            (Some(_), None) => "upper: predicted (true contacts outlined), lower: true contacts (Cβ < 8 Å)".into(),
             _ => "predicted contact probability (no structure given: mirrored below the diagonal)".into(),
         }
     }
@@ -164,6 +164,9 @@ impl ContactPicture<'_> {
             Ok(())
         })?;
         blit(&mut image, &cells, layout.map_origin);
+        if let Some(truth) = self.truth {
+            outline_true_contacts(&mut image, truth, self.len, &layout);
+        }
         blit(&mut image, &colour_bar(layout.side), layout.bar_origin);
         Ok(image)
     }
@@ -281,6 +284,37 @@ pub fn colour_bar(side: u32) -> RgbImage {
         }
     }
     RgbImage { width: BAR_WIDTH, height: side, pixels }
+}
+
+/// Smallest scale at which the true contacts are outlined above the diagonal.
+pub const OUTLINE_MIN_SCALE: u32 = 4;
+
+/// Outline the cells of the true contacts above the diagonal (one-pixel border in the
+/// truth's colour), so that hits and misses of the prediction show; skipped below
+/// [`OUTLINE_MIN_SCALE`] pixels per residue, where a border would hide the cell.
+fn outline_true_contacts(image: &mut RgbImage, truth: &[u8], len: usize, layout: &Layout) {
+    if layout.scale < OUTLINE_MIN_SCALE {
+        return;
+    }
+    let (x0, y0, s) = (layout.map_origin.0, layout.map_origin.1, layout.scale);
+    let mut set = |x: u32, y: u32| {
+        let at = 3 * (y as usize * image.width as usize + x as usize);
+        image.pixels[at..at + 3].copy_from_slice(&TRUE_CONTACT);
+    };
+    for i in 0..len {
+        for j in i + 1..len {
+            if truth[i * len + j] != 1 {
+                continue;
+            }
+            let (left, top) = (x0 + j as u32 * s, y0 + i as u32 * s);
+            for d in 0..s {
+                set(left + d, top);
+                set(left + d, top + s - 1);
+                set(left, top + d);
+                set(left + s - 1, top + d);
+            }
+        }
+    }
 }
 
 /// Copy `src` into `dst` with its top-left corner at `at` (clipped to `dst`).
