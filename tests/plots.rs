@@ -178,7 +178,7 @@ fn write_log(dir: &Path, text: &str) -> PathBuf {
 fn curves_of_a_classification_run_show_loss_and_accuracy_panels() {
     let tmp = tempfile::tempdir().unwrap();
     let run = write_log(&tmp.path().join("demo"), CLASSIFY_LOG);
-    let plot = CurvesPlot::read(&[run.clone()], &[]).unwrap();
+    let plot = CurvesPlot::read(std::slice::from_ref(&run), &[]).unwrap();
     assert_eq!(plot.metrics, ["accuracy"]);
     let out = tmp.path().join("curves.png");
     plot.write(&out).unwrap();

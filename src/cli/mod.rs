@@ -29,6 +29,7 @@ pub enum Command {
     ///
     /// With no arguments: trains a small ESM-2 from scratch on the built-in demo set (20 real
     /// Pfam families, 2,000 train / 500 held-out domains) and writes metrics.jsonl,
+    /// curves.png (loss and eval metrics against step, redrawn at every evaluation),
     /// checkpoints and the final model under runs/demo.
     Train(Box<train_args::TrainArgs>),
     /// Evaluate a trained model: a classifier on a labelled split (accuracy, top-5,

@@ -102,9 +102,11 @@ pub fn read_structure_items(specs: &[String]) -> Result<Vec<ContactItem>> {
     Ok(read_numbered_structure_items(specs)?.into_iter().map(|(item, _)| item).collect())
 }
 
-/// As [`read_structure_items`], with each chain's residue numbers (author number and
-/// insertion code, one per residue of the item's sequence).
-pub fn read_numbered_structure_items(specs: &[String]) -> Result<Vec<(ContactItem, Vec<(i32, Option<char>)>)>> {
+/// A chain's residue numbers: author number and insertion code, one per residue.
+pub type ResidueNumbering = Vec<(i32, Option<char>)>;
+
+/// As [`read_structure_items`], with each chain's residue numbers.
+pub fn read_numbered_structure_items(specs: &[String]) -> Result<Vec<(ContactItem, ResidueNumbering)>> {
     let mut items = Vec::new();
     for spec in specs {
         let s = read_structure_spec(spec)?;
