@@ -368,3 +368,18 @@ fn text_needs_no_system_font() {
         .count();
     assert!(dark > 100, "title text drawn ({dark} dark pixels)");
 }
+
+#[test]
+fn the_log_redraws_curves_at_each_evaluation_and_clears_a_killed_write() {
+    use qf_engine::train::log::MetricsLog;
+    let tmp = tempfile::tempdir().unwrap();
+    let stale = tmp.path().join(".curves.png.tmp-4242");
+    std::fs::write(&stale, b"half a picture").unwrap();
+    let mut log = MetricsLog::open(Some(&tmp.path().join("metrics.jsonl"))).unwrap();
+    assert!(!stale.exists(), "a killed run's temporary picture is removed on open");
+    log.event("step", serde_json::json!({ "step": 1, "loss": 2.0 })).unwrap();
+    assert!(!tmp.path().join("curves.png").exists(), "not drawn at a step");
+    log.event("eval", serde_json::json!({ "step": 1, "accuracy": 0.5 })).unwrap();
+    let png = decode(&tmp.path().join("curves.png"));
+    assert_eq!(png.width, 2 * PANEL_WIDTH, "loss and accuracy after the first evaluation");
+}

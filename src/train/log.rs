@@ -39,6 +39,9 @@ impl MetricsLog {
             }
             None => None,
         };
+        if let Some(p) = path {
+            remove_stale_curves(p);
+        }
         Ok(MetricsLog {
             file,
             path: path.map(Path::to_path_buf),
@@ -71,6 +74,18 @@ impl MetricsLog {
                 eprintln!("warning: curves.png not drawn: {e:#}");
                 self.curves_failed = true;
             }
+        }
+    }
+}
+
+/// Remove the temporary files of a `curves.png` write that a killed run left beside the
+/// log (`write_atomic` names them `.curves.png.tmp-<pid>`); best effort.
+fn remove_stale_curves(log: &Path) {
+    let Some(dir) = log.parent().filter(|d| !d.as_os_str().is_empty()) else { return };
+    let Ok(entries) = std::fs::read_dir(dir) else { return };
+    for entry in entries.filter_map(|e| e.ok()) {
+        if entry.file_name().to_string_lossy().starts_with(".curves.png.tmp-") {
+            let _ = std::fs::remove_file(entry.path());
         }
     }
 }
