@@ -13,6 +13,7 @@ pub mod metrics;
 pub mod model;
 pub mod ops;
 pub mod optim;
+pub mod plot;
 pub mod tensor;
 pub mod train;
 

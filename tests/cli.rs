@@ -24,6 +24,8 @@ fn every_command_has_help() {
         vec!["data", "stats", "--help"],
         vec!["bench", "--help"],
         vec!["upgrade-vocab", "--help"],
+        vec!["plot", "--help"],
+        vec!["predict-contacts", "--help"],
     ] {
         let (ok, out, err) = qf(&cmd);
         assert!(ok, "{cmd:?} failed: {err}");

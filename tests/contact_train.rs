@@ -328,6 +328,10 @@ fn a_short_contact_run_lowers_the_loss_and_writes_metrics_and_models() {
     for kind in ["start", "step", "eval", "checkpoint", "end"] {
         assert!(ev.iter().any(|e| e["event"] == kind), "no {kind} event in metrics.jsonl");
     }
+    // curves.png beside the log: loss, MCC and long-range P@L panels.
+    let curves = std::fs::File::open(tmp.path().join("curves.png")).expect("curves.png written");
+    let info = png::Decoder::new(std::io::BufReader::new(curves)).read_info().unwrap().info().clone();
+    assert_eq!(info.width, 3 * qf_engine::plot::curves::PANEL_WIDTH, "loss, MCC and P@L panels");
     let eval = s.eval.expect("evaluated");
     assert_eq!(eval.report.proteins, 2);
     let j: serde_json::Value =
@@ -419,8 +423,8 @@ fn predict_contacts_writes_csv_npy_png_and_metrics() {
         assert_eq!(npy.len() % 64, (l * l * 4) % 64);
         let png = std::fs::File::open(out.join(format!("{stem}.png"))).unwrap();
         let info = png::Decoder::new(std::io::BufReader::new(png)).read_info().unwrap().info().clone();
-        let side = l as u32 * (1000 / l as u32).max(1);
-        assert_eq!((info.width, info.height), (side, side), "{stem}.png size");
+        let layout = qf_engine::plot::contact_map::Layout::new(l, (1000 / l as u32).max(1)).unwrap();
+        assert_eq!((info.width, info.height), (layout.width, layout.height), "{stem}.png size");
     }
     let summary: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(out.join("metrics.json")).unwrap()).unwrap();

@@ -102,6 +102,11 @@ fn training_learns_the_demo_families_and_writes_logs_and_a_loadable_model() {
     for kind in ["start", "step", "eval", "checkpoint", "end"] {
         assert!(events.iter().any(|e| e["event"] == kind), "no {kind} event in metrics.jsonl");
     }
+    // curves.png beside the log: the loss and eval accuracy panels.
+    let curves = std::fs::File::open(tmp.path().join("curves.png")).expect("curves.png written");
+    let info = png::Decoder::new(std::io::BufReader::new(curves)).read_info().unwrap().info().clone();
+    let panel = qf_engine::plot::curves::PANEL_WIDTH;
+    assert_eq!(info.width, 2 * panel, "loss and accuracy panels");
 
     // The saved directory is a Hugging Face checkpoint with the label map; it reloads to
     // the same predictions.

@@ -4,6 +4,7 @@ mod bench_args;
 mod common;
 mod data_args;
 mod eval_args;
+mod plot_args;
 mod predict_args;
 mod predict_contacts_args;
 mod train_args;
@@ -28,6 +29,7 @@ pub enum Command {
     ///
     /// With no arguments: trains a small ESM-2 from scratch on the built-in demo set (20 real
     /// Pfam families, 2,000 train / 500 held-out domains) and writes metrics.jsonl,
+    /// curves.png (loss and eval metrics against step, redrawn at every evaluation),
     /// checkpoints and the final model under runs/demo.
     Train(Box<train_args::TrainArgs>),
     /// Evaluate a trained model: a classifier on a labelled split (accuracy, top-5,
@@ -43,6 +45,9 @@ pub enum Command {
     Data(data_args::DataArgs),
     /// Measure training throughput (sequences/s, tokens/s) and peak memory of a model preset.
     Bench(Box<bench_args::BenchArgs>),
+    /// Draw the training curves of one or several runs (loss and eval metrics against step)
+    /// from their metrics.jsonl, overlaid with a legend.
+    Plot(plot_args::PlotArgs),
     /// Upgrade a model saved before the vocabulary fix of 2026-12-06 (its N, K and Q ids were
     /// permuted): writes a copy that gives the same predictions with ESM-2's real token ids.
     UpgradeVocab(upgrade_vocab_args::UpgradeVocabArgs),
@@ -56,6 +61,7 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::PredictContacts(args) => predict_contacts_args::run(*args),
         Command::Data(args) => data_args::run(args),
         Command::Bench(args) => bench_args::run(*args),
+        Command::Plot(args) => plot_args::run(args),
         Command::UpgradeVocab(args) => upgrade_vocab_args::run(args),
     }
 }

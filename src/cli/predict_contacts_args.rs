@@ -1,7 +1,8 @@
 //! `qf-engine predict-contacts`: contact probability maps of sequences or structures, as
 //! CSV, NumPy `.npy` and a PNG picture (prediction in the upper triangle; the true contacts
-//! in the lower one when a structure gives them), plus the contact metrics when the truth
-//! is known.
+//! in the lower one when a structure gives them; residue-numbered axes, a colour bar, and
+//! the protein's P@L and MCC in the title when the truth is known), plus the contact
+//! metrics when the truth is known.
 
 use std::path::{Path, PathBuf};
 
@@ -10,10 +11,11 @@ use clap::Args;
 use serde_json::json;
 
 use qf_engine::data::batching::BatchConfig;
-use qf_engine::data::contact_batching::{read_fasta_sequences, read_structure_items, ContactCorpus};
-use qf_engine::data::contact_io::{write_csv, write_npy, write_png};
+use qf_engine::data::contact_batching::{read_fasta_sequences, read_numbered_structure_items, ContactCorpus};
+use qf_engine::data::contact_io::{write_csv, write_npy};
 use qf_engine::data::contacts::{contact_labels, ContactItem, CONTACT_CUTOFF};
 use qf_engine::metrics::contact::{ContactMetrics, DEFAULT_THRESHOLD};
+use qf_engine::plot::contact_map::{ContactPicture, ResidueNumber};
 use qf_engine::train::contact::load_contact_model;
 use qf_engine::train::contact_eval::predict_maps;
 use qf_engine::train::eval::default_inference_tokens;
@@ -65,7 +67,8 @@ pub struct PredictContactsArgs {
     #[arg(long, default_value_t = 6)]
     pub min_sep: usize,
 
-    /// Pixels per residue in the PNG (default: about 1000 pixels in all).
+    /// Pixels per residue in the PNG's map (default: a map of about 1000 pixels; at least
+    /// 300). The picture adds residue-numbered axes, a colour bar and a title.
     #[arg(long)]
     pub png_scale: Option<u32>,
 
@@ -104,36 +107,52 @@ fn sequence_item(name: &str, seq: &str) -> Result<ContactItem> {
     })
 }
 
-/// Every protein asked for, and whether its true contacts are known.
-fn gather_inputs(args: &PredictContactsArgs) -> Result<(Vec<ContactItem>, Vec<bool>)> {
+/// What is known of each protein besides its sequence.
+struct InputInfo {
+    /// The true contacts can be computed (a structure).
+    has_truth: bool,
+    /// Residue numbers of a structure's chain (author numbering); `None` numbers 1…L.
+    residues: Option<Vec<ResidueNumber>>,
+}
+
+impl InputInfo {
+    fn sequence() -> Self {
+        InputInfo { has_truth: false, residues: None }
+    }
+}
+
+/// Every protein asked for, and what is known of it.
+fn gather_inputs(args: &PredictContactsArgs) -> Result<(Vec<ContactItem>, Vec<InputInfo>)> {
     let mut items = Vec::new();
-    let mut truth = Vec::new();
+    let mut info = Vec::new();
     for (k, s) in args.sequence.iter().enumerate() {
         items.push(sequence_item(&format!("sequence{}", k + 1), s)?);
-        truth.push(false);
+        info.push(InputInfo::sequence());
     }
     if let Some(f) = &args.fasta {
         for (name, seq) in read_fasta_sequences(f)? {
             items.push(sequence_item(&name, &seq)?);
-            truth.push(false);
+            info.push(InputInfo::sequence());
         }
     }
     if !args.structure.is_empty() {
-        let s = read_structure_items(&args.structure)?;
-        truth.extend(s.iter().map(|_| true));
-        items.extend(s);
+        for (item, numbers) in read_numbered_structure_items(&args.structure)? {
+            let residues = numbers.into_iter().map(|(number, ins_code)| ResidueNumber { number, ins_code }).collect();
+            info.push(InputInfo { has_truth: true, residues: Some(residues) });
+            items.push(item);
+        }
     }
     if items.is_empty() {
         bail!("nothing to predict: give --sequence SEQ, --fasta FILE or --structure FILE[:CHAIN]");
     }
-    Ok((items, truth))
+    Ok((items, info))
 }
 
 pub fn run(args: PredictContactsArgs) -> Result<()> {
     args.weights.apply();
     let device = open_device(&args.device)?;
     let model = load_contact_model(&args.model, args.adapter.as_deref(), &device)?;
-    let (items, has_truth) = gather_inputs(&args)?;
+    let (items, info) = gather_inputs(&args)?;
     std::fs::create_dir_all(&args.output).with_context(|| format!("creating {}", args.output.display()))?;
     let corpus = ContactCorpus::Items(items);
     let rows: Vec<usize> = (0..corpus.len()).collect();
@@ -152,14 +171,24 @@ pub fn run(args: PredictContactsArgs) -> Result<()> {
         let out = |ext: &str| args.output.join(format!("{stem}.{ext}"));
         write_csv(out("csv"), &map.probs, map.len)?;
         write_npy(out("npy"), &map.probs, map.len)?;
-        let labels = has_truth[map.row].then(|| contact_labels(&corpus.cb(map.row), CONTACT_CUTOFF, args.min_sep));
-        write_png(out("png"), &map.probs, labels.as_ref().map(|l| l.masked()).as_deref(), map.len, args.png_scale)?;
+        let labels = info[map.row].has_truth.then(|| contact_labels(&corpus.cb(map.row), CONTACT_CUTOFF, args.min_sep));
+        let masked = labels.as_ref().map(|l| l.masked());
+        let scores = labels.as_ref().map(|l| metrics.add_labels(&map.probs, l)).transpose()?;
+        let picture = ContactPicture {
+            name,
+            probs: &map.probs,
+            truth: masked.as_deref(),
+            len: map.len,
+            residues: info[map.row].residues.as_deref(),
+            scores: scores.as_ref(),
+            min_sep: args.min_sep,
+        };
+        picture.write(&out("png"), args.png_scale)?;
         let mut entry = json!({
             "name": name, "length": map.len, "windows": map.windows, "uncovered_pairs": map.uncovered_pairs,
             "csv": out("csv"), "npy": out("npy"), "png": out("png"),
         });
-        if let Some(l) = &labels {
-            let s = metrics.add_labels(&map.probs, l)?;
+        if let Some(s) = &scores {
             entry["mcc"] = json!(s.mcc);
             entry["precision"] = json!(s.precision);
             entry["confusion"] = json!(s.confusion);
@@ -176,7 +205,7 @@ pub fn run(args: PredictContactsArgs) -> Result<()> {
     })?;
     bar.finish_and_clear();
     let mut summary = json!({ "model": args.model, "proteins": per_protein, "max_len": args.max_len });
-    if has_truth.iter().any(|&t| t) {
+    if info.iter().any(|i| i.has_truth) {
         let report = metrics.finish();
         println!("{report}");
         summary["metrics"] = serde_json::to_value(&report)?;

@@ -99,6 +99,14 @@ impl ContactCorpus {
 /// The chains of PDB/mmCIF files given as `file.pdb` (every protein chain) or `file.pdb:A`,
 /// named `<file stem>_<chain>`. C-betas are virtual (from N, CA, C) as in the contact set.
 pub fn read_structure_items(specs: &[String]) -> Result<Vec<ContactItem>> {
+    Ok(read_numbered_structure_items(specs)?.into_iter().map(|(item, _)| item).collect())
+}
+
+/// A chain's residue numbers: author number and insertion code, one per residue.
+pub type ResidueNumbering = Vec<(i32, Option<char>)>;
+
+/// As [`read_structure_items`], with each chain's residue numbers.
+pub fn read_numbered_structure_items(specs: &[String]) -> Result<Vec<(ContactItem, ResidueNumbering)>> {
     let mut items = Vec::new();
     for spec in specs {
         let s = read_structure_spec(spec)?;
@@ -118,7 +126,8 @@ pub fn read_structure_items(specs: &[String]) -> Result<Vec<ContactItem>> {
                 continue;
             }
             let name = if chain.id.is_empty() { stem.to_string() } else { format!("{stem}_{}", chain.id) };
-            items.push(ContactItem::from_chain(chain, &name, CbMode::Virtual));
+            let numbers = chain.residues.iter().map(|r| (r.number, r.ins_code)).collect();
+            items.push((ContactItem::from_chain(chain, &name, CbMode::Virtual), numbers));
         }
     }
     if items.is_empty() {

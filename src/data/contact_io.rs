@@ -173,7 +173,7 @@ fn cell_colour(pred: &[f32], truth: Option<&[u8]>, len: usize, i: usize, j: usiz
 }
 
 /// White blended towards [`PREDICTED_FULL`] by p (clamped to [0, 1]; NaN drawn as red).
-fn probability_colour(p: f32) -> [u8; 3] {
+pub fn probability_colour(p: f32) -> [u8; 3] {
     if p.is_nan() {
         return [220, 0, 0];
     }

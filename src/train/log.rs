@@ -1,9 +1,10 @@
-//! Run output: a JSON-lines metrics log (one object per event, flushed as written) and
-//! progress bars with rate and ETA.
+//! Run output: a JSON-lines metrics log (one object per event, flushed as written), the
+//! `curves.png` drawn from it beside it at every evaluation and at the end, and progress
+//! bars with rate and ETA.
 
 use std::fs::{File, OpenOptions};
 use std::io::Write;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
 use indicatif::{ProgressBar, ProgressStyle};
@@ -12,8 +13,13 @@ use serde_json::{json, Value};
 /// Appends `{"event": …, "time": …, …}` lines to `metrics.jsonl`.
 pub struct MetricsLog {
     file: Option<File>,
+    path: Option<PathBuf>,
     start: std::time::Instant,
+    curves_failed: bool,
 }
+
+/// Events after which `curves.png` is redrawn.
+pub const CURVE_EVENTS: &[&str] = &["eval", "end"];
 
 impl MetricsLog {
     /// Open (append) `path`; `None` logs nowhere.
@@ -33,7 +39,15 @@ impl MetricsLog {
             }
             None => None,
         };
-        Ok(MetricsLog { file, start: std::time::Instant::now() })
+        if let Some(p) = path {
+            remove_stale_curves(p);
+        }
+        Ok(MetricsLog {
+            file,
+            path: path.map(Path::to_path_buf),
+            start: std::time::Instant::now(),
+            curves_failed: false,
+        })
     }
 
     /// Write one event; `fields` must be a JSON object.
@@ -45,7 +59,34 @@ impl MetricsLog {
         }
         writeln!(f, "{obj}")?;
         f.flush()?;
+        if CURVE_EVENTS.contains(&event) {
+            self.redraw_curves();
+        }
         Ok(())
+    }
+
+    /// Redraw `curves.png` beside the log from the log itself. A picture that cannot be
+    /// drawn never stops training: the first failure is reported on stderr.
+    fn redraw_curves(&mut self) {
+        let Some(path) = &self.path else { return };
+        if let Err(e) = crate::plot::curves::write_run_curves(path) {
+            if !self.curves_failed {
+                eprintln!("warning: curves.png not drawn: {e:#}");
+                self.curves_failed = true;
+            }
+        }
+    }
+}
+
+/// Remove the temporary files of a `curves.png` write that a killed run left beside the
+/// log (`write_atomic` names them `.curves.png.tmp-<pid>`); best effort.
+fn remove_stale_curves(log: &Path) {
+    let Some(dir) = log.parent().filter(|d| !d.as_os_str().is_empty()) else { return };
+    let Ok(entries) = std::fs::read_dir(dir) else { return };
+    for entry in entries.filter_map(|e| e.ok()) {
+        if entry.file_name().to_string_lossy().starts_with(".curves.png.tmp-") {
+            let _ = std::fs::remove_file(entry.path());
+        }
     }
 }
 
