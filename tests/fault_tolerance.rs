@@ -40,6 +40,12 @@ fn latest(output: &Path) -> Option<PathBuf> {
     Some(output.join("checkpoints").join(name.trim()))
 }
 
+/// The training step of a checkpoint directory (`step-N` or `step-N.k`).
+fn checkpoint_step(dir: &Path) -> Option<usize> {
+    let name = dir.file_name()?.to_str()?;
+    name.strip_prefix("step-")?.split('.').next()?.parse().ok()
+}
+
 /// The checkpoint `latest` names must be complete: both files parse.
 fn assert_latest_is_complete(output: &Path) {
     if let Some(dir) = latest(output) {
@@ -67,21 +73,25 @@ fn killed_at_random_moments_and_resumed_equals_an_uninterrupted_run() {
     let tmp = tempfile::tempdir().unwrap();
     let reference = tmp.path().join("reference");
     // The uninterrupted run, timed: when its first checkpoint appears, and how long a step
-    // (with its checkpoint) takes after that.
+    // (with its checkpoint) takes after that, from the first and the last checkpoint seen
+    // (what the run does after its last step, the final model and its pictures, is not a
+    // step).
     let t0 = Instant::now();
     let mut child = train_command(&reference, false).spawn().unwrap();
-    let mut first_checkpoint = None;
+    let (mut first_checkpoint, mut last_checkpoint) = (None, None);
     while child.try_wait().unwrap().is_none() {
-        if first_checkpoint.is_none() && latest(&reference).is_some() {
-            first_checkpoint = Some(t0.elapsed());
+        if let Some(step) = latest(&reference).as_deref().and_then(checkpoint_step) {
+            first_checkpoint.get_or_insert((step, t0.elapsed()));
+            last_checkpoint = Some((step, t0.elapsed()));
         }
         std::thread::sleep(std::time::Duration::from_millis(2));
     }
     let out = child.wait_with_output().unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let run_time = t0.elapsed();
-    let startup = first_checkpoint.expect("no checkpoint seen");
-    let step = (run_time - startup) / STEPS.parse::<u32>().unwrap();
+    let ((first_step, startup), (last_step, last_at)) =
+        (first_checkpoint.expect("no checkpoint seen"), last_checkpoint.unwrap());
+    let step = (last_at - startup) / (last_step - first_step).max(1) as u32;
     let want = final_weights(&reference);
 
     // Kill and resume until the run finishes; a round in which no kill happened to land in
