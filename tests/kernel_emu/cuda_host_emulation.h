@@ -77,8 +77,17 @@ struct ThreadState {
 
 ThreadState& state();
 void sync_block();
-void sync_warp();
+// __syncwarp(mask): a barrier over the lanes of `mask`.
+void sync_warp(unsigned mask);
+// A warp shuffle: every lane of `mask` deposits `v`; returns lane `src_lane`'s value. A
+// calling lane outside `mask`, a lane of `mask` that has exited, does not exist or is
+// elsewhere, and a source lane outside `mask` are reported (report_error).
+float shfl(float v, int src_lane, unsigned mask, const char* what);
 float shfl_xor(float v, int lane_mask);
+// Under a random schedule, give way to another thread of the block at random (one call
+// in eight): called where a thread reads its indices (threadIdx, blockIdx, blockDim,
+// gridDim, so inside every loop and at most shared-memory indexing) and at atomics.
+void maybe_yield();
 unsigned char* dynamic_smem();
 unsigned dynamic_smem_bytes();
 
@@ -162,12 +171,32 @@ inline unsigned min(unsigned a, unsigned b) { return a < b ? a : b; }
 inline unsigned max(unsigned a, unsigned b) { return a > b ? a : b; }
 
 inline void __syncthreads() { qf_emu::sync_block(); }
-inline void __syncwarp(unsigned /*mask*/ = 0xffffffffu) { qf_emu::sync_warp(); }
-inline float __shfl_xor_sync(unsigned /*mask*/, float v, int lane_mask) { return qf_emu::shfl_xor(v, lane_mask); }
+inline void __syncwarp(unsigned mask = 0xffffffffu) { qf_emu::sync_warp(mask); }
+inline float __shfl_xor_sync(unsigned mask, float v, int lane_mask) {
+    return qf_emu::shfl(v, qf_emu::lane_id() ^ lane_mask, mask, "__shfl_xor_sync");
+}
+inline float __shfl_sync(unsigned mask, float v, int src_lane) {
+    return qf_emu::shfl(v, src_lane & 31, mask, "__shfl_sync");
+}
+inline float __shfl_down_sync(unsigned mask, float v, unsigned delta) {
+    const int src = qf_emu::lane_id() + int(delta);
+    return qf_emu::shfl(v, src < 32 ? src : qf_emu::lane_id(), mask, "__shfl_down_sync");
+}
+inline float __shfl_up_sync(unsigned mask, float v, unsigned delta) {
+    const int src = qf_emu::lane_id() - int(delta);
+    return qf_emu::shfl(v, src >= 0 ? src : qf_emu::lane_id(), mask, "__shfl_up_sync");
+}
 
-inline float atomicAdd(float* p, float v) { return std::atomic_ref<float>(*p).fetch_add(v); }
-inline int atomicAdd(int* p, int v) { return std::atomic_ref<int>(*p).fetch_add(v); }
+inline float atomicAdd(float* p, float v) {
+    qf_emu::maybe_yield();
+    return std::atomic_ref<float>(*p).fetch_add(v);
+}
+inline int atomicAdd(int* p, int v) {
+    qf_emu::maybe_yield();
+    return std::atomic_ref<int>(*p).fetch_add(v);
+}
 inline unsigned long long atomicAdd(unsigned long long* p, unsigned long long v) {
+    qf_emu::maybe_yield();
     return std::atomic_ref<unsigned long long>(*p).fetch_add(v);
 }
 
