@@ -21,16 +21,6 @@ extern "C" char __qf_emu_shared_end[] __attribute__((weak, visibility("hidden"))
 
 namespace qf_emu {
 
-// The checks of one launch (qf_emu_launch_ex). Off, each one gives the emulation's old
-// behaviour, so that a test can show that the check catches what the old one did not.
-struct Options {
-    uint32_t poison_shared;     // fill static __shared__ memory with 0xFF bytes at every block start
-    uint32_t check_shfl_mask;   // honour the masks of __shfl_*_sync / __syncwarp
-    uint32_t random_schedule;   // blocks in a random order, threads interleaved at random points
-    uint32_t check_preconditions;  // per-kernel preconditions (scatter_add_rows: distinct rows)
-    uint64_t seed;              // the schedule's seed (random_schedule)
-};
-
 namespace {
 
 // Every CUDA thread of a block is a fiber on the launching OS thread; the

@@ -66,3 +66,9 @@ extern "C" __global__ void selftest_shfl_half_warp(float* out) {
     const float v = (float)threadIdx.x;
     out[threadIdx.x] = __shfl_xor_sync(0x0000ffffu, v, 1);
 }
+
+// A correct kernel for the driver's checks (tests/emulated_driver.rs): out[i] = i.
+// Launch: grid (any), block (any); out [n].
+extern "C" __global__ void selftest_iota(float* out, int n) {
+    for (int i = blockIdx.x * blockDim.x + threadIdx.x; i < n; i += gridDim.x * blockDim.x) out[i] = (float)i;
+}

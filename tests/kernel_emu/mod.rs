@@ -129,6 +129,7 @@ type NamesFn = unsafe extern "C" fn(*mut c_char, usize) -> usize;
 /// The loaded emulator library.
 pub struct Emulator {
     dir: PathBuf,
+    handle: usize,
     launch: LaunchFn,
     kinds: KindsFn,
     names: NamesFn,
@@ -217,6 +218,14 @@ impl Emulator {
     /// looks for one.
     pub fn install_as_cuda(&self) -> Result<(), String> {
         open_library(&self.dir.join(CUBLAS_LIB)).map(|_| ())
+    }
+
+    /// The address of a function of the library (the fake driver's `cuMemAlloc_v2`, …), for
+    /// tests that drive it directly.
+    pub fn symbol(&self, name: &str) -> Option<*mut c_void> {
+        let c = CString::new(name).ok()?;
+        let p = unsafe { libc::dlsym(self.handle as *mut c_void, c.as_ptr()) };
+        (!p.is_null()).then_some(p)
     }
 
     /// [`Emulator::launch`] that panics with the kernel's name on an error.
@@ -566,6 +575,7 @@ fn load(lib: &Path) -> Result<Emulator, String> {
     unsafe {
         Ok(Emulator {
             dir: lib.parent().map(Path::to_path_buf).unwrap_or_default(),
+            handle: handle as usize,
             launch: std::mem::transmute::<*mut c_void, LaunchFn>(sym("qf_emu_launch_ex")?),
             kinds: std::mem::transmute::<*mut c_void, KindsFn>(sym("qf_emu_kernel_kinds")?),
             names: std::mem::transmute::<*mut c_void, NamesFn>(sym("qf_emu_kernel_names")?),
