@@ -23,7 +23,8 @@
 //       - a kernel's launch error surfaces at the next synchronisation, as on a GPU.
 //     Each report is printed and returned (CUDA_ERROR_LAUNCH_FAILED) by the next
 //     synchronising call; qf_emu_driver_take_report() hands it to a test.
-//     qf_emu_driver_set_synchronous(1) gives the old synchronous driver back.
+//     qf_emu_driver_set_synchronous(1), or QF_EMU_SYNC_DRIVER=1, gives the old
+//     synchronous driver back.
 //   * Device memory is host memory (64-byte aligned); a device pointer is a host
 //     address. A pool tracks bytes in use and their high-water mark (a stream-ordered
 //     free counts at once: later stream-ordered allocations may reuse it, as the pool
@@ -145,7 +146,12 @@ struct Stream {
 };
 
 Stream& stream() {
-    static Stream* s = new Stream;  // leaked, as the pool
+    static Stream* s = [] {
+        auto* st = new Stream;  // leaked, as the pool
+        const char* v = std::getenv("QF_EMU_SYNC_DRIVER");
+        st->synchronous = v && *v && std::string(v) != "0";
+        return st;
+    }();
     return *s;
 }
 
