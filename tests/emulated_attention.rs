@@ -444,7 +444,11 @@ fn unpack_case<T: Element>(seed: u64) {
                 unguard(&what, &dst, n * w);
                 for (e, &f) in from.iter().enumerate() {
                     let want = T::from_f32(old[e].to_f32() + src[f].to_f32()).to_f32();
-                    assert!(dst[e].to_f32() == want, "{what} accumulate: element {e} = {}, want {want}", dst[e].to_f32());
+                    assert!(
+                        dst[e].to_f32() == want,
+                        "{what} accumulate: element {e} = {}, want {want}",
+                        dst[e].to_f32()
+                    );
                 }
                 continue;
             }
@@ -753,7 +757,8 @@ fn attention_pipeline_case<T: Element>(seed: u64) {
             for h in 0..lay.heads {
                 for r in 0..len {
                     for j in 0..len {
-                        gp[lay.score_index(s, h, r, j)] = T::from_f32(gp_packed[offs[s] + (h * len + r) * len + j] as f32);
+                        gp[lay.score_index(s, h, r, j)] =
+                            T::from_f32(gp_packed[offs[s] + (h * len + r) * len + j] as f32);
                     }
                 }
             }
@@ -978,7 +983,19 @@ fn rotary_backward_case<T: Element>(seed: u64) {
                 g[t * 3 * w + w..][..w].copy_from_slice(&dx0[t * w..][..w]);
             }
             let g0 = g.clone();
-            launch_rotary(emu, &name, shape, ptr_mut(&mut g[w..]), ptr(&dout2[w..]), &pos, heads, hd, 3 * w, 2 * w, scale);
+            launch_rotary(
+                emu,
+                &name,
+                shape,
+                ptr_mut(&mut g[w..]),
+                ptr(&dout2[w..]),
+                &pos,
+                heads,
+                hd,
+                3 * w,
+                2 * w,
+                scale,
+            );
             for t in 0..n {
                 for c in 0..3 * w {
                     let e = t * 3 * w + c;
@@ -1054,7 +1071,8 @@ fn dropout_forward_case<T: Element>(seed: u64) {
             (0..n).map(|e| cpu::philox::dropout_keep(e as u64, p, DROPOUT_SEED, DROPOUT_OFFSET)).collect();
         let kept = keep.iter().filter(|&&k| k).count();
         assert!((22_500..23_700).contains(&kept), "implausible keep count {kept} of {n}");
-        let want: Vec<f32> = (0..n).map(|e| if keep[e] { T::from_f32(x[e].to_f32() * s).to_f32() } else { 0.0 }).collect();
+        let want: Vec<f32> =
+            (0..n).map(|e| if keep[e] { T::from_f32(x[e].to_f32() * s).to_f32() } else { 0.0 }).collect();
         for sms in [H100_SMS, TINY_SMS] {
             let shape = flat_shape(n, 4, 32, sms);
             if sms == TINY_SMS {
@@ -1064,7 +1082,12 @@ fn dropout_forward_case<T: Element>(seed: u64) {
             launch_dropout(emu, &name, shape, ptr_mut(&mut y), ptr(&x), p, DROPOUT_SEED, DROPOUT_OFFSET, n);
             unguard(&name, &y, n);
             for e in 0..n {
-                assert!(y[e].to_f32() == want[e], "{name} ({sms} SMs): element {e} = {}, want {}", y[e].to_f32(), want[e]);
+                assert!(
+                    y[e].to_f32() == want[e],
+                    "{name} ({sms} SMs): element {e} = {}, want {}",
+                    y[e].to_f32(),
+                    want[e]
+                );
             }
         }
         // The CPU op itself (f32).

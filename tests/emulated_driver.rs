@@ -77,7 +77,8 @@ impl Driver {
         let (mut out, mut n) = (out, n as i32);
         let mut params = [&mut out as *mut Ptr as *mut c_void, &mut n as *mut i32 as *mut c_void];
         let null = std::ptr::null_mut();
-        let r = unsafe { (self.launch)(self.iota, 2, 1, 1, 64, 1, 1, 0, null, params.as_mut_ptr(), std::ptr::null_mut()) };
+        let r =
+            unsafe { (self.launch)(self.iota, 2, 1, 1, 64, 1, 1, 0, null, params.as_mut_ptr(), std::ptr::null_mut()) };
         assert_eq!(r, 0);
     }
 

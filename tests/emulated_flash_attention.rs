@@ -489,8 +489,10 @@ fn shared_offset<T: Half>(seed: u64, tol: &Errors) {
             assert!(e <= bound, "{} a shared offset moved {what} by {e:e} > {bound:e}", T::SUFFIX);
         }
         let (r0, r1) = (forward_reference(&b, &x).0, forward_reference(&moved, &x).0);
-        let e =
-            rel_err(&r1.iter().map(|&v| v as f32).collect::<Vec<_>>(), &r0.iter().map(|&v| v as f32).collect::<Vec<_>>());
+        let e = rel_err(
+            &r1.iter().map(|&v| v as f32).collect::<Vec<_>>(),
+            &r0.iter().map(|&v| v as f32).collect::<Vec<_>>(),
+        );
         println!("{} shared offset 1000: the f64 twin's output moved by {e:.1e}", T::SUFFIX);
         assert!(e <= 2e-5, "the twin moved by {e:e} under a shared offset");
     });

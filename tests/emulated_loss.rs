@@ -935,7 +935,16 @@ fn grad_norm_sum_squares_over_tensors_then_clip_and_scale() {
         let s = acc.get()[0];
         let inv = 1.0 / scale as f32;
         let norm = (want.sqrt() * inv as f64) as f32;
-        check_clip(emu, "from the sums (clipping)", Shape::of(single_thread_config()), s, Some(0), 0.5 * norm, inv, true);
+        check_clip(
+            emu,
+            "from the sums (clipping)",
+            Shape::of(single_thread_config()),
+            s,
+            Some(0),
+            0.5 * norm,
+            inv,
+            true,
+        );
         check_clip(
             emu,
             "from the sums (no clipping)",
@@ -1423,7 +1432,8 @@ fn elementwise_tanh_forward_and_backward() {
         all_map_cases(|n, sms, m| run_tanh_forward::<f32>(emu, &mut rng, n, sms, m), 2);
         all_map_cases(|n, sms, m| run_tanh_forward::<f16>(emu, &mut rng, n, sms, m), 2);
         all_map_cases(|n, sms, m| run_tanh_forward::<bf16>(emu, &mut rng, n, sms, m), 2);
-        let cases = [(1_027, H100_SMS, 0), (1_027, 2, 1), (1_027, H100_SMS, 3), (1_027, H100_SMS, 4), (13, H100_SMS, 0)];
+        let cases =
+            [(1_027, H100_SMS, 0), (1_027, 2, 1), (1_027, H100_SMS, 3), (1_027, H100_SMS, 4), (13, H100_SMS, 0)];
         for (n, sms, m) in cases {
             run_tanh_backward::<f32>(emu, &mut rng, n, sms, m);
             run_tanh_backward::<f16>(emu, &mut rng, n, sms, m);

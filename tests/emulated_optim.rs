@@ -314,7 +314,11 @@ fn kernels_in_file(stem: &str) -> Vec<String> {
 fn optimizer_kernels_take_the_launchers_argument_lists() {
     kernel_emu::schedules("optimizer_kernels_take_the_launchers_argument_lists", |emu| {
         assert_eq!(kernels_in_file("adamw"), ["adamw_step"], "kernels/adamw.cu: a kernel this file does not test");
-        assert_eq!(kernels_in_file("adam8bit"), ["adam8bit_step"], "kernels/adam8bit.cu: a kernel this file does not test");
+        assert_eq!(
+            kernels_in_file("adam8bit"),
+            ["adam8bit_step"],
+            "kernels/adam8bit.cu: a kernel this file does not test"
+        );
         // p, g, m, v, p_half, half_kind, n, 7 AdamConsts fields, grad_scale, skip.
         assert_eq!(emu.kernel_kinds("adamw_step").as_deref(), Some("PPPPPILFFFFFFFPP"));
         // p, g, m_code, m_absmax, v_code, v_absmax, maps, p_half, half_kind, n, 7 fields, grad_scale, skip.
@@ -393,7 +397,9 @@ fn adamw_step_is_bit_identical_to_adamw_update_over_several_steps() {
                 assert!(moved * 10 >= n * 9, "{what}: only {moved} of {n} parameters moved");
             }
         }
-        println!("adamw_step: p, m, v and half copies bit-identical to adamw_update over {compared} element-steps (0 ulp)");
+        println!(
+            "adamw_step: p, m, v and half copies bit-identical to adamw_update over {compared} element-steps (0 ulp)"
+        );
     });
 }
 
@@ -437,11 +443,21 @@ fn adamw_step_skip_flag_and_nullable_pointers() {
             let (pw, mw, vw) = adamw_update(p0[i], g[i], m0[i], v0[i], &c);
             if bad.contains(&i) {
                 assert!(pw.is_nan() && p[i].is_nan(), "p[{i}] = {} with gradient {} (reference {pw})", p[i], g[i]);
-                assert!(!m[i].is_finite() && !v[i].is_finite(), "m, v [{i}] = {}, {} with gradient {}", m[i], v[i], g[i]);
+                assert!(
+                    !m[i].is_finite() && !v[i].is_finite(),
+                    "m, v [{i}] = {}, {} with gradient {}",
+                    m[i],
+                    v[i],
+                    g[i]
+                );
                 assert_eq!((m[i].is_nan(), v[i].is_nan()), (mw.is_nan(), vw.is_nan()), "m, v [{i}]");
                 assert!(m[i].is_nan() || m[i] == mw, "m[{i}] = {} vs {mw}", m[i]);
             } else {
-                assert_same_bits(&format!("adamw non-finite grads elsewhere [{i}]"), &[p[i], m[i], v[i]], &[pw, mw, vw]);
+                assert_same_bits(
+                    &format!("adamw non-finite grads elsewhere [{i}]"),
+                    &[p[i], m[i], v[i]],
+                    &[pw, mw, vw],
+                );
             }
         }
         // Null grad_scale (= 1), null skip (= 0), null p_half with half_kind 1 (no copy).

@@ -131,7 +131,11 @@ fn permuted_layouts_fail<T: Element + bytemuck::Pod>(seed: u64) {
                 }
                 let e = rel_err(&gemm_check(&a, &b, k, n, variant).unwrap(), &want);
                 println!("{} k={k} n={n} deliberately wrong variant {variant}: rel err {e:.2e}", T::SUFFIX);
-                assert!(e > 0.3, "{} k={k} n={n}: the wrong layout of variant {variant} was not caught ({e:e})", T::SUFFIX);
+                assert!(
+                    e > 0.3,
+                    "{} k={k} n={n}: the wrong layout of variant {variant} was not caught ({e:e})",
+                    T::SUFFIX
+                );
             }
         }
     });

@@ -90,8 +90,7 @@ fn missing_syncthreads_is_caught_by_random_schedules() {
     let Some(emu) = emulator("missing_syncthreads_is_caught_by_random_schedules") else { return };
     let blocks = 3;
     let input: Vec<f32> = (0..blocks * 64).map(|i| 1.0 + i as f32).collect();
-    let want: Vec<f32> =
-        (0..blocks * 64).map(|i| input[i] + if i % 64 > 0 { input[i - 1] } else { 0.0 }).collect();
+    let want: Vec<f32> = (0..blocks * 64).map(|i| input[i] + if i % 64 > 0 { input[i - 1] } else { 0.0 }).collect();
     let shape = Shape::flat(blocks as u32, 64);
     let run = |name: &str, checks: Checks| {
         let mut out = vec![0f32; blocks * 64];
@@ -123,10 +122,9 @@ fn missing_syncthreads_is_caught_by_random_schedules() {
 fn shuffle_masks_are_honoured() {
     let Some(emu) = emulator("shuffle_masks_are_honoured") else { return };
     let shape = Shape::flat(1, 32);
-    for (name, want_msg) in [
-        ("selftest_shfl_lane_outside_mask", "which does not include it"),
-        ("selftest_shfl_exited_lane", "has exited"),
-    ] {
+    for (name, want_msg) in
+        [("selftest_shfl_lane_outside_mask", "which does not include it"), ("selftest_shfl_exited_lane", "has exited")]
+    {
         let mut out = vec![0f32; 32];
         let r = emu.launch_with(name, shape, &[ptr_mut(&mut out)], Checks::legacy());
         assert!(r.is_ok(), "{name}: the old emulation ignored the mask: {r:?}");

@@ -496,7 +496,12 @@ fn build(
         // Each function-local static (a `__shared__` variable) in its own `.bss._ZZ…`
         // section, which the link gathers between the bounds that every block start poisons.
         let obj = dir.join(format!("{stem}.kernel.o"));
-        run(base_command(cxx, include, kernels, header).arg("-fdata-sections").arg("-c").arg(&cpp).arg("-o").arg(&obj))?;
+        run(base_command(cxx, include, kernels, header)
+            .arg("-fdata-sections")
+            .arg("-c")
+            .arg(&cpp)
+            .arg("-o")
+            .arg(&obj))?;
         Ok(obj)
     };
     let mut jobs: Vec<PathBuf> = sources.to_vec();
