@@ -16,7 +16,7 @@ mod kernel_emu;
 
 use common::{rel_err, TestRng};
 use half::{bf16, f16};
-use kernel_emu::{emulator, ptr, ptr_mut, Aligned16, Element, Emulator, Shape};
+use kernel_emu::{ptr, ptr_mut, Aligned16, Element, Emulator, Shape};
 use qf_engine::backend::cpu::attention::prob_offsets;
 use qf_engine::backend::cpu::flash_attention::{self as twin, FlashDims};
 use qf_engine::backend::cuda::flash_attention::{flash_config, FlashStage, FLASH_HEAD_DIMS};
@@ -361,27 +361,28 @@ const OFFSETS: [i32; 5] = [0, 211, 37, 1023, 5];
 
 /// Every head dim, with and without the probabilities, against the twin.
 fn every_head_dim<T: Half>(seed: u64, tol: &Errors) {
-    let Some(emu) = emulator("flash every head dim") else { return };
-    let mut rng = TestRng::new(seed);
-    for d in FLASH_HEAD_DIMS {
-        let mut worst = Errors::default();
-        for probs in [false, true] {
-            let b = Batch::new(&LENS, &OFFSETS, 2, d);
-            let e = compare::<T>(emu, &mut rng, &b, probs);
-            println!("{} d={d} probs={probs}: {e}", T::SUFFIX);
-            worst.worst(&e);
+    kernel_emu::schedules("flash every head dim", |emu| {
+        let mut rng = TestRng::new(seed);
+        for d in FLASH_HEAD_DIMS {
+            let mut worst = Errors::default();
+            for probs in [false, true] {
+                let b = Batch::new(&LENS, &OFFSETS, 2, d);
+                let e = compare::<T>(emu, &mut rng, &b, probs);
+                println!("{} d={d} probs={probs}: {e}", T::SUFFIX);
+                worst.worst(&e);
+            }
+            for (what, got, bound) in [
+                ("out", worst.out, tol.out),
+                ("lse", worst.lse, tol.lse),
+                ("probs", worst.probs, tol.probs),
+                ("dq", worst.dq, tol.dq),
+                ("dk", worst.dk, tol.dk),
+                ("dv", worst.dv, tol.dv),
+            ] {
+                assert!(got <= bound, "{} d={d}: {what} relative error {got:e} > {bound:e}", T::SUFFIX);
+            }
         }
-        for (what, got, bound) in [
-            ("out", worst.out, tol.out),
-            ("lse", worst.lse, tol.lse),
-            ("probs", worst.probs, tol.probs),
-            ("dq", worst.dq, tol.dq),
-            ("dk", worst.dk, tol.dk),
-            ("dv", worst.dv, tol.dv),
-        ] {
-            assert!(got <= bound, "{} d={d}: {what} relative error {got:e} > {bound:e}", T::SUFFIX);
-        }
-    }
+    });
 }
 
 // Measured worst relative L2 errors over every head dim, with and without probabilities
@@ -409,28 +410,29 @@ fn long_batch_lengths(rng: &mut TestRng) -> Vec<usize> {
 }
 
 fn long_batch<T: Half>(seed: u64, d: usize, probs: bool, tol: &Errors) {
-    let Some(emu) = emulator("flash long batch") else { return };
-    let mut rng = TestRng::new(seed);
-    let lens = long_batch_lengths(&mut rng);
-    let b = Batch::new(&lens, &OFFSETS, 1, d);
-    let started = std::time::Instant::now();
-    let e = compare::<T>(emu, &mut rng, &b, probs);
-    println!(
-        "{} d={d} probs={probs} lengths {lens:?} ({} tokens): {e} [{:.1} s]",
-        T::SUFFIX,
-        b.tokens(),
-        started.elapsed().as_secs_f64()
-    );
-    for (what, got, bound) in [
-        ("out", e.out, tol.out),
-        ("lse", e.lse, tol.lse),
-        ("probs", e.probs, tol.probs),
-        ("dq", e.dq, tol.dq),
-        ("dk", e.dk, tol.dk),
-        ("dv", e.dv, tol.dv),
-    ] {
-        assert!(got <= bound, "{} long batch d={d}: {what} relative error {got:e} > {bound:e}", T::SUFFIX);
-    }
+    kernel_emu::schedules("flash long batch", |emu| {
+        let mut rng = TestRng::new(seed);
+        let lens = long_batch_lengths(&mut rng);
+        let b = Batch::new(&lens, &OFFSETS, 1, d);
+        let started = std::time::Instant::now();
+        let e = compare::<T>(emu, &mut rng, &b, probs);
+        println!(
+            "{} d={d} probs={probs} lengths {lens:?} ({} tokens): {e} [{:.1} s]",
+            T::SUFFIX,
+            b.tokens(),
+            started.elapsed().as_secs_f64()
+        );
+        for (what, got, bound) in [
+            ("out", e.out, tol.out),
+            ("lse", e.lse, tol.lse),
+            ("probs", e.probs, tol.probs),
+            ("dq", e.dq, tol.dq),
+            ("dk", e.dk, tol.dk),
+            ("dv", e.dv, tol.dv),
+        ] {
+            assert!(got <= bound, "{} long batch d={d}: {what} relative error {got:e} > {bound:e}", T::SUFFIX);
+        }
+    });
 }
 
 // Measured on the long batches (3,562 and 3,292 tokens): fp16 d=16 out 5.3e-4, lse 3.2e-5,
@@ -472,25 +474,28 @@ const NAMES: [&str; 6] = ["out", "lse", "probs", "dq", "dk", "dv"];
 /// own error against the twin (the `tol` bounds). The twin itself moves by the fp32
 /// rounding of the larger angles (measured ≤ 2e-5).
 fn shared_offset<T: Half>(seed: u64, tol: &Errors) {
-    let Some(emu) = emulator("flash shared offset") else { return };
-    let mut rng = TestRng::new(seed);
-    let b = Batch::new(&LENS, &OFFSETS, 2, 32);
-    let moved = b.shifted(1000);
-    let x = Inputs::<T>::random(&mut rng, &b);
-    let dout = Aligned16::from_slice(&randn::<T>(&mut rng, b.tokens() * b.width(), 1.0));
-    let dprobs = randn::<T>(&mut rng, b.n_probs(), 1.0);
-    let (at0, at1000) = (outputs(emu, &b, &x, &dout, &dprobs), outputs(emu, &moved, &x, &dout, &dprobs));
-    let bounds = [tol.out, tol.lse, tol.probs, tol.dq, tol.dk, tol.dv];
-    for ((what, (a, c)), bound) in NAMES.iter().zip(at0.iter().zip(&at1000)).zip(bounds) {
-        let e = rel_err(c, a);
-        println!("{} shared offset 1000: {what} moved by {e:.1e}", T::SUFFIX);
-        assert!(e <= bound, "{} a shared offset moved {what} by {e:e} > {bound:e}", T::SUFFIX);
-    }
-    let (r0, r1) = (forward_reference(&b, &x).0, forward_reference(&moved, &x).0);
-    let e =
-        rel_err(&r1.iter().map(|&v| v as f32).collect::<Vec<_>>(), &r0.iter().map(|&v| v as f32).collect::<Vec<_>>());
-    println!("{} shared offset 1000: the f64 twin's output moved by {e:.1e}", T::SUFFIX);
-    assert!(e <= 2e-5, "the twin moved by {e:e} under a shared offset");
+    kernel_emu::schedules("flash shared offset", |emu| {
+        let mut rng = TestRng::new(seed);
+        let b = Batch::new(&LENS, &OFFSETS, 2, 32);
+        let moved = b.shifted(1000);
+        let x = Inputs::<T>::random(&mut rng, &b);
+        let dout = Aligned16::from_slice(&randn::<T>(&mut rng, b.tokens() * b.width(), 1.0));
+        let dprobs = randn::<T>(&mut rng, b.n_probs(), 1.0);
+        let (at0, at1000) = (outputs(emu, &b, &x, &dout, &dprobs), outputs(emu, &moved, &x, &dout, &dprobs));
+        let bounds = [tol.out, tol.lse, tol.probs, tol.dq, tol.dk, tol.dv];
+        for ((what, (a, c)), bound) in NAMES.iter().zip(at0.iter().zip(&at1000)).zip(bounds) {
+            let e = rel_err(c, a);
+            println!("{} shared offset 1000: {what} moved by {e:.1e}", T::SUFFIX);
+            assert!(e <= bound, "{} a shared offset moved {what} by {e:e} > {bound:e}", T::SUFFIX);
+        }
+        let (r0, r1) = (forward_reference(&b, &x).0, forward_reference(&moved, &x).0);
+        let e = rel_err(
+            &r1.iter().map(|&v| v as f32).collect::<Vec<_>>(),
+            &r0.iter().map(|&v| v as f32).collect::<Vec<_>>(),
+        );
+        println!("{} shared offset 1000: the f64 twin's output moved by {e:.1e}", T::SUFFIX);
+        assert!(e <= 2e-5, "the twin moved by {e:e} under a shared offset");
+    });
 }
 
 #[test]
@@ -509,40 +514,42 @@ fn a_shared_position_offset_changes_outputs_only_at_rounding_level_bf16() {
 /// anyway; the source check below is what carries over to a GPU.
 #[test]
 fn flash_attention_is_deterministic_bit_for_bit() {
-    let Some(emu) = emulator("flash deterministic") else { return };
-    let mut rng = TestRng::new(0xf1a5_0007);
-    let b = Batch::new(&LENS, &OFFSETS, 2, 24);
-    let x = Inputs::<f16>::random(&mut rng, &b);
-    let dout = Aligned16::from_slice(&randn::<f16>(&mut rng, b.tokens() * b.width(), 1.0));
-    let dprobs = randn::<f16>(&mut rng, b.n_probs(), 1.0);
-    let (first, second) = (outputs(emu, &b, &x, &dout, &dprobs), outputs(emu, &b, &x, &dout, &dprobs));
-    for (what, (a, c)) in NAMES.iter().zip(first.iter().zip(&second)) {
-        let same = a.iter().zip(c).all(|(p, q)| p.to_bits() == q.to_bits());
-        assert!(same, "{what} differs between two runs");
-    }
-    let src = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/kernels/flash_attention.cu")).unwrap();
-    let code: String = src.lines().map(|l| l.split("//").next().unwrap_or("")).collect::<Vec<_>>().join("\n");
-    assert!(
-        !code.contains("atomic"),
-        "kernels/flash_attention.cu uses an atomic: the backward is no longer deterministic"
-    );
+    kernel_emu::schedules("flash deterministic", |emu| {
+        let mut rng = TestRng::new(0xf1a5_0007);
+        let b = Batch::new(&LENS, &OFFSETS, 2, 24);
+        let x = Inputs::<f16>::random(&mut rng, &b);
+        let dout = Aligned16::from_slice(&randn::<f16>(&mut rng, b.tokens() * b.width(), 1.0));
+        let dprobs = randn::<f16>(&mut rng, b.n_probs(), 1.0);
+        let (first, second) = (outputs(emu, &b, &x, &dout, &dprobs), outputs(emu, &b, &x, &dout, &dprobs));
+        for (what, (a, c)) in NAMES.iter().zip(first.iter().zip(&second)) {
+            let same = a.iter().zip(c).all(|(p, q)| p.to_bits() == q.to_bits());
+            assert!(same, "{what} differs between two runs");
+        }
+        let src = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/kernels/flash_attention.cu")).unwrap();
+        let code: String = src.lines().map(|l| l.split("//").next().unwrap_or("")).collect::<Vec<_>>().join("\n");
+        assert!(
+            !code.contains("atomic"),
+            "kernels/flash_attention.cu uses an atomic: the backward is no longer deterministic"
+        );
+    });
 }
 
 #[test]
 fn every_flash_attention_kernel_is_covered_here() {
-    let Some(emu) = emulator("every_flash_attention_kernel_is_covered_here") else { return };
-    let mut names: Vec<String> =
-        emu.kernels().into_iter().filter(|(m, _)| m == "flash_attention").map(|(_, n)| n).collect();
-    names.sort();
-    let mut want = Vec::new();
-    for suffix in ["f16", "bf16"] {
-        want.push(format!("flash_attention_backward_dot_{suffix}"));
-        for d in FLASH_HEAD_DIMS {
-            for stage in ["forward", "backward_kv", "backward_q"] {
-                want.push(kernel(stage, d, suffix));
+    kernel_emu::schedules("every_flash_attention_kernel_is_covered_here", |emu| {
+        let mut names: Vec<String> =
+            emu.kernels().into_iter().filter(|(m, _)| m == "flash_attention").map(|(_, n)| n).collect();
+        names.sort();
+        let mut want = Vec::new();
+        for suffix in ["f16", "bf16"] {
+            want.push(format!("flash_attention_backward_dot_{suffix}"));
+            for d in FLASH_HEAD_DIMS {
+                for stage in ["forward", "backward_kv", "backward_q"] {
+                    want.push(kernel(stage, d, suffix));
+                }
             }
         }
-    }
-    want.sort();
-    assert_eq!(names, want);
+        want.sort();
+        assert_eq!(names, want);
+    });
 }

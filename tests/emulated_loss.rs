@@ -30,7 +30,7 @@ use std::collections::BTreeSet;
 
 use common::{rel_err, TestRng};
 use half::{bf16, f16};
-use kernel_emu::{emulator, ptr, to_elem, to_f32, Element, Emulator, Shape};
+use kernel_emu::{ptr, to_elem, to_f32, Element, Emulator, Shape};
 use qf_engine::backend::cpu;
 use qf_engine::backend::cuda::launch::{block_rows_config, single_thread_config, vec_width, Arg, BLOCK, NULL};
 use qf_engine::ops::cross_entropy::IGNORE_INDEX;
@@ -273,23 +273,24 @@ const KERNELS: &[(&str, &str, bool, &str)] = &[
 
 #[test]
 fn every_kernel_of_these_files_is_covered_with_its_launcher_abi() {
-    let Some(emu) = emulator("every_kernel_of_these_files_is_covered_with_its_launcher_abi") else { return };
-    let modules: BTreeSet<&str> = KERNELS.iter().map(|k| k.0).collect();
-    let mut expected = BTreeSet::new();
-    for &(module, name, per_dtype, kinds) in KERNELS {
-        let names: Vec<String> = if per_dtype {
-            ["f32", "f16", "bf16"].iter().map(|s| format!("{name}_{s}")).collect()
-        } else {
-            vec![name.to_string()]
-        };
-        for n in names {
-            assert_eq!(emu.kernel_kinds(&n).as_deref(), Some(kinds), "argument kinds of `{n}`");
-            expected.insert((module.to_string(), n));
+    kernel_emu::schedules("every_kernel_of_these_files_is_covered_with_its_launcher_abi", |emu| {
+        let modules: BTreeSet<&str> = KERNELS.iter().map(|k| k.0).collect();
+        let mut expected = BTreeSet::new();
+        for &(module, name, per_dtype, kinds) in KERNELS {
+            let names: Vec<String> = if per_dtype {
+                ["f32", "f16", "bf16"].iter().map(|s| format!("{name}_{s}")).collect()
+            } else {
+                vec![name.to_string()]
+            };
+            for n in names {
+                assert_eq!(emu.kernel_kinds(&n).as_deref(), Some(kinds), "argument kinds of `{n}`");
+                expected.insert((module.to_string(), n));
+            }
         }
-    }
-    let registered: BTreeSet<(String, String)> =
-        emu.kernels().into_iter().filter(|(m, _)| modules.contains(m.as_str())).collect();
-    assert_eq!(registered, expected, "the kernels of {modules:?} and the ones this file tests differ");
+        let registered: BTreeSet<(String, String)> =
+            emu.kernels().into_iter().filter(|(m, _)| modules.contains(m.as_str())).collect();
+        assert_eq!(registered, expected, "the kernels of {modules:?} and the ones this file tests differ");
+    });
 }
 
 // ---------------------------------------------------------------------------------
@@ -469,18 +470,20 @@ fn run_cross_entropy<T: Element>(emu: &Emulator, rows: usize, classes: usize, we
 
 #[test]
 fn cross_entropy_esm_vocab_37_rows() {
-    let Some(emu) = emulator("cross_entropy_esm_vocab_37_rows") else { return };
-    run_cross_entropy::<f32>(emu, 37, 33, false, 11);
-    run_cross_entropy::<f16>(emu, 11, 33, true, 12);
-    run_cross_entropy::<bf16>(emu, 11, 33, true, 13);
+    kernel_emu::schedules("cross_entropy_esm_vocab_37_rows", |emu| {
+        run_cross_entropy::<f32>(emu, 37, 33, false, 11);
+        run_cross_entropy::<f16>(emu, 11, 33, true, 12);
+        run_cross_entropy::<bf16>(emu, 11, 33, true, 13);
+    });
 }
 
 #[test]
 fn cross_entropy_pfam_head_5000_classes() {
-    let Some(emu) = emulator("cross_entropy_pfam_head_5000_classes") else { return };
-    run_cross_entropy::<f32>(emu, 5, 5000, true, 21);
-    run_cross_entropy::<f16>(emu, 5, 5000, true, 22);
-    run_cross_entropy::<bf16>(emu, 5, 5000, false, 23);
+    kernel_emu::schedules("cross_entropy_pfam_head_5000_classes", |emu| {
+        run_cross_entropy::<f32>(emu, 5, 5000, true, 21);
+        run_cross_entropy::<f16>(emu, 5, 5000, true, 22);
+        run_cross_entropy::<bf16>(emu, 5, 5000, false, 23);
+    });
 }
 
 /// The fused kernel with dlogits aliasing logits (in place), rows grid-strided over
@@ -597,36 +600,38 @@ fn run_cross_entropy_edges<T: Element>(emu: &Emulator, seed: u64) {
 
 #[test]
 fn cross_entropy_in_place_grid_strided_and_edge_rows() {
-    let Some(emu) = emulator("cross_entropy_in_place_grid_strided_and_edge_rows") else { return };
-    run_cross_entropy_edges::<f32>(emu, 31);
-    run_cross_entropy_edges::<f16>(emu, 32);
-    run_cross_entropy_edges::<bf16>(emu, 33);
+    kernel_emu::schedules("cross_entropy_in_place_grid_strided_and_edge_rows", |emu| {
+        run_cross_entropy_edges::<f32>(emu, 31);
+        run_cross_entropy_edges::<f16>(emu, 32);
+        run_cross_entropy_edges::<bf16>(emu, 33);
+    });
 }
 
 #[test]
 fn label_weight_sum_many_rows_and_no_weights() {
-    let Some(emu) = emulator("label_weight_sum_many_rows_and_no_weights") else { return };
-    let mut rng = TestRng::new(41);
-    let (rows, classes) = (1001usize, 5000usize);
-    let labels: Vec<i32> =
-        (0..rows).map(|_| if rng.below(5) == 0 { IGNORE_INDEX } else { rng.below(classes) as i32 }).collect();
-    let weights = uniforms(&mut rng, classes, 0.1, 3.0);
-    for weighted in [true, false] {
-        let mut out = Buf::<f32>::nan(1);
-        let w_arg = if weighted { ptr(&weights) } else { NULL };
-        launch(
-            emu,
-            "label_weight_sum",
-            one_block(),
-            &[out.arg(), ptr(&labels), w_arg, int(rows).unwrap(), int(classes).unwrap(), Arg::I32(IGNORE_INDEX)],
-        );
-        out.check_guards("label_weight_sum");
-        let want = cpu::cross_entropy::weight_sum(&labels, if weighted { &weights } else { &[] });
-        check_scalar(&format!("label_weight_sum {rows} rows weighted={weighted}"), out.get()[0], want, 1e-5);
-        if !weighted {
-            assert_eq!(out.get()[0], want as f32, "a count is exact");
+    kernel_emu::schedules("label_weight_sum_many_rows_and_no_weights", |emu| {
+        let mut rng = TestRng::new(41);
+        let (rows, classes) = (1001usize, 5000usize);
+        let labels: Vec<i32> =
+            (0..rows).map(|_| if rng.below(5) == 0 { IGNORE_INDEX } else { rng.below(classes) as i32 }).collect();
+        let weights = uniforms(&mut rng, classes, 0.1, 3.0);
+        for weighted in [true, false] {
+            let mut out = Buf::<f32>::nan(1);
+            let w_arg = if weighted { ptr(&weights) } else { NULL };
+            launch(
+                emu,
+                "label_weight_sum",
+                one_block(),
+                &[out.arg(), ptr(&labels), w_arg, int(rows).unwrap(), int(classes).unwrap(), Arg::I32(IGNORE_INDEX)],
+            );
+            out.check_guards("label_weight_sum");
+            let want = cpu::cross_entropy::weight_sum(&labels, if weighted { &weights } else { &[] });
+            check_scalar(&format!("label_weight_sum {rows} rows weighted={weighted}"), out.get()[0], want, 1e-5);
+            if !weighted {
+                assert_eq!(out.get()[0], want as f32, "a count is exact");
+            }
         }
-    }
+    });
 }
 
 // ---------------------------------------------------------------------------------
@@ -735,19 +740,21 @@ fn run_bce<T: Element>(emu: &Emulator, n: usize, sms: usize, seed: u64) {
 
 #[test]
 fn bce_contact_map_h100_grid() {
-    let Some(emu) = emulator("bce_contact_map_h100_grid") else { return };
-    run_bce::<f32>(emu, 41 * 41, H100_SMS, 51);
-    run_bce::<f16>(emu, 41 * 41, H100_SMS, 52);
-    run_bce::<bf16>(emu, 41 * 41, H100_SMS, 53);
+    kernel_emu::schedules("bce_contact_map_h100_grid", |emu| {
+        run_bce::<f32>(emu, 41 * 41, H100_SMS, 51);
+        run_bce::<f16>(emu, 41 * 41, H100_SMS, 52);
+        run_bce::<bf16>(emu, 41 * 41, H100_SMS, 53);
+    });
 }
 
 #[test]
 fn bce_contact_map_one_sm_grid_strided() {
-    let Some(emu) = emulator("bce_contact_map_one_sm_grid_strided") else { return };
-    // 8 blocks of 256 threads over 5,001 entries: three passes.
-    run_bce::<f32>(emu, 5001, 1, 54);
-    run_bce::<f16>(emu, 5001, 1, 55);
-    run_bce::<bf16>(emu, 5001, 1, 56);
+    kernel_emu::schedules("bce_contact_map_one_sm_grid_strided", |emu| {
+        // 8 blocks of 256 threads over 5,001 entries: three passes.
+        run_bce::<f32>(emu, 5001, 1, 54);
+        run_bce::<f16>(emu, 5001, 1, 55);
+        run_bce::<bf16>(emu, 5001, 1, 56);
+    });
 }
 
 /// The fused forward with dlogits aliasing logits (in place) and a null mask, and the
@@ -790,10 +797,11 @@ fn run_bce_fused_in_place<T: Element>(emu: &Emulator, seed: u64) {
 
 #[test]
 fn bce_fused_in_place_without_mask() {
-    let Some(emu) = emulator("bce_fused_in_place_without_mask") else { return };
-    run_bce_fused_in_place::<f32>(emu, 57);
-    run_bce_fused_in_place::<f16>(emu, 58);
-    run_bce_fused_in_place::<bf16>(emu, 59);
+    kernel_emu::schedules("bce_fused_in_place_without_mask", |emu| {
+        run_bce_fused_in_place::<f32>(emu, 57);
+        run_bce_fused_in_place::<f16>(emu, 58);
+        run_bce_fused_in_place::<bf16>(emu, 59);
+    });
 }
 
 // ---------------------------------------------------------------------------------
@@ -802,28 +810,29 @@ fn bce_fused_in_place_without_mask() {
 
 #[test]
 fn sum_f32_accumulates_over_one_block_and_flat_grids() {
-    let Some(emu) = emulator("sum_f32_accumulates_over_one_block_and_flat_grids") else { return };
-    let mut rng = TestRng::new(61);
-    let big = uniforms(&mut rng, 4099, 0.0, 2.0);
-    let cases: [(usize, Shape, &str); 5] = [
-        (37, one_block(), "one block (cross_entropy)"),
-        (4099, one_block(), "one block, 17 passes"),
-        (4099, flat_shape(4099, 1, 8, H100_SMS), "flat grid, 132 SMs"),
-        (4099, flat_shape(4099, 1, 8, 2), "flat grid, 2 SMs, 2 passes"),
-        (0, one_block(), "empty"),
-    ];
-    for (n, shape, what) in cases {
-        let x = &big[..n];
-        let old = rng.normal() as f32;
-        let mut out = Buf::new(&[old], 0);
-        launch(emu, "sum_f32", shape, &[out.arg(), ptr(x), long(n)]);
-        out.check_guards("sum_f32");
-        let want = old as f64 + x.iter().map(|&v| v as f64).sum::<f64>();
-        check_scalar(&format!("sum_f32 n={n} {what}"), out.get()[0], want, 1e-5);
-        if n == 0 {
-            assert_eq!(out.get()[0], old, "an empty sum changes the accumulator");
+    kernel_emu::schedules("sum_f32_accumulates_over_one_block_and_flat_grids", |emu| {
+        let mut rng = TestRng::new(61);
+        let big = uniforms(&mut rng, 4099, 0.0, 2.0);
+        let cases: [(usize, Shape, &str); 5] = [
+            (37, one_block(), "one block (cross_entropy)"),
+            (4099, one_block(), "one block, 17 passes"),
+            (4099, flat_shape(4099, 1, 8, H100_SMS), "flat grid, 132 SMs"),
+            (4099, flat_shape(4099, 1, 8, 2), "flat grid, 2 SMs, 2 passes"),
+            (0, one_block(), "empty"),
+        ];
+        for (n, shape, what) in cases {
+            let x = &big[..n];
+            let old = rng.normal() as f32;
+            let mut out = Buf::new(&[old], 0);
+            launch(emu, "sum_f32", shape, &[out.arg(), ptr(x), long(n)]);
+            out.check_guards("sum_f32");
+            let want = old as f64 + x.iter().map(|&v| v as f64).sum::<f64>();
+            check_scalar(&format!("sum_f32 n={n} {what}"), out.get()[0], want, 1e-5);
+            if n == 0 {
+                assert_eq!(out.get()[0], old, "an empty sum changes the accumulator");
+            }
         }
-    }
+    });
 }
 
 // ---------------------------------------------------------------------------------
@@ -902,127 +911,139 @@ fn check_clip(
 /// (launcher grid for 132 SMs and for 1 SM), then `clip_and_scale`.
 #[test]
 fn grad_norm_sum_squares_over_tensors_then_clip_and_scale() {
-    let Some(emu) = emulator("grad_norm_sum_squares_over_tensors_then_clip_and_scale") else { return };
-    let mut rng = TestRng::new(71);
-    let scale = 1024.0; // loss-scaled gradients
-    let tensors: Vec<(Vec<f32>, usize)> = vec![
-        (normals(&mut rng, 4099, scale), H100_SMS),
-        (normals(&mut rng, 3001, 0.1 * scale), 1),
-        (normals(&mut rng, 37, scale), 1),
-    ];
-    let old = (rng.uniform() * 1e6) as f32;
-    let mut acc = Buf::new(&[old], 0);
-    let mut nonfinite = Buf::new(&[0i32], 0);
-    let mut want = old as f64;
-    for (i, (g, sms)) in tensors.iter().enumerate() {
-        let nf = nonfinite.arg();
-        sum_squares(emu, &mut acc, nf, g, *sms);
-        want += g.iter().map(|&v| (v as f64).powi(2)).sum::<f64>();
-        check_scalar(&format!("sum_squares after tensor {i} (n={}, {sms} SMs)", g.len()), acc.get()[0], want, 1e-5);
-    }
-    acc.check_guards("sumsq");
-    nonfinite.check_guards("nonfinite");
-    assert_eq!(nonfinite.get()[0], 0, "finite gradients flagged");
-    let s = acc.get()[0];
-    let inv = 1.0 / scale as f32;
-    let norm = (want.sqrt() * inv as f64) as f32;
-    check_clip(emu, "from the sums (clipping)", Shape::of(single_thread_config()), s, Some(0), 0.5 * norm, inv, true);
-    check_clip(
-        emu,
-        "from the sums (no clipping)",
-        Shape::of(single_thread_config()),
-        s,
-        Some(0),
-        2.0 * norm,
-        inv,
-        true,
-    );
+    kernel_emu::schedules("grad_norm_sum_squares_over_tensors_then_clip_and_scale", |emu| {
+        let mut rng = TestRng::new(71);
+        let scale = 1024.0; // loss-scaled gradients
+        let tensors: Vec<(Vec<f32>, usize)> = vec![
+            (normals(&mut rng, 4099, scale), H100_SMS),
+            (normals(&mut rng, 3001, 0.1 * scale), 1),
+            (normals(&mut rng, 37, scale), 1),
+        ];
+        let old = (rng.uniform() * 1e6) as f32;
+        let mut acc = Buf::new(&[old], 0);
+        let mut nonfinite = Buf::new(&[0i32], 0);
+        let mut want = old as f64;
+        for (i, (g, sms)) in tensors.iter().enumerate() {
+            let nf = nonfinite.arg();
+            sum_squares(emu, &mut acc, nf, g, *sms);
+            want += g.iter().map(|&v| (v as f64).powi(2)).sum::<f64>();
+            check_scalar(&format!("sum_squares after tensor {i} (n={}, {sms} SMs)", g.len()), acc.get()[0], want, 1e-5);
+        }
+        acc.check_guards("sumsq");
+        nonfinite.check_guards("nonfinite");
+        assert_eq!(nonfinite.get()[0], 0, "finite gradients flagged");
+        let s = acc.get()[0];
+        let inv = 1.0 / scale as f32;
+        let norm = (want.sqrt() * inv as f64) as f32;
+        check_clip(
+            emu,
+            "from the sums (clipping)",
+            Shape::of(single_thread_config()),
+            s,
+            Some(0),
+            0.5 * norm,
+            inv,
+            true,
+        );
+        check_clip(
+            emu,
+            "from the sums (no clipping)",
+            Shape::of(single_thread_config()),
+            s,
+            Some(0),
+            2.0 * norm,
+            inv,
+            true,
+        );
+    });
 }
 
 #[test]
 fn grad_norm_sum_squares_flags_a_single_inf_or_nan() {
-    let Some(emu) = emulator("grad_norm_sum_squares_flags_a_single_inf_or_nan") else { return };
-    let mut rng = TestRng::new(72);
-    let n = 5001; // 1 SM: 8 blocks of 256 threads, three passes
-    let clean = normals(&mut rng, n, 1.0);
-    let want_clean: f64 = clean.iter().map(|&v| (v as f64).powi(2)).sum();
+    kernel_emu::schedules("grad_norm_sum_squares_flags_a_single_inf_or_nan", |emu| {
+        let mut rng = TestRng::new(72);
+        let n = 5001; // 1 SM: 8 blocks of 256 threads, three passes
+        let clean = normals(&mut rng, n, 1.0);
+        let want_clean: f64 = clean.iter().map(|&v| (v as f64).powi(2)).sum();
 
-    // Clean data: the flag stays 0; a flag already set is never cleared; a null flag is fine.
-    for (start, what) in [(0, "clean"), (1, "already set")] {
+        // Clean data: the flag stays 0; a flag already set is never cleared; a null flag is fine.
+        for (start, what) in [(0, "clean"), (1, "already set")] {
+            let mut acc = Buf::new(&[0.0f32], 0);
+            let mut nf = Buf::new(&[start], 0);
+            let a = nf.arg();
+            sum_squares(emu, &mut acc, a, &clean, 1);
+            assert_eq!(nf.get()[0], start, "sum_squares {what}: flag");
+            check_scalar(&format!("sum_squares {what}"), acc.get()[0], want_clean, 1e-5);
+        }
         let mut acc = Buf::new(&[0.0f32], 0);
-        let mut nf = Buf::new(&[start], 0);
-        let a = nf.arg();
-        sum_squares(emu, &mut acc, a, &clean, 1);
-        assert_eq!(nf.get()[0], start, "sum_squares {what}: flag");
-        check_scalar(&format!("sum_squares {what}"), acc.get()[0], want_clean, 1e-5);
-    }
-    let mut acc = Buf::new(&[0.0f32], 0);
-    sum_squares(emu, &mut acc, NULL, &clean, 1);
-    check_scalar("sum_squares, null flag", acc.get()[0], want_clean, 1e-5);
+        sum_squares(emu, &mut acc, NULL, &clean, 1);
+        check_scalar("sum_squares, null flag", acc.get()[0], want_clean, 1e-5);
 
-    // One bad element, at the first, a middle and the last position (the last pass).
-    for (pos, bad) in [(0, f32::INFINITY), (n / 2, f32::NAN), (n - 1, f32::NEG_INFINITY), (2600, f32::NAN)] {
+        // One bad element, at the first, a middle and the last position (the last pass).
+        for (pos, bad) in [(0, f32::INFINITY), (n / 2, f32::NAN), (n - 1, f32::NEG_INFINITY), (2600, f32::NAN)] {
+            let mut x = clean.clone();
+            x[pos] = bad;
+            let mut acc = Buf::new(&[0.0f32], 0);
+            let mut nf = Buf::new(&[0i32], 0);
+            let a = nf.arg();
+            sum_squares(emu, &mut acc, a, &x, 1);
+            nf.check_guards("nonfinite");
+            assert_eq!(nf.get()[0], 1, "a single {bad} at {pos} of {n} is not flagged");
+            assert!(!acc.get()[0].is_finite(), "Σx² with {bad} is {}", acc.get()[0]);
+            check_clip(
+                emu,
+                &format!("after {bad} at {pos}"),
+                Shape::of(single_thread_config()),
+                acc.get()[0],
+                Some(1),
+                1.0,
+                1.0,
+                true,
+            );
+        }
+        // Finite gradients whose squares overflow: not flagged per element, but S = inf
+        // makes clip_and_scale skip the step.
         let mut x = clean.clone();
-        x[pos] = bad;
+        x[17] = 3e19;
         let mut acc = Buf::new(&[0.0f32], 0);
         let mut nf = Buf::new(&[0i32], 0);
         let a = nf.arg();
         sum_squares(emu, &mut acc, a, &x, 1);
-        nf.check_guards("nonfinite");
-        assert_eq!(nf.get()[0], 1, "a single {bad} at {pos} of {n} is not flagged");
-        assert!(!acc.get()[0].is_finite(), "Σx² with {bad} is {}", acc.get()[0]);
+        assert_eq!(nf.get()[0], 0);
+        assert_eq!(acc.get()[0], f32::INFINITY);
         check_clip(
             emu,
-            &format!("after {bad} at {pos}"),
+            "after an overflowing square",
             Shape::of(single_thread_config()),
             acc.get()[0],
-            Some(1),
+            Some(0),
             1.0,
             1.0,
             true,
         );
-    }
-    // Finite gradients whose squares overflow: not flagged per element, but S = inf
-    // makes clip_and_scale skip the step.
-    let mut x = clean.clone();
-    x[17] = 3e19;
-    let mut acc = Buf::new(&[0.0f32], 0);
-    let mut nf = Buf::new(&[0i32], 0);
-    let a = nf.arg();
-    sum_squares(emu, &mut acc, a, &x, 1);
-    assert_eq!(nf.get()[0], 0);
-    assert_eq!(acc.get()[0], f32::INFINITY);
-    check_clip(
-        emu,
-        "after an overflowing square",
-        Shape::of(single_thread_config()),
-        acc.get()[0],
-        Some(0),
-        1.0,
-        1.0,
-        true,
-    );
+    });
 }
 
 #[test]
 fn grad_norm_clip_and_scale_cases() {
-    let Some(emu) = emulator("grad_norm_clip_and_scale_cases") else { return };
-    let one = Shape::of(single_thread_config());
-    let inv = 1.0 / 65536.0;
-    // S = (3·65536)² → unscaled norm 3.
-    let s = (3.0f32 * 65536.0).powi(2);
-    check_clip(emu, "clipped to 1", one, s, Some(0), 1.0, inv, true);
-    check_clip(emu, "below the maximum", one, s, Some(0), 5.0, inv, true);
-    check_clip(emu, "max_norm 0: no clipping", one, s, Some(0), 0.0, inv, true);
-    check_clip(emu, "negative max_norm: no clipping", one, s, Some(0), -1.0, inv, true);
-    check_clip(emu, "zero gradients", one, 0.0, Some(0), 1.0, inv, true);
-    check_clip(emu, "overflow flagged", one, s, Some(1), 1.0, inv, true);
-    check_clip(emu, "null flag", one, s, None, 1.0, inv, true);
-    check_clip(emu, "S = inf, null flag", one, f32::INFINITY, None, 1.0, inv, true);
-    check_clip(emu, "S = NaN", one, f32::NAN, Some(0), 1.0, inv, true);
-    check_clip(emu, "null norm_out", one, s, Some(0), 1.0, inv, false);
-    // Extra threads and blocks do nothing.
-    check_clip(emu, "grid 2 × block 64", Shape::flat(2, 64), s, Some(0), 1.0, inv, true);
+    kernel_emu::schedules("grad_norm_clip_and_scale_cases", |emu| {
+        let one = Shape::of(single_thread_config());
+        let inv = 1.0 / 65536.0;
+        // S = (3·65536)² → unscaled norm 3.
+        let s = (3.0f32 * 65536.0).powi(2);
+        check_clip(emu, "clipped to 1", one, s, Some(0), 1.0, inv, true);
+        check_clip(emu, "below the maximum", one, s, Some(0), 5.0, inv, true);
+        check_clip(emu, "max_norm 0: no clipping", one, s, Some(0), 0.0, inv, true);
+        check_clip(emu, "negative max_norm: no clipping", one, s, Some(0), -1.0, inv, true);
+        check_clip(emu, "zero gradients", one, 0.0, Some(0), 1.0, inv, true);
+        check_clip(emu, "overflow flagged", one, s, Some(1), 1.0, inv, true);
+        check_clip(emu, "null flag", one, s, None, 1.0, inv, true);
+        check_clip(emu, "S = inf, null flag", one, f32::INFINITY, None, 1.0, inv, true);
+        check_clip(emu, "S = NaN", one, f32::NAN, Some(0), 1.0, inv, true);
+        check_clip(emu, "null norm_out", one, s, Some(0), 1.0, inv, false);
+        // Extra threads and blocks do nothing.
+        check_clip(emu, "grid 2 × block 64", Shape::flat(2, 64), s, Some(0), 1.0, inv, true);
+    });
 }
 
 // ---------------------------------------------------------------------------------
@@ -1188,14 +1209,16 @@ fn cast_round_trip_checks<H: HalfBits>(emu: &Emulator, seed: u64) {
 
 #[test]
 fn cast_f32_f16_round_to_nearest_even_and_back_exact() {
-    let Some(emu) = emulator("cast_f32_f16_round_to_nearest_even_and_back_exact") else { return };
-    cast_round_trip_checks::<f16>(emu, 81);
+    kernel_emu::schedules("cast_f32_f16_round_to_nearest_even_and_back_exact", |emu| {
+        cast_round_trip_checks::<f16>(emu, 81);
+    });
 }
 
 #[test]
 fn cast_f32_bf16_round_to_nearest_even_and_back_exact() {
-    let Some(emu) = emulator("cast_f32_bf16_round_to_nearest_even_and_back_exact") else { return };
-    cast_round_trip_checks::<bf16>(emu, 82);
+    kernel_emu::schedules("cast_f32_bf16_round_to_nearest_even_and_back_exact", |emu| {
+        cast_round_trip_checks::<bf16>(emu, 82);
+    });
 }
 
 // ---------------------------------------------------------------------------------
@@ -1355,76 +1378,82 @@ fn all_map_cases(mut f: impl FnMut(usize, usize, usize), max_operand: usize) {
 
 #[test]
 fn elementwise_add_aligned_misaligned_and_in_place() {
-    let Some(emu) = emulator("elementwise_add_aligned_misaligned_and_in_place") else { return };
-    let mut rng = TestRng::new(91);
-    all_map_cases(|n, sms, m| run_add::<f32>(emu, &mut rng, n, sms, m, false), 3);
-    all_map_cases(|n, sms, m| run_add::<f16>(emu, &mut rng, n, sms, m, false), 3);
-    all_map_cases(|n, sms, m| run_add::<bf16>(emu, &mut rng, n, sms, m, false), 3);
-    let (n, sms, m) = BIG;
-    run_add::<f32>(emu, &mut rng, n, sms, m, false);
-    for (n, sms, m) in [(1_027, H100_SMS, 0), (1_027, 2, 1)] {
-        run_add::<f32>(emu, &mut rng, n, sms, m, true);
-        run_add::<f16>(emu, &mut rng, n, sms, m, true);
-        run_add::<bf16>(emu, &mut rng, n, sms, m, true);
-    }
+    kernel_emu::schedules("elementwise_add_aligned_misaligned_and_in_place", |emu| {
+        let mut rng = TestRng::new(91);
+        all_map_cases(|n, sms, m| run_add::<f32>(emu, &mut rng, n, sms, m, false), 3);
+        all_map_cases(|n, sms, m| run_add::<f16>(emu, &mut rng, n, sms, m, false), 3);
+        all_map_cases(|n, sms, m| run_add::<bf16>(emu, &mut rng, n, sms, m, false), 3);
+        let (n, sms, m) = BIG;
+        run_add::<f32>(emu, &mut rng, n, sms, m, false);
+        for (n, sms, m) in [(1_027, H100_SMS, 0), (1_027, 2, 1)] {
+            run_add::<f32>(emu, &mut rng, n, sms, m, true);
+            run_add::<f16>(emu, &mut rng, n, sms, m, true);
+            run_add::<bf16>(emu, &mut rng, n, sms, m, true);
+        }
+    });
 }
 
 #[test]
 fn elementwise_accumulate_aligned_and_misaligned() {
-    let Some(emu) = emulator("elementwise_accumulate_aligned_and_misaligned") else { return };
-    let mut rng = TestRng::new(92);
-    all_map_cases(|n, sms, m| run_accumulate::<f32>(emu, &mut rng, n, sms, m), 3);
-    all_map_cases(|n, sms, m| run_accumulate::<f16>(emu, &mut rng, n, sms, m), 3);
-    all_map_cases(|n, sms, m| run_accumulate::<bf16>(emu, &mut rng, n, sms, m), 3);
-    let (n, sms, m) = BIG;
-    run_accumulate::<bf16>(emu, &mut rng, n, sms, m);
+    kernel_emu::schedules("elementwise_accumulate_aligned_and_misaligned", |emu| {
+        let mut rng = TestRng::new(92);
+        all_map_cases(|n, sms, m| run_accumulate::<f32>(emu, &mut rng, n, sms, m), 3);
+        all_map_cases(|n, sms, m| run_accumulate::<f16>(emu, &mut rng, n, sms, m), 3);
+        all_map_cases(|n, sms, m| run_accumulate::<bf16>(emu, &mut rng, n, sms, m), 3);
+        let (n, sms, m) = BIG;
+        run_accumulate::<bf16>(emu, &mut rng, n, sms, m);
+    });
 }
 
 #[test]
 fn elementwise_scale_in_place_and_by_device_scalar() {
-    let Some(emu) = emulator("elementwise_scale_in_place_and_by_device_scalar") else { return };
-    let mut rng = TestRng::new(93);
-    all_map_cases(|n, sms, m| run_scale::<f32>(emu, &mut rng, n, sms, m, 0), 2);
-    all_map_cases(|n, sms, m| run_scale::<f16>(emu, &mut rng, n, sms, m, 0), 2);
-    all_map_cases(|n, sms, m| run_scale::<bf16>(emu, &mut rng, n, sms, m, 0), 2);
-    for variant in [1, 2] {
-        for (n, sms, m) in [(1_027, H100_SMS, 0), (1_027, 2, 1), (13, H100_SMS, 0)] {
-            run_scale::<f32>(emu, &mut rng, n, sms, m, variant);
-            run_scale::<f16>(emu, &mut rng, n, sms, m, variant);
-            run_scale::<bf16>(emu, &mut rng, n, sms, m, variant);
+    kernel_emu::schedules("elementwise_scale_in_place_and_by_device_scalar", |emu| {
+        let mut rng = TestRng::new(93);
+        all_map_cases(|n, sms, m| run_scale::<f32>(emu, &mut rng, n, sms, m, 0), 2);
+        all_map_cases(|n, sms, m| run_scale::<f16>(emu, &mut rng, n, sms, m, 0), 2);
+        all_map_cases(|n, sms, m| run_scale::<bf16>(emu, &mut rng, n, sms, m, 0), 2);
+        for variant in [1, 2] {
+            for (n, sms, m) in [(1_027, H100_SMS, 0), (1_027, 2, 1), (13, H100_SMS, 0)] {
+                run_scale::<f32>(emu, &mut rng, n, sms, m, variant);
+                run_scale::<f16>(emu, &mut rng, n, sms, m, variant);
+                run_scale::<bf16>(emu, &mut rng, n, sms, m, variant);
+            }
         }
-    }
-    let (n, sms, m) = BIG;
-    run_scale::<f32>(emu, &mut rng, n, sms, m, 0);
-    run_scale::<bf16>(emu, &mut rng, n, sms, m, 2);
+        let (n, sms, m) = BIG;
+        run_scale::<f32>(emu, &mut rng, n, sms, m, 0);
+        run_scale::<bf16>(emu, &mut rng, n, sms, m, 2);
+    });
 }
 
 #[test]
 fn elementwise_tanh_forward_and_backward() {
-    let Some(emu) = emulator("elementwise_tanh_forward_and_backward") else { return };
-    let mut rng = TestRng::new(94);
-    all_map_cases(|n, sms, m| run_tanh_forward::<f32>(emu, &mut rng, n, sms, m), 2);
-    all_map_cases(|n, sms, m| run_tanh_forward::<f16>(emu, &mut rng, n, sms, m), 2);
-    all_map_cases(|n, sms, m| run_tanh_forward::<bf16>(emu, &mut rng, n, sms, m), 2);
-    let cases = [(1_027, H100_SMS, 0), (1_027, 2, 1), (1_027, H100_SMS, 3), (1_027, H100_SMS, 4), (13, H100_SMS, 0)];
-    for (n, sms, m) in cases {
+    kernel_emu::schedules("elementwise_tanh_forward_and_backward", |emu| {
+        let mut rng = TestRng::new(94);
+        all_map_cases(|n, sms, m| run_tanh_forward::<f32>(emu, &mut rng, n, sms, m), 2);
+        all_map_cases(|n, sms, m| run_tanh_forward::<f16>(emu, &mut rng, n, sms, m), 2);
+        all_map_cases(|n, sms, m| run_tanh_forward::<bf16>(emu, &mut rng, n, sms, m), 2);
+        let cases =
+            [(1_027, H100_SMS, 0), (1_027, 2, 1), (1_027, H100_SMS, 3), (1_027, H100_SMS, 4), (13, H100_SMS, 0)];
+        for (n, sms, m) in cases {
+            run_tanh_backward::<f32>(emu, &mut rng, n, sms, m);
+            run_tanh_backward::<f16>(emu, &mut rng, n, sms, m);
+            run_tanh_backward::<bf16>(emu, &mut rng, n, sms, m);
+        }
+        let (n, sms, m) = BIG;
+        run_tanh_forward::<f16>(emu, &mut rng, n, sms, m);
         run_tanh_backward::<f32>(emu, &mut rng, n, sms, m);
-        run_tanh_backward::<f16>(emu, &mut rng, n, sms, m);
         run_tanh_backward::<bf16>(emu, &mut rng, n, sms, m);
-    }
-    let (n, sms, m) = BIG;
-    run_tanh_forward::<f16>(emu, &mut rng, n, sms, m);
-    run_tanh_backward::<f32>(emu, &mut rng, n, sms, m);
-    run_tanh_backward::<bf16>(emu, &mut rng, n, sms, m);
+    });
 }
 
 #[test]
 fn elementwise_fill_aligned_and_misaligned() {
-    let Some(emu) = emulator("elementwise_fill_aligned_and_misaligned") else { return };
-    all_map_cases(|n, sms, m| run_fill::<f32>(emu, n, sms, m), 1);
-    all_map_cases(|n, sms, m| run_fill::<f16>(emu, n, sms, m), 1);
-    all_map_cases(|n, sms, m| run_fill::<bf16>(emu, n, sms, m), 1);
-    let (n, sms, m) = BIG;
-    run_fill::<f32>(emu, n, sms, m);
-    run_fill::<f16>(emu, n, sms, m);
+    kernel_emu::schedules("elementwise_fill_aligned_and_misaligned", |emu| {
+        all_map_cases(|n, sms, m| run_fill::<f32>(emu, n, sms, m), 1);
+        all_map_cases(|n, sms, m| run_fill::<f16>(emu, n, sms, m), 1);
+        all_map_cases(|n, sms, m| run_fill::<bf16>(emu, n, sms, m), 1);
+        let (n, sms, m) = BIG;
+        run_fill::<f32>(emu, n, sms, m);
+        run_fill::<f16>(emu, n, sms, m);
+    });
 }

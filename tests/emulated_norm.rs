@@ -23,7 +23,7 @@ mod kernel_emu;
 
 use common::{rel_err, TestRng};
 use half::{bf16, f16};
-use kernel_emu::{emulator, ptr, ptr_mut, to_elem, to_f32, Element, Emulator, Shape};
+use kernel_emu::{ptr, ptr_mut, to_elem, to_f32, Element, Emulator, Shape};
 use qf_engine::backend::cuda::launch::{block_rows_config, warp_rows_config, Arg, BLOCK, NULL, ROW_BLOCK};
 
 /// An `int` argument from a size.
@@ -161,10 +161,6 @@ impl Emu {
     }
 }
 
-fn emu(test: &str) -> Option<Emu> {
-    emulator(test).map(Emu)
-}
-
 /// Runs `f` for each compute dtype.
 macro_rules! for_each_dtype {
     ($f:ident($($arg:expr),*)) => {
@@ -194,54 +190,57 @@ const COVERED: &[&str] = &[
 
 #[test]
 fn every_kernel_of_these_files_is_covered() {
-    let Some(emu) = emulator("every_kernel_of_these_files_is_covered") else { return };
-    let modules = ["layer_norm", "embedding", "gather", "bias", "bias_gelu"];
-    let mut want: Vec<String> =
-        COVERED.iter().flat_map(|b| ["f32", "f16", "bf16"].map(|s| format!("{b}_{s}"))).collect();
-    want.sort();
-    let mut have: Vec<String> =
-        emu.kernels().into_iter().filter(|(m, _)| modules.contains(&m.as_str())).map(|(_, n)| n).collect();
-    have.sort();
-    assert_eq!(have, want, "kernels of {modules:?} vs the ones this file tests");
+    kernel_emu::schedules("every_kernel_of_these_files_is_covered", |emu| {
+        let modules = ["layer_norm", "embedding", "gather", "bias", "bias_gelu"];
+        let mut want: Vec<String> =
+            COVERED.iter().flat_map(|b| ["f32", "f16", "bf16"].map(|s| format!("{b}_{s}"))).collect();
+        want.sort();
+        let mut have: Vec<String> =
+            emu.kernels().into_iter().filter(|(m, _)| modules.contains(&m.as_str())).map(|(_, n)| n).collect();
+        have.sort();
+        assert_eq!(have, want, "kernels of {modules:?} vs the ones this file tests");
+    });
 }
 
 /// Zero rows / tokens with the launchers' shapes (grid clamped to 1 block): every kernel
 /// must leave the buffers it would accumulate into as they were.
 #[test]
 fn empty_inputs_change_nothing() {
-    let Some(emu) = emu("empty_inputs_change_nothing") else { return };
-    let dim = 45;
-    let dw0: Vec<f32> = (0..dim).map(|i| 1.0 + i as f32).collect();
-    let db0: Vec<f32> = (0..dim).map(|i| 2.0 - i as f32).collect();
-    let (mut dw, mut db) = (dw0.clone(), db0.clone());
-    let none_f32: Vec<f32> = Vec::new();
-    let none_i32: Vec<i32> = Vec::new();
-    let w = vec![1f32; dim];
-    let mut dx: Vec<f32> = Vec::new();
-    let z = i32_arg(0);
-    let d = i32_arg(dim);
-    let e = ptr(&none_f32);
-    emu.run(
-        "layer_norm_forward_f32",
-        Shape::of(warp_rows_config(0)),
-        &[e, e, e, e, ptr(&w), ptr(&w), z, d, Arg::F32(1e-5)],
-    );
-    let shape = ln_backward_shape(0, 132, (2 * dim * 4) as u32);
-    let args = [ptr_mut(&mut dx), ptr_mut(&mut dw), ptr_mut(&mut db), e, e, ptr(&w), e, e, z, d];
-    emu.run("layer_norm_backward_f32", shape, &args);
-    assert_eq!((&dw, &db), (&dw0, &db0), "layer_norm_backward over 0 rows");
-    emu.run("embedding_forward_f32", row_shape(0), &[e, ptr(&w), ptr(&none_i32), e, z, d]);
-    emu.run("embedding_backward_f32", row_shape(0), &[ptr_mut(&mut dw), e, ptr(&none_i32), e, z, d]);
-    assert_eq!(dw, dw0, "embedding_backward over 0 tokens");
-    emu.run("gather_rows_f32", row_shape(0), &[e, ptr(&w), ptr(&none_i32), z, d]);
-    emu.run("scatter_add_rows_f32", row_shape(0), &[ptr_mut(&mut dw), e, ptr(&none_i32), z, d]);
-    assert_eq!(dw, dw0, "scatter_add_rows over 0 rows");
-    emu.run("bias_add_f32", row_shape(0), &[e, e, ptr(&w), z, d]);
-    emu.run("bias_grad_f32", column_shape(132, 0, dim), &[ptr_mut(&mut db), e, z, d]);
-    assert_eq!(db, db0, "bias_grad over 0 rows");
-    emu.run("bias_gelu_forward_f32", row_shape(0), &[e, e, ptr(&w), z, d]);
-    emu.run("bias_gelu_backward_f32", column_shape(132, 0, dim), &[e, ptr_mut(&mut db), e, e, ptr(&w), z, d]);
-    assert_eq!(db, db0, "bias_gelu_backward over 0 rows");
+    kernel_emu::schedules("empty_inputs_change_nothing", |emu| {
+        let emu = Emu(emu);
+        let dim = 45;
+        let dw0: Vec<f32> = (0..dim).map(|i| 1.0 + i as f32).collect();
+        let db0: Vec<f32> = (0..dim).map(|i| 2.0 - i as f32).collect();
+        let (mut dw, mut db) = (dw0.clone(), db0.clone());
+        let none_f32: Vec<f32> = Vec::new();
+        let none_i32: Vec<i32> = Vec::new();
+        let w = vec![1f32; dim];
+        let mut dx: Vec<f32> = Vec::new();
+        let z = i32_arg(0);
+        let d = i32_arg(dim);
+        let e = ptr(&none_f32);
+        emu.run(
+            "layer_norm_forward_f32",
+            Shape::of(warp_rows_config(0)),
+            &[e, e, e, e, ptr(&w), ptr(&w), z, d, Arg::F32(1e-5)],
+        );
+        let shape = ln_backward_shape(0, 132, (2 * dim * 4) as u32);
+        let args = [ptr_mut(&mut dx), ptr_mut(&mut dw), ptr_mut(&mut db), e, e, ptr(&w), e, e, z, d];
+        emu.run("layer_norm_backward_f32", shape, &args);
+        assert_eq!((&dw, &db), (&dw0, &db0), "layer_norm_backward over 0 rows");
+        emu.run("embedding_forward_f32", row_shape(0), &[e, ptr(&w), ptr(&none_i32), e, z, d]);
+        emu.run("embedding_backward_f32", row_shape(0), &[ptr_mut(&mut dw), e, ptr(&none_i32), e, z, d]);
+        assert_eq!(dw, dw0, "embedding_backward over 0 tokens");
+        emu.run("gather_rows_f32", row_shape(0), &[e, ptr(&w), ptr(&none_i32), z, d]);
+        emu.run("scatter_add_rows_f32", row_shape(0), &[ptr_mut(&mut dw), e, ptr(&none_i32), z, d]);
+        assert_eq!(dw, dw0, "scatter_add_rows over 0 rows");
+        emu.run("bias_add_f32", row_shape(0), &[e, e, ptr(&w), z, d]);
+        emu.run("bias_grad_f32", column_shape(132, 0, dim), &[ptr_mut(&mut db), e, z, d]);
+        assert_eq!(db, db0, "bias_grad over 0 rows");
+        emu.run("bias_gelu_forward_f32", row_shape(0), &[e, e, ptr(&w), z, d]);
+        emu.run("bias_gelu_backward_f32", column_shape(132, 0, dim), &[e, ptr_mut(&mut db), e, e, ptr(&w), z, d]);
+        assert_eq!(db, db0, "bias_gelu_backward over 0 rows");
+    });
 }
 
 // ---------------------------------------------------------------------------------
@@ -332,8 +331,10 @@ fn ln_forward_all<T: Element>(emu: &Emu) {
 
 #[test]
 fn layer_norm_forward_all_dtypes() {
-    let Some(emu) = emu("layer_norm_forward_all_dtypes") else { return };
-    for_each_dtype!(ln_forward_all(&emu));
+    kernel_emu::schedules("layer_norm_forward_all_dtypes", |emu| {
+        let emu = Emu(emu);
+        for_each_dtype!(ln_forward_all(&emu));
+    });
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -446,8 +447,10 @@ fn ln_backward_all<T: Element>(emu: &Emu) {
 
 #[test]
 fn layer_norm_backward_all_dtypes() {
-    let Some(emu) = emu("layer_norm_backward_all_dtypes") else { return };
-    for_each_dtype!(ln_backward_all(&emu));
+    kernel_emu::schedules("layer_norm_backward_all_dtypes", |emu| {
+        let emu = Emu(emu);
+        for_each_dtype!(ln_backward_all(&emu));
+    });
 }
 
 // ---------------------------------------------------------------------------------
@@ -547,8 +550,10 @@ fn embedding_all<T: Element>(emu: &Emu) {
 
 #[test]
 fn embedding_forward_and_backward_all_dtypes() {
-    let Some(emu) = emu("embedding_forward_and_backward_all_dtypes") else { return };
-    for_each_dtype!(embedding_all(&emu));
+    kernel_emu::schedules("embedding_forward_and_backward_all_dtypes", |emu| {
+        let emu = Emu(emu);
+        for_each_dtype!(embedding_all(&emu));
+    });
 }
 
 // ---------------------------------------------------------------------------------
@@ -633,8 +638,10 @@ fn gather_all<T: Element>(emu: &Emu) {
 
 #[test]
 fn gather_rows_and_scatter_add_rows_all_dtypes() {
-    let Some(emu) = emu("gather_rows_and_scatter_add_rows_all_dtypes") else { return };
-    for_each_dtype!(gather_all(&emu));
+    kernel_emu::schedules("gather_rows_and_scatter_add_rows_all_dtypes", |emu| {
+        let emu = Emu(emu);
+        for_each_dtype!(gather_all(&emu));
+    });
 }
 
 // ---------------------------------------------------------------------------------
@@ -694,8 +701,10 @@ fn bias_all<T: Element>(emu: &Emu) {
 
 #[test]
 fn bias_add_and_bias_grad_all_dtypes() {
-    let Some(emu) = emu("bias_add_and_bias_grad_all_dtypes") else { return };
-    for_each_dtype!(bias_all(&emu));
+    kernel_emu::schedules("bias_add_and_bias_grad_all_dtypes", |emu| {
+        let emu = Emu(emu);
+        for_each_dtype!(bias_all(&emu));
+    });
 }
 
 // ---------------------------------------------------------------------------------
@@ -808,6 +817,8 @@ fn bias_gelu_all<T: Element>(emu: &Emu) {
 
 #[test]
 fn bias_gelu_forward_and_backward_all_dtypes() {
-    let Some(emu) = emu("bias_gelu_forward_and_backward_all_dtypes") else { return };
-    for_each_dtype!(bias_gelu_all(&emu));
+    kernel_emu::schedules("bias_gelu_forward_and_backward_all_dtypes", |emu| {
+        let emu = Emu(emu);
+        for_each_dtype!(bias_gelu_all(&emu));
+    });
 }

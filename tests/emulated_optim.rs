@@ -30,7 +30,7 @@ mod kernel_emu;
 use common::TestRng;
 use cudarc::driver::LaunchConfig;
 use half::{bf16, f16};
-use kernel_emu::{emulator, ptr, ptr_mut, Emulator, Shape};
+use kernel_emu::{ptr, ptr_mut, Emulator, Shape};
 use qf_engine::backend::cuda::launch::{Arg, NULL};
 use qf_engine::backend::cuda::optim::consts_args;
 use qf_engine::optim::adam8bit::{self, Adam8bitState, QuantizedMoments, MIN_8BIT_SIZE};
@@ -312,16 +312,21 @@ fn kernels_in_file(stem: &str) -> Vec<String> {
 /// kinds its launcher passes (pointers `P`, `int` `I`, `long long` `L`, `float` `F`).
 #[test]
 fn optimizer_kernels_take_the_launchers_argument_lists() {
-    let Some(emu) = emulator("optimizer_kernels_take_the_launchers_argument_lists") else { return };
-    assert_eq!(kernels_in_file("adamw"), ["adamw_step"], "kernels/adamw.cu: a kernel this file does not test");
-    assert_eq!(kernels_in_file("adam8bit"), ["adam8bit_step"], "kernels/adam8bit.cu: a kernel this file does not test");
-    // p, g, m, v, p_half, half_kind, n, 7 AdamConsts fields, grad_scale, skip.
-    assert_eq!(emu.kernel_kinds("adamw_step").as_deref(), Some("PPPPPILFFFFFFFPP"));
-    // p, g, m_code, m_absmax, v_code, v_absmax, maps, p_half, half_kind, n, 7 fields, grad_scale, skip.
-    assert_eq!(emu.kernel_kinds("adam8bit_step").as_deref(), Some("PPPPPPPPILFFFFFFFPP"));
-    let mods: Vec<(String, String)> = emu.kernels();
-    assert!(mods.iter().any(|(m, k)| m == "adamw" && k == "adamw_step"), "{mods:?}");
-    assert!(mods.iter().any(|(m, k)| m == "adam8bit" && k == "adam8bit_step"), "{mods:?}");
+    kernel_emu::schedules("optimizer_kernels_take_the_launchers_argument_lists", |emu| {
+        assert_eq!(kernels_in_file("adamw"), ["adamw_step"], "kernels/adamw.cu: a kernel this file does not test");
+        assert_eq!(
+            kernels_in_file("adam8bit"),
+            ["adam8bit_step"],
+            "kernels/adam8bit.cu: a kernel this file does not test"
+        );
+        // p, g, m, v, p_half, half_kind, n, 7 AdamConsts fields, grad_scale, skip.
+        assert_eq!(emu.kernel_kinds("adamw_step").as_deref(), Some("PPPPPILFFFFFFFPP"));
+        // p, g, m_code, m_absmax, v_code, v_absmax, maps, p_half, half_kind, n, 7 fields, grad_scale, skip.
+        assert_eq!(emu.kernel_kinds("adam8bit_step").as_deref(), Some("PPPPPPPPILFFFFFFFPP"));
+        let mods: Vec<(String, String)> = emu.kernels();
+        assert!(mods.iter().any(|(m, k)| m == "adamw" && k == "adamw_step"), "{mods:?}");
+        assert!(mods.iter().any(|(m, k)| m == "adam8bit" && k == "adam8bit_step"), "{mods:?}");
+    });
 }
 
 // ---------------------------------------------------------------------------------------
@@ -358,41 +363,44 @@ fn hyper(t: u64) -> (AdamHyper, f32) {
 /// grids of 32 and 64 blocks over 10,007 and 20,000 elements (two grid-stride passes each).
 #[test]
 fn adamw_step_is_bit_identical_to_adamw_update_over_several_steps() {
-    let Some(emu) = emulator("adamw_step_is_bit_identical_to_adamw_update_over_several_steps") else { return };
-    let cases: [(usize, u32); 5] = [(1, H100_SMS), (255, H100_SMS), (10_007, H100_SMS), (10_007, 1), (20_000, 2)];
-    let mut compared = 0;
-    for (ci, &(n, sms)) in cases.iter().enumerate() {
-        let mut rng = TestRng::new(1000 + ci as u64);
-        let mut p = randn(&mut rng, n, 0.1);
-        if n > 2 {
-            p[0] = 0.0;
-        }
-        let (mut m, mut v) = (vec![0f32; n], vec![0f32; n]);
-        let (mut pr, mut mr, mut vr) = (p.clone(), m.clone(), v.clone());
-        for t in 1..=3u64 {
-            let (hp, loss_scale) = hyper(t);
-            let c = AdamConsts::new(&hp).unwrap();
-            let mut g = grads(&mut rng, n, loss_scale);
+    kernel_emu::schedules("adamw_step_is_bit_identical_to_adamw_update_over_several_steps", |emu| {
+        let cases: [(usize, u32); 5] = [(1, H100_SMS), (255, H100_SMS), (10_007, H100_SMS), (10_007, 1), (20_000, 2)];
+        let mut compared = 0;
+        for (ci, &(n, sms)) in cases.iter().enumerate() {
+            let mut rng = TestRng::new(1000 + ci as u64);
+            let mut p = randn(&mut rng, n, 0.1);
             if n > 2 {
-                g[n / 2] = 0.0;
+                p[0] = 0.0;
             }
-            let mut half = HalfCopy::poisoned(HALVES[(ci + t as usize) % 3], n);
-            let (scale, skip) = (vec![c.grad_scale], vec![0i32]);
-            let p_prev = p.clone();
-            launch_adamw(emu, sms, &mut p, &g, &mut m, &mut v, &mut half, &c, ptr(&scale), ptr(&skip));
-            for i in 0..n {
-                (pr[i], mr[i], vr[i]) = adamw_update(pr[i], g[i], mr[i], vr[i], &c);
+            let (mut m, mut v) = (vec![0f32; n], vec![0f32; n]);
+            let (mut pr, mut mr, mut vr) = (p.clone(), m.clone(), v.clone());
+            for t in 1..=3u64 {
+                let (hp, loss_scale) = hyper(t);
+                let c = AdamConsts::new(&hp).unwrap();
+                let mut g = grads(&mut rng, n, loss_scale);
+                if n > 2 {
+                    g[n / 2] = 0.0;
+                }
+                let mut half = HalfCopy::poisoned(HALVES[(ci + t as usize) % 3], n);
+                let (scale, skip) = (vec![c.grad_scale], vec![0i32]);
+                let p_prev = p.clone();
+                launch_adamw(emu, sms, &mut p, &g, &mut m, &mut v, &mut half, &c, ptr(&scale), ptr(&skip));
+                for i in 0..n {
+                    (pr[i], mr[i], vr[i]) = adamw_update(pr[i], g[i], mr[i], vr[i], &c);
+                }
+                let what = format!("adamw n={n} sms={sms} step {t}");
+                compared += assert_same_bits(&format!("{what}: p"), &p, &pr);
+                assert_same_bits(&format!("{what}: m"), &m, &mr);
+                assert_same_bits(&format!("{what}: v"), &v, &vr);
+                half.expect(&p, &what);
+                let moved = p.iter().zip(&p_prev).filter(|(a, b)| a != b).count();
+                assert!(moved * 10 >= n * 9, "{what}: only {moved} of {n} parameters moved");
             }
-            let what = format!("adamw n={n} sms={sms} step {t}");
-            compared += assert_same_bits(&format!("{what}: p"), &p, &pr);
-            assert_same_bits(&format!("{what}: m"), &m, &mr);
-            assert_same_bits(&format!("{what}: v"), &v, &vr);
-            half.expect(&p, &what);
-            let moved = p.iter().zip(&p_prev).filter(|(a, b)| a != b).count();
-            assert!(moved * 10 >= n * 9, "{what}: only {moved} of {n} parameters moved");
         }
-    }
-    println!("adamw_step: p, m, v and half copies bit-identical to adamw_update over {compared} element-steps (0 ulp)");
+        println!(
+            "adamw_step: p, m, v and half copies bit-identical to adamw_update over {compared} element-steps (0 ulp)"
+        );
+    });
 }
 
 /// `*skip != 0` (the overflow flag) leaves p, m, v and the half copy untouched, whatever
@@ -401,67 +409,78 @@ fn adamw_step_is_bit_identical_to_adamw_update_over_several_steps() {
 /// mean 1 / no skip / no copy (even with a half kind given).
 #[test]
 fn adamw_step_skip_flag_and_nullable_pointers() {
-    let Some(emu) = emulator("adamw_step_skip_flag_and_nullable_pointers") else { return };
-    let n = 3000;
-    let mut rng = TestRng::new(77);
-    let p0 = randn(&mut rng, n, 0.1);
-    let m0 = randn(&mut rng, n, 1e-3);
-    let v0: Vec<f32> = randn(&mut rng, n, 1e-3).into_iter().map(|x| x * x).collect();
-    let mut g = grads(&mut rng, n, 1024.0);
-    let bad = [17usize, 1500, n - 1];
-    (g[bad[0]], g[bad[1]], g[bad[2]]) = (f32::INFINITY, f32::NAN, f32::NEG_INFINITY);
-    let (hp, _) = hyper(2);
-    let c = AdamConsts::new(&hp).unwrap();
-    let scale = vec![c.grad_scale];
-    for (flag, sms) in [(1i32, H100_SMS), (-7, 1)] {
-        for kind in [Half::F16, Half::Bf16] {
-            let (mut p, mut m, mut v) = (p0.clone(), m0.clone(), v0.clone());
-            let mut half = HalfCopy::poisoned(kind, n);
-            let skip = vec![flag];
-            launch_adamw(emu, sms, &mut p, &g, &mut m, &mut v, &mut half, &c, ptr(&scale), ptr(&skip));
-            let what = format!("adamw skipped (flag {flag}, {kind:?})");
-            assert_same_bits(&format!("{what}: p"), &p, &p0);
-            assert_same_bits(&format!("{what}: m"), &m, &m0);
-            assert_same_bits(&format!("{what}: v"), &v, &v0);
-            half.untouched(&what);
+    kernel_emu::schedules("adamw_step_skip_flag_and_nullable_pointers", |emu| {
+        let n = 3000;
+        let mut rng = TestRng::new(77);
+        let p0 = randn(&mut rng, n, 0.1);
+        let m0 = randn(&mut rng, n, 1e-3);
+        let v0: Vec<f32> = randn(&mut rng, n, 1e-3).into_iter().map(|x| x * x).collect();
+        let mut g = grads(&mut rng, n, 1024.0);
+        let bad = [17usize, 1500, n - 1];
+        (g[bad[0]], g[bad[1]], g[bad[2]]) = (f32::INFINITY, f32::NAN, f32::NEG_INFINITY);
+        let (hp, _) = hyper(2);
+        let c = AdamConsts::new(&hp).unwrap();
+        let scale = vec![c.grad_scale];
+        for (flag, sms) in [(1i32, H100_SMS), (-7, 1)] {
+            for kind in [Half::F16, Half::Bf16] {
+                let (mut p, mut m, mut v) = (p0.clone(), m0.clone(), v0.clone());
+                let mut half = HalfCopy::poisoned(kind, n);
+                let skip = vec![flag];
+                launch_adamw(emu, sms, &mut p, &g, &mut m, &mut v, &mut half, &c, ptr(&scale), ptr(&skip));
+                let what = format!("adamw skipped (flag {flag}, {kind:?})");
+                assert_same_bits(&format!("{what}: p"), &p, &p0);
+                assert_same_bits(&format!("{what}: m"), &m, &m0);
+                assert_same_bits(&format!("{what}: v"), &v, &v0);
+                half.untouched(&what);
+            }
         }
-    }
-    // Taken with the non-finite gradients: exactly those elements go non-finite.
-    let (mut p, mut m, mut v) = (p0.clone(), m0.clone(), v0.clone());
-    let mut half = HalfCopy::poisoned(Half::None, n);
-    let skip = vec![0i32];
-    launch_adamw(emu, H100_SMS, &mut p, &g, &mut m, &mut v, &mut half, &c, ptr(&scale), ptr(&skip));
-    for i in 0..n {
-        let (pw, mw, vw) = adamw_update(p0[i], g[i], m0[i], v0[i], &c);
-        if bad.contains(&i) {
-            assert!(pw.is_nan() && p[i].is_nan(), "p[{i}] = {} with gradient {} (reference {pw})", p[i], g[i]);
-            assert!(!m[i].is_finite() && !v[i].is_finite(), "m, v [{i}] = {}, {} with gradient {}", m[i], v[i], g[i]);
-            assert_eq!((m[i].is_nan(), v[i].is_nan()), (mw.is_nan(), vw.is_nan()), "m, v [{i}]");
-            assert!(m[i].is_nan() || m[i] == mw, "m[{i}] = {} vs {mw}", m[i]);
-        } else {
-            assert_same_bits(&format!("adamw non-finite grads elsewhere [{i}]"), &[p[i], m[i], v[i]], &[pw, mw, vw]);
+        // Taken with the non-finite gradients: exactly those elements go non-finite.
+        let (mut p, mut m, mut v) = (p0.clone(), m0.clone(), v0.clone());
+        let mut half = HalfCopy::poisoned(Half::None, n);
+        let skip = vec![0i32];
+        launch_adamw(emu, H100_SMS, &mut p, &g, &mut m, &mut v, &mut half, &c, ptr(&scale), ptr(&skip));
+        for i in 0..n {
+            let (pw, mw, vw) = adamw_update(p0[i], g[i], m0[i], v0[i], &c);
+            if bad.contains(&i) {
+                assert!(pw.is_nan() && p[i].is_nan(), "p[{i}] = {} with gradient {} (reference {pw})", p[i], g[i]);
+                assert!(
+                    !m[i].is_finite() && !v[i].is_finite(),
+                    "m, v [{i}] = {}, {} with gradient {}",
+                    m[i],
+                    v[i],
+                    g[i]
+                );
+                assert_eq!((m[i].is_nan(), v[i].is_nan()), (mw.is_nan(), vw.is_nan()), "m, v [{i}]");
+                assert!(m[i].is_nan() || m[i] == mw, "m[{i}] = {} vs {mw}", m[i]);
+            } else {
+                assert_same_bits(
+                    &format!("adamw non-finite grads elsewhere [{i}]"),
+                    &[p[i], m[i], v[i]],
+                    &[pw, mw, vw],
+                );
+            }
         }
-    }
-    // Null grad_scale (= 1), null skip (= 0), null p_half with half_kind 1 (no copy).
-    let c1 = AdamConsts::new(&AdamHyper { grad_scale: 1.0, ..hp }).unwrap();
-    let gf: Vec<f32> = g.iter().map(|&x| if x.is_finite() { x / 1024.0 } else { 0.0 }).collect();
-    let (mut p, mut m, mut v) = (p0.clone(), m0.clone(), v0.clone());
-    let mut args = vec![ptr_mut(&mut p), ptr(&gf), ptr_mut(&mut m), ptr_mut(&mut v), NULL, Arg::I32(1), long(n)];
-    args.extend(consts_args(&c1));
-    args.extend([NULL, NULL]);
-    run(emu, "adamw_step", capped_shape(n.div_ceil(256), 32, H100_SMS), &args);
-    let mut want = (p0.clone(), m0.clone(), v0.clone());
-    for i in 0..n {
-        (want.0[i], want.1[i], want.2[i]) = adamw_update(p0[i], gf[i], m0[i], v0[i], &c1);
-    }
-    assert_same_bits("adamw null scalars: p", &p, &want.0);
-    assert_same_bits("adamw null scalars: m", &m, &want.1);
-    assert_same_bits("adamw null scalars: v", &v, &want.2);
-    // n = 0 (the launcher's grid of one block): nothing is touched.
-    let (mut e, ge) = (Vec::<f32>::new(), Vec::<f32>::new());
-    let (mut em, mut ev) = (Vec::<f32>::new(), Vec::<f32>::new());
-    let mut half = HalfCopy::poisoned(Half::Bf16, 0);
-    launch_adamw(emu, H100_SMS, &mut e, &ge, &mut em, &mut ev, &mut half, &c, ptr(&scale), ptr(&[0i32]));
+        // Null grad_scale (= 1), null skip (= 0), null p_half with half_kind 1 (no copy).
+        let c1 = AdamConsts::new(&AdamHyper { grad_scale: 1.0, ..hp }).unwrap();
+        let gf: Vec<f32> = g.iter().map(|&x| if x.is_finite() { x / 1024.0 } else { 0.0 }).collect();
+        let (mut p, mut m, mut v) = (p0.clone(), m0.clone(), v0.clone());
+        let mut args = vec![ptr_mut(&mut p), ptr(&gf), ptr_mut(&mut m), ptr_mut(&mut v), NULL, Arg::I32(1), long(n)];
+        args.extend(consts_args(&c1));
+        args.extend([NULL, NULL]);
+        run(emu, "adamw_step", capped_shape(n.div_ceil(256), 32, H100_SMS), &args);
+        let mut want = (p0.clone(), m0.clone(), v0.clone());
+        for i in 0..n {
+            (want.0[i], want.1[i], want.2[i]) = adamw_update(p0[i], gf[i], m0[i], v0[i], &c1);
+        }
+        assert_same_bits("adamw null scalars: p", &p, &want.0);
+        assert_same_bits("adamw null scalars: m", &m, &want.1);
+        assert_same_bits("adamw null scalars: v", &v, &want.2);
+        // n = 0 (the launcher's grid of one block): nothing is touched.
+        let (mut e, ge) = (Vec::<f32>::new(), Vec::<f32>::new());
+        let (mut em, mut ev) = (Vec::<f32>::new(), Vec::<f32>::new());
+        let mut half = HalfCopy::poisoned(Half::Bf16, 0);
+        launch_adamw(emu, H100_SMS, &mut e, &ge, &mut em, &mut ev, &mut half, &c, ptr(&scale), ptr(&[0i32]));
+    });
 }
 
 // ---------------------------------------------------------------------------------------
@@ -584,68 +603,69 @@ fn compare_8bit_step(
 /// all-non-finite block. Step 1 from zero state also equals fp32 AdamW bit for bit.
 #[test]
 fn adam8bit_step_matches_the_cpu_8bit_adamw_over_several_steps() {
-    let Some(emu) = emulator("adam8bit_step_matches_the_cpu_8bit_adamw_over_several_steps") else { return };
-    let maps = maps();
-    let cases: [(usize, u32); 5] = [(100, H100_SMS), (513, 2), (2_500, H100_SMS), (5_000, 1), (9_000, 1)];
-    let mut stats = Stats8::default();
-    for (ci, &(n, sms)) in cases.iter().enumerate() {
-        let mut rng = TestRng::new(2000 + ci as u64);
-        let nb = n_blocks(n);
-        let mut p = randn(&mut rng, n, 0.05);
-        let mut q = zero_moments(n);
-        for t in 1..=4u64 {
-            let (mut hp, loss_scale) = hyper(t);
-            hp.lr *= 1.5;
-            let mut g = grads(&mut rng, n, loss_scale);
-            if t == 1 && nb >= 3 {
-                g[(nb - 2) * BLOCK_SIZE..(nb - 1) * BLOCK_SIZE].fill(0.0);
-            }
-            if t == 2 {
-                (g[n / 3], g[n / 2], g[n - 1]) = (f32::NAN, f32::INFINITY, f32::NEG_INFINITY);
-                if nb >= 3 {
-                    for (k, x) in g[BLOCK_SIZE..2 * BLOCK_SIZE].iter_mut().enumerate() {
-                        *x = [f32::NAN, f32::INFINITY, f32::NEG_INFINITY][k % 3];
+    kernel_emu::schedules("adam8bit_step_matches_the_cpu_8bit_adamw_over_several_steps", |emu| {
+        let maps = maps();
+        let cases: [(usize, u32); 5] = [(100, H100_SMS), (513, 2), (2_500, H100_SMS), (5_000, 1), (9_000, 1)];
+        let mut stats = Stats8::default();
+        for (ci, &(n, sms)) in cases.iter().enumerate() {
+            let mut rng = TestRng::new(2000 + ci as u64);
+            let nb = n_blocks(n);
+            let mut p = randn(&mut rng, n, 0.05);
+            let mut q = zero_moments(n);
+            for t in 1..=4u64 {
+                let (mut hp, loss_scale) = hyper(t);
+                hp.lr *= 1.5;
+                let mut g = grads(&mut rng, n, loss_scale);
+                if t == 1 && nb >= 3 {
+                    g[(nb - 2) * BLOCK_SIZE..(nb - 1) * BLOCK_SIZE].fill(0.0);
+                }
+                if t == 2 {
+                    (g[n / 3], g[n / 2], g[n - 1]) = (f32::NAN, f32::INFINITY, f32::NEG_INFINITY);
+                    if nb >= 3 {
+                        for (k, x) in g[BLOCK_SIZE..2 * BLOCK_SIZE].iter_mut().enumerate() {
+                            *x = [f32::NAN, f32::INFINITY, f32::NEG_INFINITY][k % 3];
+                        }
                     }
                 }
-            }
-            let p0 = p.clone();
-            let what = format!("adam8bit n={n} sms={sms} step {t}");
-            compare_8bit_step(
-                emu,
-                sms,
-                &maps,
-                &mut p,
-                &mut q,
-                &g,
-                &hp,
-                HALVES[(ci + t as usize) % 3],
-                &what,
-                &mut stats,
-            );
-            if t == 1 {
-                // From zero state the dequantised moments are exactly zero: fp32 AdamW.
-                let c = AdamConsts::new(&hp).unwrap();
-                let want: Vec<f32> = (0..n).map(|i| adamw_update(p0[i], g[i], 0.0, 0.0, &c).0).collect();
-                assert_same_bits(&format!("{what}: p vs fp32 AdamW"), &p, &want);
+                let p0 = p.clone();
+                let what = format!("adam8bit n={n} sms={sms} step {t}");
+                compare_8bit_step(
+                    emu,
+                    sms,
+                    &maps,
+                    &mut p,
+                    &mut q,
+                    &g,
+                    &hp,
+                    HALVES[(ci + t as usize) % 3],
+                    &what,
+                    &mut stats,
+                );
+                if t == 1 {
+                    // From zero state the dequantised moments are exactly zero: fp32 AdamW.
+                    let c = AdamConsts::new(&hp).unwrap();
+                    let want: Vec<f32> = (0..n).map(|i| adamw_update(p0[i], g[i], 0.0, 0.0, &c).0).collect();
+                    assert_same_bits(&format!("{what}: p vs fp32 AdamW"), &p, &want);
+                }
             }
         }
-    }
-    assert!(stats.sign_fixes > 0, "the sign rule of the m requantisation never acted");
-    assert!(stats.empty_blocks > 0 && stats.reset_elements > 0, "no empty block / no non-finite gradient");
-    println!(
-        "adam8bit_step: {} element-steps; p, half copies, absmax bit-identical; code differences (ties) {}; \
-         sign-rule codes {}; empty blocks {}; reset elements {}; worst dequantisation error m {:.3e}·absmax \
-         (bound {:.3e}), v {:.3e}·absmax (bound {:.3e})",
-        stats.elements,
-        stats.ties,
-        stats.sign_fixes,
-        stats.empty_blocks,
-        stats.reset_elements,
-        stats.worst_m_err,
-        max_round_trip_error(signed_dynamic_map()),
-        stats.worst_v_err,
-        max_round_trip_error(unsigned_dynamic_map()),
-    );
+        assert!(stats.sign_fixes > 0, "the sign rule of the m requantisation never acted");
+        assert!(stats.empty_blocks > 0 && stats.reset_elements > 0, "no empty block / no non-finite gradient");
+        println!(
+            "adam8bit_step: {} element-steps; p, half copies, absmax bit-identical; code differences (ties) {}; \
+             sign-rule codes {}; empty blocks {}; reset elements {}; worst dequantisation error m {:.3e}·absmax \
+             (bound {:.3e}), v {:.3e}·absmax (bound {:.3e})",
+            stats.elements,
+            stats.ties,
+            stats.sign_fixes,
+            stats.empty_blocks,
+            stats.reset_elements,
+            stats.worst_m_err,
+            max_round_trip_error(signed_dynamic_map()),
+            stats.worst_v_err,
+            max_round_trip_error(unsigned_dynamic_map()),
+        );
+    });
 }
 
 /// Requantisation ties, made on purpose: with β1 = 0 and zero state, step 1 stores m = g
@@ -656,50 +676,51 @@ fn adam8bit_step_matches_the_cpu_8bit_adamw_over_several_steps() {
 /// and to that rule — the tie tolerance of the other tests does not apply.
 #[test]
 fn adam8bit_requantisation_ties_go_to_the_even_code() {
-    let Some(emu) = emulator("adam8bit_requantisation_ties_go_to_the_even_code") else { return };
-    let smap = signed_dynamic_map();
-    let maps = maps();
-    let n = 300; // a full block (every neighbouring pair) and a partial one (pairs around 0)
-    let mid = |lo: usize| (smap[lo] + smap[lo + 1]) * 0.5;
-    // Element k sits on the tie between codes lo and lo + 1 (None: the block's ±1).
-    let pair = |k: usize| match k {
-        0 | BLOCK_SIZE => None,
-        k if k < BLOCK_SIZE => Some(k - 1),
-        k => Some(k - BLOCK_SIZE - 1 + 105),
-    };
-    let g: Vec<f32> = (0..n).map(|k| pair(k).map_or(if k == 0 { 1.0 } else { -1.0 }, mid)).collect();
-    let hp = AdamHyper { beta1: 0.0, weight_decay: 0.0, step: 1, grad_scale: 1.0, ..AdamHyper::default() };
-    let mut rng = TestRng::new(5);
-    let p0 = randn(&mut rng, n, 0.05);
-    // The contract checks (tie-tolerant), then the exact comparison from the same start.
-    let (mut p, mut q) = (p0.clone(), zero_moments(n));
-    compare_8bit_step(emu, 1, &maps, &mut p, &mut q, &g, &hp, Half::Bf16, "adam8bit ties", &mut Stats8::default());
-    let (mut p_cpu, mut state) = (p0.clone(), Adam8bitState::Blockwise8bit(zero_moments(n)));
-    adam8bit::step(&mut p_cpu, &g, &mut state, &hp).unwrap();
-    let Adam8bitState::Blockwise8bit(cpu) = state else { unreachable!() };
-    let (mut p, mut q) = (p0.clone(), zero_moments(n));
-    let c = AdamConsts::new(&hp).unwrap();
-    let (scale, skip) = (vec![1f32], vec![0i32]);
-    let mut half = HalfCopy::poisoned(Half::None, n);
-    launch_adam8bit(emu, 1, &mut p, &g, &mut q, &maps, &mut half, &c, ptr(&scale), ptr(&skip));
-    assert_same_bits("adam8bit ties: p", &p, &p_cpu);
-    assert_same_state("adam8bit ties", &q, &cpu);
-    assert_eq!((q.m_absmax[0], q.m_absmax[1]), (1.0, 1.0), "the construction needs absmax 1");
-    let mut ties = 0;
-    for (k, (&x, &code)) in g.iter().zip(&q.m_codes).enumerate() {
-        let Some(lo) = pair(k) else { continue };
-        assert_eq!(x / q.m_absmax[k / BLOCK_SIZE], mid(lo), "element {k} is not on a tie");
-        let mut want = if lo % 2 == 0 { lo } else { lo + 1 };
-        if x < 0.0 && smap[want] >= 0.0 && want > 0 {
-            want -= 1;
-        } else if x > 0.0 && smap[want] < 0.0 {
-            want += 1;
+    kernel_emu::schedules("adam8bit_requantisation_ties_go_to_the_even_code", |emu| {
+        let smap = signed_dynamic_map();
+        let maps = maps();
+        let n = 300; // a full block (every neighbouring pair) and a partial one (pairs around 0)
+        let mid = |lo: usize| (smap[lo] + smap[lo + 1]) * 0.5;
+        // Element k sits on the tie between codes lo and lo + 1 (None: the block's ±1).
+        let pair = |k: usize| match k {
+            0 | BLOCK_SIZE => None,
+            k if k < BLOCK_SIZE => Some(k - 1),
+            k => Some(k - BLOCK_SIZE - 1 + 105),
+        };
+        let g: Vec<f32> = (0..n).map(|k| pair(k).map_or(if k == 0 { 1.0 } else { -1.0 }, mid)).collect();
+        let hp = AdamHyper { beta1: 0.0, weight_decay: 0.0, step: 1, grad_scale: 1.0, ..AdamHyper::default() };
+        let mut rng = TestRng::new(5);
+        let p0 = randn(&mut rng, n, 0.05);
+        // The contract checks (tie-tolerant), then the exact comparison from the same start.
+        let (mut p, mut q) = (p0.clone(), zero_moments(n));
+        compare_8bit_step(emu, 1, &maps, &mut p, &mut q, &g, &hp, Half::Bf16, "adam8bit ties", &mut Stats8::default());
+        let (mut p_cpu, mut state) = (p0.clone(), Adam8bitState::Blockwise8bit(zero_moments(n)));
+        adam8bit::step(&mut p_cpu, &g, &mut state, &hp).unwrap();
+        let Adam8bitState::Blockwise8bit(cpu) = state else { unreachable!() };
+        let (mut p, mut q) = (p0.clone(), zero_moments(n));
+        let c = AdamConsts::new(&hp).unwrap();
+        let (scale, skip) = (vec![1f32], vec![0i32]);
+        let mut half = HalfCopy::poisoned(Half::None, n);
+        launch_adam8bit(emu, 1, &mut p, &g, &mut q, &maps, &mut half, &c, ptr(&scale), ptr(&skip));
+        assert_same_bits("adam8bit ties: p", &p, &p_cpu);
+        assert_same_state("adam8bit ties", &q, &cpu);
+        assert_eq!((q.m_absmax[0], q.m_absmax[1]), (1.0, 1.0), "the construction needs absmax 1");
+        let mut ties = 0;
+        for (k, (&x, &code)) in g.iter().zip(&q.m_codes).enumerate() {
+            let Some(lo) = pair(k) else { continue };
+            assert_eq!(x / q.m_absmax[k / BLOCK_SIZE], mid(lo), "element {k} is not on a tie");
+            let mut want = if lo % 2 == 0 { lo } else { lo + 1 };
+            if x < 0.0 && smap[want] >= 0.0 && want > 0 {
+                want -= 1;
+            } else if x > 0.0 && smap[want] < 0.0 {
+                want += 1;
+            }
+            assert_eq!(code as usize, want, "tie at element {k} between codes {lo} and {}", lo + 1);
+            ties += 1;
         }
-        assert_eq!(code as usize, want, "tie at element {k} between codes {lo} and {}", lo + 1);
-        ties += 1;
-    }
-    assert_eq!(ties, n - 2);
-    println!("adam8bit_step: {ties} deliberate requantisation ties, every one on the even code as the CPU");
+        assert_eq!(ties, n - 2);
+        println!("adam8bit_step: {ties} deliberate requantisation ties, every one on the even code as the CPU");
+    });
 }
 
 /// A set skip flag writes nothing — parameters, codes, absmax, half copy — even with
@@ -707,63 +728,64 @@ fn adam8bit_requantisation_ties_go_to_the_even_code() {
 /// an empty tensor launches one block that touches nothing.
 #[test]
 fn adam8bit_step_skip_flag_and_nullable_pointers() {
-    let Some(emu) = emulator("adam8bit_step_skip_flag_and_nullable_pointers") else { return };
-    let maps = maps();
-    let n = 1000;
-    let mut rng = TestRng::new(88);
-    let mut p = randn(&mut rng, n, 0.05);
-    let mut q = zero_moments(n);
-    let mut stats = Stats8::default();
-    let (hp, loss) = hyper(1);
-    let g = grads(&mut rng, n, loss);
-    compare_8bit_step(emu, 1, &maps, &mut p, &mut q, &g, &hp, Half::F16, "adam8bit first step", &mut stats);
-    let (p1, q1) = (p.clone(), q.clone());
-    let (hp2, loss) = hyper(2);
-    let c2 = AdamConsts::new(&hp2).unwrap();
-    let mut g2 = grads(&mut rng, n, loss);
-    (g2[3], g2[700]) = (f32::INFINITY, f32::NAN);
-    for (flag, sms) in [(1i32, H100_SMS), (-7, 1)] {
-        for kind in [Half::F16, Half::Bf16, Half::None] {
-            let mut half = HalfCopy::poisoned(kind, n);
-            let (scale, skip) = (vec![c2.grad_scale], vec![flag]);
-            launch_adam8bit(emu, sms, &mut p, &g2, &mut q, &maps, &mut half, &c2, ptr(&scale), ptr(&skip));
-            let what = format!("adam8bit skipped (flag {flag}, {kind:?})");
-            assert_same_bits(&format!("{what}: p"), &p, &p1);
-            assert_same_state(&format!("{what}: the 8-bit state"), &q, &q1);
-            half.untouched(&what);
+    kernel_emu::schedules("adam8bit_step_skip_flag_and_nullable_pointers", |emu| {
+        let maps = maps();
+        let n = 1000;
+        let mut rng = TestRng::new(88);
+        let mut p = randn(&mut rng, n, 0.05);
+        let mut q = zero_moments(n);
+        let mut stats = Stats8::default();
+        let (hp, loss) = hyper(1);
+        let g = grads(&mut rng, n, loss);
+        compare_8bit_step(emu, 1, &maps, &mut p, &mut q, &g, &hp, Half::F16, "adam8bit first step", &mut stats);
+        let (p1, q1) = (p.clone(), q.clone());
+        let (hp2, loss) = hyper(2);
+        let c2 = AdamConsts::new(&hp2).unwrap();
+        let mut g2 = grads(&mut rng, n, loss);
+        (g2[3], g2[700]) = (f32::INFINITY, f32::NAN);
+        for (flag, sms) in [(1i32, H100_SMS), (-7, 1)] {
+            for kind in [Half::F16, Half::Bf16, Half::None] {
+                let mut half = HalfCopy::poisoned(kind, n);
+                let (scale, skip) = (vec![c2.grad_scale], vec![flag]);
+                launch_adam8bit(emu, sms, &mut p, &g2, &mut q, &maps, &mut half, &c2, ptr(&scale), ptr(&skip));
+                let what = format!("adam8bit skipped (flag {flag}, {kind:?})");
+                assert_same_bits(&format!("{what}: p"), &p, &p1);
+                assert_same_state(&format!("{what}: the 8-bit state"), &q, &q1);
+                half.untouched(&what);
+            }
         }
-    }
-    // Null grad_scale (= 1), null skip (= 0), null p_half with half_kind 2 (no copy).
-    let hp1 = AdamHyper { grad_scale: 1.0, ..hp2 };
-    let c1 = AdamConsts::new(&hp1).unwrap();
-    let g1: Vec<f32> = g2.iter().map(|&x| x / 1024.0).collect();
-    let mut p_cpu = p.clone();
-    let mut state = Adam8bitState::Blockwise8bit(q.clone());
-    adam8bit::step(&mut p_cpu, &g1, &mut state, &hp1).unwrap();
-    let mut args = vec![
-        ptr_mut(&mut p),
-        ptr(&g1),
-        ptr_mut(&mut q.m_codes),
-        ptr_mut(&mut q.m_absmax),
-        ptr_mut(&mut q.v_codes),
-        ptr_mut(&mut q.v_absmax),
-        ptr(&maps),
-        NULL,
-        Arg::I32(2),
-        long(n),
-    ];
-    args.extend(consts_args(&c1));
-    args.extend([NULL, NULL]);
-    run(emu, "adam8bit_step", capped_shape(n_blocks(n), 8, H100_SMS), &args);
-    assert_same_bits("adam8bit null scalars: p", &p, &p_cpu);
-    let Adam8bitState::Blockwise8bit(want) = state else { unreachable!() };
-    assert_same_state("adam8bit null scalars", &q, &want);
-    // n = 0.
-    let (mut e, ge) = (Vec::<f32>::new(), Vec::<f32>::new());
-    let mut qe = zero_moments(0);
-    let mut half = HalfCopy::poisoned(Half::F16, 0);
-    launch_adam8bit(emu, H100_SMS, &mut e, &ge, &mut qe, &maps, &mut half, &c1, ptr(&[1f32]), ptr(&[0i32]));
-    assert_same_state("adam8bit n = 0", &qe, &zero_moments(0));
+        // Null grad_scale (= 1), null skip (= 0), null p_half with half_kind 2 (no copy).
+        let hp1 = AdamHyper { grad_scale: 1.0, ..hp2 };
+        let c1 = AdamConsts::new(&hp1).unwrap();
+        let g1: Vec<f32> = g2.iter().map(|&x| x / 1024.0).collect();
+        let mut p_cpu = p.clone();
+        let mut state = Adam8bitState::Blockwise8bit(q.clone());
+        adam8bit::step(&mut p_cpu, &g1, &mut state, &hp1).unwrap();
+        let mut args = vec![
+            ptr_mut(&mut p),
+            ptr(&g1),
+            ptr_mut(&mut q.m_codes),
+            ptr_mut(&mut q.m_absmax),
+            ptr_mut(&mut q.v_codes),
+            ptr_mut(&mut q.v_absmax),
+            ptr(&maps),
+            NULL,
+            Arg::I32(2),
+            long(n),
+        ];
+        args.extend(consts_args(&c1));
+        args.extend([NULL, NULL]);
+        run(emu, "adam8bit_step", capped_shape(n_blocks(n), 8, H100_SMS), &args);
+        assert_same_bits("adam8bit null scalars: p", &p, &p_cpu);
+        let Adam8bitState::Blockwise8bit(want) = state else { unreachable!() };
+        assert_same_state("adam8bit null scalars", &q, &want);
+        // n = 0.
+        let (mut e, ge) = (Vec::<f32>::new(), Vec::<f32>::new());
+        let mut qe = zero_moments(0);
+        let mut half = HalfCopy::poisoned(Half::F16, 0);
+        launch_adam8bit(emu, H100_SMS, &mut e, &ge, &mut qe, &maps, &mut half, &c1, ptr(&[1f32]), ptr(&[0i32]));
+        assert_same_state("adam8bit n = 0", &qe, &zero_moments(0));
+    });
 }
 
 // ---------------------------------------------------------------------------------------
@@ -816,81 +838,82 @@ fn norm_clip(emu: &Emulator, sms: u32, grads: &[&[f32]], max_norm: f32, inv_scal
 /// written 1, and neither kernel writes anything.
 #[test]
 fn overflow_pipeline_skips_both_optimizer_kernels() {
-    let Some(emu) = emulator("overflow_pipeline_skips_both_optimizer_kernels") else { return };
-    let (na, nb) = (1000usize, 4396usize);
-    assert!(na < MIN_8BIT_SIZE && nb >= MIN_8BIT_SIZE);
-    let maps = maps();
-    let mut rng = TestRng::new(4242);
-    let (loss_scale, max_norm) = (1024f32, 1.0f32);
-    let inv = 1.0 / loss_scale;
-    let (mut pa, mut pb) = (randn(&mut rng, na, 0.05), randn(&mut rng, nb, 0.05));
-    let (mut ma, mut va) = (vec![0f32; na], vec![0f32; na]);
-    let mut qb = zero_moments(nb);
-    let base = AdamHyper { lr: 2e-3, weight_decay: 0.1, ..AdamHyper::default() };
-    let mut step = 0u64;
-    for (round, overflow) in ["", "inf", "huge", "", "nan"].into_iter().enumerate() {
-        let sms = if round % 2 == 0 { H100_SMS } else { 1 };
-        let mut ga = grads(&mut rng, na, loss_scale * 10.0);
-        let mut gb = grads(&mut rng, nb, loss_scale * 10.0);
-        match overflow {
-            "inf" => gb[nb - 1] = f32::INFINITY,
-            "nan" => ga[100] = f32::NAN,
-            "huge" => ga[na - 1] = 3e19, // finite, but its square is not
-            _ => {}
+    kernel_emu::schedules("overflow_pipeline_skips_both_optimizer_kernels", |emu| {
+        let (na, nb) = (1000usize, 4396usize);
+        assert!(na < MIN_8BIT_SIZE && nb >= MIN_8BIT_SIZE);
+        let maps = maps();
+        let mut rng = TestRng::new(4242);
+        let (loss_scale, max_norm) = (1024f32, 1.0f32);
+        let inv = 1.0 / loss_scale;
+        let (mut pa, mut pb) = (randn(&mut rng, na, 0.05), randn(&mut rng, nb, 0.05));
+        let (mut ma, mut va) = (vec![0f32; na], vec![0f32; na]);
+        let mut qb = zero_moments(nb);
+        let base = AdamHyper { lr: 2e-3, weight_decay: 0.1, ..AdamHyper::default() };
+        let mut step = 0u64;
+        for (round, overflow) in ["", "inf", "huge", "", "nan"].into_iter().enumerate() {
+            let sms = if round % 2 == 0 { H100_SMS } else { 1 };
+            let mut ga = grads(&mut rng, na, loss_scale * 10.0);
+            let mut gb = grads(&mut rng, nb, loss_scale * 10.0);
+            match overflow {
+                "inf" => gb[nb - 1] = f32::INFINITY,
+                "nan" => ga[100] = f32::NAN,
+                "huge" => ga[na - 1] = 3e19, // finite, but its square is not
+                _ => {}
+            }
+            let poison = if overflow.is_empty() { 1 } else { 0 };
+            let s = norm_clip(emu, sms, &[&ga, &gb], max_norm, inv, poison);
+            let what = format!("round {round} ({})", if overflow.is_empty() { "finite" } else { overflow });
+            // The optimizer's per-tensor constants carry grad_scale 1: the factor is on the device.
+            let c = AdamConsts::new(&AdamHyper { step: step + 1, grad_scale: 1.0, ..base }).unwrap();
+            let (pa0, ma0, va0, pb0, qb0) = (pa.clone(), ma.clone(), va.clone(), pb.clone(), qb.clone());
+            let (mut ha, mut hb) = (HalfCopy::poisoned(Half::Bf16, na), HalfCopy::poisoned(Half::F16, nb));
+            launch_adamw(emu, sms, &mut pa, &ga, &mut ma, &mut va, &mut ha, &c, ptr(&s.coef), ptr(&s.skip));
+            launch_adam8bit(emu, sms, &mut pb, &gb, &mut qb, &maps, &mut hb, &c, ptr(&s.coef), ptr(&s.skip));
+            if !overflow.is_empty() {
+                assert_eq!(s.skip, [1], "{what}: skip flag");
+                assert_same_bits(&format!("{what}: skipped fp32 p"), &pa, &pa0);
+                assert_same_bits(&format!("{what}: skipped m"), &ma, &ma0);
+                assert_same_bits(&format!("{what}: skipped v"), &va, &va0);
+                assert_same_bits(&format!("{what}: skipped 8-bit p"), &pb, &pb0);
+                assert_same_state(&format!("{what}: skipped 8-bit state"), &qb, &qb0);
+                ha.untouched(&what);
+                hb.untouched(&what);
+                continue;
+            }
+            assert_eq!(s.skip, [0], "{what}: skip flag");
+            let exact: f64 = ga.iter().chain(&gb).map(|&x| x as f64 * x as f64).sum();
+            assert!(((s.sumsq as f64 - exact) / exact).abs() < 1e-5, "{what}: Σg² {} vs {exact}", s.sumsq);
+            let norm = s.sumsq.sqrt() * inv;
+            let clip = (max_norm / (norm + 1e-6)).min(1.0);
+            assert!(clip < 0.5, "{what}: clipping must act (norm {norm})");
+            assert_eq!(s.norm.to_bits(), norm.to_bits(), "{what}: norm");
+            assert_eq!(s.coef[0].to_bits(), (inv * clip).to_bits(), "{what}: coef");
+            println!(
+                "overflow pipeline {what}: Σg² rel. error {:.1e} (fp32 atomics vs f64), clip {clip:.4}, coef {:e}",
+                ((s.sumsq as f64 - exact) / exact).abs(),
+                s.coef[0]
+            );
+            // The CPU references with grad_scale = the device coefficient.
+            let hp = AdamHyper { step: step + 1, grad_scale: s.coef[0] as f64, ..base };
+            let cc = AdamConsts::new(&hp).unwrap();
+            assert_eq!(cc.grad_scale, s.coef[0]);
+            let mut want = (pa0.clone(), ma0.clone(), va0.clone());
+            for i in 0..na {
+                (want.0[i], want.1[i], want.2[i]) = adamw_update(pa0[i], ga[i], ma0[i], va0[i], &cc);
+            }
+            assert_same_bits(&format!("{what}: fp32 p"), &pa, &want.0);
+            assert_same_bits(&format!("{what}: m"), &ma, &want.1);
+            assert_same_bits(&format!("{what}: v"), &va, &want.2);
+            ha.expect(&pa, &what);
+            let mut pb_cpu = pb0.clone();
+            let mut state = Adam8bitState::Blockwise8bit(qb0.clone());
+            adam8bit::step(&mut pb_cpu, &gb, &mut state, &hp).unwrap();
+            assert_same_bits(&format!("{what}: 8-bit p"), &pb, &pb_cpu);
+            let Adam8bitState::Blockwise8bit(want) = state else { unreachable!() };
+            assert_same_state(&format!("{what}: 8-bit state"), &qb, &want);
+            hb.expect(&pb, &what);
+            step += 1;
         }
-        let poison = if overflow.is_empty() { 1 } else { 0 };
-        let s = norm_clip(emu, sms, &[&ga, &gb], max_norm, inv, poison);
-        let what = format!("round {round} ({})", if overflow.is_empty() { "finite" } else { overflow });
-        // The optimizer's per-tensor constants carry grad_scale 1: the factor is on the device.
-        let c = AdamConsts::new(&AdamHyper { step: step + 1, grad_scale: 1.0, ..base }).unwrap();
-        let (pa0, ma0, va0, pb0, qb0) = (pa.clone(), ma.clone(), va.clone(), pb.clone(), qb.clone());
-        let (mut ha, mut hb) = (HalfCopy::poisoned(Half::Bf16, na), HalfCopy::poisoned(Half::F16, nb));
-        launch_adamw(emu, sms, &mut pa, &ga, &mut ma, &mut va, &mut ha, &c, ptr(&s.coef), ptr(&s.skip));
-        launch_adam8bit(emu, sms, &mut pb, &gb, &mut qb, &maps, &mut hb, &c, ptr(&s.coef), ptr(&s.skip));
-        if !overflow.is_empty() {
-            assert_eq!(s.skip, [1], "{what}: skip flag");
-            assert_same_bits(&format!("{what}: skipped fp32 p"), &pa, &pa0);
-            assert_same_bits(&format!("{what}: skipped m"), &ma, &ma0);
-            assert_same_bits(&format!("{what}: skipped v"), &va, &va0);
-            assert_same_bits(&format!("{what}: skipped 8-bit p"), &pb, &pb0);
-            assert_same_state(&format!("{what}: skipped 8-bit state"), &qb, &qb0);
-            ha.untouched(&what);
-            hb.untouched(&what);
-            continue;
-        }
-        assert_eq!(s.skip, [0], "{what}: skip flag");
-        let exact: f64 = ga.iter().chain(&gb).map(|&x| x as f64 * x as f64).sum();
-        assert!(((s.sumsq as f64 - exact) / exact).abs() < 1e-5, "{what}: Σg² {} vs {exact}", s.sumsq);
-        let norm = s.sumsq.sqrt() * inv;
-        let clip = (max_norm / (norm + 1e-6)).min(1.0);
-        assert!(clip < 0.5, "{what}: clipping must act (norm {norm})");
-        assert_eq!(s.norm.to_bits(), norm.to_bits(), "{what}: norm");
-        assert_eq!(s.coef[0].to_bits(), (inv * clip).to_bits(), "{what}: coef");
-        println!(
-            "overflow pipeline {what}: Σg² rel. error {:.1e} (fp32 atomics vs f64), clip {clip:.4}, coef {:e}",
-            ((s.sumsq as f64 - exact) / exact).abs(),
-            s.coef[0]
-        );
-        // The CPU references with grad_scale = the device coefficient.
-        let hp = AdamHyper { step: step + 1, grad_scale: s.coef[0] as f64, ..base };
-        let cc = AdamConsts::new(&hp).unwrap();
-        assert_eq!(cc.grad_scale, s.coef[0]);
-        let mut want = (pa0.clone(), ma0.clone(), va0.clone());
-        for i in 0..na {
-            (want.0[i], want.1[i], want.2[i]) = adamw_update(pa0[i], ga[i], ma0[i], va0[i], &cc);
-        }
-        assert_same_bits(&format!("{what}: fp32 p"), &pa, &want.0);
-        assert_same_bits(&format!("{what}: m"), &ma, &want.1);
-        assert_same_bits(&format!("{what}: v"), &va, &want.2);
-        ha.expect(&pa, &what);
-        let mut pb_cpu = pb0.clone();
-        let mut state = Adam8bitState::Blockwise8bit(qb0.clone());
-        adam8bit::step(&mut pb_cpu, &gb, &mut state, &hp).unwrap();
-        assert_same_bits(&format!("{what}: 8-bit p"), &pb, &pb_cpu);
-        let Adam8bitState::Blockwise8bit(want) = state else { unreachable!() };
-        assert_same_state(&format!("{what}: 8-bit state"), &qb, &want);
-        hb.expect(&pb, &what);
-        step += 1;
-    }
-    assert_eq!(step, 2);
+        assert_eq!(step, 2);
+    });
 }

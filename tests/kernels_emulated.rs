@@ -47,3 +47,119 @@ fn typed_launchers_match_the_compiled_kernels() {
     }
     eprintln!("{} typed launchers checked against the compiled kernels", generated.len());
 }
+
+// ---------------------------------------------------------------------------------
+// The emulation's checks, each proved on a deliberately broken kernel
+// (tests/kernel_emu/emu_selftest.cu) or launch: caught now, and not with the check off
+// (`Checks::legacy()`: the emulation as it was).
+// ---------------------------------------------------------------------------------
+
+use kernel_emu::{ptr, ptr_mut, Checks};
+
+fn ok_and_finite(r: Result<(), String>, out: &[f32]) -> bool {
+    r.is_ok() && out.iter().all(|v| v.is_finite())
+}
+
+/// Static `__shared__` memory is poisoned (NaN) at every block start: a block that reads
+/// what only block 0 wrote gets NaN, where the old statics handed it block 0's values.
+#[test]
+fn shared_memory_read_before_write_is_caught() {
+    let Some(emu) = emulator("shared_memory_read_before_write_is_caught") else { return };
+    let name = "selftest_shared_read_before_write";
+    let want: Vec<f32> = (0..4 * 32).map(|i| 2.0 * (i % 32) as f32).collect();
+    let mut out = vec![0f32; 4 * 32];
+    let r = emu.launch_with(name, Shape::flat(4, 32), &[ptr_mut(&mut out)], Checks::legacy());
+    assert!(r.is_ok() && out == want, "the old emulation hid the bug: {r:?} {out:?}");
+    let mut out = vec![0f32; 4 * 32];
+    let checks = Checks { random_schedule: 0, ..Checks::all(0) };
+    let r = emu.launch_with(name, Shape::flat(4, 32), &[ptr_mut(&mut out)], checks);
+    assert!(r.is_ok(), "{r:?}");
+    assert!(out[..32] == want[..32], "block 0 wrote its table: {out:?}");
+    assert!(out[32..].iter().all(|v| v.is_nan()), "blocks 1.. read poisoned shared memory: {out:?}");
+    // Under a random block order, block 0 is not even first.
+    for seed in 1..=4 {
+        let mut out = vec![0f32; 4 * 32];
+        let r = emu.launch_with(name, Shape::flat(4, 32), &[ptr_mut(&mut out)], Checks::all(seed));
+        assert!(!ok_and_finite(r, &out) || out != want, "seed {seed}: not caught");
+    }
+}
+
+/// A missing `__syncthreads` shows under random schedules, and did not in index order.
+#[test]
+fn missing_syncthreads_is_caught_by_random_schedules() {
+    let Some(emu) = emulator("missing_syncthreads_is_caught_by_random_schedules") else { return };
+    let blocks = 3;
+    let input: Vec<f32> = (0..blocks * 64).map(|i| 1.0 + i as f32).collect();
+    let want: Vec<f32> = (0..blocks * 64).map(|i| input[i] + if i % 64 > 0 { input[i - 1] } else { 0.0 }).collect();
+    let shape = Shape::flat(blocks as u32, 64);
+    let run = |name: &str, checks: Checks| {
+        let mut out = vec![0f32; blocks * 64];
+        let r = emu.launch_with(name, shape, &[ptr(&input), ptr_mut(&mut out)], checks);
+        (r, out)
+    };
+    // Index order, old or new checks: the race is hidden.
+    for checks in [Checks::legacy(), Checks { random_schedule: 0, ..Checks::all(0) }] {
+        let (r, out) = run("selftest_missing_syncthreads", checks);
+        assert!(r.is_ok() && out == want, "index order hid the race before: {checks:?} {r:?}");
+    }
+    // Random schedules: every seed catches it; the kernel with its barrier passes them all.
+    let mut caught = 0;
+    for seed in 1..=8 {
+        let (r, out) = run("selftest_missing_syncthreads", Checks::all(seed));
+        if !(r.is_ok() && out == want) {
+            caught += 1;
+        }
+        let (r, out) = run("selftest_with_syncthreads", Checks::all(seed));
+        assert!(r.is_ok() && out == want, "seed {seed}: the correct kernel failed: {r:?}");
+    }
+    eprintln!("missing __syncthreads caught under {caught} of 8 random schedules");
+    assert_eq!(caught, 8, "a random schedule missed the missing __syncthreads");
+}
+
+/// `__shfl_*_sync` masks are honoured: a calling lane outside the mask, and a mask that
+/// names exited lanes, are errors; a correct half-warp shuffle passes.
+#[test]
+fn shuffle_masks_are_honoured() {
+    let Some(emu) = emulator("shuffle_masks_are_honoured") else { return };
+    let shape = Shape::flat(1, 32);
+    for (name, want_msg) in
+        [("selftest_shfl_lane_outside_mask", "which does not include it"), ("selftest_shfl_exited_lane", "has exited")]
+    {
+        let mut out = vec![0f32; 32];
+        let r = emu.launch_with(name, shape, &[ptr_mut(&mut out)], Checks::legacy());
+        assert!(r.is_ok(), "{name}: the old emulation ignored the mask: {r:?}");
+        let mut out = vec![0f32; 32];
+        let err = emu.launch_with(name, shape, &[ptr_mut(&mut out)], Checks::all(1)).unwrap_err();
+        assert!(err.contains(want_msg), "{name}: {err}");
+        eprintln!("{name}: {err}");
+    }
+    let mut out = vec![0f32; 32];
+    emu.launch_with("selftest_shfl_half_warp", shape, &[ptr_mut(&mut out)], Checks::all(1)).unwrap();
+    let want: Vec<f32> = (0..32).map(|l| if l < 16 { (l ^ 1) as f32 } else { 0.0 }).collect();
+    assert_eq!(out, want);
+}
+
+/// `scatter_add_rows` adds without atomics and requires distinct rows: a launch that lists
+/// a row twice is reported (on a GPU one update would be lost; the old sequential
+/// emulation added both and hid it).
+#[test]
+fn scatter_add_rows_with_duplicate_rows_is_reported() {
+    let Some(emu) = emulator("scatter_add_rows_with_duplicate_rows_is_reported") else { return };
+    let dim = 8;
+    let rows = [1i32, 3, 1];
+    let dout: Vec<f32> = (0..rows.len() * dim).map(|i| i as f32).collect();
+    let args = |dx: &mut Vec<f32>| [ptr_mut(dx), ptr(&dout), ptr(&rows), Arg::I32(3), Arg::I32(dim as i32)];
+    let shape = Shape::flat(3, 256);
+    let mut dx = vec![0f32; 4 * dim];
+    let r = emu.launch_with("scatter_add_rows_f32", shape, &args(&mut dx), Checks::legacy());
+    assert!(r.is_ok() && dx[dim] == dout[0] + dout[2 * dim], "the old emulation added both: {r:?}");
+    let mut dx = vec![0f32; 4 * dim];
+    let err = emu.launch_with("scatter_add_rows_f32", shape, &args(&mut dx), Checks::all(1)).unwrap_err();
+    assert!(err.contains("rows[0] and rows[2] are both row 1"), "{err}");
+    eprintln!("{err}");
+    // Distinct rows pass.
+    let rows = [1i32, 3, 0];
+    let mut dx = vec![0f32; 4 * dim];
+    let args = [ptr_mut(&mut dx), ptr(&dout), ptr(&rows), Arg::I32(3), Arg::I32(dim as i32)];
+    emu.launch_with("scatter_add_rows_f32", shape, &args, Checks::all(1)).unwrap();
+}

@@ -34,15 +34,102 @@ type LaunchFn = unsafe extern "C" fn(
     u32,
     *const u64,
     *const c_char,
+    *const Checks,
     *mut c_char,
     usize,
 ) -> i32;
+
+/// The checks and schedule of one emulated launch (`qf_emu::Options` of
+/// `cuda_host_emulation.cpp`). Each check off gives the emulation's old behaviour, so a
+/// test can show that a deliberately broken kernel is caught now and was not before.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct Checks {
+    /// Fill static `__shared__` memory with 0xFF bytes (NaN) at every block start.
+    pub poison_shared: u32,
+    /// Honour the masks of `__shfl_*_sync` and `__syncwarp`.
+    pub check_shfl_mask: u32,
+    /// Blocks in a random order and threads interleaved at random points (seeded).
+    pub random_schedule: u32,
+    /// The kernels' stated preconditions (distinct rows of `scatter_add_rows`).
+    pub check_preconditions: u32,
+    /// The random schedule's seed.
+    pub seed: u64,
+}
+
+impl Checks {
+    /// Every check, and the random schedule of `seed`.
+    pub fn all(seed: u64) -> Self {
+        Checks { poison_shared: 1, check_shfl_mask: 1, random_schedule: 1, check_preconditions: 1, seed }
+    }
+    /// The emulation as it was: no poisoned static shared memory, masks ignored, blocks and
+    /// threads in index order, no preconditions.
+    pub fn legacy() -> Self {
+        Checks { poison_shared: 0, check_shfl_mask: 0, random_schedule: 0, check_preconditions: 0, seed: 0 }
+    }
+}
+
+thread_local! {
+    /// The schedule of the test running on this thread ([`schedules`]): its seed and the
+    /// number of launches made under it so far (each launch gets its own schedule).
+    static SCHEDULE: std::cell::Cell<(Option<u64>, u64)> = const { std::cell::Cell::new((None, 0)) };
+}
+
+/// Seeds `QF_EMU_SEED` (default 1), `+1`, … : `QF_EMU_SCHEDULES` of them (default 2);
+/// `QF_EMU_SCHEDULES=0`: one run in index order (the old schedule), shown as `None`.
+fn schedule_seeds() -> Vec<Option<u64>> {
+    let var = |k: &str| std::env::var(k).ok().filter(|v| !v.is_empty());
+    let base: u64 = var("QF_EMU_SEED").and_then(|v| v.parse().ok()).unwrap_or(1);
+    let count: u64 = var("QF_EMU_SCHEDULES").and_then(|v| v.parse().ok()).unwrap_or(2);
+    if count == 0 {
+        return vec![None];
+    }
+    (0..count).map(|i| Some(base + i)).collect()
+}
+
+/// Run a kernel test `body` under several seeded random schedules (blocks in random
+/// order, threads interleaved at random points between barriers), so that a race the
+/// index order hides shows as a mismatch or a report. Prints the seed of a failing run
+/// (`QF_EMU_SEED=<seed> QF_EMU_SCHEDULES=1` reruns just that one).
+pub fn schedules(test: &str, body: impl Fn(&'static Emulator)) {
+    let Some(emu) = emulator(test) else { return };
+    for seed in schedule_seeds() {
+        SCHEDULE.with(|s| s.set((seed, 0)));
+        let run = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| body(emu)));
+        SCHEDULE.with(|s| s.set((None, 0)));
+        if let Err(e) = run {
+            match seed {
+                Some(seed) => eprintln!(
+                    "FAILED [{test}] under the random schedule of seed {seed} \
+                     (rerun just it: QF_EMU_SEED={seed} QF_EMU_SCHEDULES=1)"
+                ),
+                None => eprintln!("FAILED [{test}] in index order (QF_EMU_SCHEDULES=0)"),
+            }
+            std::panic::resume_unwind(e);
+        }
+    }
+}
+
+/// The checks of the next launch on this thread: under [`schedules`], every check with a
+/// seed drawn from the test's seed and the launch's number; outside, every check with
+/// the index order (the old schedule).
+fn current_checks() -> Checks {
+    SCHEDULE.with(|s| {
+        let (seed, n) = s.get();
+        s.set((seed, n + 1));
+        match seed {
+            Some(seed) => Checks::all(seed.wrapping_mul(0x9e37_79b9_7f4a_7c15).wrapping_add(n)),
+            None => Checks { random_schedule: 0, ..Checks::all(0) },
+        }
+    })
+}
 type KindsFn = unsafe extern "C" fn(*const c_char, *mut c_char, usize) -> usize;
 type NamesFn = unsafe extern "C" fn(*mut c_char, usize) -> usize;
 
 /// The loaded emulator library.
 pub struct Emulator {
     dir: PathBuf,
+    handle: usize,
     launch: LaunchFn,
     kinds: KindsFn,
     names: NamesFn,
@@ -92,6 +179,11 @@ impl Emulator {
     /// Run kernel `name` (e.g. `layer_norm_forward_f32`) with `args` over `shape`.
     /// Pointers in `args` are host addresses (see [`ptr`], [`ptr_mut`]).
     pub fn launch(&self, name: &str, shape: Shape, args: &[Arg]) -> Result<(), String> {
+        self.launch_with(name, shape, args, current_checks())
+    }
+
+    /// [`Emulator::launch`] with the given checks and schedule.
+    pub fn launch_with(&self, name: &str, shape: Shape, args: &[Arg], checks: Checks) -> Result<(), String> {
         let (kinds, slots): (String, Vec<u64>) = args.iter().map(kind).unzip();
         let name_c = CString::new(name).map_err(|e| e.to_string())?;
         let kinds_c = CString::new(kinds).map_err(|e| e.to_string())?;
@@ -106,6 +198,7 @@ impl Emulator {
                 shape.smem,
                 slots.as_ptr(),
                 kinds_c.as_ptr(),
+                &checks,
                 err.as_mut_ptr(),
                 err.len(),
             )
@@ -125,6 +218,14 @@ impl Emulator {
     /// looks for one.
     pub fn install_as_cuda(&self) -> Result<(), String> {
         open_library(&self.dir.join(CUBLAS_LIB)).map(|_| ())
+    }
+
+    /// The address of a function of the library (the fake driver's `cuMemAlloc_v2`, …), for
+    /// tests that drive it directly.
+    pub fn symbol(&self, name: &str) -> Option<*mut c_void> {
+        let c = CString::new(name).ok()?;
+        let p = unsafe { libc::dlsym(self.handle as *mut c_void, c.as_ptr()) };
+        (!p.is_null()).then_some(p)
     }
 
     /// [`Emulator::launch`] that panics with the kernel's name on an error.
@@ -150,7 +251,13 @@ impl Emulator {
 
     /// Every kernel the library holds, with its module (the stem of its `kernels/*.cu`
     /// file): `(module, name)`.
+    /// The deliberately broken kernels of `tests/kernel_emu/emu_selftest.cu` are not
+    /// among them.
     pub fn kernels(&self) -> Vec<(String, String)> {
+        self.all_kernels().into_iter().filter(|(m, _)| m != SELFTEST_MODULE).collect()
+    }
+
+    fn all_kernels(&self) -> Vec<(String, String)> {
         let mut out = vec![0 as c_char; 1 << 16];
         unsafe { (self.names)(out.as_mut_ptr(), out.len()) };
         let all = unsafe { CStr::from_ptr(out.as_ptr()) }.to_string_lossy().into_owned();
@@ -306,18 +413,21 @@ fn build_and_load() -> Result<Emulator, String> {
     let runtime = emu_dir.join("cuda_host_emulation.cpp");
     let driver = emu_dir.join("fake_driver.cpp");
     let cublas = emu_dir.join("fake_cublas.cpp");
-    let sources = sorted_files(&kernels, &["cu"])?;
+    let mut sources = sorted_files(&kernels, &["cu"])?;
     if sources.is_empty() {
         return Err(format!("no kernels in {}", kernels.display()));
     }
+    let selftest = emu_dir.join(format!("{SELFTEST_MODULE}.cu"));
+    sources.push(selftest.clone());
 
     let mut hash = 0xcbf2_9ce4_8422_2325u64;
-    for f in sorted_files(&kernels, &["cu", "cuh"])?.iter().chain([&header, &runtime, &driver, &cublas]) {
+    for f in sorted_files(&kernels, &["cu", "cuh"])?.iter().chain([&header, &runtime, &driver, &cublas, &selftest]) {
         fnv1a(&mut hash, f.to_string_lossy().as_bytes());
         fnv1a(&mut hash, &std::fs::read(f).map_err(|e| format!("reading {}: {e}", f.display()))?);
     }
     fnv1a(&mut hash, cxx.as_bytes());
     fnv1a(&mut hash, FLAGS.join(" ").as_bytes());
+    fnv1a(&mut hash, SHARED_SCRIPT.as_bytes());
     fnv1a(&mut hash, include.to_string_lossy().as_bytes());
     let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!("kernel-emu/{hash:016x}"));
     let lib = dir.join(KERNEL_LIB);
@@ -336,6 +446,9 @@ fn build_and_load() -> Result<Emulator, String> {
     }
     load(&lib)
 }
+
+/// The module of the deliberately broken kernels that prove the emulation's checks.
+pub const SELFTEST_MODULE: &str = "emu_selftest";
 
 /// The kernels, the launch runtime and the fake driver; soname `libcuda.so`.
 const KERNEL_LIB: &str = "libqf_kernel_emu.so";
@@ -380,8 +493,15 @@ fn build(
         }
         let cpp = dir.join(format!("{stem}.emu.cpp"));
         std::fs::write(&cpp, unit).map_err(|e| format!("writing {}: {e}", cpp.display()))?;
-        let obj = dir.join(format!("{stem}.o"));
-        run(base_command(cxx, include, kernels, header).arg("-c").arg(&cpp).arg("-o").arg(&obj))?;
+        // Each function-local static (a `__shared__` variable) in its own `.bss._ZZ…`
+        // section, which the link gathers between the bounds that every block start poisons.
+        let obj = dir.join(format!("{stem}.kernel.o"));
+        run(base_command(cxx, include, kernels, header)
+            .arg("-fdata-sections")
+            .arg("-c")
+            .arg(&cpp)
+            .arg("-o")
+            .arg(&obj))?;
         Ok(obj)
     };
     let mut jobs: Vec<PathBuf> = sources.to_vec();
@@ -407,15 +527,32 @@ fn build(
     });
     let objects = results.into_inner().unwrap().into_iter().collect::<Result<Vec<_>, _>>()?;
     let lib = dir.join(KERNEL_LIB);
+    let script = dir.join("shared.ld");
+    std::fs::write(&script, SHARED_SCRIPT).map_err(|e| format!("writing {}: {e}", script.display()))?;
     run(Command::new(cxx)
         .arg("-shared")
         .arg("-Wl,-soname,libcuda.so")
+        .arg(format!("-Wl,-T,{}", script.display()))
         .arg("-o")
         .arg(&lib)
         .args(&objects)
         .arg("-lpthread"))
     .map(|_| ())
 }
+
+/// Linker script (added to the default one): the function-local statics of the kernel
+/// objects — the `__shared__` variables, statics here — in one output section between
+/// `__qf_emu_shared_start` and `__qf_emu_shared_end` (cuda_host_emulation.cpp poisons
+/// them at every block start). Function-local statics of the runtime, the fake driver or
+/// the C++ library are in other objects or sections and are not touched.
+const SHARED_SCRIPT: &str = "SECTIONS {
+  qf_emu_shared : {
+    __qf_emu_shared_start = .;
+    *.kernel.o(.bss._ZZ* .data._ZZ*)
+    __qf_emu_shared_end = .;
+  }
+} INSERT BEFORE .bss;
+";
 
 /// `dlopen` a library by path; it stays loaded for the life of the process.
 fn open_library(lib: &Path) -> Result<*mut c_void, String> {
@@ -443,7 +580,8 @@ fn load(lib: &Path) -> Result<Emulator, String> {
     unsafe {
         Ok(Emulator {
             dir: lib.parent().map(Path::to_path_buf).unwrap_or_default(),
-            launch: std::mem::transmute::<*mut c_void, LaunchFn>(sym("qf_emu_launch")?),
+            handle: handle as usize,
+            launch: std::mem::transmute::<*mut c_void, LaunchFn>(sym("qf_emu_launch_ex")?),
             kinds: std::mem::transmute::<*mut c_void, KindsFn>(sym("qf_emu_kernel_kinds")?),
             names: std::mem::transmute::<*mut c_void, NamesFn>(sym("qf_emu_kernel_names")?),
         })
