@@ -343,11 +343,13 @@ pub fn peft_target_modules(targets: &[String]) -> Result<Value> {
 /// The Hugging Face class an adapter directory is written for. PEFT names every tensor
 /// by its module path in that class: `EsmModel` has no `esm.` level (`encoder.layer.0…`,
 /// `contact_head.regression`), while `EsmForSequenceClassification` keeps it
-/// (`esm.encoder.layer.0…`) beside its `classifier`.
+/// (`esm.encoder.layer.0…`) beside its `classifier`, and so does `EsmForMaskedLM` beside
+/// its `lm_head`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum PeftBaseClass {
     EsmModel,
     EsmForSequenceClassification,
+    EsmForMaskedLM,
 }
 
 impl PeftBaseClass {
@@ -355,7 +357,7 @@ impl PeftBaseClass {
     pub fn key(self, name: &str) -> String {
         let path = match self {
             PeftBaseClass::EsmModel => name.strip_prefix("esm.").unwrap_or(name),
-            PeftBaseClass::EsmForSequenceClassification => name,
+            PeftBaseClass::EsmForSequenceClassification | PeftBaseClass::EsmForMaskedLM => name,
         };
         format!("{PEFT_PREFIX}{path}")
     }
