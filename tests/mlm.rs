@@ -429,7 +429,16 @@ fn lora_mlm_trains_adapters_and_the_head_only() {
             assert!(same, "{name} changed under LoRA");
         }
     }
-    assert!(tmp.path().join("adapter/adapter_model.safetensors").is_file());
+    // PEFT's layout for EsmForMaskedLM: the head saved as the whole `lm_head` module, its
+    // tied decoder included (tools/check_mlm_hf_compat.py --mlm-lora loads it with PEFT).
+    let adapter = tmp.path().join("adapter");
+    let names = keys(&adapter.join("adapter_model.safetensors"));
+    for k in ["lm_head.bias", "lm_head.dense.weight", "lm_head.layer_norm.weight", "lm_head.decoder.weight"] {
+        assert!(names.contains(&format!("base_model.model.{k}")), "adapter lacks {k}: {names:?}");
+    }
+    let cfg: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(adapter.join("adapter_config.json")).unwrap()).unwrap();
+    assert_eq!(cfg["modules_to_save"], serde_json::json!(["lm_head"]));
 }
 
 /// With `QF_MLM_EXPORT=DIR`: train the fixture model a few steps, save it to `DIR/model`

@@ -12,6 +12,12 @@ the engine computed for them), as `tests/mlm.rs::export_for_transformers` writes
     (`AutoTokenizer.from_pretrained`) gives the saved input ids;
   - its logits equal the engine's at every real token to 1e-5 relative (L2).
 
+LoRA MLM run (`--mlm-lora RUN`, RUN = `--output` of `train --task mlm --lora` from a
+preset, holding model/, base/ and adapter/):
+  - `PeftModel.from_pretrained(EsmForMaskedLM.from_pretrained(RUN/base), RUN/adapter)`
+    loads (`modules_to_save: ["lm_head"]`) and gives the logits of the merged RUN/model to
+    1e-5 relative.
+
 Mean-pooled classifier (`--mean-pool MODEL --fasta F --predictions TSV`, TSV from
 `qf-engine predict --top-k 5`):
   - `AutoConfig`, `AutoModelForSequenceClassification` and `pipeline()` refuse MODEL;
@@ -64,6 +70,24 @@ def check_mlm(root):
         sys.exit(f"{path}: the saved tokenizer encodes MKTAYIAKQR as {enc}")
     print(f"OK: EsmForMaskedLM.from_pretrained({path}): no missing/unexpected/mismatched keys, decoder tied; "
           f"logits of {int(real.sum())} tokens ({ids.shape[0]} sequences) equal the engine's, relative error {e:.2e}")
+
+
+def check_mlm_lora(run):
+    from peft import PeftModel
+
+    merged = clean_load(EsmForMaskedLM, f"{run}/model")
+    base = clean_load(EsmForMaskedLM, f"{run}/base")
+    peft_model = PeftModel.from_pretrained(base, f"{run}/adapter").eval()
+    tok = AutoTokenizer.from_pretrained(f"{run}/model")
+    enc = tok(["MKTAYIAKQRQISFVKSHFSRQLEERLGLIEVQ", "GSHMLEDPVDAFQQVLRKGG<mask>LLA"], return_tensors="pt", padding=True)
+    with torch.no_grad():
+        a, b = merged(**enc).logits, peft_model(**enc).logits
+    real = enc["attention_mask"].bool()
+    e = rel_err(b[real], a[real])
+    if e > LOGIT_TOL:
+        sys.exit(f"{run}: PeftModel(base, adapter) logits differ from model/: relative error {e:.2e}")
+    print(f"OK: PeftModel(EsmForMaskedLM({run}/base), {run}/adapter) gives the merged model's logits, "
+          f"relative error {e:.2e}")
 
 
 def read_fasta(path):
@@ -132,6 +156,7 @@ def check_mean_pool(a):
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--mlm", metavar="DIR")
+    ap.add_argument("--mlm-lora", metavar="RUN")
     ap.add_argument("--mean-pool", metavar="MODEL")
     ap.add_argument("--fasta")
     ap.add_argument("--predictions")
@@ -139,12 +164,14 @@ def main():
     torch.set_num_threads(1)
     if a.mlm:
         check_mlm(a.mlm)
+    if a.mlm_lora:
+        check_mlm_lora(a.mlm_lora)
     if a.mean_pool:
         if not (a.fasta and a.predictions):
             sys.exit("--mean-pool needs --fasta and --predictions")
         check_mean_pool(a)
-    if not (a.mlm or a.mean_pool):
-        sys.exit("give --mlm DIR and/or --mean-pool MODEL --fasta F --predictions TSV")
+    if not (a.mlm or a.mlm_lora or a.mean_pool):
+        sys.exit("give --mlm DIR, --mlm-lora RUN and/or --mean-pool MODEL --fasta F --predictions TSV")
 
 
 if __name__ == "__main__":

@@ -33,7 +33,7 @@ use super::init::Init;
 use super::inputs::ModelInputs;
 use super::linear::{LayerNorm, Linear};
 use super::lora::{self, LoraConfig, SaveMode};
-use super::params::Params;
+use super::params::{ParamId, Params};
 use super::pretrained::{load_params, open_weights, save_tensors, LoadReport, Need, CONFIG_FILE, WEIGHTS_FILE};
 use super::tokenizer_files::write_tokenizer_files;
 use crate::autograd::Tape;
@@ -180,21 +180,19 @@ impl MaskedLm {
     }
 
     /// The head's own parameters (what a PEFT adapter directory saves beside the adapters).
-    fn head_params(&self) -> Vec<super::params::ParamId> {
+    fn head_params(&self) -> Vec<ParamId> {
         self.params.ids().filter(|&id| self.params.name(id).starts_with(LM_HEAD_PREFIX)).collect()
     }
 
     /// Save the adapters alone, with the head, as a PEFT adapter directory for
-    /// `EsmForMaskedLM`; `base` names the base model.
+    /// `EsmForMaskedLM`; `base` names the base model. PEFT saves the head as the whole
+    /// `lm_head` module (`modules_to_save: ["lm_head"]`: `lm_head.bias` is a bare parameter
+    /// of it), so the frozen tied decoder is written too, as `lm_head.decoder.weight`.
     pub fn save_adapters(&self, dir: &Path, base: &str) -> Result<()> {
-        lora::save_adapters(
-            dir,
-            &self.esm,
-            &self.params,
-            &self.head_params(),
-            base,
-            lora::PeftBaseClass::EsmForMaskedLM,
-        )
+        let mut extra: Vec<(String, ParamId)> =
+            self.head_params().into_iter().map(|id| (self.params.name(id).to_string(), id)).collect();
+        extra.push((DECODER_WEIGHT.to_string(), self.esm.word_embeddings));
+        lora::save_adapters_named(dir, &self.esm, &self.params, &extra, base, lora::PeftBaseClass::EsmForMaskedLM)
     }
 
     /// Save as a Hugging Face `EsmForMaskedLM` directory. The tied decoder is not written
