@@ -14,7 +14,7 @@ use qf_engine::train::contact::load_contact_model;
 use qf_engine::train::contact_eval::evaluate_contacts;
 use qf_engine::train::eval::evaluate;
 use qf_engine::train::log::progress_bar;
-use qf_engine::train::mlm::{evaluate_mlm, load_mlm_model};
+use qf_engine::train::mlm::{evaluate_mlm, load_mlm_model, sample_rows};
 use qf_engine::train::trained::load_trained;
 
 use super::common::{open_device, read_eval_set, read_sequences, DeviceArgs, WeightsArgs};
@@ -27,8 +27,9 @@ pub struct EvalArgs {
     #[arg(long, default_value = "classify", value_name = "classify|contact|mlm")]
     pub task: String,
 
-    /// MLM task: seed of the masks; the same seed scores the same positions in every run,
-    /// whatever --max-tokens (`train --task mlm` evaluates with --eval-mask-seed, default 0).
+    /// MLM task: seed of the masks (and of the --limit sample); the same seed scores the same
+    /// positions in every run, whatever --max-tokens (`train --task mlm` evaluates with
+    /// --eval-mask-seed, default 0, so `eval --limit N` matches its `--eval-limit N`).
     #[arg(long, default_value_t = 0)]
     pub mask_seed: u64,
 
@@ -116,12 +117,8 @@ fn run_mlm(args: EvalArgs) -> Result<()> {
         (None, Some(f)) => read_sequences(f, None, false)?,
         (None, None) => bail!("--task mlm needs --data DIR (a Pfam split directory) or --file FASTA"),
     };
-    let mut rows: Vec<usize> = (0..set.len()).collect();
-    if let Some(limit) = args.limit.filter(|&l| l < rows.len()) {
-        qf_engine::data::rng::Rng::new(0xE7A1).shuffle(&mut rows);
-        rows.truncate(limit);
-        rows.sort_unstable();
-    }
+    // The sample `train --task mlm --eval-limit` draws with the same mask seed.
+    let rows = sample_rows((0..set.len()).collect(), args.limit, args.mask_seed);
     if rows.is_empty() {
         bail!("no sequences to evaluate");
     }

@@ -147,8 +147,11 @@ impl MlmSets {
     }
 }
 
-/// A seeded sample of at most `limit` of `rows` (sorted), or all of them.
-fn sample_rows(rows: Vec<usize>, limit: Option<usize>, seed: u64) -> Vec<usize> {
+/// A seeded sample of at most `limit` of `rows` (sorted), or all of them. Evaluation
+/// samples are drawn from the mask seed, not the training seed, so that `train
+/// --eval-limit N` and `eval --limit N` with the same mask seed score the same proteins in
+/// every run.
+pub fn sample_rows(rows: Vec<usize>, limit: Option<usize>, seed: u64) -> Vec<usize> {
     match limit.filter(|&l| l < rows.len()) {
         None => rows,
         Some(l) => {
@@ -173,8 +176,9 @@ pub fn holdout_split(n: usize, seed: u64) -> (Vec<usize>, Vec<usize>) {
     (rows, eval)
 }
 
-/// Read the sequences of `data`.
-pub fn load_sets(data: &MlmData, seed: u64, eval_limit: Option<usize>) -> Result<MlmSets> {
+/// Read the sequences of `data`: a FASTA file without an evaluation file is split by
+/// `seed`; the evaluation rows are sampled (`eval_limit`) by `eval_mask_seed`.
+pub fn load_sets(data: &MlmData, seed: u64, eval_limit: Option<usize>, eval_mask_seed: u64) -> Result<MlmSets> {
     let (train, train_rows, eval, eval_rows) = match data {
         MlmData::PfamDir { dir, eval_split } => {
             let train = read_pfam_split(dir, "train")?;
@@ -198,7 +202,7 @@ pub fn load_sets(data: &MlmData, seed: u64, eval_limit: Option<usize>) -> Result
     if train_rows.is_empty() {
         bail!("the training set is empty: no sequences to train on");
     }
-    let eval_rows = sample_rows(eval_rows, eval_limit, seed);
+    let eval_rows = sample_rows(eval_rows, eval_limit, eval_mask_seed);
     Ok(MlmSets { train, train_rows, eval, eval_rows })
 }
 
@@ -464,7 +468,7 @@ pub fn train_mlm(cfg: &MlmTrainConfig) -> Result<MlmTrainSummary> {
     if let Some(n) = &device_note {
         say(n.clone());
     }
-    let sets = load_sets(&cfg.data, cfg.training.seed, cfg.eval_limit)?;
+    let sets = load_sets(&cfg.data, cfg.training.seed, cfg.eval_limit, cfg.eval_mask_seed)?;
     say(format!(
         "data: {} — {} training sequences, {} evaluation sequences",
         cfg.data.describe(),
