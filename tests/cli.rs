@@ -376,3 +376,86 @@ fn nonfinite_weights_and_optimizer_state_are_refused_unless_allowed() {
     assert!(!ok, "resumed from a NaN optimizer state");
     assert!(err.contains("the optimizer state holds non-finite values") && err.contains(&state), "{err}");
 }
+
+#[test]
+fn mlm_train_eval_then_classify_and_contacts_from_it_through_the_binary() {
+    let tmp = tempfile::tempdir().unwrap();
+    let split = common::fixture("pfam/split");
+    let (split, tiny) = (split.to_str().unwrap(), common::fixture("esm_tiny_mlm"));
+    let run = tmp.path().join("mlm");
+    let small = ["--max-tokens", "1024", "--max-len", "256", "--device", "cpu", "--quiet"];
+    let mut args = vec!["train", "--task", "mlm", "--data", split, "--checkpoint", tiny.to_str().unwrap()];
+    args.extend(["--max-steps", "4", "--lr", "2e-3", "--eval-limit", "20", "--output", run.to_str().unwrap()]);
+    args.extend(small);
+    let (ok, stdout, stderr) = qf(&args);
+    assert!(ok, "train --task mlm failed: {stderr}");
+    assert!(stdout.contains("final evaluation: masked-token loss"), "{stdout}");
+    let model = run.join("model");
+    let cfg = std::fs::read_to_string(model.join("config.json")).unwrap();
+    assert!(cfg.contains("\"EsmForMaskedLM\""), "{cfg}");
+
+    // eval --task mlm: the same numbers whatever the batch size, and another seed differs.
+    let eval = |max_tokens: &str, seed: &str| {
+        let json = tmp.path().join(format!("mlm_{max_tokens}_{seed}.json"));
+        let (ok, _, stderr) = qf(&[
+            "eval",
+            "--task",
+            "mlm",
+            "--model",
+            model.to_str().unwrap(),
+            "--data",
+            split,
+            "--split",
+            "dev",
+            "--mask-seed",
+            seed,
+            "--max-tokens",
+            max_tokens,
+            "--max-len",
+            "256",
+            "--json",
+            json.to_str().unwrap(),
+            "--device",
+            "cpu",
+            "--quiet",
+        ]);
+        assert!(ok, "eval --task mlm failed: {stderr}");
+        serde_json::from_str::<serde_json::Value>(&std::fs::read_to_string(json).unwrap()).unwrap()
+    };
+    let (a, b, c) = (eval("1024", "0"), eval("4096", "0"), eval("1024", "1"));
+    assert_eq!(a["n_targets"], b["n_targets"]);
+    assert!((a["loss"].as_f64().unwrap() - b["loss"].as_f64().unwrap()).abs() < 1e-9, "{a} vs {b}");
+    assert_eq!(a["accuracy"], b["accuracy"]);
+    assert_ne!(a["loss"], c["loss"]);
+    assert!((a["perplexity"].as_f64().unwrap() - a["loss"].as_f64().unwrap().exp()).abs() < 1e-9);
+
+    // The MLM model's encoder as the start of a mean-pooled classifier and of a contact model.
+    let cls = tmp.path().join("cls");
+    let mut args = vec!["train", "--data", split, "--checkpoint", model.to_str().unwrap(), "--stratify", "top:3"];
+    args.extend(["--pool", "mean", "--epochs", "1", "--output", cls.to_str().unwrap()]);
+    args.extend(small);
+    let (ok, stdout, stderr) = qf(&args);
+    assert!(ok, "classification from the MLM model failed: {stderr}");
+    assert!(stdout.contains("final evaluation: accuracy"), "{stdout}");
+    let cfg: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(cls.join("model/config.json")).unwrap()).unwrap();
+    assert_eq!(cfg["qf_engine_pool"], "mean");
+    assert_eq!(cfg["model_type"], "qf_engine_esm_mean_pool");
+    let pdb = common::fixture("pdb/pdb1ubi_trimmed.pdb");
+    let contact = tmp.path().join("contact");
+    let mut args = vec!["train", "--task", "contact", "--structures", pdb.to_str().unwrap()];
+    args.extend(["--checkpoint", model.to_str().unwrap(), "--max-steps", "2", "--output", contact.to_str().unwrap()]);
+    args.extend(small);
+    let (ok, _, stderr) = qf(&args);
+    assert!(ok, "contact training from the MLM model failed: {stderr}");
+
+    let (_, help, _) = qf(&["train", "--help"]);
+    for flag in ["mlm", "--pool", "--mask-prob", "--eval-mask-seed"] {
+        assert!(help.contains(flag), "train --help lacks {flag}");
+    }
+    let (_, help, _) = qf(&["eval", "--help"]);
+    assert!(help.contains("--mask-seed") && help.contains("mlm"), "eval --help lacks the MLM task");
+    // --pool is for classification only.
+    let (ok, _, stderr) = qf(&["train", "--task", "mlm", "--data", split, "--pool", "mean", "--device", "cpu"]);
+    assert!(!ok && stderr.contains("--pool applies to --task classify"), "{stderr}");
+}

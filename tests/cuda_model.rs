@@ -14,9 +14,11 @@ mod kernel_emu;
 use cuda_common::{detail, fixture, gpu, rel_err, Target};
 use qf_engine::backend::cuda::{self, AttentionKernel};
 use qf_engine::data::batch::PackedBatch;
+use qf_engine::data::batching::PlanItem;
+use qf_engine::data::masking::{mask_batch, MaskingConfig};
 use qf_engine::data::tokenizer::encode_ids;
 use qf_engine::model::contact_model::ContactModel;
-use qf_engine::model::{HeadKind, ModelInputs, SequenceClassifier};
+use qf_engine::model::{HeadKind, MaskedLm, ModelInputs, Pooling, SequenceClassifier};
 use qf_engine::optim::{OptimConfig, Optimizer};
 use qf_engine::train::{self, DeviceChoice, ModelSource, Precision, TrainConfig, Warmup};
 use qf_engine::{DType, Device, Grads, Tape, Tensor};
@@ -328,6 +330,173 @@ fn contact_step_matches_cpu(dt: DType, attention: AttentionKernel) {
     ));
     assert!(grads.len() >= 30, "only {} gradients compared", grads.len());
     assert!(global <= tol.global, "[{dt}, {attention}] contact gradients: error {global:.3e} > {:.0e}", tol.global);
+}
+
+/// The demo set's batch of [`batch`] as whole proteins, corrupted by ESM-2's masking
+/// (seed 3): the packed input, the selected rows and their original tokens.
+fn mlm_batch() -> (PackedBatch, Vec<i32>, Vec<i32>) {
+    let b = batch();
+    let items: Vec<PlanItem> = b
+        .rows
+        .iter()
+        .enumerate()
+        .map(|(s, &row)| PlanItem {
+            row,
+            residue_start: s,
+            residue_len: (b.cu_seqlens[s + 1] - b.cu_seqlens[s]) as usize,
+        })
+        .collect();
+    let m = mask_batch(&b, &items, &MaskingConfig::default(), 3, 0).unwrap();
+    let rows = m.target_rows.iter().map(|&r| r as i32).collect();
+    let targets = m.targets.iter().map(|&t| t as i32).collect();
+    (m.batch, rows, targets)
+}
+
+/// Loss and every trainable gradient (by name) of one MLM step.
+fn mlm_loss_and_grads(
+    m: &MaskedLm,
+    inp: &ModelInputs,
+    rows: &[i32],
+    targets: &[i32],
+    device: &Device,
+    scale: f32,
+) -> (f64, Vec<(String, Vec<f64>)>) {
+    let tape = Tape::with_seed(5);
+    let n = rows.len();
+    let rows = Tensor::from_i32(rows.to_vec(), &[n], device).unwrap();
+    let targets = Tensor::from_i32(targets.to_vec(), &[n], device).unwrap();
+    let (_, loss) = m.forward_loss(&tape, inp, &rows, &targets).unwrap();
+    let mut grads = Grads::new();
+    tape.backward_scaled(&loss, scale, &mut grads).unwrap();
+    let named = m
+        .params
+        .iter()
+        .filter(|(_, t)| t.requires_grad())
+        .map(|(name, t)| {
+            let g = grads.get(t).map(|g| g.to_vec_f64().unwrap()).unwrap_or_else(|| vec![0.0; t.numel()]);
+            (name.to_string(), g.into_iter().map(|x| x / scale as f64).collect())
+        })
+        .collect();
+    (loss.to_vec_f64().unwrap()[0], named)
+}
+
+/// One masked-language-model step (`<mask>` token dropout, the head on the selected rows,
+/// the decoder tied to the embeddings so that the embedding gradient sums the lookup's
+/// scatter and the decoder's GEMM) on `target` against the CPU in f64: the loss and every
+/// gradient, within the classifier step's bounds.
+fn mlm_step_against_f64(target: &Target) {
+    let dt = target.dtype();
+    let gdev = target.device();
+    let (b, rows, targets) = mlm_batch();
+    let tol = model_tol(dt);
+    let scale: f32 = if dt == DType::F16 { 1024.0 } else { 1.0 };
+    let load_mlm = || MaskedLm::from_pretrained(&fixture("esm_tiny_mlm"), 0).unwrap().0;
+
+    let mut reference = load_mlm();
+    reference.params.to_dtype(DType::F64).unwrap();
+    let inp = ModelInputs::new(&b, reference.config(), &Device::Cpu, DType::F64).unwrap();
+    let (ref_loss, ref_grads) = mlm_loss_and_grads(&reference, &inp, &rows, &targets, &Device::Cpu, 1.0);
+
+    let mut model = load_mlm();
+    model.params.to_device(&gdev).unwrap();
+    let inp = ModelInputs::new(&b, model.config(), &gdev, DType::F32).unwrap();
+    let (loss, grads) = mlm_loss_and_grads(&model, &inp, &rows, &targets, &gdev, scale);
+    let e = rel_err(&[loss as f32], &[ref_loss]);
+    detail(&format!(
+        "  mlm [{dt}]: loss {loss:.6} vs CPU f64 {ref_loss:.6} over {} positions: rel err {e:.2e}",
+        rows.len()
+    ));
+    assert!(e <= tol.loss, "[{dt}] MLM loss error {e:e}");
+    let (mut all_got, mut all_want, mut worst) = (Vec::new(), Vec::new(), (0f64, String::new()));
+    for ((name, got), (_, want)) in grads.iter().zip(&ref_grads) {
+        let got32: Vec<f32> = got.iter().map(|&x| x as f32).collect();
+        let e = rel_err(&got32, want);
+        if e > worst.0 {
+            worst = (e, name.clone());
+        }
+        assert!(e <= tol.tensor, "[{dt}] MLM gradient of {name}: error {e:.3e} > {:.0e}", tol.tensor);
+        all_got.extend(got32);
+        all_want.extend_from_slice(want);
+    }
+    let global = rel_err(&all_got, &all_want);
+    detail(&format!(
+        "  mlm [{dt}]: {} gradients, worst {:.2e} ({}), all together {global:.2e}",
+        grads.len(),
+        worst.0,
+        worst.1
+    ));
+    assert_eq!(grads.len(), 2 * 16 + 3 + 5, "gradients compared");
+    assert!(global <= tol.global, "[{dt}] MLM gradients: error {global:.3e} > {:.0e}", tol.global);
+}
+
+#[test]
+fn harness_mlm_step_on_the_cpu_in_f32() {
+    mlm_step_against_f64(&Target::Cpu32);
+}
+
+#[test]
+fn one_mlm_step_matches_the_cpu_in_fp32() {
+    let Some(dev) = gpu("mlm step f32", DType::F32) else { return };
+    mlm_step_against_f64(&Target::Gpu(dev));
+}
+
+#[test]
+fn one_mlm_step_matches_the_cpu_in_fp16() {
+    let Some(dev) = gpu("mlm step f16", DType::F16) else { return };
+    mlm_step_against_f64(&Target::Gpu(dev));
+}
+
+#[test]
+fn one_mlm_step_matches_the_cpu_in_bf16() {
+    let Some(dev) = gpu("mlm step bf16", DType::BF16) else { return };
+    mlm_step_against_f64(&Target::Gpu(dev));
+}
+
+/// A mean-pooled classifier's step on the GPU against the CPU in f64.
+fn mean_pool_step_matches_cpu(dt: DType) {
+    let Some(dev) = gpu(&format!("mean-pool classifier step {dt}"), dt) else { return };
+    let gdev = Device::Cuda(dev);
+    let b = batch();
+    let tol = model_tol(dt);
+    let scale: f32 = if dt == DType::F16 { 1024.0 } else { 1.0 };
+    let mut reference = load();
+    reference.pool = Pooling::Mean;
+    reference.params.to_dtype(DType::F64).unwrap();
+    let inp = ModelInputs::new(&b, reference.config(), &Device::Cpu, DType::F64).unwrap();
+    let (ref_loss, ref_grads) = loss_and_grads(&reference, &inp, &class_weights(&Device::Cpu), 1.0);
+    let mut model = load();
+    model.pool = Pooling::Mean;
+    model.params.to_device(&gdev).unwrap();
+    let inp = ModelInputs::new(&b, model.config(), &gdev, DType::F32).unwrap();
+    let (loss, grads) = loss_and_grads(&model, &inp, &class_weights(&gdev), scale);
+    let e = rel_err(&[loss as f32], &[ref_loss]);
+    detail(&format!("  mean pool [{dt}]: loss {loss:.6} vs CPU f64 {ref_loss:.6}: rel err {e:.2e}"));
+    assert!(e <= tol.loss, "[{dt}] mean-pool loss error {e:e}");
+    let (mut all_got, mut all_want) = (Vec::new(), Vec::new());
+    for (name, t) in model.params.iter().filter(|(_, t)| t.requires_grad()) {
+        let want = grad_of(&reference, &ref_grads, name).unwrap_or_else(|| vec![0.0; t.numel()]);
+        let got: Vec<f32> = match grads.get(t) {
+            Some(g) => g.to_vec_f32().unwrap().into_iter().map(|x| x / scale).collect(),
+            None => vec![0.0; t.numel()],
+        };
+        let e = rel_err(&got, &want);
+        assert!(e <= tol.tensor, "[{dt}] mean-pool gradient of {name}: error {e:.3e}");
+        all_got.extend(got);
+        all_want.extend(want);
+    }
+    let global = rel_err(&all_got, &all_want);
+    detail(&format!("  mean pool [{dt}]: all gradients together: rel err {global:.2e}"));
+    assert!(global <= tol.global, "[{dt}] mean-pool gradients: error {global:.3e}");
+}
+
+#[test]
+fn one_mean_pool_classifier_step_matches_the_cpu_in_fp32() {
+    mean_pool_step_matches_cpu(DType::F32);
+}
+
+#[test]
+fn one_mean_pool_classifier_step_matches_the_cpu_in_bf16() {
+    mean_pool_step_matches_cpu(DType::BF16);
 }
 
 #[test]

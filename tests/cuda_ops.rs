@@ -637,6 +637,23 @@ fn gather_rows_and_scatter_add() {
     on_gpu("gather_rows", gather_cases);
 }
 
+fn mean_pool_cases(t: &Target) {
+    let (dt, mut rng) = (t.dtype(), TestRng::new(114));
+    // Four packed sequences of 3 (one residue), 20, 9 and 41 tokens; dim 37.
+    let cu = [0u32, 3, 23, 32, 73];
+    let inputs = [Input::act(&mut rng, dt, &[73, 37], 1.0, true)];
+    let f = move |t: &Tape, i: &[Tensor]| {
+        let layout = ops::SeqLayout::new(&cu, &i[0].device())?;
+        Ok(vec![ops::mean_pool(t, &i[0], &layout)?])
+    };
+    check_op(t, &mut rng, "mean_pool", &inputs, &f);
+}
+
+#[test]
+fn mean_pool_over_residues() {
+    on_gpu("mean_pool", mean_pool_cases);
+}
+
 /// Every case above with the CPU's f32 path in place of the GPU, against the same f64
 /// reference: proves the harness (input rounding, seeded gradient buffers, layout
 /// conversions) on any machine, and the CPU's f32 ops to 1e-5.
@@ -655,6 +672,7 @@ fn harness_on_the_cpu_in_f32() {
         cross_entropy_cases,
         bce_cases,
         gather_cases,
+        mean_pool_cases,
     ] {
         cases(&t);
     }

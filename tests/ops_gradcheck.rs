@@ -85,6 +85,29 @@ fn gather_rows_scatters_back() {
 }
 
 #[test]
+fn mean_pool_over_residues_of_packed_sequences() {
+    let mut rng = TestRng::new(17);
+    // Sequences of 3 (one residue), 7 and 5 tokens.
+    let x = param(&mut rng, &[15, 6], 1.0);
+    let layout = ops::SeqLayout::new(&[0, 3, 10, 15], &qf_engine::Device::Cpu).unwrap();
+    let f = move |t: &qf_engine::Tape, i: &[Tensor]| Ok(vec![ops::mean_pool(t, &i[0], &layout)?]);
+    assert!(check(&f, std::slice::from_ref(&x), &mut rng, 1e-6, 100) < TOL);
+    // The <cls> and <eos> rows get no gradient; a residue gets dout / n.
+    let tape = qf_engine::Tape::new();
+    let layout = ops::SeqLayout::new(&[0, 3, 10, 15], &qf_engine::Device::Cpu).unwrap();
+    let y = ops::mean_pool(&tape, &x, &layout).unwrap();
+    let mut grads = qf_engine::Grads::new();
+    let ones = Tensor::from_vec(vec![1.0f64; 18], &[3, 6]).unwrap();
+    tape.backward_from(&y, ones, &mut grads).unwrap();
+    let g = grads.get(&x).unwrap().to_vec_f64().unwrap();
+    for (row, want) in
+        [(0, 0.0), (1, 1.0), (2, 0.0), (3, 0.0), (4, 0.2), (8, 0.2), (9, 0.0), (10, 0.0), (12, 1.0 / 3.0), (14, 0.0)]
+    {
+        assert!(g[row * 6..][..6].iter().all(|&v| (v - want).abs() < 1e-12), "row {row}: {:?}", &g[row * 6..][..6]);
+    }
+}
+
+#[test]
 fn rotary_with_offsets() {
     let mut rng = TestRng::new(8);
     let x = param(&mut rng, &[9, 3 * 6], 1.0);
@@ -251,7 +274,7 @@ fn dropout_with_a_fixed_mask() {
     let mut rng = TestRng::new(13);
     let x = param(&mut rng, &[7, 9], 1.0);
     let f = |t: &qf_engine::Tape, i: &[Tensor]| Ok(vec![ops::dropout(t, &i[0], 0.3)?]);
-    assert!(check(&f, &[x.clone()], &mut rng, 1e-6, 100) < TOL);
+    assert!(check(&f, std::slice::from_ref(&x), &mut rng, 1e-6, 100) < TOL);
     // The mask is real: some elements are dropped, the rest scaled by 1/(1 − p).
     let y = ops::dropout(&qf_engine::Tape::new(), &x, 0.3).unwrap().to_vec_f64().unwrap();
     let xs = x.to_vec_f64().unwrap();

@@ -199,6 +199,7 @@ fn clone_model(m: &SequenceClassifier) -> SequenceClassifier {
         head: m.head.clone(),
         contact: m.contact.clone(),
         labels: m.labels.clone(),
+        pool: m.pool,
     }
 }
 

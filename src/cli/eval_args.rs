@@ -8,20 +8,34 @@ use clap::Args;
 
 use qf_engine::data::batching::BatchConfig;
 use qf_engine::data::contact_batching::ContactCorpus;
+use qf_engine::data::masking::MaskingConfig;
 use qf_engine::data::stratify::map_split;
 use qf_engine::train::contact::load_contact_model;
 use qf_engine::train::contact_eval::evaluate_contacts;
 use qf_engine::train::eval::{default_inference_tokens, evaluate};
 use qf_engine::train::log::progress_bar;
+use qf_engine::train::mlm::{evaluate_mlm, load_mlm_model, sample_rows};
 use qf_engine::train::trained::load_trained;
 
-use super::common::{open_device, read_eval_set, DeviceArgs, WeightsArgs};
+use super::common::{open_device, read_eval_set, read_sequences, DeviceArgs, WeightsArgs};
 
 #[derive(Args, Debug)]
 pub struct EvalArgs {
-    /// Task: `classify` (family accuracy) or `contact` (contact MCC and precision@L).
-    #[arg(long, default_value = "classify")]
+    /// Task: `classify` (family accuracy), `contact` (contact MCC and precision@L) or `mlm`
+    /// (masked-token loss, perplexity and accuracy of an EsmForMaskedLM on --data's
+    /// --split or on the sequences of --file).
+    #[arg(long, default_value = "classify", value_name = "classify|contact|mlm")]
     pub task: String,
+
+    /// MLM task: seed of the masks (and of the --limit sample); the same seed scores the same
+    /// positions in every run, whatever --max-tokens (`train --task mlm` evaluates with
+    /// --eval-mask-seed, default 0, so `eval --limit N` matches its `--eval-limit N`).
+    #[arg(long, default_value_t = 0)]
+    pub mask_seed: u64,
+
+    /// MLM task: share of residues selected (ESM-2: 0.15; 80 % <mask>, 10 % random, 10 % kept).
+    #[arg(long, default_value_t = 0.15, value_name = "P")]
+    pub mask_prob: f64,
 
     /// Contact task: the prepared contact set directory (evaluates --split, default `valid`).
     #[arg(long, value_name = "DIR")]
@@ -90,8 +104,39 @@ pub fn run(args: EvalArgs) -> Result<()> {
     match args.task.as_str() {
         "classify" | "classification" => run_classify(args),
         "contact" | "contacts" => run_contacts(args),
-        other => bail!("unknown task `{other}`: use classify or contact"),
+        "mlm" => run_mlm(args),
+        other => bail!("unknown task `{other}`: use classify, contact or mlm"),
     }
+}
+
+fn run_mlm(args: EvalArgs) -> Result<()> {
+    let device = open_device(&args.device)?;
+    let model = load_mlm_model(&args.model, &device)?;
+    let split = args.split.clone().unwrap_or_else(|| "dev".into());
+    let set = match (args.data.as_deref(), args.file.as_deref()) {
+        (Some(d), _) => qf_engine::data::pfam::read_pfam_split(d, &split)?,
+        (None, Some(f)) => read_sequences(f, None, false)?,
+        (None, None) => bail!("--task mlm needs --data DIR (a Pfam split directory) or --file FASTA"),
+    };
+    // The sample `train --task mlm --eval-limit` draws with the same mask seed.
+    let rows = sample_rows((0..set.len()).collect(), args.limit, args.mask_seed);
+    if rows.is_empty() {
+        bail!("no sequences to evaluate");
+    }
+    let masking = MaskingConfig::with_select(args.mask_prob)?;
+    let bcfg = BatchConfig::new(args.max_tokens.max(args.max_len), args.max_len, 0)?;
+    let bar = progress_bar(0, "eval", !args.device.quiet);
+    let e = evaluate_mlm(&model, &set, &rows, &bcfg, &masking, args.mask_seed, &device, &bar)?;
+    bar.finish_and_clear();
+    println!("{}", e.line());
+    println!("{} windows of ≤ {} tokens; {:.1} s", e.n_windows, args.max_len, e.seconds);
+    if let Some(path) = &args.json {
+        let mut v = serde_json::to_value(&e)?;
+        v["model"] = args.model.display().to_string().into();
+        qf_engine::model::checkpoint::write_atomic(path, serde_json::to_string_pretty(&v)?.as_bytes())?;
+        println!("report written to {}", path.display());
+    }
+    Ok(())
 }
 
 fn run_contacts(args: EvalArgs) -> Result<()> {

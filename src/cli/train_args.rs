@@ -8,18 +8,31 @@ use clap::Args;
 use super::common::{DeviceArgs, LoraArgs, WeightsArgs};
 
 use qf_engine::data::class_weights::ClassWeighting;
+use qf_engine::data::masking::MaskingConfig;
 use qf_engine::data::stratify::StratifySpec;
-use qf_engine::model::HeadKind;
+use qf_engine::model::{HeadKind, Pooling};
 use qf_engine::optim::{OptimConfig, OptimizerKind};
 use qf_engine::train::contact::{train_contacts, ContactData, ContactTrainConfig};
 use qf_engine::train::driver::LoopConfig;
+use qf_engine::train::mlm::{train_mlm, MlmData, MlmTrainConfig};
 use qf_engine::train::{self, DataSource, ModelSource, TrainConfig, Warmup};
 
 #[derive(Args, Debug)]
 pub struct TrainArgs {
-    /// Task: `classify` (protein family) or `contact` (residue-residue contacts).
-    #[arg(long, default_value = "classify")]
+    /// Task: `classify` (protein family), `contact` (residue-residue contacts) or `mlm`
+    /// (masked-language-model training on unlabelled sequences: --data DIR or
+    /// --train-file FASTA; saves a transformers EsmForMaskedLM).
+    #[arg(long, default_value = "classify", value_name = "classify|contact|mlm")]
     pub task: String,
+
+    /// MLM task: share of residues selected for the loss (ESM-2: 0.15); of those 80 %
+    /// become <mask>, 10 % a random residue, 10 % stay unchanged.
+    #[arg(long, default_value_t = 0.15, value_name = "P")]
+    pub mask_prob: f64,
+
+    /// MLM task: seed of the evaluation's masks, fixed so that numbers compare across runs.
+    #[arg(long, default_value_t = 0)]
+    pub eval_mask_seed: u64,
 
     /// Pfam random-split directory (train/, dev/, test/ CSV shards). Without --data,
     /// --train-file or --contacts, the built-in demo set is used.
@@ -75,6 +88,8 @@ pub struct TrainArgs {
     pub lora_shape: LoraArgs,
 
     /// Labelled training sequences: FASTA (`>name family`, .gz accepted) or Stockholm (.sto).
+    /// For --task mlm: any FASTA (labels not needed); without --eval-file, a seeded 5 %
+    /// (at most 5,000 sequences) is held out for evaluation.
     #[arg(long, value_name = "FILE", conflicts_with = "data")]
     pub train_file: Option<PathBuf>,
 
@@ -92,7 +107,8 @@ pub struct TrainArgs {
     pub preset: Option<String>,
 
     /// Hugging Face checkpoint directory to fine-tune (config.json + model.safetensors of
-    /// EsmModel, EsmForMaskedLM or EsmForSequenceClassification).
+    /// EsmModel, EsmForMaskedLM or EsmForSequenceClassification), e.g. the `model/` of an
+    /// earlier `--task mlm` run.
     #[arg(long, value_name = "DIR")]
     pub checkpoint: Option<PathBuf>,
 
@@ -100,6 +116,13 @@ pub struct TrainArgs {
     /// loadable by transformers) or `linear`.
     #[arg(long, default_value = "esm")]
     pub head: String,
+
+    /// Classification: the sequence vector the head reads: `cls` (the <cls> token, as
+    /// Hugging Face EsmForSequenceClassification; loadable by transformers) or `mean` (the
+    /// mean over residues, <cls>/<eos> left out; a qf-engine checkpoint that transformers'
+    /// Auto classes refuse). Default: cls, or the pooling of --checkpoint.
+    #[arg(long, value_name = "cls|mean")]
+    pub pool: Option<String>,
 
     /// Dropout on the head's inputs.
     #[arg(long, default_value_t = 0.0)]
@@ -262,6 +285,7 @@ impl TrainArgs {
             cfg.model = ModelSource::Pretrained(c.clone());
         }
         cfg.head = self.head.parse::<HeadKind>()?;
+        cfg.pool = self.pool.as_deref().map(str::parse::<Pooling>).transpose()?;
         cfg.head_dropout = self.head_dropout;
         cfg.max_len = self.max_len;
         self.apply_loop_flags(&mut cfg.training, 0.01)?;
@@ -318,6 +342,42 @@ impl TrainArgs {
     }
 }
 
+impl TrainArgs {
+    /// The MLM run configuration: defaults of [`MlmTrainConfig::new`], overridden by the
+    /// flags given.
+    pub fn to_mlm_config(&self) -> Result<MlmTrainConfig> {
+        if self.contacts.is_some() || !self.structures.is_empty() {
+            bail!("--task mlm reads sequences from --data DIR (Pfam split) or --train-file FASTA, not contact sets");
+        }
+        if self.pool.is_some() {
+            bail!("--pool applies to --task classify (the MLM head predicts every masked residue)");
+        }
+        let data = match (&self.data, &self.train_file) {
+            (Some(d), _) => {
+                MlmData::PfamDir { dir: d.clone(), eval_split: self.eval_split.clone().unwrap_or_else(|| "dev".into()) }
+            }
+            (None, Some(t)) => MlmData::Fasta { train: t.clone(), eval: self.eval_file.clone() },
+            (None, None) => bail!("--task mlm needs --data DIR (a Pfam split) or --train-file FASTA"),
+        };
+        let mut cfg = MlmTrainConfig::new(data, self.output.clone().unwrap_or_else(|| PathBuf::from("runs/mlm")));
+        if let Some(p) = &self.preset {
+            cfg.model = ModelSource::Preset(p.clone());
+        }
+        if let Some(c) = &self.checkpoint {
+            cfg.model = ModelSource::Pretrained(c.clone());
+        }
+        cfg.max_len = self.max_len;
+        cfg.masking = MaskingConfig::with_select(self.mask_prob)?;
+        cfg.eval_mask_seed = self.eval_mask_seed;
+        self.apply_loop_flags(&mut cfg.training, 0.01)?;
+        (cfg.eval_limit, cfg.resume) = (self.eval_limit, self.resume);
+        (cfg.device, cfg.precision) = (self.device.device.parse()?, self.device.precision.parse()?);
+        cfg.recompute = self.recompute.parse()?;
+        cfg.lora = if self.lora { Some(self.lora_shape.config()?) } else { None };
+        Ok(cfg)
+    }
+}
+
 /// A count with an optional `k`/`M`/`G` suffix (`2M` = 2,000,000).
 fn parse_count(s: &str) -> Result<u64> {
     let t = s.trim();
@@ -361,7 +421,15 @@ pub fn run(args: TrainArgs) -> Result<()> {
             }
             Ok(())
         }
-        other => bail!("unknown task `{other}`: use classify or contact"),
+        "mlm" => {
+            let cfg = args.to_mlm_config()?;
+            let s = train_mlm(&cfg)?;
+            if let Some(e) = &s.eval {
+                println!("final evaluation: {}", e.line());
+            }
+            Ok(())
+        }
+        other => bail!("unknown task `{other}`: use classify, contact or mlm"),
     }
 }
 

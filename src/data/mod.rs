@@ -10,6 +10,7 @@ pub mod contacts;
 pub mod dataset;
 pub mod demo;
 pub mod fasta;
+pub mod masking;
 pub mod pfam;
 pub mod rng;
 pub mod stats;

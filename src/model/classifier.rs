@@ -1,7 +1,16 @@
-//! ESM-2 for sequence classification (Pfam family prediction): the encoder, the `<cls>`
-//! vector, a head, and the label map. Saved as a Hugging Face
-//! `EsmForSequenceClassification` directory (`config.json` with `id2label`,
-//! `model.safetensors`) that `transformers` loads unchanged.
+//! ESM-2 for sequence classification (Pfam family prediction): the encoder, the pooled
+//! sequence vector (`<cls>`, or the mean over residues), a head, and the label map. Saved
+//! as a Hugging Face `EsmForSequenceClassification` directory (`config.json` with
+//! `id2label`, `model.safetensors`) that `transformers` loads unchanged.
+//!
+//! A mean-pooled model ([`Pooling::Mean`]) cannot be an `EsmForSequenceClassification`:
+//! that class always reads the `<cls>` vector, so loading the weights into it would give
+//! wrong predictions without an error. Its `config.json` therefore records the pooling
+//! (`qf_engine_pool: "mean"`) and names a model type transformers does not know
+//! ([`MEAN_POOL_MODEL_TYPE`]), so that `AutoConfig`, every `AutoModel…` class and
+//! `pipeline()` refuse the directory; the weights keep the Hugging Face names, and the
+//! README shows the three lines that compute the same logits from an `EsmModel` and the
+//! head in transformers.
 
 use std::path::Path;
 
@@ -11,7 +20,7 @@ use super::checkpoint::{write_atomic, NamedTensor};
 use super::config::EsmConfig;
 use super::contact::ContactHead;
 use super::esm2::Esm2;
-use super::heads::{Head, HeadKind};
+use super::heads::{Head, HeadKind, Pooling};
 use super::init::Init;
 use super::inputs::ModelInputs;
 use super::lora::{self, LoraConfig, SaveMode};
@@ -30,6 +39,24 @@ pub struct SequenceClassifier {
     /// Frozen here; kept so that a round trip through a checkpoint preserves it.
     pub contact: ContactHead,
     pub labels: Vec<String>,
+    /// How the head's input is pooled (`<cls>` unless set otherwise).
+    pub pool: Pooling,
+}
+
+/// `config.json` key recording the pooling of a mean-pooled classifier.
+pub const POOL_KEY: &str = "qf_engine_pool";
+/// `model_type` of a mean-pooled classifier: unknown to transformers, so its `Auto…`
+/// classes refuse the directory instead of reading the `<cls>` vector.
+pub const MEAN_POOL_MODEL_TYPE: &str = "qf_engine_esm_mean_pool";
+/// `architectures` entry of a mean-pooled classifier.
+pub const MEAN_POOL_ARCHITECTURE: &str = "QfEngineEsmMeanPoolForSequenceClassification";
+
+/// The pooling a `config.json` records (`<cls>` when it records none).
+pub fn pooling_from_json(json: &serde_json::Value, source: &str) -> Result<Pooling> {
+    match json.get(POOL_KEY).and_then(serde_json::Value::as_str) {
+        None => Ok(Pooling::Cls),
+        Some(p) => p.parse().map_err(|e| anyhow::anyhow!("{source}: {e}")),
+    }
 }
 
 impl SequenceClassifier {
@@ -51,7 +78,7 @@ impl SequenceClassifier {
         params.set_trainable(contact.weight, false);
         params.set_trainable(contact.bias, false);
         let head = Head::new(head, &mut params, cfg.hidden_size, labels.len(), head_dropout, &mut init)?;
-        Ok(SequenceClassifier { params, esm, head, contact, labels })
+        Ok(SequenceClassifier { params, esm, head, contact, labels, pool: Pooling::Cls })
     }
 
     /// Load a Hugging Face checkpoint directory (`EsmModel`, `EsmForMaskedLM` or
@@ -77,6 +104,7 @@ impl SequenceClassifier {
             ),
         };
         let mut model = SequenceClassifier::new_random(&cfg, labels, head, head_dropout, seed)?;
+        model.pool = pooling_from_json(&json, &dir.display().to_string())?;
         // A training checkpoint saved with unmerged adapters records them in config.json.
         lora::attach_from_config(&json, &mut model.esm, &mut model.params, &dir.display().to_string())?;
         let file = open_weights(dir)?;
@@ -109,8 +137,16 @@ impl SequenceClassifier {
     /// Logits `[n_seqs, n_classes]`.
     pub fn forward(&self, tape: &Tape, inp: &ModelInputs) -> Result<Tensor> {
         let enc = self.esm.forward(&self.params, tape, inp, false)?;
-        let cls = ops::gather_rows(tape, &enc.hidden, &inp.cls_rows)?;
-        self.head.forward(&self.params, tape, &cls)
+        let pooled = self.pooled(tape, inp, &enc.hidden)?;
+        self.head.forward(&self.params, tape, &pooled)
+    }
+
+    /// The sequence vectors `[n_seqs, hidden]` the head reads.
+    pub fn pooled(&self, tape: &Tape, inp: &ModelInputs, hidden: &Tensor) -> Result<Tensor> {
+        match self.pool {
+            Pooling::Cls => ops::gather_rows(tape, hidden, &inp.cls_rows),
+            Pooling::Mean => ops::mean_pool(tape, hidden, &inp.layout),
+        }
     }
 
     /// Logits and the (weighted) cross-entropy against the batch's labels.
@@ -166,9 +202,14 @@ impl SequenceClassifier {
             HeadKind::Classification => "EsmForSequenceClassification",
             HeadKind::Linear => "QfEngineEsmLinearClassifier",
         };
+        let arch = if self.pool == Pooling::Mean { MEAN_POOL_ARCHITECTURE } else { arch };
         let mut cfg_json = self.config().to_hf_json(&self.labels, arch);
         if self.head.kind() == HeadKind::Linear {
             cfg_json["qf_engine_head"] = "linear".into();
+        }
+        if self.pool == Pooling::Mean {
+            cfg_json["model_type"] = MEAN_POOL_MODEL_TYPE.into();
+            cfg_json[POOL_KEY] = "mean".into();
         }
         lora::annotate_config(&mut cfg_json, &self.esm, mode);
         write_atomic(&dir.join(CONFIG_FILE), serde_json::to_string_pretty(&cfg_json)?.as_bytes())?;

@@ -88,7 +88,8 @@ impl EsmConfig {
         };
         let get_str = |k: &str| v.get(k).and_then(Value::as_str);
         if let Some(t) = get_str("model_type") {
-            if t != "esm" {
+            // The second is a mean-pooled classifier of this engine (see `classifier.rs`).
+            if t != "esm" && t != super::classifier::MEAN_POOL_MODEL_TYPE {
                 bail!("{source}: model_type is `{t}`, but qf-engine runs ESM-2 (`esm`) models only");
             }
         }

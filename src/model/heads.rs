@@ -16,6 +16,37 @@ use crate::autograd::Tape;
 use crate::ops;
 use crate::tensor::Tensor;
 
+/// How the sequence vector the head reads is pooled from the encoder's output.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Pooling {
+    /// The `<cls>` token's vector (Hugging Face `EsmClassificationHead`; the default).
+    #[default]
+    Cls,
+    /// The mean over the residues, `<cls>` and `<eos>` left out (fair-esm's `mean`
+    /// representation); a qf-engine checkpoint (see `classifier.rs`).
+    Mean,
+}
+
+impl std::str::FromStr for Pooling {
+    type Err = anyhow::Error;
+    fn from_str(s: &str) -> Result<Self> {
+        match s {
+            "cls" => Ok(Pooling::Cls),
+            "mean" => Ok(Pooling::Mean),
+            _ => bail!("unknown pooling `{s}`: use cls (the <cls> vector, Hugging Face-compatible) or mean"),
+        }
+    }
+}
+
+impl std::fmt::Display for Pooling {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Pooling::Cls => "cls",
+            Pooling::Mean => "mean",
+        })
+    }
+}
+
 /// Which head to build.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum HeadKind {

@@ -343,11 +343,13 @@ pub fn peft_target_modules(targets: &[String]) -> Result<Value> {
 /// The Hugging Face class an adapter directory is written for. PEFT names every tensor
 /// by its module path in that class: `EsmModel` has no `esm.` level (`encoder.layer.0…`,
 /// `contact_head.regression`), while `EsmForSequenceClassification` keeps it
-/// (`esm.encoder.layer.0…`) beside its `classifier`.
+/// (`esm.encoder.layer.0…`) beside its `classifier`, and so does `EsmForMaskedLM` beside
+/// its `lm_head`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum PeftBaseClass {
     EsmModel,
     EsmForSequenceClassification,
+    EsmForMaskedLM,
 }
 
 impl PeftBaseClass {
@@ -355,13 +357,18 @@ impl PeftBaseClass {
     pub fn key(self, name: &str) -> String {
         let path = match self {
             PeftBaseClass::EsmModel => name.strip_prefix("esm.").unwrap_or(name),
-            PeftBaseClass::EsmForSequenceClassification => name,
+            PeftBaseClass::EsmForSequenceClassification | PeftBaseClass::EsmForMaskedLM => name,
         };
         format!("{PEFT_PREFIX}{path}")
     }
 
     /// PEFT's name of the module that holds parameter `name` (for `modules_to_save`).
     fn module(self, name: &str) -> String {
+        // EsmForMaskedLM's `lm_head.bias` is a bare parameter of `lm_head`, so PEFT can only
+        // save the head as the whole `lm_head` module (its tied decoder included).
+        if self == PeftBaseClass::EsmForMaskedLM && name.starts_with("lm_head.") {
+            return "lm_head".into();
+        }
         let key = self.key(name);
         let path = key.strip_prefix(PEFT_PREFIX).unwrap_or(&key);
         path.rsplit_once('.').map_or(path, |(module, _)| module).to_string()
@@ -383,17 +390,32 @@ pub fn save_adapters(
     base: &str,
     class: PeftBaseClass,
 ) -> Result<()> {
+    let named: Vec<(String, ParamId)> = extra.iter().map(|&id| (params.name(id).to_string(), id)).collect();
+    save_adapters_named(dir, esm, params, &named, base, class)
+}
+
+/// [`save_adapters`] with each extra parameter saved under the engine-style name given
+/// beside it (e.g. the tied `lm_head.decoder.weight`, which is the embedding parameter).
+pub fn save_adapters_named(
+    dir: &Path,
+    esm: &Esm2,
+    params: &Params,
+    extra: &[(String, ParamId)],
+    base: &str,
+    class: PeftBaseClass,
+) -> Result<()> {
     let Some(cfg) = attached_config(esm) else {
         bail!("the model has no LoRA adapters to save");
     };
     std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     let adapters = all_linears(esm).filter_map(|lin| lin.lora.as_ref()).flat_map(|l| [l.a, l.b]);
     let mut tensors = Vec::new();
-    for id in adapters.chain(extra.iter().copied()) {
+    let named = adapters.map(|id| (params.name(id).to_string(), id)).chain(extra.iter().cloned());
+    for (name, id) in named {
         let t = params.get(id);
-        tensors.push(NamedTensor::f32(class.key(params.name(id)), t.shape(), &t.to_vec_f32()?));
+        tensors.push(NamedTensor::f32(class.key(&name), t.shape(), &t.to_vec_f32()?));
     }
-    let modules_to_save: BTreeSet<String> = extra.iter().map(|&id| class.module(params.name(id))).collect();
+    let modules_to_save: BTreeSet<String> = extra.iter().map(|(name, _)| class.module(name)).collect();
     write_safetensors(
         &dir.join(ADAPTER_WEIGHTS_FILE),
         &tensors,

@@ -17,6 +17,7 @@ pub mod gather;
 pub mod gelu;
 pub mod layer_norm;
 pub mod linear;
+pub mod mean_pool;
 pub mod rotary;
 
 pub use attention::{attention, SeqLayout};
@@ -31,6 +32,7 @@ pub use gather::gather_rows;
 pub use gelu::bias_gelu;
 pub use layer_norm::layer_norm;
 pub use linear::linear;
+pub use mean_pool::mean_pool;
 pub use rotary::rotary;
 
 use anyhow::{anyhow, Result};

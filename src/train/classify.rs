@@ -31,7 +31,7 @@ use crate::data::class_weights::ClassWeighting;
 use crate::data::stratify::StratifySpec;
 use crate::model::esm2::Recompute;
 use crate::model::lora::{LoraConfig, SaveMode};
-use crate::model::{EsmConfig, HeadKind, ModelInputs, Params, SequenceClassifier};
+use crate::model::{EsmConfig, HeadKind, ModelInputs, Params, Pooling, SequenceClassifier};
 use crate::optim::OptimConfig;
 use crate::tensor::{DType, Device, Tensor};
 
@@ -42,6 +42,9 @@ pub struct TrainConfig {
     pub model: ModelSource,
     pub head: HeadKind,
     pub head_dropout: f64,
+    /// Pooling of the head's input (`--pool`); `None` keeps a loaded checkpoint's own
+    /// (`<cls>` for a preset or a Hugging Face checkpoint).
+    pub pool: Option<Pooling>,
     /// The optimisation loop: output directory, epochs or steps, token budget of a
     /// micro-batch, accumulation, learning rate and warm-up, optimizer, seed,
     /// checkpointing, logging.
@@ -71,6 +74,7 @@ impl TrainConfig {
             model: ModelSource::Preset("esm2_tiny".into()),
             head: HeadKind::Classification,
             head_dropout: 0.0,
+            pool: None,
             training: LoopConfig {
                 output,
                 epochs: 8,
@@ -350,6 +354,12 @@ pub fn train(cfg: &TrainConfig) -> Result<TrainSummary> {
     if let Some(n) = &load_note {
         say(n.clone());
     }
+    if let Some(p) = cfg.pool {
+        model.pool = p;
+    }
+    if model.pool == Pooling::Mean {
+        say("pooling: mean over residues (a qf-engine checkpoint; transformers' Auto classes refuse it, see the README)".into());
+    }
     if let Some(l) = &cfg.lora {
         model.enable_lora(l, cfg.training.seed)?;
         say(format!(
@@ -431,7 +441,7 @@ pub fn train(cfg: &TrainConfig) -> Result<TrainSummary> {
             "lora": cfg.lora.as_ref().map(LoraConfig::to_json),
             "epochs": cfg.training.epochs, "total_steps": os.schedule.total, "warmup": os.schedule.warmup, "lr": cfg.training.lr,
             "max_tokens": cfg.training.max_tokens, "grad_accum": cfg.training.grad_accum, "seed": cfg.training.seed,
-            "resumed_step": os.state.step, "recompute": cfg.recompute.to_string(),
+            "resumed_step": os.state.step, "recompute": cfg.recompute.to_string(), "pool": model.pool.to_string(),
             "memory_plan": {
                 "weights": plan.weights, "master": plan.master, "gradients": plan.gradients,
                 "optimizer": plan.optimizer, "activations": plan.activations, "runtime": plan.runtime,

@@ -11,6 +11,7 @@ pub mod driver;
 pub mod eval;
 pub mod log;
 pub mod memory;
+pub mod mlm;
 pub mod state;
 pub mod trained;
 

@@ -16,6 +16,7 @@ pub mod flash_attention;
 pub mod gelu;
 pub mod layer_norm;
 pub mod matmul;
+pub mod mean_pool;
 pub mod philox;
 pub mod real;
 pub mod rotary;

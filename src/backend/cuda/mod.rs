@@ -22,6 +22,7 @@ pub mod kernels;
 pub mod launch;
 pub mod layer_norm;
 pub mod linear;
+pub mod mean_pool;
 pub mod memory;
 pub mod nvtx;
 pub mod optim;

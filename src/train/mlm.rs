@@ -1,0 +1,652 @@
+//! `qf-engine train --task mlm` and `eval --task mlm`: masked-language-model training of
+//! ESM-2 (continued pre-training on a protein family, or pre-training a small model).
+//!
+//! Each epoch the sequences are shuffled, bucketed by length and packed into batches of
+//! at most `max_tokens` tokens; proteins longer than the window are cropped at a random
+//! place (a fresh crop every epoch). Every packed sequence is then corrupted by ESM-2's
+//! rule (`data::masking`: 15 % of residues, 80 % `<mask>` / 10 % random residue / 10 %
+//! unchanged, never special tokens), with a stream keyed by `(seed, epoch, row, crop)`;
+//! the encoder's token-dropout scaling follows from the `<mask>` count of each sequence
+//! as in transformers' `EsmEmbeddings`. The loss is the mean cross-entropy at the
+//! selected positions. The loop (AdamW or 8-bit, LoRA, recompute, fp16/bf16, resume,
+//! checkpoints, `metrics.jsonl`) is the shared one of `driver.rs`.
+//!
+//! Evaluation scores a held-out split with a fixed mask seed (default 0): each protein
+//! (each window of a long one) is corrupted by a stream keyed by `(mask seed, row,
+//! window start)` only, so the same positions are scored in every run, whatever the
+//! batch size: masked-token loss, perplexity `exp(loss)` and top-1 accuracy.
+
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use anyhow::{bail, Context, Result};
+use indicatif::ProgressBar;
+use serde::Serialize;
+use serde_json::{json, Value};
+
+use super::device::{self, DeviceChoice, Precision};
+use super::driver::{
+    init_optimizer, resume_dir, write_adapter_dirs, write_dir_atomically, LoopConfig, MicroBatch, ModelSource, Task,
+    Warmup,
+};
+use super::log::{progress_bar, MetricsLog};
+use crate::autograd::{Grads, Tape};
+use crate::backend::cuda::{self, nvtx};
+use crate::data::batching::{eval_plan, pack, training_plan, BatchConfig, PlannedBatch};
+use crate::data::dataset::LabelledSet;
+use crate::data::fasta::{read_fasta, FastaLabels};
+use crate::data::masking::{is_maskable, mask_batch, Corruption, MaskedBatch, MaskingConfig};
+use crate::data::pfam::read_pfam_split;
+use crate::data::rng::Rng;
+use crate::data::tokenizer::MASK;
+use crate::model::esm2::Recompute;
+use crate::model::lora::{LoraConfig, SaveMode};
+use crate::model::{EsmConfig, MaskedLm, ModelInputs, Params};
+use crate::optim::OptimConfig;
+use crate::tensor::{DType, Device, Tensor};
+
+/// Share of a FASTA file held out for evaluation when no evaluation file is given.
+const HOLDOUT_SHARE: f64 = 0.05;
+/// Most rows held out that way.
+const HOLDOUT_MAX: usize = 5000;
+/// Stream tag of the held-out draw and of the evaluation sample.
+const HOLDOUT_STREAM: u64 = 0x484F_4C44;
+
+/// Where the sequences come from (labels, if any, are ignored).
+#[derive(Clone, Debug, PartialEq)]
+pub enum MlmData {
+    /// A Pfam random-split directory: trains on `train/`, evaluates on `eval_split`.
+    PfamDir { dir: PathBuf, eval_split: String },
+    /// FASTA files (`.gz` accepted); without `eval`, a seeded 5 % (at most 5,000
+    /// sequences) of `train` is held out.
+    Fasta { train: PathBuf, eval: Option<PathBuf> },
+}
+
+impl MlmData {
+    pub fn describe(&self) -> String {
+        match self {
+            MlmData::PfamDir { dir, eval_split } => {
+                format!("Pfam split {} (sequences of train → {eval_split}; labels ignored)", dir.display())
+            }
+            MlmData::Fasta { train, eval: Some(e) } => format!("{} → {}", train.display(), e.display()),
+            MlmData::Fasta { train, eval: None } => format!("{} (5 % held out)", train.display()),
+        }
+    }
+}
+
+/// Everything an MLM run needs.
+#[derive(Clone, Debug)]
+pub struct MlmTrainConfig {
+    pub data: MlmData,
+    pub model: ModelSource,
+    pub training: LoopConfig,
+    /// Window in tokens (`<cls>` + residues + `<eos>`); longer proteins are cropped.
+    pub max_len: usize,
+    pub recompute: Recompute,
+    pub masking: MaskingConfig,
+    /// Seed of the evaluation's masks (fixed across runs so that numbers compare).
+    pub eval_mask_seed: u64,
+    pub device: DeviceChoice,
+    pub precision: Precision,
+    pub resume: bool,
+    pub eval_limit: Option<usize>,
+    pub verbose: bool,
+    pub lora: Option<LoraConfig>,
+}
+
+impl MlmTrainConfig {
+    /// Defaults: ESM-2 8M from random weights, 1 epoch, lr 4e-4 (ESM-2's peak) with a 6 %
+    /// warm-up, 16,384-token batches, 1,024-token windows.
+    pub fn new(data: MlmData, output: PathBuf) -> Self {
+        MlmTrainConfig {
+            data,
+            model: ModelSource::Preset("esm2_t6_8M".into()),
+            training: LoopConfig {
+                output,
+                epochs: 1,
+                max_steps: None,
+                stop_after: None,
+                grad_accum: 1,
+                lr: 4e-4,
+                warmup: Warmup::Fraction(0.06),
+                optim: OptimConfig { weight_decay: 0.01, ..OptimConfig::default() },
+                seed: 42,
+                save_every: None,
+                keep_checkpoints: 2,
+                log_every: 10,
+                progress: true,
+                max_tokens: 16384,
+            },
+            max_len: 1024,
+            recompute: Recompute::None,
+            masking: MaskingConfig::default(),
+            eval_mask_seed: 0,
+            device: DeviceChoice::Auto,
+            precision: Precision::Auto,
+            resume: false,
+            eval_limit: None,
+            verbose: true,
+            lora: None,
+        }
+    }
+}
+
+/// Training and evaluation sequences.
+pub struct MlmSets {
+    pub train: LabelledSet,
+    pub train_rows: Vec<usize>,
+    /// A separate evaluation set; `None` with `eval_rows` set means rows held out of `train`.
+    pub eval: Option<LabelledSet>,
+    pub eval_rows: Vec<usize>,
+}
+
+impl MlmSets {
+    /// The set `eval_rows` index.
+    pub fn eval_set(&self) -> &LabelledSet {
+        self.eval.as_ref().unwrap_or(&self.train)
+    }
+}
+
+/// A seeded sample of at most `limit` of `rows` (sorted), or all of them. Evaluation
+/// samples are drawn from the mask seed, not the training seed, so that `train
+/// --eval-limit N` and `eval --limit N` with the same mask seed score the same proteins in
+/// every run.
+pub fn sample_rows(rows: Vec<usize>, limit: Option<usize>, seed: u64) -> Vec<usize> {
+    match limit.filter(|&l| l < rows.len()) {
+        None => rows,
+        Some(l) => {
+            let mut r = rows;
+            Rng::from_words(&[seed, HOLDOUT_STREAM, 1]).shuffle(&mut r);
+            r.truncate(l);
+            r.sort_unstable();
+            r
+        }
+    }
+}
+
+/// Rows of a set of `n` split into (train, held out): a seeded share, at least one row
+/// each when `n ≥ 2`.
+pub fn holdout_split(n: usize, seed: u64) -> (Vec<usize>, Vec<usize>) {
+    let held = ((n as f64 * HOLDOUT_SHARE).round() as usize).clamp(usize::from(n >= 2), HOLDOUT_MAX);
+    let mut rows: Vec<usize> = (0..n).collect();
+    Rng::from_words(&[seed, HOLDOUT_STREAM]).shuffle(&mut rows);
+    let mut eval = rows.split_off(n - held);
+    rows.sort_unstable();
+    eval.sort_unstable();
+    (rows, eval)
+}
+
+/// Read the sequences of `data`: a FASTA file without an evaluation file is split by
+/// `seed`; the evaluation rows are sampled (`eval_limit`) by `eval_mask_seed`.
+pub fn load_sets(data: &MlmData, seed: u64, eval_limit: Option<usize>, eval_mask_seed: u64) -> Result<MlmSets> {
+    let (train, train_rows, eval, eval_rows) = match data {
+        MlmData::PfamDir { dir, eval_split } => {
+            let train = read_pfam_split(dir, "train")?;
+            let eval = if dir.join(eval_split).is_dir() { Some(read_pfam_split(dir, eval_split)?) } else { None };
+            let rows = (0..train.len()).collect();
+            let erows = eval.as_ref().map(|e| (0..e.len()).collect()).unwrap_or_default();
+            (train, rows, eval, erows)
+        }
+        MlmData::Fasta { train, eval: Some(e) } => {
+            let t = read_fasta(train, &FastaLabels::None)?;
+            let e = read_fasta(e, &FastaLabels::None)?;
+            let (rows, erows) = ((0..t.len()).collect(), (0..e.len()).collect());
+            (t, rows, Some(e), erows)
+        }
+        MlmData::Fasta { train, eval: None } => {
+            let t = read_fasta(train, &FastaLabels::None)?;
+            let (rows, erows) = holdout_split(t.len(), seed);
+            (t, rows, None, erows)
+        }
+    };
+    if train_rows.is_empty() {
+        bail!("the training set is empty: no sequences to train on");
+    }
+    let eval_rows = sample_rows(eval_rows, eval_limit, eval_mask_seed);
+    Ok(MlmSets { train, train_rows, eval, eval_rows })
+}
+
+/// Index and target tensors of a masked batch on `device`.
+fn target_tensors(m: &MaskedBatch, device: &Device) -> Result<(Tensor, Tensor)> {
+    let n = m.n_targets();
+    let rows: Vec<i32> = m.target_rows.iter().map(|&r| r as i32).collect();
+    let targets: Vec<i32> = m.targets.iter().map(|&t| t as i32).collect();
+    Ok((Tensor::from_i32(rows, &[n], device)?, Tensor::from_i32(targets, &[n], device)?))
+}
+
+/// A training batch in which the draw selected nothing (a few short proteins can miss
+/// the 15 %): one maskable token, chosen by the batch's own stream, becomes `<mask>`, so
+/// that every micro-batch has a loss. Happens with probability 0.85^(residues).
+fn ensure_a_target(m: &mut MaskedBatch, seed: u64, epoch: u64, index: usize) {
+    if m.n_targets() > 0 {
+        return;
+    }
+    let candidates: Vec<usize> = (0..m.batch.tokens.len()).filter(|&i| is_maskable(m.batch.tokens[i])).collect();
+    if candidates.is_empty() {
+        return;
+    }
+    let pick = candidates[Rng::from_words(&[seed, epoch, index as u64, 0x004F_4E45]).below_usize(candidates.len())];
+    m.target_rows.push(pick as u32);
+    m.targets.push(m.batch.tokens[pick]);
+    m.kinds.push(Corruption::Mask);
+    m.batch.tokens[pick] = MASK;
+}
+
+/// Masked-token metrics of an evaluation.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct MlmEval {
+    /// Mean cross-entropy (nats) over the selected positions.
+    pub loss: f64,
+    /// `exp(loss)`.
+    pub perplexity: f64,
+    /// Top-1 accuracy over the selected positions.
+    pub accuracy: f64,
+    /// Top-1 accuracy over the positions replaced by `<mask>` alone.
+    pub mask_accuracy: f64,
+    /// Positions scored.
+    pub n_targets: usize,
+    /// Sequences (windows of long proteins counted apart).
+    pub n_windows: usize,
+    pub n_proteins: usize,
+    pub mask_seed: u64,
+    pub seconds: f64,
+}
+
+impl MlmEval {
+    pub fn line(&self) -> String {
+        format!(
+            "masked-token loss {:.4}, perplexity {:.3}, accuracy {:.2}% (<mask> positions {:.2}%) over {} positions of {} proteins (mask seed {})",
+            self.loss,
+            self.perplexity,
+            100.0 * self.accuracy,
+            100.0 * self.mask_accuracy,
+            self.n_targets,
+            self.n_proteins,
+            self.mask_seed
+        )
+    }
+}
+
+/// Cross-entropy (nats) of a row of logits at `target`, and whether its argmax is `target`.
+fn score_row(logits: &[f32], target: usize) -> (f64, bool) {
+    let max = logits.iter().cloned().fold(f32::NEG_INFINITY, f32::max) as f64;
+    let lse = max + logits.iter().map(|&x| (x as f64 - max).exp()).sum::<f64>().ln();
+    // The first maximum wins ties, as torch.argmax does.
+    let argmax = logits.iter().enumerate().fold(0, |best, (i, &x)| if x > logits[best] { i } else { best });
+    (lse - logits[target] as f64, argmax == target)
+}
+
+/// Evaluate `rows` of `set` with masks drawn from `mask_seed` (see the module documentation).
+#[allow(clippy::too_many_arguments)]
+pub fn evaluate_mlm(
+    model: &MaskedLm,
+    set: &LabelledSet,
+    rows: &[usize],
+    bcfg: &BatchConfig,
+    masking: &MaskingConfig,
+    mask_seed: u64,
+    device: &Device,
+    bar: &ProgressBar,
+) -> Result<MlmEval> {
+    let t0 = Instant::now();
+    let plan = eval_plan(rows, &set.token_lengths(), bcfg)?;
+    bar.set_length(plan.len() as u64);
+    let dtype = if model.params.get(model.esm.word_embeddings).dtype() == DType::F64 { DType::F64 } else { DType::F32 };
+    let vocab = model.config().vocab_size;
+    let (mut loss_sum, mut correct, mut mask_n, mut mask_correct, mut n, mut windows) = (0.0, 0, 0, 0, 0, 0);
+    for batch in &plan {
+        let packed = pack(&batch.items, set, |_| None)?;
+        let m = mask_batch(&packed, &batch.items, masking, mask_seed, 0)?;
+        windows += batch.items.len();
+        if m.n_targets() == 0 {
+            bar.inc(1);
+            continue;
+        }
+        let inp = ModelInputs::new(&m.batch, model.config(), device, dtype)?;
+        let (rows_t, _) = target_tensors(&m, device)?;
+        let logits = model.logits(&Tape::inference(), &inp, Some(&rows_t))?.to_vec_f32()?;
+        for (i, (&t, kind)) in m.targets.iter().zip(&m.kinds).enumerate() {
+            let (ce, hit) = score_row(&logits[i * vocab..(i + 1) * vocab], t as usize);
+            loss_sum += ce;
+            correct += hit as usize;
+            if *kind == Corruption::Mask {
+                mask_n += 1;
+                mask_correct += hit as usize;
+            }
+        }
+        n += m.n_targets();
+        bar.inc(1);
+    }
+    if n == 0 {
+        bail!("the evaluation selected no positions (the sequences are empty or all special tokens)");
+    }
+    let loss = loss_sum / n as f64;
+    let distinct: std::collections::BTreeSet<usize> = rows.iter().copied().collect();
+    Ok(MlmEval {
+        loss,
+        perplexity: loss.exp(),
+        accuracy: correct as f64 / n as f64,
+        mask_accuracy: mask_correct as f64 / mask_n.max(1) as f64,
+        n_targets: n,
+        n_windows: windows,
+        n_proteins: distinct.len(),
+        mask_seed,
+        seconds: t0.elapsed().as_secs_f64(),
+    })
+}
+
+/// The MLM task of the shared training loop.
+struct MlmTask {
+    model: MaskedLm,
+    sets: MlmSets,
+    bcfg: BatchConfig,
+    lens: Vec<u32>,
+    masking: MaskingConfig,
+    eval_mask_seed: u64,
+    device: Device,
+    plan: Vec<PlannedBatch>,
+    epoch: u64,
+    progress: bool,
+    last_eval: Option<MlmEval>,
+    /// Optimizer step of `last_eval`.
+    last_eval_step: Option<u64>,
+}
+
+impl Task for MlmTask {
+    fn params(&self) -> &Params {
+        &self.model.params
+    }
+
+    fn params_mut(&mut self) -> &mut Params {
+        &mut self.model.params
+    }
+
+    fn plan_epoch(&mut self, epoch: u64) -> Result<usize> {
+        self.plan = training_plan(&self.sets.train_rows, &self.lens, &self.bcfg, epoch)?;
+        self.epoch = epoch;
+        Ok(self.plan.len())
+    }
+
+    fn micro_batch(&mut self, index: usize, tape: Tape, loss_scale: f32, grads: &mut Grads) -> Result<MicroBatch> {
+        let items = &self.plan[index].items;
+        let packed = pack(items, &self.sets.train, |_| None)?;
+        let mut m = mask_batch(&packed, items, &self.masking, self.bcfg.seed, self.epoch)?;
+        ensure_a_target(&mut m, self.bcfg.seed, self.epoch, index);
+        let oom = |e: anyhow::Error| cuda::device::with_budget_hint(e, self.bcfg.max_tokens);
+        let inp = ModelInputs::new(&m.batch, self.model.config(), &self.device, DType::F32).map_err(oom)?;
+        let (rows, targets) = target_tensors(&m, &self.device).map_err(oom)?;
+        let (_, loss) = {
+            let _r = nvtx::range("forward");
+            self.model.forward_loss(&tape, &inp, &rows, &targets).map_err(oom)?
+        };
+        {
+            let _r = nvtx::range("backward");
+            tape.backward_scaled(&loss, loss_scale, grads).map_err(oom)?;
+        }
+        Ok(MicroBatch {
+            loss: loss.scalar_f32().map_err(oom)? as f64,
+            tokens: packed.n_tokens() as u64,
+            seqs: packed.n_seqs() as u64,
+        })
+    }
+
+    fn evaluate(&mut self, epoch: u64, step: u64) -> Result<Option<(Value, String)>> {
+        let eval = self.sets.eval_set();
+        if self.sets.eval_rows.is_empty() {
+            return Ok(None);
+        }
+        let ebar = progress_bar(0, "  eval", self.progress);
+        let bcfg = BatchConfig::new(self.bcfg.max_tokens, self.bcfg.max_len, 0)?;
+        let r = evaluate_mlm(
+            &self.model,
+            eval,
+            &self.sets.eval_rows,
+            &bcfg,
+            &self.masking,
+            self.eval_mask_seed,
+            &self.device,
+            &ebar,
+        )?;
+        ebar.finish_and_clear();
+        let mut fields = serde_json::to_value(&r)?;
+        fields["epoch"] = epoch.into();
+        fields["step"] = step.into();
+        let line = format!("eval {}", r.line());
+        self.last_eval = Some(r);
+        self.last_eval_step = Some(step);
+        Ok(Some((fields, line)))
+    }
+
+    fn write_checkpoint_model(&self, dir: &Path) -> Result<()> {
+        self.model.save(dir, SaveMode::Unmerged)
+    }
+}
+
+/// What an MLM run achieved.
+#[derive(Clone, Debug)]
+pub struct MlmTrainSummary {
+    pub steps: u64,
+    pub final_train_loss: f64,
+    pub eval: Option<MlmEval>,
+    pub seconds: f64,
+    pub train_tokens_per_s: f64,
+    pub model_dir: PathBuf,
+}
+
+/// Build or load the model.
+fn build_model(cfg: &MlmTrainConfig) -> Result<(MaskedLm, Option<String>)> {
+    match &cfg.model {
+        ModelSource::Preset(name) => Ok((MaskedLm::new_random(&EsmConfig::preset(name)?, cfg.training.seed)?, None)),
+        ModelSource::Pretrained(dir) => {
+            let (m, report) = MaskedLm::from_pretrained(dir, cfg.training.seed)?;
+            let note = format!(
+                "loaded {} tensors from {}; initialised fresh: {}; unused in the file: {}",
+                report.loaded,
+                dir.display(),
+                if report.fresh.is_empty() { "none".into() } else { report.fresh.join(", ") },
+                if report.unused.is_empty() { "none".into() } else { report.unused.join(", ") }
+            );
+            Ok((m, Some(note)))
+        }
+    }
+}
+
+/// Run an MLM training job.
+pub fn train_mlm(cfg: &MlmTrainConfig) -> Result<MlmTrainSummary> {
+    let t_start = Instant::now();
+    cfg.masking.validate()?;
+    let (device, dtype, device_note) = device::open(&cfg.device, cfg.precision)?;
+    std::fs::create_dir_all(&cfg.training.output)
+        .with_context(|| format!("creating {}", cfg.training.output.display()))?;
+    let mut log = MetricsLog::open(Some(&cfg.training.output.join("metrics.jsonl")))?;
+    let verbose = cfg.verbose;
+    let say = move |s: String| {
+        if verbose {
+            println!("{s}");
+        }
+    };
+    if let Some(n) = &device_note {
+        say(n.clone());
+    }
+    let sets = load_sets(&cfg.data, cfg.training.seed, cfg.eval_limit, cfg.eval_mask_seed)?;
+    say(format!(
+        "data: {} — {} training sequences, {} evaluation sequences",
+        cfg.data.describe(),
+        sets.train_rows.len(),
+        sets.eval_rows.len()
+    ));
+
+    let resume_from = resume_dir(&cfg.training.output, cfg.resume)?;
+    let (mut model, note) = match &resume_from {
+        Some(dir) => {
+            (MaskedLm::from_pretrained(dir, cfg.training.seed)?.0, Some(format!("resuming from {}", dir.display())))
+        }
+        None => build_model(cfg)?,
+    };
+    if let Some(n) = note {
+        say(n);
+    }
+    if let Some(l) = &cfg.lora {
+        model.enable_lora(l, cfg.training.seed)?;
+        say(format!(
+            "LoRA: rank {}, alpha {}, dropout {} on {} of every layer; encoder and tied embeddings frozen, lm_head trained",
+            l.rank,
+            l.alpha,
+            l.dropout,
+            l.targets.join(", ")
+        ));
+    }
+    model.params.to_device(&device)?;
+    model.esm.recompute = cfg.recompute;
+    let (total_params, trainable) = model.params.counts();
+
+    let bcfg = BatchConfig::new(cfg.training.max_tokens, cfg.max_len, cfg.training.seed)?;
+    let lens = sets.train.token_lengths();
+    let batches_per_epoch = training_plan(&sets.train_rows, &lens, &bcfg, 0)?.len() as u64;
+    let mut os = init_optimizer(&cfg.training, &model.params, batches_per_epoch, dtype, resume_from.as_deref())?;
+    say(format!(
+        "model: {} layers, hidden {}, {} heads — {:.2} M parameters ({:.2} M trainable); device {} ({}), recompute {}",
+        model.config().num_hidden_layers,
+        model.config().hidden_size,
+        model.config().num_attention_heads,
+        total_params as f64 / 1e6,
+        trainable as f64 / 1e6,
+        device.name(),
+        dtype,
+        cfg.recompute
+    ));
+    say(format!(
+        "masking: {:.0} % of residues, {:.0} % <mask> / {:.0} % random residue / {:.0} % unchanged; \
+         evaluation mask seed {}",
+        100.0 * cfg.masking.select,
+        100.0 * cfg.masking.mask,
+        100.0 * cfg.masking.random,
+        100.0 * (1.0 - cfg.masking.mask - cfg.masking.random),
+        cfg.eval_mask_seed
+    ));
+    say(format!(
+        "schedule: {} epochs × {} batches of ≤ {} tokens (accumulate {}) = {} optimizer steps, peak lr {:e}, warm-up {} steps",
+        cfg.training.epochs,
+        batches_per_epoch,
+        cfg.training.max_tokens,
+        cfg.training.grad_accum,
+        os.schedule.total,
+        cfg.training.lr,
+        os.schedule.warmup
+    ));
+    log.event(
+        "start",
+        json!({
+            "task": "mlm", "data": cfg.data.describe(), "train_rows": sets.train_rows.len(),
+            "eval_rows": sets.eval_rows.len(), "parameters": total_params, "trainable": trainable,
+            "device": device.name(), "dtype": dtype.name(), "lora": cfg.lora.as_ref().map(LoraConfig::to_json),
+            "epochs": cfg.training.epochs, "total_steps": os.schedule.total, "warmup": os.schedule.warmup,
+            "lr": cfg.training.lr, "max_tokens": cfg.training.max_tokens, "max_len": cfg.max_len,
+            "grad_accum": cfg.training.grad_accum, "seed": cfg.training.seed, "resumed_step": os.state.step,
+            "recompute": cfg.recompute.to_string(),
+            "masking": { "select": cfg.masking.select, "mask": cfg.masking.mask, "random": cfg.masking.random },
+            "eval_mask_seed": cfg.eval_mask_seed,
+        }),
+    )?;
+
+    let mut task = MlmTask {
+        model,
+        sets,
+        bcfg,
+        lens,
+        masking: cfg.masking,
+        eval_mask_seed: cfg.eval_mask_seed,
+        device,
+        plan: Vec::new(),
+        epoch: 0,
+        progress: cfg.training.progress,
+        last_eval: None,
+        last_eval_step: None,
+    };
+    let ls = super::driver::run(&mut task, &cfg.training, &mut os, &mut log, &say)?;
+    // A run that reached --max-steps inside an epoch is evaluated where it ended (the loop
+    // evaluates at epoch ends only); an interrupted one (--stop-after) is not.
+    let interrupted = cfg.training.stop_after.is_some_and(|m| ls.steps >= m);
+    let reached_max = cfg.training.max_steps.is_some_and(|m| ls.steps >= m);
+    if reached_max && !interrupted && task.last_eval_step != Some(ls.steps) {
+        if let Some((fields, line)) = task.evaluate(ls.epochs_done, ls.steps)? {
+            log.event("eval", fields)?;
+            say(format!("step {}: {line}", ls.steps));
+        }
+    }
+    let model_dir = cfg.training.output.join("model");
+    write_dir_atomically(&model_dir, |d| task.model.save(d, SaveMode::Merged))?;
+    if task.model.lora().is_some() {
+        write_adapter_dirs(
+            &cfg.training.output,
+            &cfg.model,
+            |d| task.model.save(d, SaveMode::BaseOnly),
+            |d, base| task.model.save_adapters(d, base),
+        )?;
+    }
+    let summary = MlmTrainSummary {
+        steps: ls.steps,
+        final_train_loss: ls.final_train_loss,
+        eval: task.last_eval.clone(),
+        seconds: t_start.elapsed().as_secs_f64(),
+        train_tokens_per_s: ls.run_tokens as f64 / ls.train_seconds,
+        model_dir: model_dir.clone(),
+    };
+    log.event(
+        "end",
+        json!({
+            "steps": summary.steps, "train_loss": summary.final_train_loss,
+            "eval": summary.eval, "seconds": summary.seconds,
+            "train_tokens_per_s": summary.train_tokens_per_s, "model_dir": model_dir,
+        }),
+    )?;
+    say(format!(
+        "done in {:.1} s: {} steps, {:.0} tokens/s; model saved to {}",
+        summary.seconds,
+        summary.steps,
+        summary.train_tokens_per_s,
+        model_dir.display()
+    ));
+    Ok(summary)
+}
+
+/// Load an MLM model directory for evaluation (its head must be in the file).
+pub fn load_mlm_model(dir: &Path, device: &Device) -> Result<MaskedLm> {
+    let (mut model, report) = MaskedLm::from_pretrained(dir, 0)?;
+    if report.fresh.iter().any(|n| n.starts_with(crate::model::mlm::LM_HEAD_PREFIX)) {
+        bail!(
+            "{}: the checkpoint has no masked-language-model head (lm_head.*); evaluate an EsmForMaskedLM directory, \
+             e.g. the `model/` of `qf-engine train --task mlm`",
+            dir.display()
+        );
+    }
+    model.params.to_device(device)?;
+    Ok(model)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn holdout_is_a_seeded_partition() {
+        let (t, e) = holdout_split(100, 7);
+        assert_eq!(e.len(), 5);
+        let mut all: Vec<usize> = t.iter().chain(&e).copied().collect();
+        all.sort_unstable();
+        assert_eq!(all, (0..100).collect::<Vec<_>>());
+        assert_eq!(holdout_split(100, 7), (t, e));
+        assert_ne!(holdout_split(100, 8).1, holdout_split(100, 7).1);
+        assert_eq!(holdout_split(3, 1).1.len(), 1);
+    }
+
+    #[test]
+    fn row_scores_match_log_softmax() {
+        let logits = [1.0f32, 3.0, -2.0];
+        let (ce, hit) = score_row(&logits, 1);
+        let lse = (1f64.exp() + 3f64.exp() + (-2f64).exp()).ln();
+        assert!((ce - (lse - 3.0)).abs() < 1e-6);
+        assert!(hit);
+        assert!(!score_row(&logits, 0).1);
+    }
+}
