@@ -124,7 +124,8 @@ fn run_mlm(args: EvalArgs) -> Result<()> {
         bail!("no sequences to evaluate");
     }
     let masking = MaskingConfig::with_select(args.mask_prob)?;
-    let bcfg = BatchConfig::new(args.max_tokens.max(args.max_len), args.max_len, 0)?;
+    let budget = args.max_tokens.unwrap_or_else(|| default_inference_tokens(&device).max(args.max_len));
+    let bcfg = BatchConfig::new(budget.max(args.max_len), args.max_len, 0)?;
     let bar = progress_bar(0, "eval", !args.device.quiet);
     let e = evaluate_mlm(&model, &set, &rows, &bcfg, &masking, args.mask_seed, &device, &bar)?;
     bar.finish_and_clear();
