@@ -32,7 +32,8 @@ Output (in --output):
   index.tsv     name, length, embedded (residues embedded), windows, file (shard or .npy stem);
                 a row is written only after its file is on disk
   embed.json    the settings (checked by --resume)
-  log.jsonl     one JSON object per written file: sequences, residues/s, peak RSS
+  log.jsonl     JSON lines: the settings, then per chunk (`progress`) and per written file
+                (`written`) sequences and residues done, residues/s, peak RSS
   shard-NNNNN.safetensors   tensors `{name}/mean/{layer}` [hidden], `{name}/per_tok/{layer}`
                 [L, hidden], `{name}/bos/{layer}` [hidden], `{name}/contacts` [L, L], f32
   (--format npy) `{stem}.mean.{layer}.npy`, `{stem}.per_tok.{layer}.npy`, `{stem}.bos.{layer}.npy`,

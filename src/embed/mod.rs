@@ -120,6 +120,7 @@ pub fn embed_fasta(model: &ContactModel, job: &EmbedJob, device: &Device) -> Res
     let bar = progress_bar(scan.residues_to_do, "embed (residues)", job.show_progress);
     let settings = ChunkSettings { layers: &job.layers, include: job.include, length, max_tokens: job.max_tokens };
     let chunk_tokens = job.max_tokens.saturating_mul(BATCHES_PER_CHUNK);
+    // Progress: one `progress` event per chunk, one `written` event per file.
     let mut chunks = ChunkReader::open(&job.input, &done, |l| length.embedded_len(l), chunk_tokens)?;
     let on_flush = |f: Option<Flushed>, s: &EmbedSummary, log: &mut MetricsLog| -> Result<()> {
         let Some(f) = f else { return Ok(()) };
@@ -144,6 +145,14 @@ pub fn embed_fasta(model: &ContactModel, job: &EmbedJob, device: &Device) -> Res
             let flushed = sink.add(p)?;
             on_flush(flushed, &summary, &mut log)
         })?;
+        let secs = t0.elapsed().as_secs_f64();
+        log.event(
+            "progress",
+            json!({
+                "done_sequences": summary.embedded, "done_residues": summary.residues,
+                "residues_per_s": summary.residues as f64 / secs.max(1e-9), "peak_rss_mb": mb(peak_rss_bytes()),
+            }),
+        )?;
     }
     let flushed = sink.flush()?;
     on_flush(flushed, &summary, &mut log)?;
