@@ -80,7 +80,8 @@ fn read_npy(path: &Path) -> (Vec<usize>, Vec<f32>) {
     let header = std::str::from_utf8(&b[10..10 + hlen]).unwrap();
     assert!(header.contains("'descr': '<f4'") && header.contains("'fortran_order': False"), "{header}");
     let shape_text = header.split("'shape': (").nth(1).unwrap().split(')').next().unwrap();
-    let shape: Vec<usize> = shape_text.split(',').map(str::trim).filter(|s| !s.is_empty()).map(|s| s.parse().unwrap()).collect();
+    let shape: Vec<usize> =
+        shape_text.split(',').map(str::trim).filter(|s| !s.is_empty()).map(|s| s.parse().unwrap()).collect();
     let data: Vec<f32> = b[10 + hlen..].chunks_exact(4).map(|c| f32::from_le_bytes(c.try_into().unwrap())).collect();
     assert_eq!(data.len(), shape.iter().product::<usize>(), "{}", path.display());
     (shape, data)
@@ -169,7 +170,11 @@ fn long_proteins_as_windows_match_transformers_on_each_window() {
 #[test]
 fn truncate_matches_fair_esm_truncation() {
     let tmp = tempfile::tempdir().unwrap();
-    let err = embed(&fixture_fasta(), tmp.path(), &[&ALL_OUTPUTS[..2], &["--include", "mean,per-tok,bos", "--truncate", "30"]].concat());
+    let err = embed(
+        &fixture_fasta(),
+        tmp.path(),
+        &[&ALL_OUTPUTS[..2], &["--include", "mean,per-tok,bos", "--truncate", "30"]].concat(),
+    );
     assert!(err.contains("0 run as windows, 3 truncated"), "{err}");
     let got = read_shards(tmp.path());
     assert_eq!(compare_set("trunc", &got), 4 * 6 + 3);
@@ -188,7 +193,9 @@ fn npy_files_match_transformers() {
     for r in read_index(tmp.path()) {
         let stem = &r["file"];
         assert!(!stem.contains('/'), "unsafe file stem {stem}");
-        for what in ["mean.0", "mean.1", "mean.2", "bos.0", "bos.1", "bos.2", "per_tok.0", "per_tok.1", "per_tok.2", "contacts"] {
+        for what in
+            ["mean.0", "mean.1", "mean.2", "bos.0", "bos.1", "bos.2", "per_tok.0", "per_tok.1", "per_tok.2", "contacts"]
+        {
             let t = read_npy(&tmp.path().join(format!("{stem}.{what}.npy")));
             got.insert(format!("{}/{}", r["name"], what.replace('.', "/")), t);
         }
@@ -204,7 +211,8 @@ fn write(path: &Path, text: &str) {
 fn resume_writes_nothing_twice_and_gives_the_same_output() {
     let tmp = tempfile::tempdir().unwrap();
     let text = std::fs::read_to_string(fixture_fasta()).unwrap();
-    let records: Vec<&str> = text.split_inclusive('\n').collect::<String>().leak().split('>').filter(|r| !r.is_empty()).collect();
+    let records: Vec<&str> =
+        text.split_inclusive('\n').collect::<String>().leak().split('>').filter(|r| !r.is_empty()).collect();
     assert_eq!(records.len(), 4);
     let first_two: String = records[..2].iter().map(|r| format!(">{r}")).collect();
     let part = tmp.path().join("part.fasta");
@@ -238,8 +246,18 @@ fn resume_writes_nothing_twice_and_gives_the_same_output() {
     assert_eq!(read_index(&resumed).len(), 4);
     // Resuming with other settings is refused.
     let err = embed_error(&[
-        "embed", "--model", model_dir().to_str().unwrap(), "-i", fixture_fasta().to_str().unwrap(),
-        "-o", resumed.to_str().unwrap(), "--device", "cpu", "--resume", "--include", "mean",
+        "embed",
+        "--model",
+        model_dir().to_str().unwrap(),
+        "-i",
+        fixture_fasta().to_str().unwrap(),
+        "-o",
+        resumed.to_str().unwrap(),
+        "--device",
+        "cpu",
+        "--resume",
+        "--include",
+        "mean",
     ]);
     assert!(err.contains("was written with other settings than this run's"), "{err}");
 }
@@ -253,7 +271,12 @@ fn bad_inputs_give_clear_errors() {
     let m = m.to_str().unwrap();
     let fa = fixture_fasta();
     let fa = fa.to_str().unwrap();
-    let base = |input: &str| vec!["embed", "--model", m, "-i", input, "-o", o, "--device", "cpu", "--quiet"].into_iter().map(String::from).collect::<Vec<_>>();
+    let base = |input: &str| {
+        vec!["embed", "--model", m, "-i", input, "-o", o, "--device", "cpu", "--quiet"]
+            .into_iter()
+            .map(String::from)
+            .collect::<Vec<_>>()
+    };
     let run = |extra: &[&str], input: &str| {
         let mut a = base(input);
         a.extend(extra.iter().map(|s| s.to_string()));
@@ -277,7 +300,12 @@ fn bad_inputs_give_clear_errors() {
     assert!(e.contains("error: --include: unknown output `logits`; choose from mean, per-tok, bos, contacts"), "{e}");
 
     let e = run(&["--max-len", "2000", "--max-tokens", "1000"], fa);
-    assert!(e.contains("error: --max-tokens 1000 is smaller than one item (2000 tokens with --max-len): raise --max-tokens"), "{e}");
+    assert!(
+        e.contains(
+            "error: --max-tokens 1000 is smaller than one item (2000 tokens with --max-len): raise --max-tokens"
+        ),
+        "{e}"
+    );
 
     let dup = tmp.path().join("dup.fasta");
     write(&dup, ">a\nMKV\n>b\nACD\n>a\nWWW\n");
@@ -299,16 +327,38 @@ fn bad_inputs_give_clear_errors() {
     let kept: Vec<(String, safetensors::tensor::TensorView)> =
         st.tensors().into_iter().filter(|(n, _)| !n.contains("contact_head")).collect();
     safetensors::serialize_to_file(kept, None, &headless.join("model.safetensors")).unwrap();
-    let mut a = vec!["embed", "--model", headless.to_str().unwrap(), "-i", fa, "-o", o, "--device", "cpu", "--include", "mean,contacts"];
+    let mut a = vec![
+        "embed",
+        "--model",
+        headless.to_str().unwrap(),
+        "-i",
+        fa,
+        "-o",
+        o,
+        "--device",
+        "cpu",
+        "--include",
+        "mean,contacts",
+    ];
     let e = embed_error(&a);
-    assert!(e.contains(&format!("error: --include contacts: {} has no contact head (esm.contact_head.regression.weight/bias)", headless.display())), "{e}");
+    assert!(
+        e.contains(&format!(
+            "error: --include contacts: {} has no contact head (esm.contact_head.regression.weight/bias)",
+            headless.display()
+        )),
+        "{e}"
+    );
     // … but embeds the rest; then a second run into the same directory needs --resume.
     let last = a.len() - 1;
     a[last] = "mean";
     let (ok, e) = qf(&a);
     assert!(ok, "{e}");
     let e = embed_error(&a);
-    assert!(e.contains(&format!("error: {} already holds 4 embedded sequences", out.display())) && e.contains("pass --resume"), "{e}");
+    assert!(
+        e.contains(&format!("error: {} already holds 4 embedded sequences", out.display()))
+            && e.contains("pass --resume"),
+        "{e}"
+    );
 }
 
 #[test]
@@ -330,7 +380,17 @@ fn gzip_input_and_help() {
 
     let out = Command::new(env!("CARGO_BIN_EXE_qf-engine")).args(["embed", "--help"]).output().unwrap();
     let help = String::from_utf8_lossy(&out.stdout);
-    for flag in ["--repr-layers", "--include", "--max-len", "--truncate", "--max-tokens", "--format", "--resume", "--device", "Examples:"] {
+    for flag in [
+        "--repr-layers",
+        "--include",
+        "--max-len",
+        "--truncate",
+        "--max-tokens",
+        "--format",
+        "--resume",
+        "--device",
+        "Examples:",
+    ] {
         assert!(help.contains(flag), "embed --help lacks {flag}");
     }
 }

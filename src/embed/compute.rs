@@ -71,7 +71,9 @@ impl ProteinSums {
             residues,
             windows_expected: windows,
             windows_seen: 0,
-            per_residue: (0..n_layers).map(|_| if keep_residues { vec![0.0; residues * hidden] } else { vec![] }).collect(),
+            per_residue: (0..n_layers)
+                .map(|_| if keep_residues { vec![0.0; residues * hidden] } else { vec![] })
+                .collect(),
             cover: vec![0; if keep_residues { residues } else { 0 }],
             bos: (0..n_layers).map(|_| if inc.bos { vec![0.0; hidden] } else { vec![] }).collect(),
             contacts: inc.contacts.then(|| ContactAccumulator::new(row, residues)),
@@ -80,7 +82,14 @@ impl ProteinSums {
 
     /// Add one window: `states[k]` is layer k's `[tokens, hidden]` block of the batch,
     /// the window's `<cls>` at token `first`.
-    fn add_window(&mut self, item: &PlanItem, states: &[Vec<f32>], first: usize, hidden: usize, contacts: Option<&[f32]>) {
+    fn add_window(
+        &mut self,
+        item: &PlanItem,
+        states: &[Vec<f32>],
+        first: usize,
+        hidden: usize,
+        contacts: Option<&[f32]>,
+    ) {
         let (start, len) = (item.residue_start, item.residue_len);
         for (k, s) in states.iter().enumerate() {
             if !self.per_residue[k].is_empty() {
@@ -125,7 +134,12 @@ impl ProteinSums {
             }
         }
         let n = self.windows_seen as f64;
-        let bos = self.bos.into_iter().filter(|b| !b.is_empty()).map(|b| b.iter().map(|&v| (v / n) as f32).collect()).collect();
+        let bos = self
+            .bos
+            .into_iter()
+            .filter(|b| !b.is_empty())
+            .map(|b| b.iter().map(|&v| (v / n) as f32).collect())
+            .collect();
         let map = self.contacts.map(ContactAccumulator::finish);
         ProteinEmbedding {
             name: name.to_string(),

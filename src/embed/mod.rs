@@ -114,7 +114,9 @@ pub fn embed_fasta(model: &ContactModel, job: &EmbedJob, device: &Device) -> Res
         ..Default::default()
     };
     let mut sink: Box<dyn Sink> = match job.format {
-        Format::Safetensors { shard_bytes } => Box::new(ShardSink::new(&job.output, &job.layers, shard_bytes, existing)),
+        Format::Safetensors { shard_bytes } => {
+            Box::new(ShardSink::new(&job.output, &job.layers, shard_bytes, existing))
+        }
         Format::Npy => Box::new(NpySink::new(&job.output, &job.layers, existing)),
     };
     let bar = progress_bar(scan.residues_to_do, "embed (residues)", job.show_progress);

@@ -53,16 +53,28 @@ pub fn read_index(path: &Path) -> Result<Vec<IndexRow>> {
     let mut lines = text.lines().enumerate();
     match lines.next() {
         Some((_, h)) if h == INDEX_HEADER => {}
-        _ => bail!("{}: not an embed index (the first line must be `{}`)", path.display(), INDEX_HEADER.replace('\t', "<TAB>")),
+        _ => bail!(
+            "{}: not an embed index (the first line must be `{}`)",
+            path.display(),
+            INDEX_HEADER.replace('\t', "<TAB>")
+        ),
     }
     let mut rows = Vec::new();
     for (i, line) in lines {
         let f: Vec<&str> = line.split('\t').collect();
-        let num = |k: usize| f[k].parse::<usize>().with_context(|| format!("{}:{}: bad number `{}`", path.display(), i + 1, f[k]));
+        let num = |k: usize| {
+            f[k].parse::<usize>().with_context(|| format!("{}:{}: bad number `{}`", path.display(), i + 1, f[k]))
+        };
         if f.len() != 5 {
             bail!("{}:{}: expected 5 tab-separated fields, found {}", path.display(), i + 1, f.len());
         }
-        rows.push(IndexRow { name: f[0].to_string(), length: num(1)?, embedded: num(2)?, windows: num(3)?, file: f[4].to_string() });
+        rows.push(IndexRow {
+            name: f[0].to_string(),
+            length: num(1)?,
+            embedded: num(2)?,
+            windows: num(3)?,
+            file: f[4].to_string(),
+        });
     }
     Ok(rows)
 }
@@ -81,7 +93,10 @@ impl IndexFile {
         for r in rows {
             text.push_str(&format!("{}\t{}\t{}\t{}\t{}\n", r.name, r.length, r.embedded, r.windows, r.file));
         }
-        let mut f = OpenOptions::new().append(true).open(&self.path).with_context(|| format!("opening {}", self.path.display()))?;
+        let mut f = OpenOptions::new()
+            .append(true)
+            .open(&self.path)
+            .with_context(|| format!("opening {}", self.path.display()))?;
         f.write_all(text.as_bytes()).and_then(|()| f.sync_data()).map_err(|e| describe_write_error(e, &self.path))
     }
 }
@@ -124,7 +139,8 @@ pub fn prepare_output(dir: &Path, settings: &Value, resume: bool) -> Result<Exis
     }
     if resume && settings_path.is_file() {
         let text = std::fs::read_to_string(&settings_path)?;
-        let old: Value = serde_json::from_str(&text).with_context(|| format!("{}: unreadable", settings_path.display()))?;
+        let old: Value =
+            serde_json::from_str(&text).with_context(|| format!("{}: unreadable", settings_path.display()))?;
         if &old != settings {
             bail!(
                 "--resume: {} was written with other settings than this run's; resume with the same model, layers, \
