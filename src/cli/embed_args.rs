@@ -101,8 +101,8 @@ pub struct EmbedArgs {
     #[arg(long, default_value = "safetensors")]
     pub format: String,
 
-    /// Shard size in MB of tensor data: a shard is written once it reaches this size (the
-    /// memory the shard buffer takes).
+    /// Shard size in MB: a shard is written once its buffered tensors (data, names,
+    /// bookkeeping) reach this size, the most memory the buffer takes.
     #[arg(long, default_value_t = 64)]
     pub shard_mb: usize,
 

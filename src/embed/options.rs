@@ -103,8 +103,9 @@ impl LengthPolicy {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum Format {
-    /// `shard-NNNNN.safetensors` files of at most `shard_bytes` of tensor data (a single
-    /// protein larger than that gets a shard of its own).
+    /// `shard-NNNNN.safetensors` files, each written once its buffered tensors (data,
+    /// names and bookkeeping) reach `shard_bytes`; a single protein larger than that gets
+    /// a shard of its own.
     Safetensors { shard_bytes: usize },
     /// One `.npy` file per protein and output.
     Npy,

@@ -27,6 +27,12 @@ pub const SETTINGS_FILE: &str = "embed.json";
 pub const LOG_FILE: &str = "log.jsonl";
 pub const INDEX_HEADER: &str = "name\tlength\tembedded\twindows\tfile";
 
+/// Memory a buffered tensor or index row takes besides its data and name (its vectors'
+/// headers and the allocator's rounding), counted against `--shard-mb` so that the
+/// buffer of many small tensors (a mean vector is 1,280 bytes at hidden 320) stays
+/// within it.
+const BOOKKEEPING_BYTES: usize = 128;
+
 /// Proteins per index append with `--format npy`.
 const NPY_ROWS_PER_APPEND: usize = 256;
 
@@ -178,6 +184,7 @@ pub struct Flushed {
     /// The shard file (or `npy` for a group of `.npy` files).
     pub file: String,
     pub sequences: usize,
+    /// What the shard buffer held (data, names, bookkeeping), or the `.npy` files' bytes.
     pub bytes: usize,
 }
 
@@ -239,9 +246,11 @@ impl Sink for ShardSink {
     fn add(&mut self, p: ProteinEmbedding) -> Result<Option<Flushed>> {
         self.rows.push(IndexRow::of(&p, shard_name(self.next_shard)));
         let name = p.name.clone();
+        self.bytes += BOOKKEEPING_BYTES + 2 * name.len();
         for (what, shape, v) in arrays(p, &self.layers) {
-            self.bytes += v.len() * 4;
-            self.tensors.push((format!("{name}/{what}"), shape, v));
+            let tensor_name = format!("{name}/{what}");
+            self.bytes += v.len() * 4 + tensor_name.len() + BOOKKEEPING_BYTES;
+            self.tensors.push((tensor_name, shape, v));
         }
         if self.bytes >= self.shard_bytes {
             return self.flush();
