@@ -9,6 +9,7 @@
 pub mod autograd;
 pub mod backend;
 pub mod data;
+pub mod embed;
 pub mod metrics;
 pub mod model;
 pub mod ops;

@@ -3,6 +3,7 @@
 mod bench_args;
 mod common;
 mod data_args;
+mod embed_args;
 mod eval_args;
 mod plot_args;
 mod predict_args;
@@ -41,6 +42,10 @@ pub enum Command {
     /// Predict residue-residue contact maps of sequences or structures: CSV, NPY and a PNG
     /// picture per protein (true contacts drawn and scored when a structure gives them).
     PredictContacts(Box<predict_contacts_args::PredictContactsArgs>),
+    /// ESM-2 representations of a FASTA file (fair-esm's `extract`): per-protein means,
+    /// per-residue vectors, <cls> vectors, contacts, of chosen layers, streamed to
+    /// safetensors shards or .npy files with an index; long proteins as averaged windows.
+    Embed(Box<embed_args::EmbedArgs>),
     /// Inspect data sets.
     Data(data_args::DataArgs),
     /// Measure training throughput (sequences/s, tokens/s) and peak memory of a model preset.
@@ -59,6 +64,7 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Eval(args) => eval_args::run(*args),
         Command::Predict(args) => predict_args::run(*args),
         Command::PredictContacts(args) => predict_contacts_args::run(*args),
+        Command::Embed(args) => embed_args::run(*args),
         Command::Data(args) => data_args::run(args),
         Command::Bench(args) => bench_args::run(*args),
         Command::Plot(args) => plot_args::run(args),

@@ -101,73 +101,91 @@ pub fn read_label_tsv(path: &Path) -> Result<HashMap<String, (String, usize)>> {
     Ok(labels)
 }
 
-/// The record being read.
-struct Record {
-    name: String,
-    label: Option<String>,
-    header_line: usize,
-    residues: Vec<u8>,
-    /// Line of a `*` that ended a sequence line (allowed only at the end of the record).
+/// One record of a FASTA file, validated (a name, at least one residue, letters only).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FastaRecord {
+    pub name: String,
+    /// The first token after the name when labels are read from headers.
+    pub label: Option<String>,
+    /// 1-based line of the `>` header.
+    pub header_line: usize,
+    pub residues: Vec<u8>,
+}
+
+/// The record being read, and the line of a `*` that ended a sequence line (allowed
+/// only at the end of the record).
+struct OpenRecord {
+    record: FastaRecord,
     stop_line: Option<usize>,
 }
 
-/// Line-by-line FASTA state machine.
-struct FastaParser<'a> {
-    path: &'a Path,
-    labels: &'a FastaLabels,
-    tsv: Option<TsvLabels<'a>>,
-    builder: LabelledSetBuilder,
-    header_lines: Vec<usize>,
-    current: Option<Record>,
+/// The line-by-line FASTA state machine: lines in, finished records out.
+struct RecordLines {
+    path: PathBuf,
+    labels_in_header: bool,
+    current: Option<OpenRecord>,
 }
 
-impl<'a> FastaParser<'a> {
-    fn new(path: &'a Path, labels: &'a FastaLabels, tsv: Option<TsvLabels<'a>>) -> Self {
-        FastaParser { path, labels, tsv, builder: LabelledSetBuilder::new(), header_lines: Vec::new(), current: None }
+impl RecordLines {
+    fn new(path: &Path, labels_in_header: bool) -> Self {
+        RecordLines { path: path.to_path_buf(), labels_in_header, current: None }
     }
 
     fn error(&self, line_no: usize, what: impl std::fmt::Display) -> anyhow::Error {
         anyhow!("{}:{line_no}: {what}", self.path.display())
     }
 
-    fn line(&mut self, line: &[u8], line_no: usize) -> Result<()> {
+    /// Take one line; returns the previous record when this line starts a new one.
+    fn line(&mut self, line: &[u8], line_no: usize) -> Result<Option<FastaRecord>> {
         if let Some(header) = line.strip_prefix(b">") {
-            self.finish_record()?;
-            self.current = Some(self.parse_header(header, line_no)?);
-            return Ok(());
+            let done = self.end()?;
+            self.current = Some(OpenRecord { record: self.parse_header(header, line_no)?, stop_line: None });
+            return Ok(done);
         }
         if line.iter().all(u8::is_ascii_whitespace) || line.starts_with(b";") {
-            return Ok(());
+            return Ok(None);
         }
-        let Some(mut record) = self.current.take() else {
+        let Some(mut open) = self.current.take() else {
             return Err(self.error(line_no, "sequence data before the first `>` header"));
         };
-        let result = self.append_sequence(&mut record, line, line_no);
-        self.current = Some(record);
-        result
+        let result = self.append_sequence(&mut open, line, line_no);
+        self.current = Some(open);
+        result.map(|()| None)
     }
 
-    fn parse_header(&self, header: &[u8], line_no: usize) -> Result<Record> {
+    /// The record being read, finished (at the next header or the end of the file).
+    fn end(&mut self) -> Result<Option<FastaRecord>> {
+        let Some(open) = self.current.take() else {
+            return Ok(None);
+        };
+        if open.record.residues.is_empty() {
+            return Err(self.error(open.record.header_line, format!("record `{}` has no sequence", open.record.name)));
+        }
+        Ok(Some(open.record))
+    }
+
+    fn parse_header(&self, header: &[u8], line_no: usize) -> Result<FastaRecord> {
         let text = std::str::from_utf8(header).map_err(|_| self.error(line_no, "header is not valid UTF-8"))?;
         let mut tokens = text.split_whitespace();
         let name = tokens.next().ok_or_else(|| self.error(line_no, "header has no sequence name after `>`"))?;
-        let label = match self.labels {
-            FastaLabels::Header => Some(tokens.next().ok_or_else(|| {
+        let label = if self.labels_in_header {
+            Some(tokens.next().ok_or_else(|| {
                 self.error(line_no, format!("header of `{name}` has no label (expected `>name label`)"))
-            })?),
-            _ => None,
+            })?)
+        } else {
+            None
         };
-        Ok(Record {
+        Ok(FastaRecord {
             name: name.to_string(),
             label: label.map(str::to_string),
             header_line: line_no,
             residues: Vec::new(),
-            stop_line: None,
         })
     }
 
-    fn append_sequence(&self, record: &mut Record, line: &[u8], line_no: usize) -> Result<()> {
-        if let Some(stop) = record.stop_line {
+    fn append_sequence(&self, open: &mut OpenRecord, line: &[u8], line_no: usize) -> Result<()> {
+        let record = &mut open.record;
+        if let Some(stop) = open.stop_line {
             let pos = record.residues.len() + 1;
             return Err(self.error(
                 stop,
@@ -181,7 +199,7 @@ impl<'a> FastaParser<'a> {
         let mut residues: Vec<u8> = line.iter().copied().filter(|b| !b.is_ascii_whitespace()).collect();
         if residues.last() == Some(&b'*') {
             residues.pop();
-            record.stop_line = Some(line_no);
+            open.stop_line = Some(line_no);
         }
         if let Some(pos) = find_bad_residue(&residues) {
             let mut whole = record.residues.clone();
@@ -192,15 +210,92 @@ impl<'a> FastaParser<'a> {
         record.residues.extend_from_slice(&residues);
         Ok(())
     }
+}
 
-    fn finish_record(&mut self) -> Result<()> {
-        let Some(record) = self.current.take() else {
-            return Ok(());
-        };
-        let line = record.header_line;
-        if record.residues.is_empty() {
-            return Err(self.error(line, format!("record `{}` has no sequence", record.name)));
+/// The records of a FASTA file one at a time (plain or gzip), validated as
+/// [`read_fasta`] validates them, with memory bounded by the longest record. Duplicate
+/// names are not checked here (the caller decides what they mean).
+pub struct FastaStream {
+    reader: Box<dyn std::io::BufRead + Send>,
+    lines: RecordLines,
+    line: Vec<u8>,
+    line_no: usize,
+    done: bool,
+}
+
+impl FastaStream {
+    /// Open `path` (gzip recognised by content); names only, headers' labels ignored.
+    pub fn open(path: &Path) -> Result<FastaStream> {
+        Ok(FastaStream {
+            reader: open_input(path)?,
+            lines: RecordLines::new(path, false),
+            line: Vec::new(),
+            line_no: 0,
+            done: false,
+        })
+    }
+
+    fn next_record(&mut self) -> Result<Option<FastaRecord>> {
+        loop {
+            self.line_no += 1;
+            if !read_line_bytes(&mut *self.reader, &mut self.line, &self.lines.path, self.line_no)? {
+                return self.lines.end();
+            }
+            if let Some(record) = self.lines.line(&self.line, self.line_no)? {
+                return Ok(Some(record));
+            }
         }
+    }
+}
+
+impl Iterator for FastaStream {
+    type Item = Result<FastaRecord>;
+
+    fn next(&mut self) -> Option<Result<FastaRecord>> {
+        if self.done {
+            return None;
+        }
+        let next = self.next_record();
+        if !matches!(next, Ok(Some(_))) {
+            self.done = true;
+        }
+        next.transpose()
+    }
+}
+
+/// FASTA records into a set: duplicate names, labels.
+struct FastaParser<'a> {
+    path: &'a Path,
+    tsv: Option<TsvLabels<'a>>,
+    lines: RecordLines,
+    builder: LabelledSetBuilder,
+    header_lines: Vec<usize>,
+}
+
+impl<'a> FastaParser<'a> {
+    fn new(path: &'a Path, labels: &'a FastaLabels, tsv: Option<TsvLabels<'a>>) -> Self {
+        FastaParser {
+            path,
+            tsv,
+            lines: RecordLines::new(path, *labels == FastaLabels::Header),
+            builder: LabelledSetBuilder::new(),
+            header_lines: Vec::new(),
+        }
+    }
+
+    fn error(&self, line_no: usize, what: impl std::fmt::Display) -> anyhow::Error {
+        anyhow!("{}:{line_no}: {what}", self.path.display())
+    }
+
+    fn line(&mut self, line: &[u8], line_no: usize) -> Result<()> {
+        match self.lines.line(line, line_no)? {
+            Some(record) => self.add(record),
+            None => Ok(()),
+        }
+    }
+
+    fn add(&mut self, record: FastaRecord) -> Result<()> {
+        let line = record.header_line;
         if let Some(row) = self.builder.row_of_name(&record.name) {
             return Err(self.error(
                 line,
@@ -217,7 +312,7 @@ impl<'a> FastaParser<'a> {
         Ok(())
     }
 
-    fn label_of(&self, record: &Record) -> Result<Option<String>> {
+    fn label_of(&self, record: &FastaRecord) -> Result<Option<String>> {
         match (&self.tsv, &record.label) {
             (Some((tsv_path, labels)), _) => match labels.get(&record.name) {
                 Some((label, _)) => Ok(Some(label.clone())),
@@ -234,7 +329,9 @@ impl<'a> FastaParser<'a> {
     }
 
     fn finish(mut self) -> Result<LabelledSet> {
-        self.finish_record()?;
+        if let Some(record) = self.lines.end()? {
+            self.add(record)?;
+        }
         if self.builder.is_empty() {
             bail!("{}: no FASTA records (empty file, or no `>` header)", self.path.display());
         }

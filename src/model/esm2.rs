@@ -133,7 +133,49 @@ impl Esm2 {
 
     /// Run the encoder over a packed batch.
     pub fn forward(&self, p: &Params, tape: &Tape, inp: &ModelInputs, want_attention: bool) -> Result<EncoderOutput> {
+        self.forward_keeping(p, tape, inp, want_attention, |_, _| {})
+    }
+
+    /// The hidden states of `layers` (fair-esm's `repr_layers` numbering: 0 is the
+    /// embedding output, `i` in `1..num_layers` the output of block `i`, `num_layers` the
+    /// output after `emb_layer_norm_after`; the numbering of transformers'
+    /// `hidden_states`), each `[tokens, hidden]`, in the order asked, with the encoder's
+    /// output.
+    pub fn forward_hidden_states(
+        &self,
+        p: &Params,
+        tape: &Tape,
+        inp: &ModelInputs,
+        layers: &[usize],
+        want_attention: bool,
+    ) -> Result<(EncoderOutput, Vec<Tensor>)> {
+        let n = self.cfg.num_hidden_layers;
+        if let Some(&bad) = layers.iter().find(|&&l| l > n) {
+            bail!("hidden state of layer {bad} asked for, but the model has layers 0..={n}");
+        }
+        let mut kept: Vec<Option<Tensor>> = vec![None; layers.len()];
+        let out = self.forward_keeping(p, tape, inp, want_attention, |layer, x| {
+            for (slot, _) in kept.iter_mut().zip(layers).filter(|(_, &l)| l == layer) {
+                *slot = Some(x.clone());
+            }
+        })?;
+        let states = kept.into_iter().collect::<Option<Vec<_>>>().expect("every layer 0..=n is visited");
+        Ok((out, states))
+    }
+
+    /// The encoder, handing `keep(layer, x)` the hidden state after each stage (0: the
+    /// embeddings; `i`: block `i`, the last one after the final LayerNorm).
+    fn forward_keeping(
+        &self,
+        p: &Params,
+        tape: &Tape,
+        inp: &ModelInputs,
+        want_attention: bool,
+        mut keep: impl FnMut(usize, &Tensor),
+    ) -> Result<EncoderOutput> {
+        let n = self.layers.len();
         let mut x = ops::embedding(tape, &inp.ids, p.get(self.word_embeddings), &inp.row_scale)?;
+        keep(0, &x);
         let mut probs = Vec::new();
         let replay = (self.recompute == Recompute::Layer && tape.is_recording())
             .then(|| Rc::new(Replay { model: self.clone(), params: p.clone(), inputs: inp.clone() }));
@@ -145,8 +187,12 @@ impl Esm2 {
             };
             x = y;
             probs.extend(pr);
+            if i + 1 < n {
+                keep(i + 1, &x);
+            }
         }
         let hidden = self.final_ln.forward(p, tape, &x)?;
+        keep(n, &hidden);
         Ok(EncoderOutput { hidden, attention_probs: probs })
     }
 

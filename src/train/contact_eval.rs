@@ -40,8 +40,8 @@ pub struct ProteinMap {
     pub uncovered_pairs: usize,
 }
 
-/// Sums and counts of one protein's windows.
-struct Accumulator {
+/// Sums and counts of one protein's windows (also used by `embed` for its contacts).
+pub struct Accumulator {
     row: usize,
     len: usize,
     sum: Vec<f32>,
@@ -50,12 +50,12 @@ struct Accumulator {
 }
 
 impl Accumulator {
-    fn new(row: usize, len: usize) -> Self {
+    pub fn new(row: usize, len: usize) -> Self {
         Accumulator { row, len, sum: vec![0.0; len * len], count: vec![0; len * len], windows: 0 }
     }
 
     /// Add the `l × l` probabilities of the window starting at residue `start`.
-    fn add(&mut self, start: usize, l: usize, probs: &[f32]) {
+    pub fn add(&mut self, start: usize, l: usize, probs: &[f32]) {
         for i in 0..l {
             for j in 0..l {
                 let at = (start + i) * self.len + start + j;
@@ -66,7 +66,7 @@ impl Accumulator {
         self.windows += 1;
     }
 
-    fn finish(self) -> ProteinMap {
+    pub fn finish(self) -> ProteinMap {
         let l = self.len;
         let mut probs = vec![0f32; l * l];
         let mut uncovered = 0;
@@ -84,7 +84,7 @@ impl Accumulator {
     }
 }
 
-fn sigmoid(x: f32) -> f32 {
+pub fn sigmoid(x: f32) -> f32 {
     1.0 / (1.0 + (-x).exp())
 }
 
