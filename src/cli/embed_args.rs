@@ -8,6 +8,7 @@ use clap::Args;
 use qf_engine::embed::{embed_fasta, resolve_repr_layers, EmbedJob, Format, Include, LengthPolicy};
 use qf_engine::model::contact_model::{ContactModel, CONTACT_HEAD_PREFIX};
 use qf_engine::model::EsmConfig;
+use qf_engine::train::eval::default_inference_tokens;
 
 use super::common::{open_device, DeviceArgs, WeightsArgs};
 
@@ -94,8 +95,10 @@ pub struct EmbedArgs {
     pub truncate: Option<usize>,
 
     /// Token budget of a batch (sequences are packed without padding, sorted by length).
-    #[arg(long, default_value_t = 16384)]
-    pub max_tokens: usize,
+    /// Default: the fastest measured for the device, as `predict` (2,048 on the CPU,
+    /// 16,384 on CUDA), raised to one window when a window is longer.
+    #[arg(long, value_name = "TOKENS")]
+    pub max_tokens: Option<usize>,
 
     /// safetensors (shards) or npy (one file per protein and output).
     #[arg(long, default_value = "safetensors")]
@@ -170,10 +173,10 @@ pub fn run(args: EmbedArgs) -> Result<()> {
     let include = Include::parse(&args.include)?;
     let length = length_policy(&args)?;
     let format = format(&args)?;
-    if length.max_item_tokens() > args.max_tokens {
+    if let Some(budget) = args.max_tokens.filter(|&b| length.max_item_tokens() > b) {
         bail!(
             "--max-tokens {} is smaller than one item ({} tokens with --{}): raise --max-tokens",
-            args.max_tokens,
+            budget,
             length.max_item_tokens(),
             if args.truncate.is_some() { "truncate" } else { "max-len" }
         );
@@ -185,6 +188,8 @@ pub fn run(args: EmbedArgs) -> Result<()> {
     let layers = resolve_repr_layers(&args.repr_layers, model.config().num_hidden_layers)?;
     let device = open_device(&args.device)?;
     model.params.to_device(&device)?;
+    let max_tokens =
+        args.max_tokens.unwrap_or_else(|| default_inference_tokens(&device).max(length.max_item_tokens()));
     let job = EmbedJob {
         input: args.input.clone(),
         output: args.output.clone(),
@@ -192,7 +197,7 @@ pub fn run(args: EmbedArgs) -> Result<()> {
         layers,
         include,
         length,
-        max_tokens: args.max_tokens,
+        max_tokens,
         format,
         resume: args.resume,
         show_progress: !args.device.quiet,
