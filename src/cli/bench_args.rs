@@ -32,8 +32,8 @@ pub struct BenchArgs {
     #[arg(long, value_name = "DIR")]
     pub data: Option<PathBuf>,
 
-    /// Token budget per batch (default: 16,384 for train; for infer the predict default,
-    /// 2,048 on the CPU and 16,384 on CUDA).
+    /// Token budget per batch (default: 16,384 for train; for infer the predict default
+    /// of the device, 16,384 on the CPU and on CUDA).
     #[arg(long, value_name = "TOKENS")]
     pub max_tokens: Option<usize>,
 

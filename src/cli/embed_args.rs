@@ -95,8 +95,8 @@ pub struct EmbedArgs {
     pub truncate: Option<usize>,
 
     /// Token budget of a batch (sequences are packed without padding, sorted by length).
-    /// Default: the fastest measured for the device, as `predict` (2,048 on the CPU,
-    /// 16,384 on CUDA), raised to one window when a window is longer.
+    /// Default: the fastest measured for the device, as `predict` (16,384 on the CPU and
+    /// on CUDA), raised to one window when a window is longer.
     #[arg(long, value_name = "TOKENS")]
     pub max_tokens: Option<usize>,
 

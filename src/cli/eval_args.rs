@@ -78,8 +78,8 @@ pub struct EvalArgs {
     #[arg(long, value_name = "FILE")]
     pub json: Option<PathBuf>,
 
-    /// Token budget per batch (default: the fastest measured for the device, 2,048 on the
-    /// CPU and 16,384 on CUDA; see the README's "Inference batch size").
+    /// Token budget per batch (default: the fastest measured for the device, 16,384 on the
+    /// CPU and on CUDA; see the README's "Inference batch size").
     #[arg(long, value_name = "TOKENS")]
     pub max_tokens: Option<usize>,
 

@@ -58,8 +58,8 @@ pub struct PredictContactsArgs {
     #[arg(long, default_value_t = 1024)]
     pub max_len: usize,
 
-    /// Token budget per batch (default: the fastest measured for the device, 2,048 on the
-    /// CPU and 16,384 on CUDA; see the README's "Inference batch size").
+    /// Token budget per batch (default: the fastest measured for the device, 16,384 on the
+    /// CPU and on CUDA; see the README's "Inference batch size").
     #[arg(long, value_name = "TOKENS")]
     pub max_tokens: Option<usize>,
 
