@@ -188,8 +188,7 @@ pub fn run(args: EmbedArgs) -> Result<()> {
     let layers = resolve_repr_layers(&args.repr_layers, model.config().num_hidden_layers)?;
     let device = open_device(&args.device)?;
     model.params.to_device(&device)?;
-    let max_tokens =
-        args.max_tokens.unwrap_or_else(|| default_inference_tokens(&device).max(length.max_item_tokens()));
+    let max_tokens = args.max_tokens.unwrap_or_else(|| default_inference_tokens(&device).max(length.max_item_tokens()));
     let job = EmbedJob {
         input: args.input.clone(),
         output: args.output.clone(),

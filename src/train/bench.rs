@@ -26,8 +26,8 @@ use std::time::Instant;
 use anyhow::Result;
 use serde::Serialize;
 
-use super::eval::default_inference_tokens;
 use super::device::{self, DeviceChoice, Precision};
+use super::eval::default_inference_tokens;
 use super::memory::{self, param_specs_of, BatchShape, LinearFit, MemoryPlan, PlanOptions};
 use crate::autograd::{Grads, Tape};
 use crate::backend::cuda::{self, nvtx};
