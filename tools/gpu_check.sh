@@ -42,18 +42,9 @@ GPU_DIR=.gpu
 TESTS=(cuda_ops cuda_model optim_8bit_cuda)
 PY=${PYTHON:-python3}
 
-build() {
-    set -e
-    export QF_REQUIRE_CUDA_KERNELS=1
-    rm -rf "$GPU_DIR"
-    mkdir -p "$GPU_DIR"
-    echo "== building qf-engine (release, kernels required)"
-    cargo build --release --bin qf-engine
-    echo "== building the GPU test executables"
-    local json exe
-    json=$(cargo test --release --no-run --message-format=json $(printf -- '--test %s ' "${TESTS[@]}"))
-    for t in "${TESTS[@]}"; do
-        exe=$(printf '%s\n' "$json" | python3 -c '
+# The executable cargo built for target $1, from its --message-format=json on stdin.
+executable_named() {
+    python3 -c '
 import json, sys
 for line in sys.stdin:
     try:
@@ -62,34 +53,29 @@ for line in sys.stdin:
         continue
     if m.get("reason") == "compiler-artifact" and m.get("executable") and m["target"]["name"] == sys.argv[1]:
         print(m["executable"])
-' "$t" | tail -n 1)
+' "$1" | tail -n 1
+}
+
+build() {
+    set -e
+    export QF_REQUIRE_CUDA_KERNELS=1
+    rm -rf "$GPU_DIR"
+    mkdir -p "$GPU_DIR"
+    echo "== building qf-engine (release, kernels required)"
+    cargo build --release --bin qf-engine
+    echo "== building the GPU test executables"
+    local json exe t b
+    json=$(cargo test --release --no-run --message-format=json $(printf -- '--test %s ' "${TESTS[@]}"))
+    for t in "${TESTS[@]}"; do
+        exe=$(executable_named "$t" <<< "$json")
         [ -n "$exe" ] || { echo "no executable for test $t" >&2; exit 1; }
         strip -o "$GPU_DIR/$t" "$exe"
     done
-    exe=$(cargo bench --no-run --bench cuda_ops --message-format=json | python3 -c '
-import json, sys
-for line in sys.stdin:
-    try:
-        m = json.loads(line)
-    except ValueError:
-        continue
-    if m.get("reason") == "compiler-artifact" and m.get("executable") and m["target"]["name"] == "cuda_ops":
-        print(m["executable"])
-' | tail -n 1)
-    [ -n "$exe" ] || { echo "no executable for the cuda_ops benchmark" >&2; exit 1; }
-    strip -o "$GPU_DIR/bench_cuda_ops" "$exe"
-    exe=$(cargo bench --no-run --bench attention --message-format=json | python3 -c '
-import json, sys
-for line in sys.stdin:
-    try:
-        m = json.loads(line)
-    except ValueError:
-        continue
-    if m.get("reason") == "compiler-artifact" and m.get("executable") and m["target"]["name"] == "attention":
-        print(m["executable"])
-' | tail -n 1)
-    [ -n "$exe" ] || { echo "no executable for the attention benchmark" >&2; exit 1; }
-    strip -o "$GPU_DIR/bench_attention" "$exe"
+    for b in cuda_ops attention; do
+        exe=$(cargo bench --no-run --bench "$b" --message-format=json | executable_named "$b")
+        [ -n "$exe" ] || { echo "no executable for the $b benchmark" >&2; exit 1; }
+        strip -o "$GPU_DIR/bench_$b" "$exe"
+    done
     strip -o "$GPU_DIR/qf-engine" target/release/qf-engine
     local shared="${QF_SHARED_DIR:-../shared}" shard rows
     shard=$(ls "$shared"/data/pfam/train/data-* 2>/dev/null | head -n 1 || true)
