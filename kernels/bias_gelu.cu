@@ -27,7 +27,7 @@
 //       gy = clamp(ceil(4·num_SMs / grid.x), 1, ceil(rows/8)): x indexes
 //       column tiles of blockDim.x columns (grid-strided), y splits the rows.
 //       Any block shape with ≤ 1024 threads and any grid is correct (see
-//       bias_grad in bias.cu).
+//       bias_grad in linear.cu).
 #include "common.cuh"
 
 namespace {

@@ -37,7 +37,13 @@
 //   Recomputes (1) from the logits (one extra pass over [rows, n_classes]); the
 //   forward then needs no dlogits buffer.  dlogits may alias logits.
 //
-// Launch (both): one block per row, block (256, 1, 1) for n_classes ≤ 4096,
+//   sum_f32(float* out, const float* x, long long n)
+//   *out ACCUMULATES (+=) Σ_{i<n} x_i in fp32 (per-thread partials, a block tree sum,
+//   one atomicAdd per block): the mean loss from loss_rows. The order of the sum
+//   depends on the launch shape, so launch ONE block for a deterministic loss.
+//   Launch: block (256, 1, 1) (any multiple of 32 ≤ 1024), grid (1, 1, 1).
+//
+// Launch (the two row kernels): one block per row, block (256, 1, 1) for n_classes ≤ 4096,
 // (1024, 1, 1) above (any multiple of 32 ≤ 1024), grid (min(rows, 65535), 1, 1)
 // (rows are grid-strided).  Static shared memory only (256 B).
 #include "common.cuh"
@@ -130,4 +136,11 @@ extern "C" __global__ void label_weight_sum(float* out, const int* labels, const
         __syncthreads();
     }
     if (threadIdx.x == 0) *out = partial[0];
+}
+
+extern "C" __global__ void sum_f32(float* out, const float* x, long long n) {
+    float partial = 0.0f;
+    for (long long i = qf::global_thread_index(); i < n; i += qf::global_thread_count()) partial += x[i];
+    const float total = qf::block_sum(partial);
+    if (threadIdx.x == 0) atomicAdd(out, total);
 }

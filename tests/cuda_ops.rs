@@ -1,5 +1,5 @@
 //! Every CUDA op, forward and backward, against the CPU op in f64 on fresh random
-//! inputs, in f32, f16 and bf16 (DESIGN.md tolerances: fp32 ≤ 1e-5, halves ≤ 1e-2,
+//! inputs, in f32, f16 and bf16 (docs/ARCHITECTURE.md tolerances: fp32 ≤ 1e-5, halves ≤ 1e-2,
 //! NaN never passes). Odd sizes, several packed sequences of different lengths,
 //! outputs poisoned with NaN before the kernels run, gradient buffers starting from
 //! random values (accumulation checked). Dropout, casts and the AdamW step are checked

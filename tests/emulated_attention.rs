@@ -6,7 +6,7 @@
 //! grid-stride loops take several passes), against the CPU twins of
 //! `qf_engine::backend::cpu` or a reference computed here in f64.
 //!
-//! Tolerances (DESIGN.md): relative L2 error ≤ 1e-5 in f32 against f64, ≤ 1e-2 in
+//! Tolerances (docs/ARCHITECTURE.md): relative L2 error ≤ 1e-5 in f32 against f64, ≤ 1e-2 in
 //! f16/bf16 (reference from the inputs rounded to the dtype); NaN never passes. Outputs
 //! are poisoned with NaN before each launch, gradient buffers start from random values
 //! (accumulation checked), and data movement (pack/unpack) and dropout are checked bit

@@ -1,5 +1,5 @@
 //! The loss, reduction, gradient-norm, cast and elementwise kernels
-//! (`kernels/{cross_entropy,bce,reduce,grad_norm,cast,elementwise}.cu`) — every
+//! (`kernels/{cross_entropy,bce,grad_norm,cast,elementwise}.cu`) — every
 //! `extern "C"` entry point, every dtype it is instantiated for — run on the CPU through
 //! the host emulation of `tests/kernel_emu`, with the argument lists and launch shapes of
 //! their Rust launchers (`src/backend/cuda/{cross_entropy,bce,elementwise,optim,storage}.rs`),
@@ -14,7 +14,7 @@
 //! * Outputs start as NaN, buffers a kernel ACCUMULATES into start from random values
 //!   (old + delta is checked), and every output buffer carries guard bytes on both sides
 //!   that must come back untouched.
-//! * Tolerances (DESIGN.md): relative L2 error ≤ 1e-5 for f32 against an f64 reference,
+//! * Tolerances (docs/ARCHITECTURE.md): relative L2 error ≤ 1e-5 for f32 against an f64 reference,
 //!   ≤ 1e-2 for f16/bf16 against a reference computed from the inputs rounded to the
 //!   dtype; NaN never passes. Casts are bit-exact against `half` (round to nearest even),
 //!   and the single-operation maps (add, accumulate, scale, fill) are bit-exact against
@@ -105,7 +105,7 @@ fn dtype_of<T: Element>() -> DType {
     }
 }
 
-/// DESIGN.md tolerance of a dtype.
+/// The tolerance of a dtype (docs/ARCHITECTURE.md, numerics).
 fn tol<T: Element>() -> f64 {
     if T::SUFFIX == "f32" {
         1e-5
@@ -255,7 +255,7 @@ const KERNELS: &[(&str, &str, bool, &str)] = &[
     ("cross_entropy", "label_weight_sum", false, "PPPIII"),
     ("bce", "bce_with_logits_forward_backward", true, "PPPPPLF"),
     ("bce", "bce_with_logits_backward", true, "PPPPLFP"),
-    ("reduce", "sum_f32", false, "PPL"),
+    ("cross_entropy", "sum_f32", false, "PPL"),
     ("grad_norm", "sum_squares_f32", false, "PPPL"),
     ("grad_norm", "clip_and_scale", false, "PPPPFFP"),
     ("cast", "cast_f32_to_f16", false, "PPL"),
@@ -805,7 +805,7 @@ fn bce_fused_in_place_without_mask() {
 }
 
 // ---------------------------------------------------------------------------------
-// reduce.cu
+// cross_entropy.cu: sum_f32 (the mean loss of the per-row losses)
 // ---------------------------------------------------------------------------------
 
 #[test]

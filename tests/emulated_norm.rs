@@ -1,5 +1,5 @@
 //! The row-wise and column-wise kernels of `kernels/layer_norm.cu`, `embedding.cu`,
-//! `gather.cu`, `bias.cu` and `bias_gelu.cu`, every entry point in every compute dtype
+//! `gather.cu`, `linear.cu` (the bias kernels) and `bias_gelu.cu`, every entry point in every compute dtype
 //! (f32, f16, bf16), run on the CPU through the host emulation of `tests/kernel_emu`
 //! and compared with a naive f64 reference written here.
 //!
@@ -12,7 +12,7 @@
 //!
 //! Outputs are poisoned with NaN before each launch (NaN never passes); buffers the
 //! kernels accumulate into start from random non-zero values and must come back as
-//! old + delta. Tolerances (DESIGN.md): relative L2 error ≤ 1e-5 for f32 outputs,
+//! old + delta. Tolerances (docs/ARCHITECTURE.md): relative L2 error ≤ 1e-5 for f32 outputs,
 //! ≤ 1e-2 for f16/bf16 outputs, whose reference is computed from the inputs rounded
 //! to the dtype. The fp32 side outputs of the half kernels (LayerNorm statistics and
 //! dw/db, embedding table gradient, bias gradients) are computed in fp32 from values
@@ -191,7 +191,7 @@ const COVERED: &[&str] = &[
 #[test]
 fn every_kernel_of_these_files_is_covered() {
     kernel_emu::schedules("every_kernel_of_these_files_is_covered", |emu| {
-        let modules = ["layer_norm", "embedding", "gather", "bias", "bias_gelu"];
+        let modules = ["layer_norm", "embedding", "gather", "linear", "bias_gelu"];
         let mut want: Vec<String> =
             COVERED.iter().flat_map(|b| ["f32", "f16", "bf16"].map(|s| format!("{b}_{s}"))).collect();
         want.sort();
@@ -645,7 +645,7 @@ fn gather_rows_and_scatter_add_rows_all_dtypes() {
 }
 
 // ---------------------------------------------------------------------------------
-// bias.cu
+// linear.cu (bias_add, bias_grad)
 // ---------------------------------------------------------------------------------
 
 /// `bias_add_T(y, x, bias, rows, cols)`; `in_place` as `linear.rs` launches it (y == x).

@@ -253,7 +253,7 @@ impl Grads {
         match self.map.get_mut(&t.id()) {
             Some(buf) => {
                 buf.make_unique()?;
-                crate::ops::elementwise::add_into(buf, g)
+                crate::backend::add_into(buf, g)
             }
             None => {
                 self.map.insert(t.id(), g.clone());

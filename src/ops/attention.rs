@@ -1,8 +1,8 @@
 //! Multi-head attention over packed variable-length sequences (`cu_seqlens`, no
 //! padding), optionally returning the attention probabilities and accepting a gradient
-//! on them (the contact head reads them). See `backend/cpu/attention.rs` for the maths.
-
-use std::sync::Arc;
+//! on them (the contact head reads them). CPU twin `backend/cpu/attention.rs`; on CUDA
+//! `kernels/attention.cu` with cuBLAS products (the unfused path; `flash_attention` is the
+//! fused one).
 
 use anyhow::{bail, Result};
 
@@ -10,41 +10,10 @@ use super::{grad_slice, with_real};
 use crate::autograd::Tape;
 use crate::backend::cpu::attention::{self as cpu, AttnDims};
 use crate::backend::cpu::Real;
-use crate::tensor::{ensure_same_shape, Device, Tensor};
+use crate::backend::cuda::attention as cuda;
+use crate::tensor::{ensure_same_shape, Tensor};
 
-/// Where each packed sequence starts and ends, on the host and on the compute device.
-#[derive(Clone, Debug)]
-pub struct SeqLayout {
-    /// `n_seqs + 1` offsets.
-    pub cu: Arc<Vec<usize>>,
-    pub max_len: usize,
-    /// The same offsets as an i32 tensor on the compute device (read by CUDA kernels).
-    pub cu_device: Tensor,
-}
-
-impl SeqLayout {
-    pub fn new(cu_seqlens: &[u32], device: &Device) -> Result<SeqLayout> {
-        if cu_seqlens.len() < 2 || cu_seqlens[0] != 0 || cu_seqlens.windows(2).any(|w| w[1] <= w[0]) {
-            bail!("cu_seqlens must start at 0 and increase strictly, got {cu_seqlens:?}");
-        }
-        let cu: Vec<usize> = cu_seqlens.iter().map(|&c| c as usize).collect();
-        let max_len = cu.windows(2).map(|w| w[1] - w[0]).max().unwrap_or(0);
-        let cu_device = Tensor::from_i32(cu_seqlens.iter().map(|&c| c as i32).collect(), &[cu.len()], device)?;
-        Ok(SeqLayout { cu: Arc::new(cu), max_len, cu_device })
-    }
-
-    pub fn n_seqs(&self) -> usize {
-        self.cu.len() - 1
-    }
-
-    pub fn n_tokens(&self) -> usize {
-        *self.cu.last().unwrap_or(&0)
-    }
-
-    pub fn len_of(&self, s: usize) -> usize {
-        self.cu[s + 1] - self.cu[s]
-    }
-}
+pub use crate::backend::SeqLayout;
 
 /// Attention output (`[tokens, heads·d]`) and, when asked, the probabilities.
 ///
@@ -72,7 +41,7 @@ pub fn attention(
     }
     super::ensure_same_device("attention", &[q, k, v])?;
     if !q.is_cpu() {
-        return crate::backend::cuda::attention::attention(tape, q, k, v, layout, n_heads, scale, want_probs);
+        return on_cuda(tape, q, k, v, layout, n_heads, scale, want_probs);
     }
     let dims = AttnDims { n_heads, head_dim: width / n_heads };
     let (_, total) = cpu::prob_offsets(&layout.cu, n_heads);
@@ -120,4 +89,36 @@ pub fn attention(
         }
         Ok((out, want_probs.then_some(probs)))
     })
+}
+
+#[allow(clippy::too_many_arguments)]
+fn on_cuda(
+    tape: &Tape,
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    layout: &SeqLayout,
+    n_heads: usize,
+    scale: f64,
+    want_probs: bool,
+) -> Result<(Tensor, Option<Tensor>)> {
+    let (out, probs, saved) = cuda::forward(q, k, v, layout, n_heads, scale)?;
+    let needs = tape.needs_grad(&[q, k, v]);
+    let out = out.with_requires_grad(needs);
+    let probs = probs.with_requires_grad(needs);
+    if needs {
+        let (q, k, v, layout) = (q.clone(), k.clone(), v.clone(), layout.clone());
+        let outputs: Vec<&Tensor> = if want_probs { vec![&out, &probs] } else { vec![&out] };
+        tape.record("attention", &outputs, move |outs, grads| {
+            let dout = outs.first().and_then(Option::as_ref);
+            let dprobs = outs.get(1).and_then(Option::as_ref);
+            let (dq, dk, dv) = (grads.take_acc(&q)?, grads.take_acc(&k)?, grads.take_acc(&v)?);
+            cuda::backward(dq.as_ref(), dk.as_ref(), dv.as_ref(), dout, dprobs, &saved, &layout, scale)?;
+            grads.put(&q, dq);
+            grads.put(&k, dk);
+            grads.put(&v, dv);
+            Ok(())
+        });
+    }
+    Ok((out, want_probs.then_some(probs)))
 }

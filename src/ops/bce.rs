@@ -1,4 +1,6 @@
-//! Binary cross-entropy with logits over masked entries (see `backend/cpu/bce.rs`).
+//! Binary cross-entropy with logits over masked entries (CPU twin `backend/cpu/bce.rs`,
+//! kernels `kernels/bce.cu`). The CPU computes the gradient with the loss and keeps it;
+//! CUDA recomputes it in the backward from the saved inputs.
 
 use anyhow::Result;
 
@@ -6,6 +8,7 @@ use super::{out_grad, with_real};
 use crate::autograd::Tape;
 use crate::backend::cpu::bce as cpu;
 use crate::backend::cpu::Real;
+use crate::backend::cuda::bce as cuda;
 use crate::tensor::{ensure_same_shape, Tensor};
 
 /// Mean BCE of `logits` against `targets` (0/1) over the entries where `mask` is non-zero;
@@ -15,7 +18,7 @@ pub fn bce_with_logits(tape: &Tape, logits: &Tensor, targets: &Tensor, mask: &Te
     ensure_same_shape(logits, mask, "bce mask")?;
     super::ensure_same_device("bce_with_logits", &[logits, targets, mask])?;
     if !logits.is_cpu() {
-        return crate::backend::cuda::bce::bce_with_logits(tape, logits, targets, mask);
+        return on_cuda(tape, logits, targets, mask);
     }
     with_real!(logits.dtype(), T => {
         let mut d = vec![T::zero(); logits.numel()];
@@ -31,4 +34,17 @@ pub fn bce_with_logits(tape: &Tape, logits: &Tensor, targets: &Tensor, mask: &Te
         }
         Ok(loss)
     })
+}
+
+fn on_cuda(tape: &Tape, logits: &Tensor, targets: &Tensor, mask: &Tensor) -> Result<Tensor> {
+    let (loss, inv) = cuda::forward(logits, targets, mask)?;
+    let loss = loss.with_requires_grad(tape.needs_grad(&[logits]));
+    if loss.requires_grad() {
+        let (logits, targets, mask) = (logits.clone(), targets.clone(), mask.clone());
+        tape.record("bce_with_logits", &[&loss], move |outs, grads| {
+            let d = cuda::backward(out_grad(outs, 0)?, &logits, &targets, &mask, inv)?;
+            grads.accumulate(&logits, &d)
+        });
+    }
+    Ok(loss)
 }

@@ -1,5 +1,6 @@
-//! The contact head over the attention probabilities of every layer (see
-//! `backend/cpu/contact_head.rs`): logits of residue pairs, per sequence an
+//! The contact head over the attention probabilities of every layer (Rao et al. 2020;
+//! CPU maths `backend/cpu/contact_head.rs`, no kernel yet: on CUDA the CPU head runs on
+//! host copies): logits of residue pairs, per sequence an
 //! `L' × L'` block (`L' = L − 2`, `<cls>` and `<eos>` removed), packed end to end.
 
 use anyhow::{bail, Result};
@@ -9,7 +10,8 @@ use crate::autograd::Tape;
 use crate::backend::cpu::attention::prob_offsets;
 use crate::backend::cpu::contact_head::{self as cpu, SeqSlot};
 use crate::backend::cpu::Real;
-use crate::tensor::Tensor;
+use crate::backend::cuda::contact_head as cuda;
+use crate::tensor::{DType, Tensor};
 
 /// Where each sequence's logits start, and their total count.
 pub fn contact_offsets(layout: &SeqLayout) -> (Vec<usize>, usize) {
@@ -60,7 +62,7 @@ pub fn contact_head(
     all.push(bias);
     super::ensure_same_device("contact_head", &all)?;
     if !weight.is_cpu() {
-        return crate::backend::cuda::contact_head::contact_head(tape, probs, layout, n_heads, weight, bias);
+        return on_cuda(tape, probs, layout, n_heads, weight, bias);
     }
     let sl = slots(layout, n_heads)?;
     let (_, total) = contact_offsets(layout);
@@ -80,9 +82,7 @@ pub fn contact_head(
                 let mut db = grads.take_acc(&bias)?;
                 {
                     let mut dl: Vec<&mut [T]> = dprobs.iter_mut().map(super::grad_slice::<T>).collect::<Result<_>>()?;
-                    let mut dw_local = vec![T::zero(); n_ch];
-                    let mut db_local = T::zero();
-                    cpu::backward(&mut dl, &mut dw_local, &mut db_local, g, &layers, &sl, n_heads, &w);
+                    let (dw_local, db_local) = backward_into(&mut dl, g, &layers, &sl, n_heads, &w);
                     if let Some(t) = dw.as_mut() {
                         for (d, s) in t.as_mut_slice::<T>()?.iter_mut().zip(dw_local) {
                             *d += s;
@@ -102,4 +102,76 @@ pub fn contact_head(
         }
         Ok(y)
     })
+}
+
+/// `dprobs += …` for every layer (an empty slice: no gradient); returns the weight's and
+/// the bias's gradient.
+fn backward_into<T: Real>(
+    dprobs: &mut [&mut [T]],
+    g: &[T],
+    layers: &[&[T]],
+    sl: &[SeqSlot],
+    n_heads: usize,
+    w: &[T],
+) -> (Vec<T>, T) {
+    let mut dw = vec![T::zero(); w.len()];
+    let mut db = T::zero();
+    cpu::backward(dprobs, &mut dw, &mut db, g, layers, sl, n_heads, w);
+    (dw, db)
+}
+
+/// GPU probabilities: the CPU head on host copies (`backend/cuda/contact_head.rs` moves
+/// the data); exact, but it synchronises with the host.
+fn on_cuda(
+    tape: &Tape,
+    probs: &[Tensor],
+    layout: &SeqLayout,
+    n_heads: usize,
+    weight: &Tensor,
+    bias: &Tensor,
+) -> Result<Tensor> {
+    let sl = slots(layout, n_heads)?;
+    let (_, total) = contact_offsets(layout);
+    let host: Vec<Vec<f32>> = probs.iter().map(|p| cuda::probs_to_host(p, layout, n_heads)).collect::<Result<_>>()?;
+    let (w, b) = (weight.to_vec_f32()?, bias.to_vec_f32()?[0]);
+    let mut out = vec![0f32; total];
+    {
+        let layers: Vec<&[f32]> = host.iter().map(Vec::as_slice).collect();
+        cpu::forward(&mut out, &layers, &sl, n_heads, &w, b);
+    }
+    let y = Tensor::from_f32(out, &[total], DType::F32, &weight.device())?;
+    let mut inputs: Vec<&Tensor> = probs.iter().collect();
+    inputs.push(weight);
+    inputs.push(bias);
+    let y = y.with_requires_grad(tape.needs_grad(&inputs));
+    if y.requires_grad() {
+        let (probs, weight, bias, layout) = (probs.to_vec(), weight.clone(), bias.clone(), layout.clone());
+        tape.record("contact_head", &[&y], move |outs, grads| {
+            let g = out_grad(outs, 0)?.to_vec_f32()?;
+            let layers: Vec<&[f32]> = host.iter().map(Vec::as_slice).collect();
+            let mut dhost: Vec<Vec<f32>> = probs
+                .iter()
+                .zip(&host)
+                .map(|(p, h)| if p.requires_grad() { vec![0f32; h.len()] } else { Vec::new() })
+                .collect();
+            let (dw, db) = {
+                let mut dl: Vec<&mut [f32]> = dhost.iter_mut().map(Vec::as_mut_slice).collect();
+                backward_into(&mut dl, &g, &layers, &sl, n_heads, &w)
+            };
+            for (p, d) in probs.iter().zip(dhost) {
+                if p.requires_grad() {
+                    grads.accumulate(p, &cuda::grad_to_device(d, p, &layout, n_heads)?)?;
+                }
+            }
+            let dev = weight.device();
+            if weight.requires_grad() {
+                grads.accumulate(&weight, &Tensor::from_f32(dw, weight.shape(), DType::F32, &dev)?)?;
+            }
+            if bias.requires_grad() {
+                grads.accumulate(&bias, &Tensor::from_f32(vec![db], bias.shape(), DType::F32, &dev)?)?;
+            }
+            Ok(())
+        });
+    }
+    Ok(y)
 }

@@ -1,6 +1,8 @@
-//! Weighted softmax cross-entropy with an ignore index (see
-//! `backend/cpu/cross_entropy.rs`). The loss and the logits' gradient are computed in one
-//! pass in the forward; the backward only scales that gradient by the upstream one.
+//! Weighted softmax cross-entropy with an ignore index (CPU twin
+//! `backend/cpu/cross_entropy.rs`, kernels `kernels/cross_entropy.cu`). On the CPU the
+//! loss and the logits' gradient are computed in one pass in the forward and the backward
+//! only scales that gradient by the upstream one; CUDA recomputes the softmax in the
+//! backward from the saved logits.
 
 use anyhow::{bail, Result};
 
@@ -8,6 +10,7 @@ use super::{out_grad, with_real};
 use crate::autograd::Tape;
 use crate::backend::cpu::cross_entropy as cpu;
 use crate::backend::cpu::Real;
+use crate::backend::cuda::cross_entropy as cuda;
 use crate::tensor::{DType, Tensor};
 
 pub use crate::backend::cpu::cross_entropy::IGNORE_INDEX;
@@ -28,7 +31,7 @@ pub fn cross_entropy(tape: &Tape, logits: &Tensor, labels: &Tensor, weights: Opt
     if !logits.is_cpu() {
         // On the GPU the labels stay on the device: the kernels compute the weight sum there,
         // and an out-of-range label turns the loss into NaN rather than being checked here.
-        return crate::backend::cuda::cross_entropy::cross_entropy(tape, logits, labels, weights);
+        return on_cuda(tape, logits, labels, weights);
     }
     let lab = labels.as_slice::<i32>()?.to_vec();
     if let Some(bad) = lab.iter().find(|&&y| y != IGNORE_INDEX && (y < 0 || y as usize >= classes)) {
@@ -52,4 +55,17 @@ pub fn cross_entropy(tape: &Tape, logits: &Tensor, labels: &Tensor, weights: Opt
         }
         Ok(loss)
     })
+}
+
+fn on_cuda(tape: &Tape, logits: &Tensor, labels: &Tensor, weights: Option<&Tensor>) -> Result<Tensor> {
+    let (loss, wsum) = cuda::forward(logits, labels, weights)?;
+    let loss = loss.with_requires_grad(tape.needs_grad(&[logits]));
+    if loss.requires_grad() {
+        let (logits, labels, weights) = (logits.clone(), labels.clone(), weights.cloned());
+        tape.record("cross_entropy", &[&loss], move |outs, grads| {
+            let d = cuda::backward(out_grad(outs, 0)?, &logits, &labels, weights.as_ref(), &wsum)?;
+            grads.accumulate(&logits, &d)
+        });
+    }
+    Ok(loss)
 }

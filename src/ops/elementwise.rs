@@ -1,6 +1,6 @@
 //! Elementwise ops: residual add, scaling by a constant, tanh.
 
-use anyhow::{bail, Result};
+use anyhow::Result;
 
 use super::{grad_slice, out_grad, with_real};
 use crate::autograd::Tape;
@@ -82,21 +82,7 @@ pub fn tanh(tape: &Tape, x: &Tensor) -> Result<Tensor> {
     Ok(y)
 }
 
-/// `dst += src` in place (gradient accumulation). `dst` must not be shared.
-pub fn add_into(dst: &mut Tensor, src: &Tensor) -> Result<()> {
-    ensure_same_shape(dst, src, "add_into")?;
-    if dst.dtype() != src.dtype() {
-        bail!("add_into: dtypes {} and {} differ", dst.dtype(), src.dtype());
-    }
-    match src.storage() {
-        Storage::Cpu(_) => with_real!(src.dtype(), T => {
-            let s = src.as_slice::<T>()?;
-            cpu::axpy(dst.as_mut_slice::<T>()?, T::one(), s);
-            Ok(())
-        }),
-        Storage::Cuda(_) => crate::backend::cuda::elementwise::accumulate(dst, src),
-    }
-}
+pub use crate::backend::add_into;
 
 /// A new tensor `alpha · x` (no tape).
 pub fn scaled_copy(x: &Tensor, alpha: f64) -> Result<Tensor> {

@@ -16,6 +16,7 @@ use crate::autograd::Tape;
 use crate::backend::cpu::attention::prob_offsets;
 use crate::backend::cpu::flash_attention::{self as cpu, FlashDims};
 use crate::backend::cpu::Real;
+use crate::backend::cuda::flash_attention as cuda;
 use crate::backend::cuda::AttentionKernel;
 use crate::tensor::{ensure_same_shape, DType, Device, Tensor};
 
@@ -57,9 +58,13 @@ pub fn flash_attention(
     }
     super::ensure_same_device("flash_attention", &[q, k, v, positions])?;
     if !q.is_cpu() {
-        return crate::backend::cuda::flash_attention::flash_attention(
-            tape, q, k, v, positions, layout, n_heads, q_scale, want_probs,
-        );
+        if !cuda::supports(q.dtype(), width / n_heads) {
+            // f32 and head dims without a kernel: the two ops the fused kernel replaces.
+            let q = super::rotary(tape, q, positions, n_heads, q_scale)?;
+            let k = super::rotary(tape, k, positions, n_heads, 1.0)?;
+            return super::attention(tape, &q, &k, v, layout, n_heads, 1.0, want_probs);
+        }
+        return on_cuda(tape, q, k, v, positions, layout, n_heads, q_scale, want_probs);
     }
     let pos = positions.as_slice::<i32>()?;
     if pos.iter().any(|&p| p < 0) {
@@ -122,4 +127,41 @@ pub fn flash_attention(
         }
         Ok((out, probs))
     })
+}
+
+#[allow(clippy::too_many_arguments)]
+fn on_cuda(
+    tape: &Tape,
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    positions: &Tensor,
+    layout: &SeqLayout,
+    n_heads: usize,
+    q_scale: f64,
+    want_probs: bool,
+) -> Result<(Tensor, Option<Tensor>)> {
+    let (out, probs, saved) = cuda::forward(q, k, v, positions, layout, n_heads, q_scale, want_probs)?;
+    let needs = tape.needs_grad(&[q, k, v]);
+    let out = out.with_requires_grad(needs);
+    let probs = probs.map(|t| t.with_requires_grad(needs));
+    if needs {
+        let (q, k, v) = (q.clone(), k.clone(), v.clone());
+        let mut outputs = vec![&out];
+        outputs.extend(probs.as_ref());
+        tape.record("flash_attention", &outputs, move |outs, grads| {
+            let dout = outs.first().and_then(Option::as_ref);
+            let dprobs = outs.get(1).and_then(Option::as_ref);
+            if dout.is_none() && dprobs.is_none() {
+                return Ok(());
+            }
+            let (dq, dk, dv) = (grads.take_acc(&q)?, grads.take_acc(&k)?, grads.take_acc(&v)?);
+            let result = cuda::backward(dq.as_ref(), dk.as_ref(), dv.as_ref(), dout, dprobs, &saved);
+            grads.put(&q, dq);
+            grads.put(&k, dk);
+            grads.put(&v, dv);
+            result
+        });
+    }
+    Ok((out, probs))
 }

@@ -1,12 +1,15 @@
 //! Ops: forward + backward of each operation, recorded on the autograd tape.
 //!
-//! Each op checks its inputs, dispatches on the device of its inputs (the CPU kernels
-//! in `backend/cpu/<op>.rs`, the CUDA launches in `backend/cuda/<op>.rs`), and records a
-//! backward node when the tape records and an input needs a gradient. Backward nodes
-//! accumulate into their inputs' gradients.
+//! Each op checks its inputs, dispatches both directions on the device of its inputs (the
+//! CPU twin in `backend/cpu/<op>.rs`, the CUDA launches in `backend/cuda/<op>.rs`, the
+//! kernels in `kernels/<op>.cu`, all under the op's name), and is the one place that
+//! records a backward node, when the tape records and an input needs a gradient. Backward
+//! nodes accumulate into their inputs' gradients. The backends know nothing of the tape.
 
 pub mod attention;
 pub mod bce;
+pub mod bias_gelu;
+pub mod cast;
 pub mod contact_head;
 pub mod cross_entropy;
 pub mod dropout;
@@ -14,7 +17,6 @@ pub mod elementwise;
 pub mod embedding;
 pub mod flash_attention;
 pub mod gather;
-pub mod gelu;
 pub mod layer_norm;
 pub mod linear;
 pub mod mean_pool;
@@ -22,6 +24,8 @@ pub mod rotary;
 
 pub use attention::{attention, SeqLayout};
 pub use bce::bce_with_logits;
+pub use bias_gelu::bias_gelu;
+pub use cast::cast;
 pub use contact_head::contact_head;
 pub use cross_entropy::cross_entropy;
 pub use dropout::dropout;
@@ -29,7 +33,6 @@ pub use elementwise::{add, scale, tanh};
 pub use embedding::embedding;
 pub use flash_attention::flash_attention;
 pub use gather::gather_rows;
-pub use gelu::bias_gelu;
 pub use layer_norm::layer_norm;
 pub use linear::linear;
 pub use mean_pool::mean_pool;
@@ -39,23 +42,7 @@ use anyhow::{anyhow, Result};
 
 use crate::tensor::{Element, Tensor};
 
-/// Run `$body` with `$T` bound to the CPU compute type of `$dtype` (f32 or f64).
-macro_rules! with_real {
-    ($dtype:expr, $T:ident => $body:expr) => {
-        match $dtype {
-            $crate::tensor::DType::F32 => {
-                type $T = f32;
-                $body
-            }
-            $crate::tensor::DType::F64 => {
-                type $T = f64;
-                $body
-            }
-            d => anyhow::bail!("the CPU backend computes in f32 or f64, not {}", d),
-        }
-    };
-}
-pub(crate) use with_real;
+pub(crate) use crate::backend::cpu::with_real;
 
 /// The gradient of output `i` of a node (present: the tape only calls a node whose
 /// outputs received a gradient; multi-output nodes check for themselves).

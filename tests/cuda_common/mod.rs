@@ -137,7 +137,7 @@ pub fn on_gpu(test: &str, f: impl Fn(&Target)) {
     }
 }
 
-/// ‖out − ref‖ / ‖ref‖ bound of DESIGN.md: fp32 1e-5 against f64, fp16/bf16 1e-2 (kept
+/// ‖out − ref‖ / ‖ref‖ bound of docs/ARCHITECTURE.md: fp32 1e-5 against f64, fp16/bf16 1e-2 (kept
 /// for checks of derived quantities, e.g. q·k under a rotary offset).
 pub fn tol(dtype: DType) -> f64 {
     match dtype {

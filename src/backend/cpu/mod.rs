@@ -6,6 +6,8 @@
 
 pub mod attention;
 pub mod bce;
+pub mod bias_gelu;
+pub mod cast;
 pub mod contact_head;
 pub mod cross_entropy;
 pub mod denormals;
@@ -13,8 +15,9 @@ pub mod dropout;
 pub mod elementwise;
 pub mod embedding;
 pub mod flash_attention;
-pub mod gelu;
+pub mod gather;
 pub mod layer_norm;
+pub mod linear;
 pub mod matmul;
 pub mod mean_pool;
 pub mod philox;
@@ -22,7 +25,7 @@ pub mod real;
 pub mod rotary;
 pub mod simd;
 
-use anyhow::{bail, Result};
+use anyhow::Result;
 
 use crate::tensor::DType;
 pub use real::Real;
@@ -66,12 +69,7 @@ impl CpuStorage {
 
     /// Convert between the CPU element types (f16/bf16 are GPU compute types only).
     pub fn to_dtype(&self, dtype: DType) -> Result<CpuStorage> {
-        Ok(match (self, dtype) {
-            (s, d) if s.dtype() == d => s.clone(),
-            (CpuStorage::F32(v), DType::F64) => CpuStorage::F64(v.iter().map(|&x| x as f64).collect()),
-            (CpuStorage::F64(v), DType::F32) => CpuStorage::F32(v.iter().map(|&x| x as f32).collect()),
-            (s, d) => bail!("the CPU backend cannot convert {} to {d}", s.dtype()),
-        })
+        cast::cast(self, dtype)
     }
 }
 
@@ -109,3 +107,21 @@ pub fn keep_freed_memory() {
         libc::mallopt(libc::M_TOP_PAD, 64 << 20);
     }
 }
+
+/// Run `$body` with `$T` bound to the CPU compute type of `$dtype` (f32 or f64).
+macro_rules! with_real {
+    ($dtype:expr, $T:ident => $body:expr) => {
+        match $dtype {
+            $crate::tensor::DType::F32 => {
+                type $T = f32;
+                $body
+            }
+            $crate::tensor::DType::F64 => {
+                type $T = f64;
+                $body
+            }
+            d => anyhow::bail!("the CPU backend computes in f32 or f64, not {}", d),
+        }
+    };
+}
+pub(crate) use with_real;

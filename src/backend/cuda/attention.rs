@@ -18,8 +18,7 @@ use super::gemm::{gemm, Batch, Operand};
 use super::kernels;
 use super::launch::{device_of, empty, flat_config, int, p, ptr, warp_rows_config};
 use super::nvtx;
-use crate::autograd::Tape;
-use crate::ops::SeqLayout;
+use crate::backend::SeqLayout;
 use crate::tensor::{DType, Tensor};
 
 /// Sizes of one call.
@@ -110,17 +109,25 @@ fn batched(
     gemm(dev, m, n, k, a, b, ptr(c)?, c.dtype(), ldc, 1.0, beta, Some(batch))
 }
 
-#[allow(clippy::too_many_arguments)]
-pub fn attention(
-    tape: &Tape,
+/// What the backward reads: the padded q, k, v blocks and the probabilities.
+pub struct AttnSaved {
+    qp: Tensor,
+    kp: Tensor,
+    vp: Tensor,
+    probs: Tensor,
+    dims: Dims,
+}
+
+/// The packed output `[tokens, heads·d]`, the padded probabilities
+/// `[n_seqs, heads, max_len, max_len]` and what the backward needs.
+pub fn forward(
     q: &Tensor,
     k: &Tensor,
     v: &Tensor,
     layout: &SeqLayout,
     n_heads: usize,
     scale: f64,
-    want_probs: bool,
-) -> Result<(Tensor, Option<Tensor>)> {
+) -> Result<(Tensor, Tensor, AttnSaved)> {
     let _r = nvtx::fwd("attention");
     let dev = device_of(q)?;
     let (n, width) = q.dims2()?;
@@ -172,122 +179,132 @@ pub fn attention(
     unpack_into(&dev, &out, &op_pad, layout, d, false)?;
     drop(op_pad);
 
-    let needs = tape.needs_grad(&[q, k, v]);
-    let out = out.with_requires_grad(needs);
-    let probs = probs.with_requires_grad(needs);
-    if needs {
-        let (q, k, v, layout) = (q.clone(), k.clone(), v.clone(), layout.clone());
-        let saved = probs.clone().with_requires_grad(false);
-        let outputs: Vec<&Tensor> = if want_probs { vec![&out, &probs] } else { vec![&out] };
-        tape.record("attention", &outputs, move |outs, grads| {
-            let _r = nvtx::bwd("attention");
-            let op = |t: &Tensor, ld: usize, trans: bool| -> Result<Operand> {
-                Ok(Operand { ptr: ptr(t)?, dtype: dt, ld, trans })
-            };
-            // dP = dO Vᵀ (+ the gradient on P from the contact head).
-            let dp = match outs.get(1).and_then(Option::as_ref) {
-                Some(g) => g.deep_clone()?,
-                None => empty(&dev, &[d.probs_len()], dt)?,
-            };
-            let beta_dp = if outs.get(1).and_then(Option::as_ref).is_some() { 1.0 } else { 0.0 };
-            if let Some(dout) = outs.first().and_then(Option::as_ref) {
-                let dop = pack(&dev, dout, &layout, d)?;
-                batched(
-                    &dev,
-                    l,
-                    l,
-                    hd,
-                    op(&dop, hd, false)?,
-                    l * hd,
-                    op(&vp, hd, true)?,
-                    l * hd,
-                    &dp,
-                    l * l,
-                    l,
-                    beta_dp,
-                    blocks,
-                )?;
-                if v.requires_grad() {
-                    // dV = Pᵀ dO
-                    let dvp = empty(&dev, &[d.padded_len()], dt)?;
-                    batched(
-                        &dev,
-                        l,
-                        hd,
-                        l,
-                        op(&saved, l, true)?,
-                        l * l,
-                        op(&dop, hd, false)?,
-                        l * hd,
-                        &dvp,
-                        l * hd,
-                        hd,
-                        0.0,
-                        blocks,
-                    )?;
-                    unpack_into(&dev, grads.acc(&v)?, &dvp, &layout, d, true)?;
-                }
-            } else if beta_dp == 0.0 {
-                return Ok(());
-            }
-            // dS = scale·P ⊙ (dP − rowsum(dP ⊙ P)), written over dP's storage type.
-            let ds = empty(&dev, &[d.probs_len()], dt)?;
-            // attn_softmax_backward_T(dscores, probs, dprobs, cu_seqlens, n_seqs, n_heads, max_len, scale)
-            kernels::attention::attn_softmax_backward(
+    let saved = AttnSaved { qp, kp, vp, probs: probs.clone(), dims: d };
+    Ok((out, probs, saved))
+}
+
+/// `dq`, `dk`, `dv` += the gradients from `dout` (the output's gradient) and `dprobs`
+/// (a gradient on the probabilities, from the contact head); each output skipped when
+/// `None`.
+#[allow(clippy::too_many_arguments)]
+pub fn backward(
+    dq: Option<&Tensor>,
+    dk: Option<&Tensor>,
+    dv: Option<&Tensor>,
+    dout: Option<&Tensor>,
+    dprobs: Option<&Tensor>,
+    s: &AttnSaved,
+    layout: &SeqLayout,
+    scale: f64,
+) -> Result<()> {
+    let _r = nvtx::bwd("attention");
+    let dev = device_of(&s.probs)?;
+    let d = s.dims;
+    let dt = s.probs.dtype();
+    let (l, hd, blocks) = (d.max_len, d.head_dim, d.blocks());
+    let op =
+        |t: &Tensor, ld: usize, trans: bool| -> Result<Operand> { Ok(Operand { ptr: ptr(t)?, dtype: dt, ld, trans }) };
+    // dP = dO Vᵀ (+ the gradient on P from the contact head).
+    let dp = match dprobs {
+        Some(g) => g.deep_clone()?,
+        None => empty(&dev, &[d.probs_len()], dt)?,
+    };
+    let beta_dp = if dprobs.is_some() { 1.0 } else { 0.0 };
+    if let Some(dout) = dout {
+        let dop = pack(&dev, dout, layout, d)?;
+        batched(
+            &dev,
+            l,
+            l,
+            hd,
+            op(&dop, hd, false)?,
+            l * hd,
+            op(&s.vp, hd, true)?,
+            l * hd,
+            &dp,
+            l * l,
+            l,
+            beta_dp,
+            blocks,
+        )?;
+        if let Some(dv) = dv {
+            // dV = Pᵀ dO
+            let dvp = empty(&dev, &[d.padded_len()], dt)?;
+            batched(
                 &dev,
-                warp_rows_config(d.row_blocks()),
-                p(&ds)?,
-                p(&saved)?,
-                p(&dp)?,
-                p(&layout.cu_device)?,
-                int(d.n_seqs)?,
-                int(d.heads)?,
-                int(l)?,
-                scale as f32,
+                l,
+                hd,
+                l,
+                op(&s.probs, l, true)?,
+                l * l,
+                op(&dop, hd, false)?,
+                l * hd,
+                &dvp,
+                l * hd,
+                hd,
+                0.0,
+                blocks,
             )?;
-            drop(dp);
-            if q.requires_grad() {
-                // dQ = dS K
-                let dqp = empty(&dev, &[d.padded_len()], dt)?;
-                batched(
-                    &dev,
-                    l,
-                    hd,
-                    l,
-                    op(&ds, l, false)?,
-                    l * l,
-                    op(&kp, hd, false)?,
-                    l * hd,
-                    &dqp,
-                    l * hd,
-                    hd,
-                    0.0,
-                    blocks,
-                )?;
-                unpack_into(&dev, grads.acc(&q)?, &dqp, &layout, d, true)?;
-            }
-            if k.requires_grad() {
-                // dK = dSᵀ Q
-                let dkp = empty(&dev, &[d.padded_len()], dt)?;
-                batched(
-                    &dev,
-                    l,
-                    hd,
-                    l,
-                    op(&ds, l, true)?,
-                    l * l,
-                    op(&qp, hd, false)?,
-                    l * hd,
-                    &dkp,
-                    l * hd,
-                    hd,
-                    0.0,
-                    blocks,
-                )?;
-                unpack_into(&dev, grads.acc(&k)?, &dkp, &layout, d, true)?;
-            }
-            Ok(())
-        });
+            unpack_into(&dev, dv, &dvp, layout, d, true)?;
+        }
+    } else if beta_dp == 0.0 {
+        return Ok(());
     }
-    Ok((out, want_probs.then_some(probs)))
+    // dS = scale·P ⊙ (dP − rowsum(dP ⊙ P)), written over dP's storage type.
+    let ds = empty(&dev, &[d.probs_len()], dt)?;
+    // attn_softmax_backward_T(dscores, probs, dprobs, cu_seqlens, n_seqs, n_heads, max_len, scale)
+    kernels::attention::attn_softmax_backward(
+        &dev,
+        warp_rows_config(d.row_blocks()),
+        p(&ds)?,
+        p(&s.probs)?,
+        p(&dp)?,
+        p(&layout.cu_device)?,
+        int(d.n_seqs)?,
+        int(d.heads)?,
+        int(l)?,
+        scale as f32,
+    )?;
+    drop(dp);
+    if let Some(dq) = dq {
+        // dQ = dS K
+        let dqp = empty(&dev, &[d.padded_len()], dt)?;
+        batched(
+            &dev,
+            l,
+            hd,
+            l,
+            op(&ds, l, false)?,
+            l * l,
+            op(&s.kp, hd, false)?,
+            l * hd,
+            &dqp,
+            l * hd,
+            hd,
+            0.0,
+            blocks,
+        )?;
+        unpack_into(&dev, dq, &dqp, layout, d, true)?;
+    }
+    if let Some(dk) = dk {
+        // dK = dSᵀ Q
+        let dkp = empty(&dev, &[d.padded_len()], dt)?;
+        batched(
+            &dev,
+            l,
+            hd,
+            l,
+            op(&ds, l, true)?,
+            l * l,
+            op(&s.qp, hd, false)?,
+            l * hd,
+            &dkp,
+            l * hd,
+            hd,
+            0.0,
+            blocks,
+        )?;
+        unpack_into(&dev, dk, &dkp, layout, d, true)?;
+    }
+    Ok(())
 }

@@ -10,11 +10,11 @@ use super::elementwise::check_scalar;
 use super::kernels;
 use super::launch::{device_of, empty, flat_config, long, null, p, zeros};
 use super::nvtx;
-use crate::autograd::Tape;
-use crate::ops::out_grad;
 use crate::tensor::{DType, Tensor};
 
-pub fn bce_with_logits(tape: &Tape, logits: &Tensor, targets: &Tensor, mask: &Tensor) -> Result<Tensor> {
+/// The mean loss (a one-element f32 tensor) and `1/count`, the mean's factor that the
+/// backward needs.
+pub fn forward(logits: &Tensor, targets: &Tensor, mask: &Tensor) -> Result<(Tensor, f32)> {
     if targets.dtype() != DType::F32 || mask.dtype() != DType::F32 {
         bail!("bce_with_logits on CUDA takes f32 targets and mask");
     }
@@ -26,11 +26,10 @@ pub fn bce_with_logits(tape: &Tape, logits: &Tensor, targets: &Tensor, mask: &Te
     let count = mask.to_vec_f32()?.iter().filter(|&&m| m != 0.0).count();
     let inv = if count > 0 { 1.0 / count as f32 } else { 0.0 };
     let loss = zeros(&dev, &[1], DType::F32)?;
-    let cfg = flat_config(&dev, n, 1, 8);
     // bce_with_logits_forward_backward_T(loss_sum, dlogits = null, logits, targets, mask, n, inv_count)
     kernels::bce::bce_with_logits_forward_backward(
         &dev,
-        cfg,
+        flat_config(&dev, n, 1, 8),
         p(&loss)?,
         null(),
         p(logits)?,
@@ -39,28 +38,27 @@ pub fn bce_with_logits(tape: &Tape, logits: &Tensor, targets: &Tensor, mask: &Te
         long(n),
         inv,
     )?;
-    let loss = loss.with_requires_grad(tape.needs_grad(&[logits]));
-    if loss.requires_grad() {
-        let (logits, targets, mask) = (logits.clone(), targets.clone(), mask.clone());
-        tape.record("bce_with_logits", &[&loss], move |outs, grads| {
-            let _r = nvtx::bwd("bce_with_logits");
-            let dloss = out_grad(outs, 0)?;
-            check_scalar(dloss)?;
-            let d = empty(&dev, logits.shape(), logits.dtype())?;
-            // bce_with_logits_backward_T(dlogits, logits, targets, mask, n, inv_count, dloss)
-            kernels::bce::bce_with_logits_backward(
-                &dev,
-                cfg,
-                p(&d)?,
-                p(&logits)?,
-                p(&targets)?,
-                p(&mask)?,
-                long(n),
-                inv,
-                p(dloss)?,
-            )?;
-            grads.accumulate(&logits, &d)
-        });
-    }
-    Ok(loss)
+    Ok((loss, inv))
+}
+
+/// A new tensor `dL·m·(σ(x) − t)·inv` for the loss gradient `dloss` (device scalar).
+pub fn backward(dloss: &Tensor, logits: &Tensor, targets: &Tensor, mask: &Tensor, inv: f32) -> Result<Tensor> {
+    let _r = nvtx::bwd("bce_with_logits");
+    check_scalar(dloss)?;
+    let dev = device_of(logits)?;
+    let n = logits.numel();
+    let d = empty(&dev, logits.shape(), logits.dtype())?;
+    // bce_with_logits_backward_T(dlogits, logits, targets, mask, n, inv_count, dloss)
+    kernels::bce::bce_with_logits_backward(
+        &dev,
+        flat_config(&dev, n, 1, 8),
+        p(&d)?,
+        p(logits)?,
+        p(targets)?,
+        p(mask)?,
+        long(n),
+        inv,
+        p(dloss)?,
+    )?;
+    Ok(d)
 }

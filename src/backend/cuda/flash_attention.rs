@@ -21,9 +21,8 @@ use super::device::CudaDevice;
 use super::kernels;
 use super::launch::{device_of, dynamic_smem, empty, int, kname, p, p_opt, warp_rows_config, zeros};
 use super::nvtx;
-use crate::autograd::Tape;
 use crate::backend::cpu::attention::prob_offsets;
-use crate::ops::SeqLayout;
+use crate::backend::SeqLayout;
 use crate::tensor::{DType, Tensor};
 
 /// Head dimensions with their own kernels.
@@ -151,7 +150,7 @@ fn run_forward(
 }
 
 /// What the backward pass reads.
-struct Saved {
+pub struct FlashSaved {
     q: Tensor,
     k: Tensor,
     v: Tensor,
@@ -168,7 +167,7 @@ struct Saved {
 /// the output `dout` and on the probabilities `dprobs`.
 fn run_backward(
     dev: &CudaDevice,
-    s: &Saved,
+    s: &FlashSaved,
     dout: &Tensor,
     dprobs: Option<&Tensor>,
     grads: (Option<&Tensor>, Option<&Tensor>, Option<&Tensor>),
@@ -259,12 +258,11 @@ fn run_backward(
     Ok(())
 }
 
-/// Attention with rotary inside on CUDA (see `ops::flash_attention`): the output and,
-/// when asked, the probabilities (packed 1-D like the CPU's from the flash kernels,
-/// padded from the unfused fallback).
+/// Attention with rotary inside (see `ops::flash_attention`) for a dtype and head
+/// dimension that [`supports`] takes: the output, the probabilities when asked (packed
+/// 1-D like the CPU's) and what the backward reads.
 #[allow(clippy::too_many_arguments)]
-pub fn flash_attention(
-    tape: &Tape,
+pub fn forward(
     q: &Tensor,
     k: &Tensor,
     v: &Tensor,
@@ -273,7 +271,7 @@ pub fn flash_attention(
     n_heads: usize,
     q_scale: f64,
     want_probs: bool,
-) -> Result<(Tensor, Option<Tensor>)> {
+) -> Result<(Tensor, Option<Tensor>, FlashSaved)> {
     let dev = device_of(q)?;
     let (n, width) = q.dims2()?;
     let dt = q.dtype();
@@ -282,46 +280,43 @@ pub fn flash_attention(
     }
     let head_dim = width / n_heads;
     if !supports(dt, head_dim) {
-        let q = crate::ops::rotary(tape, q, positions, n_heads, q_scale)?;
-        let k = crate::ops::rotary(tape, k, positions, n_heads, 1.0)?;
-        return super::attention::attention(tape, &q, &k, v, layout, n_heads, 1.0, want_probs);
+        bail!("no flash attention kernel for {dt} with head dim {head_dim}");
     }
     let _r = nvtx::fwd("flash_attention");
     let d = Dims { tokens: n, heads: n_heads, head_dim };
     let (out, lse, probs) = run_forward(&dev, q, k, v, positions, layout, d, q_scale as f32, want_probs)?;
-    let needs = tape.needs_grad(&[q, k, v]);
-    let out = out.with_requires_grad(needs);
-    let probs = probs.map(|t| t.with_requires_grad(needs));
-    if needs {
-        let saved = Saved {
-            q: q.clone(),
-            k: k.clone(),
-            v: v.clone(),
-            positions: positions.clone(),
-            layout: layout.clone(),
-            out: out.clone().with_requires_grad(false),
-            lse,
-            probs: probs.as_ref().map(|t| t.clone().with_requires_grad(false)),
-            d,
-            q_scale: q_scale as f32,
-        };
-        let mut outputs = vec![&out];
-        outputs.extend(probs.as_ref());
-        tape.record("flash_attention", &outputs, move |outs, grads| {
-            let _r = nvtx::bwd("flash_attention");
-            let dprobs = outs.get(1).and_then(Option::as_ref);
-            let dout = match outs.first().and_then(Option::as_ref) {
-                Some(g) => g.clone(),
-                None if dprobs.is_some() => zeros(&dev, &[d.tokens, d.heads * d.head_dim], dt)?,
-                None => return Ok(()),
-            };
-            let (dq, dk, dv) = (grads.take_acc(&saved.q)?, grads.take_acc(&saved.k)?, grads.take_acc(&saved.v)?);
-            let result = run_backward(&dev, &saved, &dout, dprobs, (dq.as_ref(), dk.as_ref(), dv.as_ref()));
-            grads.put(&saved.q, dq);
-            grads.put(&saved.k, dk);
-            grads.put(&saved.v, dv);
-            result
-        });
-    }
-    Ok((out, probs))
+    let saved = FlashSaved {
+        q: q.clone(),
+        k: k.clone(),
+        v: v.clone(),
+        positions: positions.clone(),
+        layout: layout.clone(),
+        out: out.clone(),
+        lse,
+        probs: probs.clone(),
+        d,
+        q_scale: q_scale as f32,
+    };
+    Ok((out, probs, saved))
+}
+
+/// `dq`, `dk`, `dv` += the gradients from `dout` (the output's gradient) and `dprobs`
+/// (a gradient on the probabilities); each output skipped when `None`.
+pub fn backward(
+    dq: Option<&Tensor>,
+    dk: Option<&Tensor>,
+    dv: Option<&Tensor>,
+    dout: Option<&Tensor>,
+    dprobs: Option<&Tensor>,
+    s: &FlashSaved,
+) -> Result<()> {
+    let _r = nvtx::bwd("flash_attention");
+    let dev = device_of(&s.out)?;
+    let d = s.d;
+    let dout = match dout {
+        Some(g) => g.clone(),
+        None if dprobs.is_some() => zeros(&dev, &[d.tokens, d.heads * d.head_dim], s.q.dtype())?,
+        None => return Ok(()),
+    };
+    run_backward(&dev, s, &dout, dprobs, (dq, dk, dv))
 }

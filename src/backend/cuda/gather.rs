@@ -10,11 +10,10 @@ use anyhow::Result;
 use super::kernels;
 use super::launch::{block_rows_config, device_of, empty, int, p, ROW_BLOCK};
 use super::nvtx;
-use crate::autograd::Tape;
-use crate::ops::out_grad;
 use crate::tensor::Tensor;
 
-pub fn gather_rows(tape: &Tape, x: &Tensor, rows: &Tensor) -> Result<Tensor> {
+/// `out[i] = x[rows[i]]`, a new tensor.
+pub fn forward(x: &Tensor, rows: &Tensor) -> Result<Tensor> {
     let _r = nvtx::fwd("gather_rows");
     let dev = device_of(x)?;
     let (_, dim) = x.dims2()?;
@@ -24,26 +23,24 @@ pub fn gather_rows(tape: &Tape, x: &Tensor, rows: &Tensor) -> Result<Tensor> {
     let y = empty(&dev, &[n, dim], x.dtype())?;
     // gather_rows_T(out, x, rows, n, dim)
     kernels::gather::gather_rows(&dev, block_rows_config(n, ROW_BLOCK), p(&y)?, p(x)?, p(rows)?, int(n)?, int(dim)?)?;
-    let y = y.with_requires_grad(tape.needs_grad(&[x]));
-    if y.requires_grad() {
-        let (x, rows) = (x.clone(), rows.clone());
-        tape.record("gather_rows", &[&y], move |outs, grads| {
-            let _r = nvtx::bwd("gather_rows");
-            let dy = out_grad(outs, 0)?;
-            let dx = grads.acc(&x)?;
-            // scatter_add_rows_T(dx, dout, rows, n, dim)
-            kernels::gather::scatter_add_rows(
-                &dev,
-                block_rows_config(n, ROW_BLOCK),
-                p(dx)?,
-                p(dy)?,
-                p(&rows)?,
-                int(n)?,
-                int(dim)?,
-            )
-        });
-    }
     Ok(y)
+}
+
+/// `dx[rows[i]] += dy[i]` (distinct rows: no atomics).
+pub fn backward(dx: &Tensor, dy: &Tensor, rows: &Tensor) -> Result<()> {
+    let _r = nvtx::bwd("gather_rows");
+    let dev = device_of(dy)?;
+    let (n, dim) = dy.dims2()?;
+    // scatter_add_rows_T(dx, dout, rows, n, dim)
+    kernels::gather::scatter_add_rows(
+        &dev,
+        block_rows_config(n, ROW_BLOCK),
+        p(dx)?,
+        p(dy)?,
+        p(rows)?,
+        int(n)?,
+        int(dim)?,
+    )
 }
 
 /// Debug builds: every row inside `0..n_rows` and none listed twice (the backward adds

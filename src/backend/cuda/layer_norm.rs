@@ -9,15 +9,13 @@
 
 use anyhow::{bail, Result};
 
-use super::device::CudaDevice;
 use super::kernels;
 use super::launch::{device_of, dynamic_smem, empty, int, kname, p, p_opt, warp_rows_config, BLOCK};
 use super::nvtx;
-use crate::autograd::Tape;
-use crate::ops::out_grad;
 use crate::tensor::{DType, Tensor};
 
-pub fn layer_norm(tape: &Tape, x: &Tensor, w: &Tensor, b: &Tensor, eps: f64) -> Result<Tensor> {
+/// `y = LayerNorm(x)·w + b` and the per-row fp32 `mean` and `rstd` the backward reads.
+pub fn forward(x: &Tensor, w: &Tensor, b: &Tensor, eps: f64) -> Result<(Tensor, Tensor, Tensor)> {
     if w.dtype() != DType::F32 || b.dtype() != DType::F32 {
         bail!("layer_norm on CUDA keeps its weight and bias in f32 (got {} and {})", w.dtype(), b.dtype());
     }
@@ -40,37 +38,13 @@ pub fn layer_norm(tape: &Tape, x: &Tensor, w: &Tensor, b: &Tensor, eps: f64) -> 
         int(dim)?,
         eps as f32,
     )?;
-    let y = y.with_requires_grad(tape.needs_grad(&[x, w, b]));
-    if y.requires_grad() {
-        let (x, w, b) = (x.clone(), w.clone(), b.clone());
-        tape.record("layer_norm", &[&y], move |outs, grads| {
-            let _r = nvtx::bwd("layer_norm");
-            let dy = out_grad(outs, 0)?;
-            let mut dx = grads.take_acc(&x)?;
-            let mut dw = grads.take_acc(&w)?;
-            let mut db = grads.take_acc(&b)?;
-            // dx is not nullable in the kernel: an input without a gradient gets a
-            // throw-away buffer (the kernel accumulates into it).
-            let dx_t = match &dx {
-                Some(t) => t.clone(),
-                None => empty(&dev, x.shape(), x.dtype())?,
-            };
-            backward(&dev, &dx_t, dw.as_ref(), db.as_ref(), dy, &x, &w, &mean, &rstd)?;
-            drop(dx_t);
-            grads.put(&x, dx.take());
-            grads.put(&w, dw.take());
-            grads.put(&b, db.take());
-            Ok(())
-        });
-    }
-    Ok(y)
+    Ok((y, mean, rstd))
 }
 
 /// `dx += …`, `dw += Σ dy·x̂`, `db += Σ dy` (dw/db skipped when `None`).
 #[allow(clippy::too_many_arguments)]
-fn backward(
-    dev: &CudaDevice,
-    dx: &Tensor,
+pub fn backward(
+    dx: Option<&Tensor>,
     dw: Option<&Tensor>,
     db: Option<&Tensor>,
     dy: &Tensor,
@@ -79,7 +53,19 @@ fn backward(
     mean: &Tensor,
     rstd: &Tensor,
 ) -> Result<()> {
+    let _r = nvtx::bwd("layer_norm");
+    let dev = &device_of(dy)?;
     let (rows, dim) = x.dims2()?;
+    // dx is not nullable in the kernel: an input without a gradient gets a throw-away
+    // buffer (the kernel accumulates into it).
+    let scratch;
+    let dx = match dx {
+        Some(t) => t,
+        None => {
+            scratch = empty(dev, x.shape(), x.dtype())?;
+            &scratch
+        }
+    };
     let name = kname("layer_norm_backward", dy.dtype())?;
     let mut cfg = warp_rows_config(rows);
     let cap = 2 * dev.sm_count();

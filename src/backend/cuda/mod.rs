@@ -9,6 +9,7 @@
 pub mod attention;
 pub mod bce;
 pub mod bias_gelu;
+pub mod cast;
 pub mod contact_head;
 pub mod cross_entropy;
 pub mod device;

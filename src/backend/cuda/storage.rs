@@ -5,8 +5,6 @@ use cudarc::driver::{CudaSlice, LaunchConfig};
 use half::{bf16, f16};
 
 use super::device::CudaDevice;
-use super::kernels;
-use super::launch::{self, long, storage_ptr, Ptr, TPtr};
 use crate::backend::cpu::CpuStorage;
 use crate::tensor::DType;
 
@@ -109,23 +107,6 @@ impl CudaStorage {
         if dtype == self.dtype() {
             return self.duplicate();
         }
-        let n = self.len();
-        let out = self.device.uninit(dtype, n)?;
-        // kernels/cast.cu: block 256, grid min(ceil(n / 1024), 32·SMs) (4 per thread).
-        let cfg = launch::flat_config(&self.device, n, 4, 32);
-        let (dst, src, dev) = (storage_ptr(&out), storage_ptr(self), &self.device);
-        match (self.dtype(), dtype) {
-            (DType::F32, DType::F16 | DType::BF16) => {
-                kernels::cast::cast_f32_to(dev, cfg, TPtr::from_addr(dst, dtype)?, Ptr::from_addr(src), long(n))?
-            }
-            (DType::F16, DType::F32) => {
-                kernels::cast::cast_f16_to_f32(dev, cfg, Ptr::from_addr(dst), Ptr::from_addr(src), long(n))?
-            }
-            (DType::BF16, DType::F32) => {
-                kernels::cast::cast_bf16_to_f32(dev, cfg, Ptr::from_addr(dst), Ptr::from_addr(src), long(n))?
-            }
-            (a, b) => bail!("no CUDA conversion from {a} to {b}"),
-        }
-        Ok(out)
+        super::cast::cast(self, dtype)
     }
 }

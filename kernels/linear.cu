@@ -1,4 +1,5 @@
-// bias.cu — add a per-column bias and its gradient (column sums).
+// linear.cu — the bias half of a linear layer (the product is cuBLAS, `backend/cuda/gemm.rs`):
+// add a per-column bias and its gradient (column sums).
 //
 // Maths, for a row-major [rows, cols] activation:
 //   forward   y[r, c] = x[r, c] + b[c]

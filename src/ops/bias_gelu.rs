@@ -1,0 +1,82 @@
+//! Exact (erf) GELU of `x + bias` (CPU twin `backend/cpu/bias_gelu.rs`, kernels
+//! `kernels/bias_gelu.cu`); the bias is folded in so that the CUDA path fuses it with the
+//! activation after a bias-free GEMM.
+
+use anyhow::{bail, Result};
+
+use super::{grad_slice, out_grad, with_real};
+use crate::autograd::Tape;
+use crate::backend::cpu::bias_gelu as cpu;
+use crate::backend::cpu::Real;
+use crate::backend::cuda::bias_gelu as cuda;
+use crate::tensor::Tensor;
+
+/// `gelu(x + bias)` with `x: [rows, cols]`, `bias: [cols]` or none.
+pub fn bias_gelu(tape: &Tape, x: &Tensor, bias: Option<&Tensor>) -> Result<Tensor> {
+    let (_, cols) = x.dims2()?;
+    if let Some(b) = bias {
+        if b.shape() != [cols] {
+            bail!("bias_gelu: bias {:?} must be [{cols}]", b.shape());
+        }
+    }
+    let mut inputs = vec![x];
+    inputs.extend(bias);
+    super::ensure_same_device("bias_gelu", &inputs)?;
+    let y = forward(x, bias)?.with_requires_grad(tape.needs_grad(&inputs));
+    if y.requires_grad() {
+        let (x, bias) = (x.clone(), bias.cloned());
+        tape.record("bias_gelu", &[&y], move |outs, grads| {
+            let mut dx = grads.take_acc(&x)?;
+            let mut db = match &bias {
+                Some(b) => grads.take_acc(b)?,
+                None => None,
+            };
+            backward(&mut dx, &mut db, out_grad(outs, 0)?, &x, bias.as_ref())?;
+            grads.put(&x, dx);
+            if let Some(b) = &bias {
+                grads.put(b, db);
+            }
+            Ok(())
+        });
+    }
+    Ok(y)
+}
+
+/// The bias as a slice (empty: no bias).
+fn bias_slice<T: crate::tensor::Element>(bias: Option<&Tensor>) -> Result<&[T]> {
+    match bias {
+        Some(b) => b.as_slice::<T>(),
+        None => Ok(&[]),
+    }
+}
+
+fn forward(x: &Tensor, bias: Option<&Tensor>) -> Result<Tensor> {
+    if !x.is_cpu() {
+        return cuda::forward(x, bias);
+    }
+    let (rows, cols) = x.dims2()?;
+    with_real!(x.dtype(), T => {
+        let mut y = vec![T::zero(); rows * cols];
+        cpu::forward(&mut y, x.as_slice::<T>()?, bias_slice::<T>(bias)?, cols);
+        Tensor::from_vec(y, &[rows, cols])
+    })
+}
+
+/// `dx += dy·gelu'(x + b)`, `db += Σ_rows dy·gelu'(x + b)` (skipped when `None`).
+fn backward(
+    dx: &mut Option<Tensor>,
+    db: &mut Option<Tensor>,
+    dy: &Tensor,
+    x: &Tensor,
+    bias: Option<&Tensor>,
+) -> Result<()> {
+    if !dy.is_cpu() {
+        return cuda::backward(dx.as_ref(), db.as_ref(), dy, x, bias);
+    }
+    let (_, cols) = x.dims2()?;
+    with_real!(dy.dtype(), T => {
+        let (bs, xs, dys) = (bias_slice::<T>(bias)?, x.as_slice::<T>()?, dy.as_slice::<T>()?);
+        cpu::backward(grad_slice::<T>(dx)?, grad_slice::<T>(db)?, dys, xs, bs, cols);
+        Ok(())
+    })
+}
