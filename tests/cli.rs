@@ -3,6 +3,7 @@
 
 mod common;
 
+use approx::assert_abs_diff_eq;
 use std::process::Command;
 
 fn qf(args: &[&str]) -> (bool, String, String) {
@@ -424,10 +425,10 @@ fn mlm_train_eval_then_classify_and_contacts_from_it_through_the_binary() {
     };
     let (a, b, c) = (eval("1024", "0"), eval("4096", "0"), eval("1024", "1"));
     assert_eq!(a["n_targets"], b["n_targets"]);
-    assert!((a["loss"].as_f64().unwrap() - b["loss"].as_f64().unwrap()).abs() < 1e-9, "{a} vs {b}");
+    assert_abs_diff_eq!(a["loss"].as_f64().unwrap(), b["loss"].as_f64().unwrap(), epsilon = 1e-9);
     assert_eq!(a["accuracy"], b["accuracy"]);
     assert_ne!(a["loss"], c["loss"]);
-    assert!((a["perplexity"].as_f64().unwrap() - a["loss"].as_f64().unwrap().exp()).abs() < 1e-9);
+    assert_abs_diff_eq!(a["perplexity"].as_f64().unwrap(), a["loss"].as_f64().unwrap().exp(), epsilon = 1e-9);
 
     // The MLM model's encoder as the start of a mean-pooled classifier and of a contact model.
     let cls = tmp.path().join("cls");

@@ -3,6 +3,7 @@
 
 mod common;
 
+use approx::assert_abs_diff_eq;
 use qf_engine::data::contact_io::{
     default_scale, encode_npy, render_contact_image, write_csv, write_npy, write_png, BACKGROUND, DIAGONAL,
     NOT_EVALUATED, PREDICTED_FULL, TRUE_CONTACT,
@@ -28,10 +29,6 @@ fn labels(len: usize, contacts: &[(usize, usize)]) -> Vec<u8> {
     l
 }
 
-fn close(a: f64, b: f64) -> bool {
-    (a - b).abs() < 1e-12
-}
-
 // ---------------------------------------------------------------------------------------
 // MCC
 // ---------------------------------------------------------------------------------------
@@ -52,7 +49,7 @@ fn mcc_of_a_worked_example() {
     let scores = metrics.add(&probs, &truth, 6).unwrap();
     let c = scores.confusion;
     assert_eq!((c.tp, c.fn_, c.fp, c.tn), (2, 1, 1, 6));
-    assert!(close(scores.mcc.unwrap(), 11.0 / 21.0), "{:?}", scores.mcc);
+    assert_abs_diff_eq!(scores.mcc.unwrap(), 11.0 / 21.0, epsilon = 1e-12);
     // only the upper triangle is read: garbage below the diagonal changes nothing
     for i in 0..6 {
         for j in 0..i {
@@ -95,11 +92,11 @@ fn pooled_and_per_protein_mcc_differ() {
     // protein B: one true contact, nothing predicted: MCC 0; TP 0, FN 1, FP 0, TN 9
     metrics.add(&map(6, 0.1, &[]), &labels(6, &[(1, 4)]), 6).unwrap();
     let report = metrics.finish();
-    assert!(close(report.mcc_mean.unwrap(), (11.0 / 21.0 + 0.0) / 2.0));
+    assert_abs_diff_eq!(report.mcc_mean.unwrap(), (11.0 / 21.0 + 0.0) / 2.0, epsilon = 1e-12);
     // pooled: TP 2, FN 2, FP 1, TN 15: (2*15 - 1*2) / sqrt(3*4*16*17) = 28 / sqrt(3264)
     let p = report.pooled;
     assert_eq!((p.tp, p.fn_, p.fp, p.tn), (2, 2, 1, 15));
-    assert!(close(report.mcc_pooled.unwrap(), 28.0 / 3264f64.sqrt()));
+    assert_abs_diff_eq!(report.mcc_pooled.unwrap(), 28.0 / 3264f64.sqrt(), epsilon = 1e-12);
     assert!((report.mcc_pooled.unwrap() - report.mcc_mean.unwrap()).abs() > 0.2);
 }
 
@@ -149,7 +146,7 @@ fn precision_at_l_by_range_of_a_worked_example() {
     };
     let expect = |got: [f64; 3], want: [f64; 3], what: &str| {
         for k in 0..3 {
-            assert!(close(got[k], want[k]), "{what}: {got:?} vs {want:?}");
+            assert_abs_diff_eq!(got[k], want[k], epsilon = 1e-12);
         }
     };
     expect(p(SeparationRange::Long), [5.0 / 21.0, 4.0 / 15.0, 4.0 / 6.0], "long");
@@ -170,7 +167,7 @@ fn precision_at_l_by_range_of_a_worked_example() {
     let report = metrics.finish();
     let long = report.precision.iter().find(|r| r.range == "long").unwrap();
     // perfect protein: top 6 long pairs = the 5 contacts then one non-contact: 5/6
-    assert!(close(long.p_at_l5.unwrap(), (4.0 / 6.0 + 5.0 / 6.0) / 2.0));
+    assert_abs_diff_eq!(long.p_at_l5.unwrap(), (4.0 / 6.0 + 5.0 / 6.0) / 2.0, epsilon = 1e-12);
     assert_eq!((long.min_sep, long.max_sep, long.proteins), (24, None, 2));
 }
 
@@ -219,7 +216,7 @@ fn report_serializes_to_json_and_prints_a_table() {
     assert_eq!(json["proteins"], 1);
     assert_eq!(json["min_sep"], 6);
     assert_eq!(json["precision"][2]["range"], "long");
-    assert!((json["precision"][2]["p_at_l5"].as_f64().unwrap() - 4.0 / 6.0).abs() < 1e-12);
+    assert_abs_diff_eq!(json["precision"][2]["p_at_l5"].as_f64().unwrap(), 4.0 / 6.0, epsilon = 1e-12);
     assert_eq!(json["pooled"]["fn"], report.pooled.fn_);
     let table = report.to_string();
     eprintln!("{table}");

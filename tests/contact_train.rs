@@ -4,6 +4,7 @@
 
 mod common;
 
+use approx::assert_abs_diff_eq;
 use std::collections::BTreeSet;
 use std::path::Path;
 
@@ -264,7 +265,7 @@ fn windows_of_a_long_protein_are_merged_by_averaging() {
     let p = |x: f32| 1.0 / (1.0 + (-x).exp());
     for (i, j) in [(0, 19), (3, 15), (10, 1)] {
         assert_eq!(covering(i.min(j), i.max(j)), 1);
-        assert!((win.probs[i * 76 + j] - p(o.logits[i * 40 + j])).abs() < 1e-6);
+        assert_abs_diff_eq!(win.probs[i * 76 + j], p(o.logits[i * 40 + j]), epsilon = 1e-6);
     }
     for i in 0..76 {
         // The diagonal keeps the model's value, as transformers' predict_contacts does.

@@ -11,6 +11,7 @@ mod common;
 mod cuda_common;
 mod kernel_emu;
 
+use approx::assert_relative_eq;
 use cuda_common::{detail, fixture, gpu, rel_err, Target};
 use qf_engine::backend::cuda::{self, AttentionKernel};
 use qf_engine::data::batch::PackedBatch;
@@ -173,7 +174,7 @@ fn training_step_against_f64(target: &Target) {
     let c_stats = Optimizer::new(ocfg).step(&mut cpu.params, &cpu_grads, lr, inv).unwrap();
     detail(&format!("  model [{dt}]: grad norm GPU {:.6} CPU {:.6}", g_stats.grad_norm, c_stats.grad_norm));
     assert!(!g_stats.skipped && !c_stats.skipped);
-    assert!((g_stats.grad_norm - c_stats.grad_norm).abs() <= 1e-5 * c_stats.grad_norm);
+    assert_relative_eq!(g_stats.grad_norm, c_stats.grad_norm, max_relative = 1e-5);
     let mut worst = (0.0f64, String::new());
     for (name, t) in model.params.iter() {
         let want = cpu.params.by_name(name).unwrap().to_vec_f64().unwrap();

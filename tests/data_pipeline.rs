@@ -5,6 +5,7 @@
 
 mod common;
 
+use approx::assert_abs_diff_eq;
 use std::collections::BTreeSet;
 
 use qf_engine::data::batching::{
@@ -137,19 +138,19 @@ fn class_weights_match_the_sklearn_formula_by_hand() {
     // sklearn: n_samples / (n_classes * bincount) = 10 / (3 * [6, 3, 1]).
     let expected = [0.555_556, 1.111_111, 3.333_333, 0.0];
     for (a, b) in w.weights.iter().zip(expected) {
-        assert!((a - b).abs() < 1e-6, "{:?}", w.weights);
+        assert_abs_diff_eq!(a, b, epsilon = 1e-6);
     }
     assert_eq!(w.zero_count_classes, vec![3]);
-    assert!((w.mean_over_samples(&counts) - 1.0).abs() < 1e-6);
+    assert_abs_diff_eq!(w.mean_over_samples(&counts), 1.0, epsilon = 1e-6);
 
     // tempered:0.5: c^-0.5 = 0.408248, 0.577350, 1; Σ c^0.5 = 2.449490 + 1.732051 + 1
     // = 5.181541; w = c^-0.5 · 10 / 5.181541 = 0.787890, 1.114245, 1.929929.
     let w = class_weights(&counts, "tempered:0.5".parse().unwrap());
     let expected = [0.787_890, 1.114_245, 1.929_929, 0.0];
     for (a, b) in w.weights.iter().zip(expected) {
-        assert!((a - b).abs() < 1e-5, "{:?}", w.weights);
+        assert_abs_diff_eq!(a, b, epsilon = 1e-5);
     }
-    assert!((w.mean_over_samples(&counts) - 1.0).abs() < 1e-6);
+    assert_abs_diff_eq!(w.mean_over_samples(&counts), 1.0, epsilon = 1e-6);
 
     let none = class_weights(&counts, ClassWeighting::None);
     assert_eq!(none.weights, vec![1.0, 1.0, 1.0, 0.0]);
@@ -157,7 +158,7 @@ fn class_weights_match_the_sklearn_formula_by_hand() {
     let t1 = class_weights(&counts, ClassWeighting::Tempered { alpha: 1.0 });
     let b = class_weights(&counts, ClassWeighting::Balanced);
     for (x, y) in t1.weights.iter().zip(&b.weights) {
-        assert!((x - y).abs() < 1e-6);
+        assert_abs_diff_eq!(x, y, epsilon = 1e-6);
     }
     assert_eq!(class_weights(&counts, ClassWeighting::Tempered { alpha: 0.0 }).weights, none.weights);
 }
@@ -396,7 +397,7 @@ fn stats_of_the_fixture_are_exact() {
     assert_eq!(st.largest_families[0], ("ABC_tran".to_string(), 8));
     // Sizes 8, 6, 4, 4, 2, 1, 1 (sum 26): Gini = Σ(2i − n − 1)·x_i / (n·Σx) with x ascending
     // = (−6·1 − 4·1 − 2·2 + 0·4 + 2·4 + 4·6 + 6·8) / (7·26) = 66 / 182.
-    assert!((st.gini.unwrap() - 66.0 / 182.0).abs() < 1e-12);
+    assert_abs_diff_eq!(st.gini.unwrap(), 66.0 / 182.0, epsilon = 1e-12);
     assert_eq!((st.tiers[0].families, st.tiers[0].rows, st.tiers[0].rows_capped), (2, 14, 10));
     assert_eq!((st.tiers[1].families, st.tiers[1].rows, st.tiers[1].rows_capped), (5, 12, 12));
     let json = serde_json::to_value(&st).unwrap();
@@ -415,10 +416,10 @@ fn stats_of_the_real_train_split() {
     let st = dataset_stats(&train, &QUANTAFOLD_SPEC.parse().unwrap()).unwrap();
     assert_eq!((st.sequences, st.families), (197_667, 2_188));
     assert_eq!((st.length.min, st.length.median, st.length.max), (12, 137.0, 1_271));
-    assert!((st.length.mean - 167.175_431).abs() < 1e-5);
+    assert_abs_diff_eq!(st.length.mean, 167.175_431, epsilon = 1e-5);
     assert_eq!((st.length.p90, st.length.p99), (316.0, 538.0));
     assert_eq!(st.long_rows, 61);
-    assert!((st.gini.unwrap() - 0.693_582_308).abs() < 1e-8);
+    assert_abs_diff_eq!(st.gini.unwrap(), 0.693_582_308, epsilon = 1e-8);
     assert_eq!(st.family_size_median, Some(26.0));
     let bands = st.size_bands.as_ref().unwrap();
     assert_eq!((bands.at_least_200, bands.from_50_to_199, bands.from_10_to_49, bands.below_10), (350, 507, 634, 697));

@@ -1,10 +1,7 @@
 //! Tests for the classification report against hand-computed scikit-learn numbers.
 
+use approx::assert_abs_diff_eq;
 use qf_engine::metrics::classification::{tiers_by_train_count, ClassificationReport, GroupAccuracy, Predictions};
-
-fn close(a: f64, b: f64) -> bool {
-    (a - b).abs() < 1e-12
-}
 
 fn names(n: usize) -> Vec<String> {
     (0..n).map(|c| format!("PF{c:05}")).collect()
@@ -64,14 +61,14 @@ fn example_report() -> ClassificationReport {
 fn worked_example_matches_sklearn() {
     let r = example_report();
     assert_eq!((r.n_samples, r.n_classes, r.n_classes_seen), (8, 8, 4));
-    assert!(close(r.accuracy, 0.5));
-    assert!(close(r.top5_accuracy, 0.75));
-    assert!(close(r.macro_precision, 0.275));
-    assert!(close(r.macro_recall, 0.3125));
-    assert!(close(r.macro_f1, 7.0 / 24.0));
-    assert!(close(r.weighted_precision, 0.425));
-    assert!(close(r.weighted_recall, 0.5));
-    assert!(close(r.weighted_f1, 11.0 / 24.0));
+    assert_abs_diff_eq!(r.accuracy, 0.5, epsilon = 1e-12);
+    assert_abs_diff_eq!(r.top5_accuracy, 0.75, epsilon = 1e-12);
+    assert_abs_diff_eq!(r.macro_precision, 0.275, epsilon = 1e-12);
+    assert_abs_diff_eq!(r.macro_recall, 0.3125, epsilon = 1e-12);
+    assert_abs_diff_eq!(r.macro_f1, 7.0 / 24.0, epsilon = 1e-12);
+    assert_abs_diff_eq!(r.weighted_precision, 0.425, epsilon = 1e-12);
+    assert_abs_diff_eq!(r.weighted_recall, 0.5, epsilon = 1e-12);
+    assert_abs_diff_eq!(r.weighted_f1, 11.0 / 24.0, epsilon = 1e-12);
     assert!(r.macro_f1 < r.weighted_f1, "the big class does best, so weighting raises F1");
     assert_eq!((r.n_precision_ill_defined, r.n_recall_ill_defined), (1, 1));
     let classes: Vec<u32> = r.per_class.iter().map(|m| m.class).collect();

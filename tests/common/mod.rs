@@ -32,6 +32,9 @@ pub fn fixture(rel: &str) -> PathBuf {
 }
 
 /// Relative L2 error ‖a − b‖ / ‖b‖ (0 when both are zero); NaN anywhere gives infinity.
+/// The project's tolerances are norm-wise over a whole tensor (docs/ARCHITECTURE.md), which
+/// `approx`'s element-wise asserts do not express; scalar and element-wise comparisons
+/// in the tests use `approx`.
 pub fn rel_err(a: &[f32], b: &[f32]) -> f64 {
     assert_eq!(a.len(), b.len(), "length mismatch");
     let (mut num, mut den) = (0f64, 0f64);
