@@ -67,14 +67,17 @@
 //! * Lost information our rules use: mmCIF `_pdbx_struct_mod_residue` is not read (1A8O.cif:
 //!   4 entries, pdbtbx 0, so MSE would lose its MODRES source), the mmCIF `label_seq_id` `.`
 //!   (non-polymer) flag and PDB `TER` are not exposed, blank PDB chain IDs are renamed `A`,
-//!   `B`, … (our `""`; 1UBI with the chain blanked), no line numbers (for [`SkippedResidue`] and errors), and with
-//!   "first model only" the model count is 1 (2sdf: 30, 2BEG: 10).
+//!   `B`, … (our `""`; 1UBI with the chain blanked), there are no line numbers (for
+//!   [`SkippedResidue`] and errors), and with "first model only" the model count is 1 (2sdf:
+//!   30, 2BEG: 10).
 //! * Where it reads a file, it agrees: on the 16 other files the non-water atom records
 //!   (chain, number, insertion code, residue and atom name, altloc, occupancy) are the same
 //!   except for the altloc rewrite above, every coordinate is bit-identical in f32, and our
 //!   policies run on its atoms give the same chains, residue labels, sequences, CA and
 //!   virtual C-beta (bit-identical).
-//! * Slower on the larger PDB files: 2XHE 61 ms vs 3 ms, 3O21 32 ms vs 13 ms (one run each).
+//! * Slower: our whole read (parse and assembly) against pdbtbx's parse alone, 3 runs each on a
+//!   loaded 2-core machine: 2XHE 8-16 ms vs 73-140 ms, 3O21 10-16 vs 44-56, 2BEG.cif 22-28 vs
+//!   82-88, 4ZHL.cif 2-8 vs 9-15.
 //!
 //! So the crate would need every one of our rules plus workarounds for the altloc rewrite and
 //! the SEQRES failure; the reader stays ours and no dependency is added.
