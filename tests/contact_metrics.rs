@@ -146,7 +146,7 @@ fn precision_at_l_by_range_of_a_worked_example() {
     };
     let expect = |got: [f64; 3], want: [f64; 3], what: &str| {
         for k in 0..3 {
-            assert_abs_diff_eq!(got[k], want[k], epsilon = 1e-12);
+            assert!(approx::abs_diff_eq!(got[k], want[k], epsilon = 1e-12), "{what} [{k}]: {} vs {}", got[k], want[k]);
         }
     };
     expect(p(SeparationRange::Long), [5.0 / 21.0, 4.0 / 15.0, 4.0 / 6.0], "long");

@@ -138,7 +138,7 @@ fn class_weights_match_the_sklearn_formula_by_hand() {
     // sklearn: n_samples / (n_classes * bincount) = 10 / (3 * [6, 3, 1]).
     let expected = [0.555_556, 1.111_111, 3.333_333, 0.0];
     for (a, b) in w.weights.iter().zip(expected) {
-        assert_abs_diff_eq!(a, b, epsilon = 1e-6);
+        assert_abs_diff_eq!(*a, b, epsilon = 1e-6);
     }
     assert_eq!(w.zero_count_classes, vec![3]);
     assert_abs_diff_eq!(w.mean_over_samples(&counts), 1.0, epsilon = 1e-6);
@@ -148,7 +148,7 @@ fn class_weights_match_the_sklearn_formula_by_hand() {
     let w = class_weights(&counts, "tempered:0.5".parse().unwrap());
     let expected = [0.787_890, 1.114_245, 1.929_929, 0.0];
     for (a, b) in w.weights.iter().zip(expected) {
-        assert_abs_diff_eq!(a, b, epsilon = 1e-5);
+        assert_abs_diff_eq!(*a, b, epsilon = 1e-5);
     }
     assert_abs_diff_eq!(w.mean_over_samples(&counts), 1.0, epsilon = 1e-6);
 

@@ -75,7 +75,9 @@ fn worked_example_matches_sklearn() {
     assert_eq!(classes, [0, 1, 2, 3]);
     let c0 = &r.per_class[0];
     assert_eq!((c0.support, c0.predicted, c0.train_count, c0.tier), (4, 5, Some(250), Some(0)));
-    assert!(close(c0.precision, 0.6) && close(c0.recall, 0.75) && close(c0.f1, 2.0 / 3.0));
+    assert_abs_diff_eq!(c0.precision, 0.6, epsilon = 1e-12);
+    assert_abs_diff_eq!(c0.recall, 0.75, epsilon = 1e-12);
+    assert_abs_diff_eq!(c0.f1, 2.0 / 3.0, epsilon = 1e-12);
     assert_eq!(c0.name, "PF00000");
 }
 
@@ -94,11 +96,13 @@ fn per_tier_accuracy() {
     // Tier 0 = samples 0-5: top-1 hits 0,1,2,4 -> 4/6; top-5 hits 0-4 -> 5/6.
     let t0 = group(&r.per_tier, "tier 0");
     assert_eq!((t0.n_classes, t0.support), (2, 6));
-    assert!(close(t0.accuracy.unwrap(), 4.0 / 6.0) && close(t0.top5_accuracy.unwrap(), 5.0 / 6.0));
+    assert_abs_diff_eq!(t0.accuracy.unwrap(), 4.0 / 6.0, epsilon = 1e-12);
+    assert_abs_diff_eq!(t0.top5_accuracy.unwrap(), 5.0 / 6.0, epsilon = 1e-12);
     // Tier 1 = samples 6, 7 (class 2): no top-1 hit; top-5 hit for sample 6 only.
     let t1 = group(&r.per_tier, "tier 1");
     assert_eq!((t1.n_classes, t1.support), (6, 2));
-    assert!(close(t1.accuracy.unwrap(), 0.0) && close(t1.top5_accuracy.unwrap(), 0.5));
+    assert_abs_diff_eq!(t1.accuracy.unwrap(), 0.0, epsilon = 1e-12);
+    assert_abs_diff_eq!(t1.top5_accuracy.unwrap(), 0.5, epsilon = 1e-12);
 }
 
 #[test]
@@ -115,13 +119,16 @@ fn accuracy_by_family_size_bins() {
     // Class 2 (12): samples 6, 7 -> top-1 0/2, top-5 1/2.
     let b = group(&r.by_family_size, "10-49");
     assert_eq!((b.n_classes, b.support), (1, 2));
-    assert!(close(b.accuracy.unwrap(), 0.0) && close(b.top5_accuracy.unwrap(), 0.5));
+    assert_abs_diff_eq!(b.accuracy.unwrap(), 0.0, epsilon = 1e-12);
+    assert_abs_diff_eq!(b.top5_accuracy.unwrap(), 0.5, epsilon = 1e-12);
     // Class 1 (60): samples 4, 5 -> top-1 1/2, top-5 1/2.
     let b = group(&r.by_family_size, "50-199");
-    assert!(close(b.accuracy.unwrap(), 0.5) && close(b.top5_accuracy.unwrap(), 0.5));
+    assert_abs_diff_eq!(b.accuracy.unwrap(), 0.5, epsilon = 1e-12);
+    assert_abs_diff_eq!(b.top5_accuracy.unwrap(), 0.5, epsilon = 1e-12);
     // Class 0 (250): samples 0-3 -> top-1 3/4, top-5 4/4.
     let b = group(&r.by_family_size, "200+");
-    assert!(close(b.accuracy.unwrap(), 0.75) && close(b.top5_accuracy.unwrap(), 1.0));
+    assert_abs_diff_eq!(b.accuracy.unwrap(), 0.75, epsilon = 1e-12);
+    assert_abs_diff_eq!(b.top5_accuracy.unwrap(), 1.0, epsilon = 1e-12);
 }
 
 #[test]
