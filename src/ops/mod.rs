@@ -5,6 +5,8 @@
 //! backward node when the tape records and an input needs a gradient. Backward nodes
 //! accumulate into their inputs' gradients.
 
+pub mod adam8bit;
+pub mod adamw;
 pub mod attention;
 pub mod bce;
 pub mod contact_head;
@@ -15,6 +17,7 @@ pub mod embedding;
 pub mod flash_attention;
 pub mod gather;
 pub mod gelu;
+pub mod grad_norm;
 pub mod layer_norm;
 pub mod linear;
 pub mod mean_pool;
