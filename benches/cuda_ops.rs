@@ -17,9 +17,10 @@ mod cuda_bench;
 
 use criterion::Criterion;
 use cuda_bench::{backward, bytes, lengths, open, print_roofline, references, Bench, Work, PRESETS, TOKENS};
+use qf_engine::backend::cpu::adam8bit::QuantizedMoments;
+use qf_engine::backend::cpu::adamw::{AdamConsts, AdamHyper};
 use qf_engine::backend::cuda;
 use qf_engine::ops;
-use qf_engine::optim::adamw_step::{AdamConsts, AdamHyper};
 use qf_engine::tensor::Storage;
 use qf_engine::{DType, Tape};
 
@@ -118,13 +119,14 @@ fn model_kernels(c: &mut Criterion, b: &Bench, preset: &str, h: usize, tokens: u
     let skip = b.ints(vec![0]);
     let adam_bytes = (layer_params * (4 * 4 + 3 * 4) + layer_params * dt.size_in_bytes()) as f64;
     b.run(c, "adamw step", preset, Work::Bytes(adam_bytes), &mut || {
-        cuda::optim::adamw_step(&b.dev, &p, &g, &m, &v, Some(&half), &consts, &one, &skip).unwrap();
+        cuda::adamw::adamw_step(&b.dev, &p, &g, &m, &v, Some(&half), &consts, &one, &skip).unwrap();
     });
-    let mut state = cuda::optim::DeviceQuantizedMoments::zeros(&b.dev, layer_params).unwrap();
-    let maps = cuda::optim::upload_maps(&b.dev).unwrap();
+    let mut state =
+        cuda::adam8bit::DeviceQuantizedMoments::upload(&b.dev, &QuantizedMoments::zeros(layer_params)).unwrap();
+    let maps = qf_engine::ops::adam8bit::upload_maps(&b.dev).unwrap();
     let bytes8 = (layer_params * (4 + 4 + 4 + 2 + 2) + layer_params * dt.size_in_bytes()) as f64;
     b.run(c, "adam8bit step", preset, Work::Bytes(bytes8), &mut || {
-        cuda::optim::adam8bit_step(&b.dev, &p, &g, &mut state, &maps, Some(&half), &consts, &one, &skip).unwrap();
+        cuda::adam8bit::adam8bit_step(&b.dev, &p, &g, &mut state, &maps, Some(&half), &consts, &one, &skip).unwrap();
     });
 }
 

@@ -1,7 +1,7 @@
 // adam8bit.cu — one fused block-wise 8-bit AdamW step (Dettmers et al. 2021,
 // "8-bit Optimizers via Block-wise Quantization", arXiv:2110.02861, as
 // bitsandbytes' kOptimizerStatic8bit2StateBlockwise does it), exactly the CPU
-// reference src/optim/adam8bit.rs::update_block.
+// reference src/backend/cpu/adam8bit.rs::update_block.
 //
 // One CUDA block of 256 threads handles one quantisation block of 256
 // elements at a time (thread t owns element t of the block) and walks the
@@ -24,7 +24,7 @@
 //   nearest(map, u): hi = #{entries < u} (binary search over the sorted map in
 //   shared memory); hi = 0 → 0, hi = 256 → 255; else lo = hi − 1,
 //   mid = (map[lo] + map[hi])·0.5, code = u < mid ? lo : u > mid ? hi :
-//   (lo even ? lo : hi)   — ties to the even code, as quant8.rs::nearest_code.
+//   (lo even ? lo : hi)   — ties to the even code, as backend/cpu/quant8.rs::nearest_code.
 // Every floating-point operation is an explicitly rounded __fmul_rn/__fadd_rn/
 // __fsub_rn/__fdiv_rn/__fsqrt_rn in the CPU's order (no FMA contraction), and
 // max is exact, so p, both absmax and both code arrays are BIT-IDENTICAL to the
@@ -64,7 +64,7 @@ struct AdamScalars {
     float decay, one_minus_beta1, beta2, one_minus_beta2, bias_c2_sqrt, eps, neg_step_size, grad_scale;
 };
 
-// adamw_update of src/optim/adamw_step.rs, every operation rounded on its own.
+// adamw_update of src/backend/cpu/adamw.rs, every operation rounded on its own.
 __device__ __forceinline__ void adamw_element(float& p, float grad, float& m, float& v, const AdamScalars& c) {
     const float g = __fmul_rn(grad, c.grad_scale);
     p = __fmul_rn(p, c.decay);
@@ -90,7 +90,7 @@ __device__ __forceinline__ int count_below(const float* map, float u) {
     return first;
 }
 
-// quant8.rs::nearest_code.
+// backend/cpu/quant8.rs::nearest_code.
 __device__ __forceinline__ int nearest_code(const float* map, float u) {
     const int hi = count_below(map, u);
     if (hi == 0) return 0;
@@ -102,13 +102,13 @@ __device__ __forceinline__ int nearest_code(const float* map, float u) {
     return (lo % 2 == 0) ? lo : hi;
 }
 
-// quant8.rs::encode_block (absmax == 0 → the zero code).
+// backend/cpu/quant8.rs::encode_block (absmax == 0 → the zero code).
 __device__ __forceinline__ int encode(const float* map, float x, float absmax, int zero_code) {
     if (absmax == 0.0f) return zero_code;
     return nearest_code(map, __fdiv_rn(x, absmax));
 }
 
-// quant8.rs::encode_block_sign_preserving for one element.
+// backend/cpu/quant8.rs::encode_block_sign_preserving for one element.
 __device__ __forceinline__ int encode_signed(const float* map, float x, float absmax, int zero_code) {
     int code = encode(map, x, absmax, zero_code);
     const float q = map[code];

@@ -4,7 +4,7 @@
 //
 // Maths — PyTorch torch.optim.AdamW (Loshchilov & Hutter 2019, decoupled
 // weight decay; PyTorch's single-tensor operation order), exactly the CPU
-// reference src/optim/adamw_step.rs::adamw_update, all fp32:
+// reference src/backend/cpu/adamw.rs::adamw_update, all fp32:
 //   g     = grad · gs                       gs = *grad_scale (1/loss_scale × clip coef)
 //   p     = p · decay                       decay = 1 − lr·wd                      (1)
 //   m     = m + (1−β1)·(g − m)              torch: exp_avg.lerp_(g, 1 − β1)        (2)
@@ -12,7 +12,7 @@
 //   denom = sqrt(v) / sqrt(1 − β2^t) + eps                                         (4)
 //   p     = p + ((−lr/(1 − β1^t))·m) / denom                                      (5)
 // The per-step scalars are formed by the host in f64 and rounded to fp32 once
-// (AdamConsts in adamw_step.rs) and passed in as they are.  Every operation
+// (AdamConsts in backend/cpu/adamw.rs) and passed in as they are.  Every operation
 // here is an explicitly rounded __fmul_rn/__fadd_rn/__fsub_rn/__fdiv_rn/
 // __fsqrt_rn (no FMA contraction), in the CPU's evaluation order, so the
 // result is BIT-IDENTICAL to adamw_update on the same inputs.

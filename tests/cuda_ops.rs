@@ -15,12 +15,12 @@ use approx::assert_relative_eq;
 use common::TestRng;
 use cuda_common::{check_op, detail, explained_tol, gpu, on_gpu, round_to, rounded, tol, Input, Target, DTYPES};
 use half::{bf16, f16};
+use qf_engine::backend::cpu::adamw::{adamw_update, AdamConsts, AdamHyper};
 use qf_engine::backend::cpu::attention::prob_offsets;
 use qf_engine::backend::cpu::philox::{dropout_keep, dropout_scale};
 use qf_engine::backend::cuda::{self, CudaDevice};
 use qf_engine::ops::cross_entropy::IGNORE_INDEX;
 use qf_engine::ops::{self, SeqLayout};
-use qf_engine::optim::adamw_step::{adamw_update, AdamConsts, AdamHyper};
 use qf_engine::{DType, Device, Grads, Tape, Tensor};
 
 fn uniform(rng: &mut TestRng, n: usize, lo: f64, hi: f64) -> Vec<f64> {
@@ -743,13 +743,13 @@ fn adamw_kernel_is_bit_identical_to_the_cpu_update() {
         let scale = Tensor::from_f32(vec![0.37], &[1], DType::F32, &d).unwrap();
         let skip = Tensor::from_i32(vec![1], &[1], &d).unwrap();
         // skipped: nothing changes
-        cuda::optim::adamw_step(&dev, &p, &gt, &m, &v, h.as_ref(), &c, &scale, &skip).unwrap();
+        cuda::adamw::adamw_step(&dev, &p, &gt, &m, &v, h.as_ref(), &c, &scale, &skip).unwrap();
         assert_eq!(p.to_vec_f32().unwrap(), p0, "a skipped step changed p");
         assert_eq!(m.to_vec_f32().unwrap(), m0, "a skipped step changed m");
         assert_eq!(v.to_vec_f32().unwrap(), v0, "a skipped step changed v");
         // taken
         let go = Tensor::from_i32(vec![0], &[1], &d).unwrap();
-        cuda::optim::adamw_step(&dev, &p, &gt, &m, &v, h.as_ref(), &c, &scale, &go).unwrap();
+        cuda::adamw::adamw_step(&dev, &p, &gt, &m, &v, h.as_ref(), &c, &scale, &go).unwrap();
         let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<u32>>();
         assert_eq!(bits(&p.to_vec_f32().unwrap()), bits(&want.0), "p differs from adamw_update");
         assert_eq!(bits(&m.to_vec_f32().unwrap()), bits(&want.1), "m differs from adamw_update");
@@ -778,9 +778,9 @@ fn gradient_norm_clip_and_overflow_skip() {
             (z(DType::F32), z(DType::I32), z(DType::F32), z(DType::I32), z(DType::F32));
         for p in parts {
             let t = Tensor::from_f32(p.clone(), &[p.len()], DType::F32, &d).unwrap();
-            cuda::optim::sum_squares(&dev, &sumsq, &nonfinite, &t).unwrap();
+            cuda::grad_norm::sum_squares(&dev, &sumsq, &nonfinite, &t).unwrap();
         }
-        cuda::optim::clip_and_scale(&dev, &coef, &sumsq, &nonfinite, &skip, max_norm, inv, &norm).unwrap();
+        cuda::grad_norm::clip_and_scale(&dev, &coef, &sumsq, &nonfinite, &skip, max_norm, inv, &norm).unwrap();
         (norm.scalar_f32().unwrap() as f64, coef.scalar_f32().unwrap() as f64, skip.to_vec_i32().unwrap()[0])
     };
     let inv = 1.0 / 1024.0;

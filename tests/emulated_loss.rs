@@ -86,7 +86,7 @@ fn bce_shape(n: usize, sms: usize) -> Shape {
     flat_shape(n, 1, 8, sms)
 }
 
-/// `optim::sum_squares`: `capped_config(dev, ceil(n / 256), 8)`.
+/// `backend::cuda::grad_norm::sum_squares`: `flat_config(dev, n, 1, 8)`.
 fn sum_squares_shape(n: usize, sms: usize) -> Shape {
     flat_shape(n, 1, 8, sms)
 }

@@ -1,11 +1,11 @@
 //! The optimizer kernels — `adamw_step` (`kernels/adamw.cu`) and `adam8bit_step`
 //! (`kernels/adam8bit.cu`) — run on the CPU through the kernel emulator of
 //! `tests/kernel_emu`, with exactly the argument lists, quantisation maps and launch
-//! shapes of their launchers in `src/backend/cuda/optim.rs` (grid `min(blocks, k·SMs)`,
+//! shapes of their launchers in `src/backend/cuda/{adamw,adam8bit,grad_norm}.rs` (grid `min(blocks, k·SMs)`,
 //! here for an H100's 132 SMs and for 1–2 SMs, where the grid- and block-stride loops
 //! make several passes), against the engine's CPU optimizer:
 //!
-//! * `adamw_step` against `optim::adamw_step::adamw_update` BIT FOR BIT (p, m, v and the
+//! * `adamw_step` against `backend::cpu::adamw::adamw_update` BIT FOR BIT (p, m, v and the
 //!   f16/bf16 compute copy), over several steps in a row, with the loss-scale × clip
 //!   factor read from a device scalar and decoupled weight decay on and off;
 //! * `adam8bit_step` against `optim::adam8bit::step` (block-wise 8-bit AdamW, 256-element
@@ -18,7 +18,7 @@
 //!   moments, and the first step from zero state equal to fp32 AdamW;
 //! * the skip flag (nothing written), the nullable pointers, empty tensors, and the GPU
 //!   optimizer's overflow pipeline `sum_squares_f32` → `clip_and_scale` → both steps, as
-//!   `Optimizer::step_cuda` chains them.
+//!   `Optimizer::step` chains them on the GPU.
 //!
 //! Outputs the kernels write (the half copies, the scalars of `clip_and_scale`) are
 //! poisoned before each launch, and every compared value is checked finite, so a NaN
@@ -31,14 +31,15 @@ use common::TestRng;
 use cudarc::driver::LaunchConfig;
 use half::{bf16, f16};
 use kernel_emu::{ptr, ptr_mut, Emulator, Shape};
-use qf_engine::backend::cuda::launch::{Arg, NULL};
-use qf_engine::backend::cuda::optim::consts_args;
-use qf_engine::optim::adam8bit::{self, Adam8bitState, QuantizedMoments, MIN_8BIT_SIZE};
-use qf_engine::optim::adamw_step::{adamw_update, AdamConsts, AdamHyper};
-use qf_engine::optim::quant8::{
+use qf_engine::backend::cpu::adam8bit::QuantizedMoments;
+use qf_engine::backend::cpu::adamw::{adamw_update, AdamConsts, AdamHyper};
+use qf_engine::backend::cpu::quant8::{
     max_round_trip_error, n_blocks, nearest_code, signed_dynamic_map, unsigned_dynamic_map, zero_code, QuantMap,
     BLOCK_SIZE, MAP_SIZE,
 };
+use qf_engine::backend::cuda::adamw::consts_args;
+use qf_engine::backend::cuda::launch::{Arg, NULL};
+use qf_engine::optim::adam8bit::{self, Adam8bitState, MIN_8BIT_SIZE};
 
 /// A `long long` argument.
 fn long(n: usize) -> Arg {
@@ -51,7 +52,7 @@ const THREADS: u32 = 256;
 const H100_SMS: u32 = 132;
 
 // ---------------------------------------------------------------------------------------
-// The launchers of src/backend/cuda/optim.rs, with the SM count given.
+// The launchers of src/backend/cuda/{adamw,adam8bit,grad_norm}.rs, with the SM count given.
 // ---------------------------------------------------------------------------------------
 
 /// One emulated launch (the emulator serialises launches across the tests' threads).
@@ -138,7 +139,7 @@ impl HalfCopy {
     }
 }
 
-/// `optim::adamw_step`.
+/// `backend::cuda::adamw::adamw_step`.
 #[allow(clippy::too_many_arguments)]
 fn launch_adamw(
     emu: &Emulator,
@@ -160,7 +161,7 @@ fn launch_adamw(
     run(emu, "adamw_step", capped_shape(n.div_ceil(THREADS as usize), 32, sms), &args);
 }
 
-/// `optim::adam8bit_step` (the state laid out as `DeviceQuantizedMoments`).
+/// `backend::cuda::adam8bit::adam8bit_step` (the state laid out as `DeviceQuantizedMoments`).
 #[allow(clippy::too_many_arguments)]
 fn launch_adam8bit(
     emu: &Emulator,
@@ -789,10 +790,10 @@ fn adam8bit_step_skip_flag_and_nullable_pointers() {
 }
 
 // ---------------------------------------------------------------------------------------
-// The overflow pipeline of Optimizer::step_cuda.
+// The overflow pipeline of Optimizer::step on the GPU (ops::grad_norm).
 // ---------------------------------------------------------------------------------------
 
-/// `optim::sum_squares`.
+/// `backend::cuda::grad_norm::sum_squares`.
 fn launch_sum_squares(emu: &Emulator, sms: u32, acc: &mut [f32], nonfinite: &mut [i32], x: &[f32]) {
     let n = x.len();
     let args = [ptr_mut(acc), ptr_mut(nonfinite), ptr(x), long(n)];
@@ -807,7 +808,7 @@ struct Scalars {
     norm: f32,
 }
 
-/// `Optimizer::step_cuda`'s norm / clip / overflow launches over `grads`, with the
+/// `ops::grad_norm`'s norm / clip / overflow launches over `grads`, with the
 /// outputs of `clip_and_scale` poisoned (`skip` with `skip_poison`).
 fn norm_clip(emu: &Emulator, sms: u32, grads: &[&[f32]], max_norm: f32, inv_scale: f32, skip_poison: i32) -> Scalars {
     let (mut sumsq, mut nonfinite) = (vec![0f32], vec![0i32]);
@@ -829,7 +830,7 @@ fn norm_clip(emu: &Emulator, sms: u32, grads: &[&[f32]], max_norm: f32, inv_scal
     Scalars { sumsq: sumsq[0], coef, skip, norm: norm[0] }
 }
 
-/// The GPU optimizer's step as `Optimizer::step_cuda` chains it, with the AdamW8bit kind:
+/// The GPU optimizer's step as `Optimizer::step` chains it, with the AdamW8bit kind:
 /// a 1,000-element tensor (under `MIN_8BIT_SIZE`: fp32 moments, `adamw_step`) and a
 /// 4,396-element one (8-bit, `adam8bit_step`), gradients loss-scaled by 1024, clipping at
 /// norm 1. Finite gradients: `skip` written 0, the clip active, `coef` = inv_scale·clip

@@ -3,13 +3,13 @@
 
 mod common;
 
-use qf_engine::optim::adam8bit::{self, state_bytes, Adam8bitState, MIN_8BIT_SIZE};
-use qf_engine::optim::adamw_step::{adamw_step_f32, adamw_update, AdamConsts, AdamHyper};
-use qf_engine::optim::quant8::{
+use qf_engine::backend::cpu::adamw::{adamw_step_f32, adamw_update, AdamConsts, AdamHyper};
+use qf_engine::backend::cpu::quant8::{
     block_absmax, create_dynamic_map, dequantize_blockwise, encode_block_sign_preserving, max_round_trip_error,
     nearest_code, quantize_blockwise, round_trip, signed_dynamic_map, unsigned_dynamic_map, zero_code, QuantMap,
     BLOCK_SIZE,
 };
+use qf_engine::optim::adam8bit::{self, state_bytes, Adam8bitState, MIN_8BIT_SIZE};
 
 /// SplitMix64: a small deterministic generator (no `rand` dependency).
 struct Rng(u64);

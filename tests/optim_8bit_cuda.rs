@@ -17,13 +17,15 @@ use std::time::Instant;
 
 use common::TestRng;
 use qf_engine::autograd::Grads;
-use qf_engine::backend::cuda::optim::{adam8bit_step, upload_maps, DeviceQuantizedMoments};
+use qf_engine::backend::cpu::adam8bit::QuantizedMoments;
+use qf_engine::backend::cpu::adamw::{adamw_update, AdamConsts, AdamHyper};
+use qf_engine::backend::cpu::quant8::{signed_dynamic_map, unsigned_dynamic_map, QuantMap, BLOCK_SIZE};
+use qf_engine::backend::cuda::adam8bit::{adam8bit_step, DeviceQuantizedMoments};
 use qf_engine::backend::cuda::CudaDevice;
 use qf_engine::model::checkpoint::{write_safetensors, MappedSafetensors, NamedTensor};
 use qf_engine::model::Params;
-use qf_engine::optim::adam8bit::{self, Adam8bitState, QuantizedMoments};
-use qf_engine::optim::adamw_step::{adamw_update, AdamConsts, AdamHyper};
-use qf_engine::optim::quant8::{signed_dynamic_map, unsigned_dynamic_map, QuantMap, BLOCK_SIZE};
+use qf_engine::ops::adam8bit::upload_maps;
+use qf_engine::optim::adam8bit::{self, Adam8bitState};
 use qf_engine::optim::{OptimConfig, Optimizer, OptimizerKind};
 use qf_engine::{DType, Device, Tensor};
 
@@ -229,7 +231,7 @@ fn adam8bit_kernel_bandwidth() {
     let p = Tensor::zeros(&[n], DType::F32, &d).unwrap();
     let g = Tensor::from_f32(vec![1e-3; n], &[n], DType::F32, &d).unwrap();
     let half = Tensor::zeros(&[n], DType::BF16, &d).unwrap();
-    let mut q = DeviceQuantizedMoments::zeros(&dev, n).unwrap();
+    let mut q = DeviceQuantizedMoments::upload(&dev, &QuantizedMoments::zeros(n)).unwrap();
     let scale = Tensor::from_f32(vec![1.0], &[1], DType::F32, &d).unwrap();
     let skip = Tensor::from_i32(vec![0], &[1], &d).unwrap();
     let c = AdamConsts::new(&AdamHyper::default()).unwrap();

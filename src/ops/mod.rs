@@ -5,7 +5,11 @@
 //! kernels in `kernels/<op>.cu`, all under the op's name), and is the one place that
 //! records a backward node, when the tape records and an input needs a gradient. Backward
 //! nodes accumulate into their inputs' gradients. The backends know nothing of the tape.
+//! The optimizer ops (`adamw`, `adam8bit`, `grad_norm`) dispatch by device and record
+//! nothing: optimizer updates are not differentiated.
 
+pub mod adam8bit;
+pub mod adamw;
 pub mod attention;
 pub mod bce;
 pub mod bias_gelu;
@@ -17,6 +21,7 @@ pub mod elementwise;
 pub mod embedding;
 pub mod flash_attention;
 pub mod gather;
+pub mod grad_norm;
 pub mod layer_norm;
 pub mod linear;
 pub mod mean_pool;

@@ -1,67 +1,30 @@
-//! Block-wise 8-bit AdamW state for one tensor and its fused update.
+//! Block-wise 8-bit AdamW state of one tensor (T. Dettmers et al., "8-bit Optimizers via
+//! Block-wise Quantization", ICLR 2022, arXiv:2110.02861, as bitsandbytes' `AdamW8bit`):
+//! which tensors are quantised, and the checkpoint layout. The update itself is
+//! [`crate::backend::cpu::adam8bit`] (maths, maps and constants) and `kernels/adam8bit.cu`,
+//! dispatched by [`crate::ops::adam8bit`].
 //!
-//! Reference: T. Dettmers et al., "8-bit Optimizers via Block-wise Quantization"
-//! (arXiv:2110.02861), §2-3, as bitsandbytes implements `AdamW8bit` today
-//! (`Optimizer2State` with `optim_bits=8`, kernel `kOptimizerStatic8bit2StateBlockwise`):
-//!
-//! * the first moment `m` is stored as codes into the **signed** dynamic map, the second
-//!   moment `v` into the **unsigned** one ([`crate::optim::quant8`]), each with one fp32
-//!   absmax per block of 256 elements: `1 + 1` code bytes + `2·4/256` absmax bytes, i.e.
-//!   **2.03125 bytes per parameter** instead of 8 for fp32 moments;
-//! * tensors with fewer than [`MIN_8BIT_SIZE`] = 4,096 elements keep fp32 moments
-//!   (bitsandbytes' `min_8bit_size`); these are biases and LayerNorm weights, whose
-//!   state is a negligible part of the total.
-//!
-//! One step, per block of 256 elements, in a single pass (parallel over blocks):
-//!
-//! ```text
-//! m, v ← map_s[m_code]·m_absmax, map_u[v_code]·v_absmax         dequantise
-//! (p, m, v) ← adamw_update(p, g, m, v)                            exactly the fp32 AdamW maths
-//! m_absmax, v_absmax ← max|m|, max|v| over the block              the NEW absmax
-//! m_code, v_code ← nearest(m / m_absmax), nearest(v / v_absmax)  requantise
-//! ```
-//!
-//! `adamw_update` is [`crate::optim::adamw_step::adamw_update`] (PyTorch's AdamW: decay
-//! first, bias corrections, eps after the square root), so with lossless storage the
-//! 8-bit step would equal [`crate::optim::adamw_step::adamw_step_f32`] bit for bit; in
-//! particular the first step from zero state does. The sign of `m` survives requantisation
-//! ([`crate::optim::quant8::encode_block_sign_preserving`]).
-//!
-//! Non-finite gradients: as in bitsandbytes, an element whose gradient is NaN or ±inf
-//! keeps its parameter and has its moments reset to zero, so one bad value cannot poison
-//! the shared absmax of the other 255 elements of its block. (The fp32 path for small
-//! tensors propagates them, like PyTorch; the training loop skips such steps anyway.)
+//! * tensors of at least [`MIN_8BIT_SIZE`] = 4,096 elements keep block-wise 8-bit moments
+//!   ([`QuantizedMoments`], ≈ 2.03 bytes per parameter);
+//! * smaller ones keep fp32 moments (bitsandbytes' `min_8bit_size`); these are biases and
+//!   LayerNorm weights, whose state is a negligible part of the total. Their step is plain
+//!   AdamW, which propagates non-finite gradients like PyTorch (the training loop skips
+//!   such steps anyway).
 //!
 //! Checkpoints ([`Adam8bitState::to_tensors`]) use bitsandbytes' state names:
 //! `{prefix}.state1` (m: u8 codes `[n]`, or f32 `[n]` for small tensors),
 //! `{prefix}.absmax1` (f32 `[ceil(n/256)]`, 8-bit only), `{prefix}.state2` and
 //! `{prefix}.absmax2` for v. Bytes are little-endian as safetensors requires; the maps are
-//! not stored (they are a fixed function, see [`crate::optim::quant8`]).
+//! not stored (they are a fixed function, see [`crate::backend::cpu::quant8`]).
 
-use crate::optim::adamw_step::{adamw_step_f32, adamw_update, AdamConsts, AdamHyper};
-use crate::optim::quant8::{
-    block_absmax, decode_block, encode_block, encode_block_sign_preserving, n_blocks, signed_dynamic_map,
-    unsigned_dynamic_map, zero_code, QuantMap, BLOCK_SIZE,
-};
+use crate::backend::cpu::adam8bit::{adam8bit_step, QuantizedMoments};
+use crate::backend::cpu::adamw::{adamw_step_f32, AdamHyper};
+use crate::backend::cpu::quant8::n_blocks;
 use anyhow::{bail, ensure, Context, Result};
-use rayon::prelude::*;
 use safetensors::{Dtype, SafeTensors};
 
 /// Tensors with fewer elements keep fp32 moments (bitsandbytes' `min_8bit_size`).
 pub const MIN_8BIT_SIZE: usize = 4096;
-
-/// Block-wise 8-bit moments of one tensor.
-#[derive(Clone, Debug, PartialEq)]
-pub struct QuantizedMoments {
-    /// First-moment codes into the signed dynamic map, one per element.
-    pub m_codes: Vec<u8>,
-    /// First-moment absmax, one per block of 256.
-    pub m_absmax: Vec<f32>,
-    /// Second-moment codes into the unsigned dynamic map, one per element.
-    pub v_codes: Vec<u8>,
-    /// Second-moment absmax, one per block of 256.
-    pub v_absmax: Vec<f32>,
-}
 
 /// AdamW state of one tensor: 8-bit block-wise, or fp32 for small tensors.
 #[derive(Clone, Debug, PartialEq)]
@@ -96,18 +59,13 @@ impl Adam8bitState {
         if n_elems < min_8bit_size {
             return Self::Fp32 { m: vec![0.0; n_elems], v: vec![0.0; n_elems] };
         }
-        Self::Blockwise8bit(QuantizedMoments {
-            m_codes: vec![zero_code(signed_dynamic_map()); n_elems],
-            m_absmax: vec![0.0; n_blocks(n_elems)],
-            v_codes: vec![zero_code(unsigned_dynamic_map()); n_elems],
-            v_absmax: vec![0.0; n_blocks(n_elems)],
-        })
+        Self::Blockwise8bit(QuantizedMoments::zeros(n_elems))
     }
 
     /// Number of parameter elements this state belongs to.
     pub fn len(&self) -> usize {
         match self {
-            Self::Blockwise8bit(q) => q.m_codes.len(),
+            Self::Blockwise8bit(q) => q.len(),
             Self::Fp32 { m, .. } => m.len(),
         }
     }
@@ -125,7 +83,7 @@ impl Adam8bitState {
     /// Bytes this state occupies.
     pub fn bytes(&self) -> usize {
         match self {
-            Self::Blockwise8bit(q) => q.m_codes.len() + q.v_codes.len() + 4 * (q.m_absmax.len() + q.v_absmax.len()),
+            Self::Blockwise8bit(q) => q.bytes(),
             Self::Fp32 { m, v } => 4 * (m.len() + v.len()),
         }
     }
@@ -134,10 +92,7 @@ impl Adam8bitState {
     pub fn moments_f32(&self) -> (Vec<f32>, Vec<f32>) {
         match self {
             Self::Fp32 { m, v } => (m.clone(), v.clone()),
-            Self::Blockwise8bit(q) => (
-                decode_all(&q.m_codes, &q.m_absmax, signed_dynamic_map()),
-                decode_all(&q.v_codes, &q.v_absmax, unsigned_dynamic_map()),
-            ),
+            Self::Blockwise8bit(q) => q.to_f32(),
         }
     }
 
@@ -170,14 +125,6 @@ impl Adam8bitState {
     pub fn from_safetensors(prefix: &str, n_elems: usize, file: &SafeTensors) -> Result<Self> {
         restore(prefix, n_elems, |name| file.tensor(name).ok().map(|t| (t.dtype(), t.shape().to_vec(), t.data())))
     }
-}
-
-fn decode_all(codes: &[u8], absmax: &[f32], map: &QuantMap) -> Vec<f32> {
-    let mut out = vec![0f32; codes.len()];
-    for ((o, c), &a) in out.chunks_mut(BLOCK_SIZE).zip(codes.chunks(BLOCK_SIZE)).zip(absmax) {
-        decode_block(c, a, map, o);
-    }
-    out
 }
 
 type Found<'a> = (Dtype, Vec<usize>, &'a [u8]);
@@ -225,9 +172,9 @@ fn restore<'a>(prefix: &str, n: usize, lookup: impl Fn(&str) -> Option<Found<'a>
     }
 }
 
-/// One AdamW step for one tensor: fp32 state goes through
-/// [`adamw_step_f32`]; 8-bit state is dequantised, updated and requantised block by block
-/// in one pass (see the module docs). Errors on mismatched lengths or invalid
+/// One AdamW step for one tensor on the CPU: fp32 state goes through
+/// [`adamw_step_f32`], 8-bit state through [`adam8bit_step`] (dequantised, updated and
+/// requantised block by block in one pass). Errors on mismatched lengths or invalid
 /// hyper-parameters; the parameters are untouched then.
 pub fn step(params: &mut [f32], grads: &[f32], state: &mut Adam8bitState, hp: &AdamHyper) -> Result<()> {
     let n = params.len();
@@ -239,61 +186,6 @@ pub fn step(params: &mut [f32], grads: &[f32], state: &mut Adam8bitState, hp: &A
     );
     match state {
         Adam8bitState::Fp32 { m, v } => adamw_step_f32(params, grads, m, v, hp),
-        Adam8bitState::Blockwise8bit(q) => {
-            ensure!(
-                q.m_absmax.len() == n_blocks(n) && q.v_absmax.len() == n_blocks(n) && q.v_codes.len() == n,
-                "adam8bit step: corrupt 8-bit state ({} elements need {} absmax values per moment)",
-                n,
-                n_blocks(n)
-            );
-            let c = AdamConsts::new(hp)?;
-            step_blockwise(params, grads, q, &c);
-            Ok(())
-        }
+        Adam8bitState::Blockwise8bit(q) => adam8bit_step(params, grads, q, hp),
     }
-}
-
-/// The 8-bit update, parallel over blocks of 256 elements.
-fn step_blockwise(params: &mut [f32], grads: &[f32], q: &mut QuantizedMoments, c: &AdamConsts) {
-    let (smap, umap) = (signed_dynamic_map(), unsigned_dynamic_map());
-    params
-        .par_chunks_mut(BLOCK_SIZE)
-        .zip(grads.par_chunks(BLOCK_SIZE))
-        .zip(q.m_codes.par_chunks_mut(BLOCK_SIZE))
-        .zip(q.m_absmax.par_iter_mut())
-        .zip(q.v_codes.par_chunks_mut(BLOCK_SIZE))
-        .zip(q.v_absmax.par_iter_mut())
-        .with_min_len(16)
-        .for_each(|(((((p, g), mc), ma), vc), va)| {
-            update_block(p, g, BlockState { m_codes: mc, m_absmax: ma, v_codes: vc, v_absmax: va }, c, smap, umap);
-        });
-}
-
-/// Mutable views of one block's 8-bit moments.
-struct BlockState<'a> {
-    m_codes: &'a mut [u8],
-    m_absmax: &'a mut f32,
-    v_codes: &'a mut [u8],
-    v_absmax: &'a mut f32,
-}
-
-/// Dequantise, update, and requantise (with the new absmax) one block.
-#[inline]
-fn update_block(p: &mut [f32], g: &[f32], s: BlockState, c: &AdamConsts, smap: &QuantMap, umap: &QuantMap) {
-    let len = p.len();
-    let mut m = [0f32; BLOCK_SIZE];
-    let mut v = [0f32; BLOCK_SIZE];
-    decode_block(s.m_codes, *s.m_absmax, smap, &mut m[..len]);
-    decode_block(s.v_codes, *s.v_absmax, umap, &mut v[..len]);
-    for i in 0..len {
-        if g[i].is_finite() {
-            (p[i], m[i], v[i]) = adamw_update(p[i], g[i], m[i], v[i], c);
-        } else {
-            (m[i], v[i]) = (0.0, 0.0);
-        }
-    }
-    *s.m_absmax = block_absmax(&m[..len]);
-    *s.v_absmax = block_absmax(&v[..len]);
-    encode_block_sign_preserving(&m[..len], *s.m_absmax, smap, s.m_codes);
-    encode_block(&v[..len], *s.v_absmax, umap, s.v_codes);
 }

@@ -2,10 +2,8 @@
 //! gradient clipping and dynamic loss scaling.
 
 pub mod adam8bit;
-pub mod adamw_step;
 pub mod loss_scale;
 pub mod optimizer;
-pub mod quant8;
 pub mod schedule;
 
 pub use loss_scale::LossScaler;

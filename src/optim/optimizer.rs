@@ -19,16 +19,17 @@
 
 use std::collections::HashMap;
 
-use anyhow::{bail, Context, Result};
+use anyhow::{bail, Result};
 use serde::{Deserialize, Serialize};
 
 use super::adam8bit::{self, Adam8bitState, MIN_8BIT_SIZE};
-use super::adamw_step::{adamw_step_f32, AdamConsts, AdamHyper};
 use crate::autograd::Grads;
-use crate::backend::cuda::optim::DeviceQuantizedMoments;
-use crate::backend::cuda::{self, launch::device_of, CudaDevice};
+use crate::backend::cpu::adamw::AdamHyper;
 use crate::model::checkpoint::{view_to_f32, MappedSafetensors, NamedTensor};
 use crate::model::params::{ParamId, Params};
+use crate::ops::adam8bit::{adam8bit as adam8bit_op, upload_maps, Moments8};
+use crate::ops::adamw::adamw;
+use crate::ops::grad_norm::{grad_norm, GradScale};
 use crate::tensor::{DType, Device, Tensor};
 
 /// Which moments the optimizer keeps.
@@ -76,11 +77,12 @@ impl Default for OptimConfig {
     }
 }
 
+/// Optimizer state of one parameter, on the parameter's device.
 enum State {
-    Cpu32 { m: Vec<f32>, v: Vec<f32> },
-    Cpu8(Adam8bitState),
-    Cuda32 { m: Tensor, v: Tensor },
-    Cuda8(DeviceQuantizedMoments),
+    /// fp32 moments (AdamW, or a tensor under [`MIN_8BIT_SIZE`] elements of an 8-bit run).
+    Fp32 { m: Tensor, v: Tensor },
+    /// Block-wise 8-bit moments.
+    Blockwise8bit(Moments8),
 }
 
 /// What one step did.
@@ -130,103 +132,39 @@ impl Optimizer {
     /// One update with learning rate `lr`. Gradients are multiplied by `inv_loss_scale`
     /// first (1 without loss scaling). Returns the gradient norm and whether the step was
     /// skipped for non-finite gradients.
+    ///
+    /// On the GPU the norm, clip coefficient and overflow flag stay on the device and are
+    /// read by the update kernels; the host reads back only the norm and the flag (one
+    /// small copy per optimizer step, after all updates are queued).
     pub fn step(&mut self, params: &mut Params, grads: &Grads, lr: f64, inv_loss_scale: f64) -> Result<StepStats> {
         let items = Self::with_grads(params, grads);
         let Some(&(first, _)) = items.first() else {
             bail!("no trainable parameter received a gradient");
         };
-        match params.get(first).device() {
-            Device::Cpu => self.step_cpu(params, &items, lr, inv_loss_scale),
-            Device::Cuda(dev) => self.step_cuda(&dev, params, &items, lr, inv_loss_scale),
-        }
-    }
-
-    fn step_cpu(
-        &mut self,
-        params: &mut Params,
-        items: &[(ParamId, &Tensor)],
-        lr: f64,
-        inv_scale: f64,
-    ) -> Result<StepStats> {
-        let mut sumsq = 0f64;
-        for (_, g) in items {
-            sumsq += g.as_slice::<f32>()?.iter().map(|&x| (x as f64) * (x as f64)).sum::<f64>();
-        }
-        let norm = sumsq.sqrt() * inv_scale;
-        if !norm.is_finite() {
+        let all_grads: Vec<&Tensor> = items.iter().map(|&(_, g)| g).collect();
+        let scale = grad_norm(&all_grads, self.cfg.max_grad_norm, inv_loss_scale)?;
+        if let GradScale::Host { norm, skip: true, .. } = scale {
             return Ok(StepStats { grad_norm: norm, skipped: true });
         }
-        let clip = match self.cfg.max_grad_norm {
-            Some(max) if norm > max => max / (norm + 1e-6),
-            _ => 1.0,
-        };
-        for &(id, g) in items {
-            let name = params.name(id).to_string();
-            let hp = self.hyper(lr, params.decays(id), inv_scale * clip);
-            let n = g.numel();
-            let kind = self.cfg.kind;
-            let state = self.states.entry(name).or_insert_with(|| match kind {
-                OptimizerKind::AdamW => State::Cpu32 { m: vec![0.0; n], v: vec![0.0; n] },
-                OptimizerKind::AdamW8bit => State::Cpu8(Adam8bitState::new(n)),
-            });
-            let gs = g.as_slice::<f32>()?;
-            let p = params.get_mut(id).as_mut_slice::<f32>().context("updating a parameter")?;
-            match state {
-                State::Cpu32 { m, v } => adamw_step_f32(p, gs, m, v, &hp)?,
-                State::Cpu8(s) => adam8bit::step(p, gs, s, &hp)?,
-                State::Cuda32 { .. } | State::Cuda8(_) => {
-                    bail!("optimizer state is on the GPU but the parameter is on the CPU")
-                }
+        if let Device::Cuda(dev) = params.get(first).device() {
+            if self.cfg.kind == OptimizerKind::AdamW8bit && self.device_maps.is_none() {
+                self.device_maps = Some(upload_maps(&dev)?);
             }
         }
-        self.step += 1;
-        Ok(StepStats { grad_norm: norm, skipped: false })
-    }
-
-    /// The GPU step: norm, clip coefficient and overflow flag are computed on the device
-    /// and read by the kernels; the host reads back only the norm and the flag (one small
-    /// copy per optimizer step, after all updates are queued).
-    fn step_cuda(
-        &mut self,
-        dev: &CudaDevice,
-        params: &mut Params,
-        items: &[(ParamId, &Tensor)],
-        lr: f64,
-        inv_scale: f64,
-    ) -> Result<StepStats> {
-        let zeros = |shape: &[usize], dt| Tensor::zeros(shape, dt, &Device::Cuda(dev.clone()));
-        let (sumsq, nonfinite) = (zeros(&[1], DType::F32)?, zeros(&[1], DType::I32)?);
-        for (_, g) in items {
-            cuda::optim::sum_squares(dev, &sumsq, &nonfinite, g)?;
-        }
-        let (coef, skip, norm) = (zeros(&[1], DType::F32)?, zeros(&[1], DType::I32)?, zeros(&[1], DType::F32)?);
-        let max = self.cfg.max_grad_norm.unwrap_or(0.0) as f32;
-        cuda::optim::clip_and_scale(dev, &coef, &sumsq, &nonfinite, &skip, max, inv_scale as f32, &norm)?;
-        if self.cfg.kind == OptimizerKind::AdamW8bit && self.device_maps.is_none() {
-            self.device_maps = Some(cuda::optim::upload_maps(dev)?);
-        }
-        for &(id, g) in items {
+        for &(id, g) in &items {
             let name = params.name(id).to_string();
-            let p = params.get(id);
-            let c = AdamConsts::new(&self.hyper(lr, params.decays(id), 1.0))?;
+            let hp = self.hyper(lr, params.decays(id), 1.0);
             let state = match self.states.entry(name) {
                 std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
-                std::collections::hash_map::Entry::Vacant(e) => e.insert(new_cuda_state(dev, self.cfg.kind, p)?),
+                std::collections::hash_map::Entry::Vacant(e) => e.insert(new_state(self.cfg.kind, params.get(id))?),
             };
-            let half = device_of(p)?.cached_compute_copy(p);
+            let p = params.get_mut(id);
             match state {
-                State::Cuda32 { m, v } => cuda::optim::adamw_step(dev, p, g, m, v, half.as_ref(), &c, &coef, &skip)?,
-                State::Cuda8(q) => {
-                    let maps = self.device_maps.as_ref().context("8-bit maps not on the device")?;
-                    cuda::optim::adam8bit_step(dev, p, g, q, maps, half.as_ref(), &c, &coef, &skip)?
-                }
-                State::Cpu32 { .. } | State::Cpu8(_) => {
-                    bail!("optimizer state is on the CPU but the parameter is on the GPU")
-                }
+                State::Fp32 { m, v } => adamw(p, g, m, v, &hp, &scale)?,
+                State::Blockwise8bit(q) => adam8bit_op(p, g, q, self.device_maps.as_ref(), &hp, &scale)?,
             }
         }
-        let skipped = skip.to_vec_i32()?[0] != 0;
-        let grad_norm = norm.to_vec_f32()?[0] as f64;
+        let (grad_norm, skipped) = scale.read()?;
         if !skipped {
             self.step += 1;
         }
@@ -238,10 +176,8 @@ impl Optimizer {
         self.states
             .values()
             .map(|s| match s {
-                State::Cpu32 { m, .. } => m.len() * 8,
-                State::Cpu8(s) => s.bytes(),
-                State::Cuda32 { m, .. } => m.numel() * 8,
-                State::Cuda8(q) => q.bytes(),
+                State::Fp32 { m, .. } => m.numel() * 8,
+                State::Blockwise8bit(q) => q.bytes(),
             })
             .sum()
     }
@@ -263,21 +199,16 @@ impl Optimizer {
         let eight_bit = self.cfg.kind == OptimizerKind::AdamW8bit;
         for name in names {
             match &self.states[name] {
-                State::Cpu32 { m, v } => {
-                    out.push(NamedTensor::f32_1d(format!("{name}.exp_avg"), m));
-                    out.push(NamedTensor::f32_1d(format!("{name}.exp_avg_sq"), v));
-                }
                 // A small tensor of an 8-bit run: fp32 moments under the 8-bit names.
-                State::Cuda32 { m, v } if eight_bit => {
+                State::Fp32 { m, v } if eight_bit => {
                     let st = Adam8bitState::Fp32 { m: m.to_vec_f32()?, v: v.to_vec_f32()? };
                     out.extend(st.to_tensors(name));
                 }
-                State::Cuda32 { m, v } => {
+                State::Fp32 { m, v } => {
                     out.push(NamedTensor::f32_1d(format!("{name}.exp_avg"), &m.to_vec_f32()?));
                     out.push(NamedTensor::f32_1d(format!("{name}.exp_avg_sq"), &v.to_vec_f32()?));
                 }
-                State::Cpu8(s) => out.extend(s.to_tensors(name)),
-                State::Cuda8(q) => out.extend(Adam8bitState::Blockwise8bit(q.download()?).to_tensors(name)),
+                State::Blockwise8bit(q) => out.extend(Adam8bitState::Blockwise8bit(q.to_host()?).to_tensors(name)),
             }
         }
         Ok(out)
@@ -307,28 +238,15 @@ impl Optimizer {
                             m.len()
                         );
                     }
-                    match p.device() {
-                        Device::Cpu => State::Cpu32 { m, v },
-                        d @ Device::Cuda(_) => State::Cuda32 {
-                            m: Tensor::from_f32(m, p.shape(), DType::F32, &d)?,
-                            v: Tensor::from_f32(v, p.shape(), DType::F32, &d)?,
-                        },
-                    }
+                    fp32_state(p, m, v)?
                 }
                 OptimizerKind::AdamW8bit => {
                     if !names.iter().any(|k| k == &format!("{name}.state1")) {
                         continue;
                     }
-                    let st = Adam8bitState::from_safetensors(name, n, &file.tensors()?)?;
-                    match (p.device(), st) {
-                        (Device::Cpu, st) => State::Cpu8(st),
-                        (d @ Device::Cuda(_), Adam8bitState::Fp32 { m, v }) => State::Cuda32 {
-                            m: Tensor::from_f32(m, p.shape(), DType::F32, &d)?,
-                            v: Tensor::from_f32(v, p.shape(), DType::F32, &d)?,
-                        },
-                        (Device::Cuda(dev), Adam8bitState::Blockwise8bit(q)) => {
-                            State::Cuda8(DeviceQuantizedMoments::upload(&dev, &q)?)
-                        }
+                    match Adam8bitState::from_safetensors(name, n, &file.tensors()?)? {
+                        Adam8bitState::Fp32 { m, v } => fp32_state(p, m, v)?,
+                        Adam8bitState::Blockwise8bit(q) => State::Blockwise8bit(Moments8::from_host(&p.device(), q)?),
                     }
                 }
             };
@@ -338,13 +256,24 @@ impl Optimizer {
     }
 }
 
-/// Zero state for a parameter on the GPU: fp32 moments, or 8-bit ones for an 8-bit run
-/// and a tensor of at least [`MIN_8BIT_SIZE`] elements (the CPU's rule).
-fn new_cuda_state(dev: &CudaDevice, kind: OptimizerKind, p: &Tensor) -> Result<State> {
+/// Zero state for a parameter, on its device: 8-bit moments for an 8-bit run and a tensor
+/// of at least [`MIN_8BIT_SIZE`] elements, else fp32 moments.
+fn new_state(kind: OptimizerKind, p: &Tensor) -> Result<State> {
+    let n = p.numel();
     Ok(match kind {
-        OptimizerKind::AdamW8bit if p.numel() >= MIN_8BIT_SIZE => {
-            State::Cuda8(DeviceQuantizedMoments::zeros(dev, p.numel())?)
+        OptimizerKind::AdamW8bit if n >= MIN_8BIT_SIZE => State::Blockwise8bit(Moments8::zeros(&p.device(), n)?),
+        _ => {
+            let zeros = || Tensor::zeros(p.shape(), DType::F32, &p.device());
+            State::Fp32 { m: zeros()?, v: zeros()? }
         }
-        _ => State::Cuda32 { m: p.zeros_like()?, v: p.zeros_like()? },
+    })
+}
+
+/// fp32 moments restored from a checkpoint, on the parameter's device.
+fn fp32_state(p: &Tensor, m: Vec<f32>, v: Vec<f32>) -> Result<State> {
+    let d = p.device();
+    Ok(State::Fp32 {
+        m: Tensor::from_f32(m, p.shape(), DType::F32, &d)?,
+        v: Tensor::from_f32(v, p.shape(), DType::F32, &d)?,
     })
 }

@@ -1,7 +1,7 @@
 //! Comparing 8-bit optimizer states from two implementations (CPU reference against a
 //! CUDA kernel, real or emulated).
 
-use qf_engine::optim::quant8::{QuantMap, BLOCK_SIZE};
+use qf_engine::backend::cpu::quant8::{QuantMap, BLOCK_SIZE};
 
 /// Codes equal, or one apart exactly at a requantisation tie: `x / absmax` on the fp32
 /// midpoint of the two map entries (`x` the updated moment, recomputed from the state

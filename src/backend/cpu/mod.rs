@@ -4,6 +4,8 @@
 //! and what `qf-engine train` runs on when there is no GPU. Kernels here work on
 //! slices; `crate::ops` wraps them into tape-recording ops.
 
+pub mod adam8bit;
+pub mod adamw;
 pub mod attention;
 pub mod bce;
 pub mod bias_gelu;
@@ -16,11 +18,13 @@ pub mod elementwise;
 pub mod embedding;
 pub mod flash_attention;
 pub mod gather;
+pub mod grad_norm;
 pub mod layer_norm;
 pub mod linear;
 pub mod matmul;
 pub mod mean_pool;
 pub mod philox;
+pub mod quant8;
 pub mod real;
 pub mod rotary;
 pub mod simd;

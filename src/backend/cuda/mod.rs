@@ -6,6 +6,8 @@
 //! Everything is loaded at run time through `cudarc`'s dynamic loading: the binary
 //! builds and runs without CUDA, and `--device cuda` then says why it cannot start.
 
+pub mod adam8bit;
+pub mod adamw;
 pub mod attention;
 pub mod bce;
 pub mod bias_gelu;
@@ -19,6 +21,7 @@ pub mod embedding;
 pub mod flash_attention;
 pub mod gather;
 pub mod gemm;
+pub mod grad_norm;
 pub mod kernels;
 pub mod launch;
 pub mod layer_norm;
@@ -26,7 +29,6 @@ pub mod linear;
 pub mod mean_pool;
 pub mod memory;
 pub mod nvtx;
-pub mod optim;
 pub mod rotary;
 pub mod storage;
 

@@ -1,4 +1,6 @@
-//! One AdamW step on fp32 slices, exactly as `torch.optim.AdamW` (single-tensor path).
+//! AdamW on fp32 slices, exactly as `torch.optim.AdamW` (single-tensor path): the CPU
+//! twin of `kernels/adamw.cu` (launched by `backend/cuda/adamw.rs`, dispatched by
+//! `ops/adamw.rs`).
 //!
 //! References: D. P. Kingma, J. Ba, "Adam: A Method for Stochastic Optimization" (ICLR
 //! 2015), Algorithm 1; I. Loshchilov, F. Hutter, "Decoupled Weight Decay Regularization"
@@ -20,7 +22,7 @@
 //! tensor op; the element arithmetic is fp32. Results agree with PyTorch to fp32 rounding
 //! (PyTorch's vectorised kernels may fuse multiply-adds).
 //!
-//! The 8-bit optimizer ([`crate::optim::adam8bit`]) calls the same [`adamw_update`] on
+//! The 8-bit optimizer ([`crate::backend::cpu::adam8bit`]) calls the same [`adamw_update`] on
 //! dequantised moments, so the two differ only by quantisation. Note that bitsandbytes'
 //! CUDA kernels apply the decay *after* the Adam step, `p ← (p − lr·u)(1 − lr·wd)`, which
 //! differs from PyTorch by `lr²·wd·u`; we follow PyTorch (and bitsandbytes' own pure-PyTorch

@@ -1,4 +1,6 @@
-//! Dynamic 8-bit quantisation maps and block-wise (de)quantisation.
+//! Dynamic 8-bit quantisation maps and block-wise (de)quantisation: the maps and
+//! constants of the 8-bit optimizer state ([`crate::backend::cpu::adam8bit`]); the CUDA
+//! kernel (`kernels/adam8bit.cu`) receives the same maps as an argument.
 //!
 //! Reference: T. Dettmers, M. Lewis, S. Shleifer, L. Zettlemoyer, "8-bit Optimizers via
 //! Block-wise Quantization" (ICLR 2022, arXiv:2110.02861), §2 (block-wise quantisation,
