@@ -9,7 +9,7 @@ use anyhow::{bail, Result};
 use rayon::prelude::*;
 
 use super::scan::{accession_conflict, data_lines, ChunkScan};
-use super::{Chunk, Shard};
+use super::shard::{Chunk, Shard};
 use crate::data::dataset::{Family, LabelledSet};
 use crate::data::rng::FnvBuildHasher;
 

@@ -23,31 +23,25 @@
 //! [`crate::data::dataset`] for why letters are accepted and everything else is not),
 //! one family with two accessions, and a duplicate `sequence_name` within the split.
 //!
-//! This file lists, opens and chunks the shards and runs the two passes: pass 1 (read and
-//! check every row) is `scan.rs`, pass 2 (copy into the final arenas) is `fill.rs`.
+//! This file lists the shards and runs the two passes over them: `shard.rs` maps the
+//! shards and cuts the chunks, pass 1 (read and check every row) is `scan.rs`, pass 2
+//! (copy into the final arenas) is `fill.rs`. Imports go mod → fill → scan → shard.
 
-use std::ops::Range;
 use std::path::{Path, PathBuf};
 
-use anyhow::{anyhow, bail, Context, Result};
-use memmap2::Mmap;
+use anyhow::{bail, Context, Result};
 use rayon::prelude::*;
 
 use crate::data::dataset::LabelledSet;
 use fill::{fill_set, locate_row, merge_families, Layout};
 use scan::scan_all_chunks;
+use shard::{cut_chunks, Shard};
 
 mod fill;
 mod scan;
+mod shard;
 
-/// The header of Google's Pfam split files.
-pub const PFAM_HEADER: &str = "family_id,sequence_name,family_accession,aligned_sequence,sequence";
-
-/// Columns this reader needs (found by name in the header).
-const REQUIRED_COLUMNS: [&str; 4] = ["family_id", "sequence_name", "family_accession", "sequence"];
-
-/// Target size of one parallel work item.
-const CHUNK_BYTES: usize = 4 << 20;
+pub use shard::PFAM_HEADER;
 
 /// Read every shard of `dir/<split>` (e.g. `split = "train"`) into one set. Rows keep
 /// the file order: shard 0 first, lines in order.
@@ -151,103 +145,6 @@ pub fn read_pfam_shards(paths: &[PathBuf]) -> Result<LabelledSet> {
     Ok(set)
 }
 
-/// Positions of the needed columns in one shard's header.
-#[derive(Debug, Clone, Copy)]
-struct Columns {
-    count: usize,
-    family_id: usize,
-    name: usize,
-    accession: usize,
-    sequence: usize,
-}
-
-/// One memory-mapped shard and where its data rows start.
-struct Shard {
-    path: PathBuf,
-    map: Mmap,
-    columns: Columns,
-    data_start: usize,
-}
-
-impl Shard {
-    fn open(path: &Path) -> Result<Shard> {
-        let file = std::fs::File::open(path).with_context(|| format!("{}: cannot open", path.display()))?;
-        let len = file.metadata().with_context(|| format!("{}: cannot stat", path.display()))?.len();
-        if len == 0 {
-            bail!("{}: file is empty (expected the header `{PFAM_HEADER}`)", path.display());
-        }
-        // SAFETY: the map is read-only and lives as long as this `Shard`; as with any
-        // memory-mapped input, the file must not be truncated while it is being read.
-        let map = unsafe { Mmap::map(&file) }.with_context(|| format!("{}: cannot memory-map", path.display()))?;
-        let header_end = map.iter().position(|&b| b == b'\n').unwrap_or(map.len());
-        let columns = parse_header(&map[..header_end]).map_err(|msg| anyhow!("{}:1: {msg}", path.display()))?;
-        let data_start = (header_end + 1).min(map.len());
-        Ok(Shard { path: path.to_path_buf(), map, columns, data_start })
-    }
-
-    fn bytes(&self) -> &[u8] {
-        &self.map
-    }
-
-    /// 1-based file line of the `k`-th line (0-based, blank lines included) of a chunk.
-    fn line_number(&self, chunk: &Range<usize>, k: usize) -> usize {
-        let before = self.bytes()[self.data_start..chunk.start].iter().filter(|&&b| b == b'\n');
-        1 + before.count() + k + 1
-    }
-}
-
-/// Find the required columns in a header line, or say which one is missing.
-fn parse_header(line: &[u8]) -> std::result::Result<Columns, String> {
-    let line = line.strip_prefix("\u{feff}".as_bytes()).unwrap_or(line);
-    let line = trim_cr(line);
-    let text = String::from_utf8_lossy(line);
-    let names: Vec<&str> = text.split(',').map(str::trim).collect();
-    let find = |col: &str| names.iter().position(|n| *n == col);
-    let present: Vec<&str> = REQUIRED_COLUMNS.iter().copied().filter(|c| find(c).is_some()).collect();
-    if present.is_empty() {
-        let shown: String = text.chars().take(60).collect();
-        return Err(format!("no header: expected `{PFAM_HEADER}`, found `{shown}`"));
-    }
-    if let Some(missing) = REQUIRED_COLUMNS.iter().find(|c| find(c).is_none()) {
-        return Err(format!("header lacks column `{missing}` (header is `{text}`)"));
-    }
-    Ok(Columns {
-        count: names.len(),
-        family_id: find("family_id").unwrap_or(0),
-        name: find("sequence_name").unwrap_or(0),
-        accession: find("family_accession").unwrap_or(0),
-        sequence: find("sequence").unwrap_or(0),
-    })
-}
-
-fn trim_cr(line: &[u8]) -> &[u8] {
-    line.strip_suffix(b"\r").unwrap_or(line)
-}
-
-/// A parallel work item: a byte range of one shard's data rows, ending after a newline.
-struct Chunk {
-    shard: usize,
-    range: Range<usize>,
-}
-
-/// Cut every shard's data region into ~[`CHUNK_BYTES`] pieces at line boundaries.
-fn cut_chunks(shards: &[Shard]) -> Vec<Chunk> {
-    let mut chunks = Vec::new();
-    for (s, shard) in shards.iter().enumerate() {
-        let bytes = shard.bytes();
-        let mut start = shard.data_start;
-        while start < bytes.len() {
-            let target = (start + CHUNK_BYTES).min(bytes.len());
-            let end = match bytes[target..].iter().position(|&b| b == b'\n') {
-                Some(p) => target + p + 1,
-                None => bytes.len(),
-            };
-            chunks.push(Chunk { shard: s, range: start..end });
-            start = end;
-        }
-    }
-    chunks
-}
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -258,14 +155,5 @@ mod tests {
         assert_eq!(parse_shard_name("data-3-of-9"), Some((3, 9)));
         assert_eq!(parse_shard_name("data-00003-of-00009.csv"), None);
         assert_eq!(parse_shard_name("README.md"), None);
-    }
-    #[test]
-    fn header_names_missing_column() {
-        let e = parse_header(b"family_id,sequence_name,family_accession,aligned_sequence").unwrap_err();
-        assert!(e.contains("lacks column `sequence`"), "{e}");
-        let e = parse_header(b"Pkinase,P1/1-9,PF1.1,MKV,MKV").unwrap_err();
-        assert!(e.starts_with("no header"), "{e}");
-        let c = parse_header(PFAM_HEADER.as_bytes()).unwrap();
-        assert_eq!((c.count, c.family_id, c.name, c.accession, c.sequence), (5, 0, 1, 2, 4));
     }
 }

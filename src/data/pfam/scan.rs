@@ -6,7 +6,7 @@ use std::collections::HashMap;
 use anyhow::{bail, Result};
 use rayon::prelude::*;
 
-use super::{trim_cr, Chunk, Columns, Shard};
+use super::shard::{trim_cr, Chunk, Columns, Shard};
 use crate::data::dataset::{all_letters, bad_residue_message, find_bad_residue};
 use crate::data::rng::FnvBuildHasher;
 
