@@ -2,7 +2,8 @@
 //! seed (default 0). Each protein (each window of a long one) is corrupted by a stream
 //! keyed by `(mask seed, row, window start)` only, so the same positions are scored in
 //! every run, whatever the batch size: masked-token loss, perplexity `exp(loss)` and
-//! top-1 accuracy.
+//! top-1 accuracy. Also the masked batch's index and target tensors, which training uses
+//! too (`mlm/mod.rs` imports this file, never the reverse).
 
 use std::time::Instant;
 
@@ -10,13 +11,20 @@ use anyhow::{bail, Result};
 use indicatif::ProgressBar;
 use serde::Serialize;
 
-use super::target_tensors;
 use crate::autograd::Tape;
 use crate::data::batching::{eval_plan, pack, BatchConfig};
 use crate::data::dataset::LabelledSet;
-use crate::data::masking::{mask_batch, Corruption, MaskingConfig};
+use crate::data::masking::{mask_batch, Corruption, MaskedBatch, MaskingConfig};
 use crate::model::{MaskedLm, ModelInputs};
-use crate::tensor::{DType, Device};
+use crate::tensor::{DType, Device, Tensor};
+
+/// Index and target tensors of a masked batch on `device`.
+pub(super) fn target_tensors(m: &MaskedBatch, device: &Device) -> Result<(Tensor, Tensor)> {
+    let n = m.n_targets();
+    let rows: Vec<i32> = m.target_rows.iter().map(|&r| r as i32).collect();
+    let targets: Vec<i32> = m.targets.iter().map(|&t| t as i32).collect();
+    Ok((Tensor::from_i32(rows, &[n], device)?, Tensor::from_i32(targets, &[n], device)?))
+}
 
 /// Masked-token metrics of an evaluation.
 #[derive(Clone, Debug, Default, Serialize)]

@@ -35,10 +35,12 @@ use crate::model::esm2::Recompute;
 use crate::model::lora::{LoraConfig, SaveMode};
 use crate::model::{EsmConfig, MaskedLm, ModelInputs, Params};
 use crate::optim::OptimConfig;
-use crate::tensor::{DType, Device, Tensor};
+use crate::tensor::{DType, Device};
 
 mod eval;
 mod sets;
+
+use eval::target_tensors;
 
 pub use eval::{evaluate_mlm, MlmEval};
 pub use sets::{holdout_split, load_sets, sample_rows, MlmData, MlmSets};
@@ -98,14 +100,6 @@ impl MlmTrainConfig {
             lora: None,
         }
     }
-}
-
-/// Index and target tensors of a masked batch on `device`.
-fn target_tensors(m: &MaskedBatch, device: &Device) -> Result<(Tensor, Tensor)> {
-    let n = m.n_targets();
-    let rows: Vec<i32> = m.target_rows.iter().map(|&r| r as i32).collect();
-    let targets: Vec<i32> = m.targets.iter().map(|&t| t as i32).collect();
-    Ok((Tensor::from_i32(rows, &[n], device)?, Tensor::from_i32(targets, &[n], device)?))
 }
 
 /// A training batch in which the draw selected nothing (a few short proteins can miss
