@@ -15,7 +15,7 @@
 use anyhow::Result;
 use serde::Serialize;
 
-use super::{bench_model, describe_lora, device_label, peak_rss_bytes, train_step, PhaseMs};
+use super::step::{bench_model, describe_lora, device_label, train_step, PhaseMs};
 use crate::autograd::Grads;
 use crate::data::batch::PackedBatch;
 use crate::data::rng::splitmix64;
@@ -25,7 +25,7 @@ use crate::model::{EsmConfig, ModelInputs};
 use crate::optim::{LossScaler, OptimConfig, Optimizer, OptimizerKind};
 use crate::tensor::{DType, Device};
 use crate::train::device::{self, DeviceChoice, Precision};
-use crate::train::memory::{self, param_specs_of, BatchShape, LinearFit, MemoryPlan, PlanOptions};
+use crate::train::memory::{self, param_specs_of, peak_rss_bytes, BatchShape, LinearFit, MemoryPlan, PlanOptions};
 
 /// `qf-engine bench --memory`: what to measure.
 #[derive(Clone, Debug)]
