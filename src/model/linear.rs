@@ -1,10 +1,11 @@
 //! A linear layer of a model: weight (and bias) ids into the parameter store, and an
-//! optional LoRA adapter (see `lora.rs`).
+//! optional LoRA adapter whose update it applies. This file owns the adapter type and its
+//! forward maths; `model::lora` creates, merges and saves adapters and imports this file,
+//! never the reverse (no `lora` import here).
 
 use anyhow::Result;
 
 use super::init::Init;
-use super::lora::LoraAdapter;
 use super::params::{ParamId, Params};
 use crate::autograd::Tape;
 use crate::ops;
@@ -55,6 +56,32 @@ impl Linear {
             Some(lora) => lora.add_update(p, tape, x, y),
             None => Ok(y),
         }
+    }
+}
+
+/// A LoRA adapter on a linear layer: `A: [r, in]`, `B: [out, r]` in the parameter store.
+#[derive(Clone, Debug)]
+pub struct LoraAdapter {
+    pub a: ParamId,
+    pub b: ParamId,
+    pub rank: usize,
+    pub alpha: f64,
+    pub dropout: f64,
+}
+
+impl LoraAdapter {
+    /// `α / r`.
+    pub fn scale(&self) -> f64 {
+        self.alpha / self.rank as f64
+    }
+
+    /// `y + (α/r)·dropout(x)·Aᵀ·Bᵀ`.
+    pub fn add_update(&self, p: &Params, tape: &Tape, x: &Tensor, y: Tensor) -> Result<Tensor> {
+        let xd = ops::dropout(tape, x, self.dropout)?;
+        let u = ops::linear(tape, &xd, p.get(self.a), None)?;
+        let u = ops::linear(tape, &u, p.get(self.b), None)?;
+        let u = ops::scale(tape, &u, self.scale())?;
+        ops::add(tape, &y, &u)
     }
 }
 

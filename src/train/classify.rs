@@ -410,9 +410,9 @@ pub fn train(cfg: &TrainConfig) -> Result<TrainSummary> {
         fmt_bytes(other_plan.activations)
     ));
     if let Device::Cuda(d) = &device {
-        let attn_len = cuda::memory::token_weighted_length(lens.iter().map(|&l| l as usize), cfg.max_len);
+        let attn_len = super::memory::token_weighted_length(lens.iter().map(|&l| l as usize), cfg.max_len);
         let bytes = os.optimizer.bytes_for(trainable);
-        let gplan = cuda::memory::GpuMemoryPlan::new(
+        let gplan = super::memory::GpuMemoryPlan::new(
             d,
             model.config(),
             &model.params,

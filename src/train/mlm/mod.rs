@@ -11,17 +11,12 @@
 //! selected positions. The loop (AdamW or 8-bit, LoRA, recompute, fp16/bf16, resume,
 //! checkpoints, `metrics.jsonl`) is the shared one of `driver.rs`.
 //!
-//! Evaluation scores a held-out split with a fixed mask seed (default 0): each protein
-//! (each window of a long one) is corrupted by a stream keyed by `(mask seed, row,
-//! window start)` only, so the same positions are scored in every run, whatever the
-//! batch size: masked-token loss, perplexity `exp(loss)` and top-1 accuracy.
+//! The sequences (`sets.rs`) and the evaluation (`eval.rs`) are in their own files.
 
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
-use indicatif::ProgressBar;
-use serde::Serialize;
 use serde_json::{json, Value};
 
 use super::device::{self, DeviceChoice, Precision};
@@ -32,47 +27,23 @@ use super::driver::{
 use super::log::{progress_bar, MetricsLog};
 use crate::autograd::{Grads, Tape};
 use crate::backend::cuda::{self, nvtx};
-use crate::data::batching::{eval_plan, pack, training_plan, BatchConfig, PlannedBatch};
-use crate::data::dataset::LabelledSet;
-use crate::data::fasta::{read_fasta, FastaLabels};
+use crate::data::batching::{pack, training_plan, BatchConfig, PlannedBatch};
 use crate::data::masking::{is_maskable, mask_batch, Corruption, MaskedBatch, MaskingConfig};
-use crate::data::pfam::read_pfam_split;
 use crate::data::rng::Rng;
 use crate::data::tokenizer::MASK;
 use crate::model::esm2::Recompute;
 use crate::model::lora::{LoraConfig, SaveMode};
 use crate::model::{EsmConfig, MaskedLm, ModelInputs, Params};
 use crate::optim::OptimConfig;
-use crate::tensor::{DType, Device, Tensor};
+use crate::tensor::{DType, Device};
 
-/// Share of a FASTA file held out for evaluation when no evaluation file is given.
-const HOLDOUT_SHARE: f64 = 0.05;
-/// Most rows held out that way.
-const HOLDOUT_MAX: usize = 5000;
-/// Stream tag of the held-out draw and of the evaluation sample.
-const HOLDOUT_STREAM: u64 = 0x484F_4C44;
+mod eval;
+mod sets;
 
-/// Where the sequences come from (labels, if any, are ignored).
-#[derive(Clone, Debug, PartialEq)]
-pub enum MlmData {
-    /// A Pfam random-split directory: trains on `train/`, evaluates on `eval_split`.
-    PfamDir { dir: PathBuf, eval_split: String },
-    /// FASTA files (`.gz` accepted); without `eval`, a seeded 5 % (at most 5,000
-    /// sequences) of `train` is held out.
-    Fasta { train: PathBuf, eval: Option<PathBuf> },
-}
+use eval::target_tensors;
 
-impl MlmData {
-    pub fn describe(&self) -> String {
-        match self {
-            MlmData::PfamDir { dir, eval_split } => {
-                format!("Pfam split {} (sequences of train → {eval_split}; labels ignored)", dir.display())
-            }
-            MlmData::Fasta { train, eval: Some(e) } => format!("{} → {}", train.display(), e.display()),
-            MlmData::Fasta { train, eval: None } => format!("{} (5 % held out)", train.display()),
-        }
-    }
-}
+pub use eval::{evaluate_mlm, MlmEval};
+pub use sets::{holdout_split, load_sets, sample_rows, MlmData, MlmSets};
 
 /// Everything an MLM run needs.
 #[derive(Clone, Debug)]
@@ -131,89 +102,6 @@ impl MlmTrainConfig {
     }
 }
 
-/// Training and evaluation sequences.
-pub struct MlmSets {
-    pub train: LabelledSet,
-    pub train_rows: Vec<usize>,
-    /// A separate evaluation set; `None` with `eval_rows` set means rows held out of `train`.
-    pub eval: Option<LabelledSet>,
-    pub eval_rows: Vec<usize>,
-}
-
-impl MlmSets {
-    /// The set `eval_rows` index.
-    pub fn eval_set(&self) -> &LabelledSet {
-        self.eval.as_ref().unwrap_or(&self.train)
-    }
-}
-
-/// A seeded sample of at most `limit` of `rows` (sorted), or all of them. Evaluation
-/// samples are drawn from the mask seed, not the training seed, so that `train
-/// --eval-limit N` and `eval --limit N` with the same mask seed score the same proteins in
-/// every run.
-pub fn sample_rows(rows: Vec<usize>, limit: Option<usize>, seed: u64) -> Vec<usize> {
-    match limit.filter(|&l| l < rows.len()) {
-        None => rows,
-        Some(l) => {
-            let mut r = rows;
-            Rng::from_words(&[seed, HOLDOUT_STREAM, 1]).shuffle(&mut r);
-            r.truncate(l);
-            r.sort_unstable();
-            r
-        }
-    }
-}
-
-/// Rows of a set of `n` split into (train, held out): a seeded share, at least one row
-/// each when `n ≥ 2`.
-pub fn holdout_split(n: usize, seed: u64) -> (Vec<usize>, Vec<usize>) {
-    let held = ((n as f64 * HOLDOUT_SHARE).round() as usize).clamp(usize::from(n >= 2), HOLDOUT_MAX);
-    let mut rows: Vec<usize> = (0..n).collect();
-    Rng::from_words(&[seed, HOLDOUT_STREAM]).shuffle(&mut rows);
-    let mut eval = rows.split_off(n - held);
-    rows.sort_unstable();
-    eval.sort_unstable();
-    (rows, eval)
-}
-
-/// Read the sequences of `data`: a FASTA file without an evaluation file is split by
-/// `seed`; the evaluation rows are sampled (`eval_limit`) by `eval_mask_seed`.
-pub fn load_sets(data: &MlmData, seed: u64, eval_limit: Option<usize>, eval_mask_seed: u64) -> Result<MlmSets> {
-    let (train, train_rows, eval, eval_rows) = match data {
-        MlmData::PfamDir { dir, eval_split } => {
-            let train = read_pfam_split(dir, "train")?;
-            let eval = if dir.join(eval_split).is_dir() { Some(read_pfam_split(dir, eval_split)?) } else { None };
-            let rows = (0..train.len()).collect();
-            let erows = eval.as_ref().map(|e| (0..e.len()).collect()).unwrap_or_default();
-            (train, rows, eval, erows)
-        }
-        MlmData::Fasta { train, eval: Some(e) } => {
-            let t = read_fasta(train, &FastaLabels::None)?;
-            let e = read_fasta(e, &FastaLabels::None)?;
-            let (rows, erows) = ((0..t.len()).collect(), (0..e.len()).collect());
-            (t, rows, Some(e), erows)
-        }
-        MlmData::Fasta { train, eval: None } => {
-            let t = read_fasta(train, &FastaLabels::None)?;
-            let (rows, erows) = holdout_split(t.len(), seed);
-            (t, rows, None, erows)
-        }
-    };
-    if train_rows.is_empty() {
-        bail!("the training set is empty: no sequences to train on");
-    }
-    let eval_rows = sample_rows(eval_rows, eval_limit, eval_mask_seed);
-    Ok(MlmSets { train, train_rows, eval, eval_rows })
-}
-
-/// Index and target tensors of a masked batch on `device`.
-fn target_tensors(m: &MaskedBatch, device: &Device) -> Result<(Tensor, Tensor)> {
-    let n = m.n_targets();
-    let rows: Vec<i32> = m.target_rows.iter().map(|&r| r as i32).collect();
-    let targets: Vec<i32> = m.targets.iter().map(|&t| t as i32).collect();
-    Ok((Tensor::from_i32(rows, &[n], device)?, Tensor::from_i32(targets, &[n], device)?))
-}
-
 /// A training batch in which the draw selected nothing (a few short proteins can miss
 /// the 15 %): one maskable token, chosen by the batch's own stream, becomes `<mask>`, so
 /// that every micro-batch has a loss. Happens with probability 0.85^(residues).
@@ -230,109 +118,6 @@ fn ensure_a_target(m: &mut MaskedBatch, seed: u64, epoch: u64, index: usize) {
     m.targets.push(m.batch.tokens[pick]);
     m.kinds.push(Corruption::Mask);
     m.batch.tokens[pick] = MASK;
-}
-
-/// Masked-token metrics of an evaluation.
-#[derive(Clone, Debug, Default, Serialize)]
-pub struct MlmEval {
-    /// Mean cross-entropy (nats) over the selected positions.
-    pub loss: f64,
-    /// `exp(loss)`.
-    pub perplexity: f64,
-    /// Top-1 accuracy over the selected positions.
-    pub accuracy: f64,
-    /// Top-1 accuracy over the positions replaced by `<mask>` alone.
-    pub mask_accuracy: f64,
-    /// Positions scored.
-    pub n_targets: usize,
-    /// Sequences (windows of long proteins counted apart).
-    pub n_windows: usize,
-    pub n_proteins: usize,
-    pub mask_seed: u64,
-    pub seconds: f64,
-}
-
-impl MlmEval {
-    pub fn line(&self) -> String {
-        format!(
-            "masked-token loss {:.4}, perplexity {:.3}, accuracy {:.2}% (<mask> positions {:.2}%) over {} positions of {} proteins (mask seed {})",
-            self.loss,
-            self.perplexity,
-            100.0 * self.accuracy,
-            100.0 * self.mask_accuracy,
-            self.n_targets,
-            self.n_proteins,
-            self.mask_seed
-        )
-    }
-}
-
-/// Cross-entropy (nats) of a row of logits at `target`, and whether its argmax is `target`.
-fn score_row(logits: &[f32], target: usize) -> (f64, bool) {
-    let max = logits.iter().cloned().fold(f32::NEG_INFINITY, f32::max) as f64;
-    let lse = max + logits.iter().map(|&x| (x as f64 - max).exp()).sum::<f64>().ln();
-    // The first maximum wins ties, as torch.argmax does.
-    let argmax = logits.iter().enumerate().fold(0, |best, (i, &x)| if x > logits[best] { i } else { best });
-    (lse - logits[target] as f64, argmax == target)
-}
-
-/// Evaluate `rows` of `set` with masks drawn from `mask_seed` (see the module documentation).
-#[allow(clippy::too_many_arguments)]
-pub fn evaluate_mlm(
-    model: &MaskedLm,
-    set: &LabelledSet,
-    rows: &[usize],
-    bcfg: &BatchConfig,
-    masking: &MaskingConfig,
-    mask_seed: u64,
-    device: &Device,
-    bar: &ProgressBar,
-) -> Result<MlmEval> {
-    let t0 = Instant::now();
-    let plan = eval_plan(rows, &set.token_lengths(), bcfg)?;
-    bar.set_length(plan.len() as u64);
-    let dtype = if model.params.get(model.esm.word_embeddings).dtype() == DType::F64 { DType::F64 } else { DType::F32 };
-    let vocab = model.config().vocab_size;
-    let (mut loss_sum, mut correct, mut mask_n, mut mask_correct, mut n, mut windows) = (0.0, 0, 0, 0, 0, 0);
-    for batch in &plan {
-        let packed = pack(&batch.items, set, |_| None)?;
-        let m = mask_batch(&packed, &batch.items, masking, mask_seed, 0)?;
-        windows += batch.items.len();
-        if m.n_targets() == 0 {
-            bar.inc(1);
-            continue;
-        }
-        let inp = ModelInputs::new(&m.batch, model.config(), device, dtype)?;
-        let (rows_t, _) = target_tensors(&m, device)?;
-        let logits = model.logits(&Tape::inference(), &inp, Some(&rows_t))?.to_vec_f32()?;
-        for (i, (&t, kind)) in m.targets.iter().zip(&m.kinds).enumerate() {
-            let (ce, hit) = score_row(&logits[i * vocab..(i + 1) * vocab], t as usize);
-            loss_sum += ce;
-            correct += hit as usize;
-            if *kind == Corruption::Mask {
-                mask_n += 1;
-                mask_correct += hit as usize;
-            }
-        }
-        n += m.n_targets();
-        bar.inc(1);
-    }
-    if n == 0 {
-        bail!("the evaluation selected no positions (the sequences are empty or all special tokens)");
-    }
-    let loss = loss_sum / n as f64;
-    let distinct: std::collections::BTreeSet<usize> = rows.iter().copied().collect();
-    Ok(MlmEval {
-        loss,
-        perplexity: loss.exp(),
-        accuracy: correct as f64 / n as f64,
-        mask_accuracy: mask_correct as f64 / mask_n.max(1) as f64,
-        n_targets: n,
-        n_windows: windows,
-        n_proteins: distinct.len(),
-        mask_seed,
-        seconds: t0.elapsed().as_secs_f64(),
-    })
 }
 
 /// The MLM task of the shared training loop.
@@ -622,31 +407,4 @@ pub fn load_mlm_model(dir: &Path, device: &Device) -> Result<MaskedLm> {
     }
     model.params.to_device(device)?;
     Ok(model)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn holdout_is_a_seeded_partition() {
-        let (t, e) = holdout_split(100, 7);
-        assert_eq!(e.len(), 5);
-        let mut all: Vec<usize> = t.iter().chain(&e).copied().collect();
-        all.sort_unstable();
-        assert_eq!(all, (0..100).collect::<Vec<_>>());
-        assert_eq!(holdout_split(100, 7), (t, e));
-        assert_ne!(holdout_split(100, 8).1, holdout_split(100, 7).1);
-        assert_eq!(holdout_split(3, 1).1.len(), 1);
-    }
-
-    #[test]
-    fn row_scores_match_log_softmax() {
-        let logits = [1.0f32, 3.0, -2.0];
-        let (ce, hit) = score_row(&logits, 1);
-        let lse = (1f64.exp() + 3f64.exp() + (-2f64).exp()).ln();
-        assert!((ce - (lse - 3.0)).abs() < 1e-6);
-        assert!(hit);
-        assert!(!score_row(&logits, 0).1);
-    }
 }
