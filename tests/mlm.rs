@@ -355,6 +355,12 @@ fn a_short_mlm_run_lowers_the_held_out_loss_and_saves_an_esm_for_masked_lm() {
     assert!(last < first, "held-out loss did not fall: {first} → {last}");
     assert!((evals[2]["perplexity"].as_f64().unwrap() - last.exp()).abs() < 1e-9);
     assert!(!events(tmp.path(), "step").is_empty());
+    // The run plans its memory (masked rows at the head) and reports plan and peak at the end.
+    let plan = &events(tmp.path(), "start")[0]["memory_plan"];
+    assert!(plan["activations"].as_u64().unwrap() > 0 && plan["weights"].as_u64().unwrap() > 0, "{plan}");
+    let end = &events(tmp.path(), "end")[0];
+    assert_eq!(end["planned_memory_bytes"], plan["total"]);
+    assert!(end["peak_memory_bytes"].as_u64().unwrap() > 0);
     // model/ is an EsmForMaskedLM that evaluates to the logged numbers.
     let (model, report) = MaskedLm::from_pretrained(&s.model_dir, 0).unwrap();
     assert!(report.fresh.is_empty());

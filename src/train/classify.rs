@@ -23,7 +23,7 @@ use super::driver::{
 pub use super::driver::{ModelSource, Warmup};
 use super::eval::{evaluate, EvalResult};
 use super::log::{progress_bar, MetricsLog};
-use super::memory::{fmt_bytes, param_specs_of, peak_rss_bytes, BatchShape, MemoryPlan, PlanOptions};
+use super::memory::{fmt_bytes, measured_peak, param_specs_of, BatchShape, MemoryPlan, PlanOptions};
 use crate::autograd::{Grads, Tape};
 use crate::backend::cuda::{self, nvtx};
 use crate::data::batching::{pack, training_plan, BatchConfig, PlannedBatch};
@@ -525,17 +525,6 @@ fn memory_plan(
     };
     let batch = BatchShape::full(cfg.training.max_tokens, cfg.max_len.min(cfg.training.max_tokens));
     MemoryPlan::new(model.config(), &param_specs_of(&model.params), cfg.lora.as_ref(), n_classes, &opts, &batch)
-}
-
-/// Peak memory of the run so far and what was measured: the CUDA pool's high-water mark,
-/// or the process's peak resident set on the CPU.
-pub fn measured_peak(device: &Device) -> Option<(u64, &'static str)> {
-    match device {
-        Device::Cpu => peak_rss_bytes().map(|b| (b, "process peak resident set")),
-        Device::Cuda(d) => crate::backend::cuda::device::pool_peak_bytes(d)
-            .ok()
-            .map(|b| (b, "CUDA memory pool high-water mark; the context and cuBLAS workspace are outside it")),
-    }
 }
 
 /// Read the device a trained model should run on for evaluation/prediction.

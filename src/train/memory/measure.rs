@@ -113,3 +113,14 @@ pub fn reset_peak_rss() -> Result<u64> {
     })?;
     current_rss_bytes().ok_or_else(|| anyhow::anyhow!("cannot read /proc/self/status"))
 }
+
+/// Peak memory of the run so far and what was measured: the CUDA pool's high-water mark,
+/// or the process's peak resident set on the CPU.
+pub fn measured_peak(device: &crate::tensor::Device) -> Option<(u64, &'static str)> {
+    match device {
+        crate::tensor::Device::Cpu => peak_rss_bytes().map(|b| (b, "process peak resident set")),
+        crate::tensor::Device::Cuda(d) => crate::backend::cuda::device::pool_peak_bytes(d)
+            .ok()
+            .map(|b| (b, "CUDA memory pool high-water mark; the context and cuBLAS workspace are outside it")),
+    }
+}

@@ -20,8 +20,8 @@ mod units;
 pub use budget::{largest_budget, LinearFit};
 pub use gpu_plan::{activation_bytes_per_token, token_weighted_length, GpuMemoryPlan};
 pub use measure::{
-    current_rss_bytes, heap_live_bytes, heap_peak_bytes, peak_rss_bytes, pool_used_bytes, reset_heap_peak,
-    reset_peak_rss, reset_pool_peak, CountingAllocator,
+    current_rss_bytes, heap_live_bytes, heap_peak_bytes, measured_peak, peak_rss_bytes, pool_used_bytes,
+    reset_heap_peak, reset_peak_rss, reset_pool_peak, CountingAllocator,
 };
 pub use plan::{BatchShape, MemoryPlan, PlanOptions, CUDA_RUNTIME_BYTES};
 pub use specs::{param_specs, param_specs_of, ModelShape, ParamSpec};

@@ -52,8 +52,10 @@
 //! scaled update and its unscaled copy (`3·n·out·e`), the rank-`r` activation (`n·r·e`) and,
 //! with dropout, the dropped-out input (`n·in·e`).
 //!
-//! Outside the layers: the final LayerNorm input and output, the `<cls>` rows and the head
-//! (`S_out = 2·n·h·e + 8n + n_seqs·(4h + 2·classes)·e`) and the model inputs (`16n`).
+//! Outside the layers: the final LayerNorm input and output, the rows the head reads and the
+//! head (`S_out = 2·n·h·e + 8n + rows·(4h + 2·classes)·e`, rows = one per sequence for a
+//! classifier, the masked tokens for the MLM head with the vocabulary as classes) and the
+//! model inputs (`16n`).
 //!
 //! **Peak.** Without recomputation the tape holds every layer's `S_layer` at the end of the
 //! forward pass, and the backward pass of the top layer adds its gradient buffers `T`. With
@@ -96,6 +98,9 @@ pub struct BatchShape {
     pub max_len: usize,
     /// `Σ_s L_s²` (attention probabilities per head on the CPU).
     pub sum_sq_len: usize,
+    /// Rows the task head reads: one per sequence for a sequence classifier (`<cls>` or
+    /// the mean), the masked tokens for the masked-language-model head.
+    pub head_rows: usize,
 }
 
 impl BatchShape {
@@ -106,7 +111,13 @@ impl BatchShape {
             n_seqs: lens.len(),
             max_len: lens.iter().copied().max().unwrap_or(0),
             sum_sq_len: lens.iter().map(|l| l * l).sum(),
+            head_rows: lens.len(),
         }
+    }
+
+    /// The same batch with a head that reads `rows` rows.
+    pub fn with_head_rows(self, rows: usize) -> Self {
+        BatchShape { head_rows: rows, ..self }
     }
 
     /// The worst case for a token budget: sequences of `max_len` tokens (the last one
@@ -315,7 +326,7 @@ impl Activations {
         } else {
             ((n * h + 2 * n * f) * e).max(5 * n * h * e)
         };
-        let outside = 2 * n * h * e + 8 * n + b.n_seqs as u64 * (4 * h + 2 * n_classes as u64) * e + 16 * n;
+        let outside = 2 * n * h * e + 8 * n + b.head_rows as u64 * (4 * h + 2 * n_classes as u64) * e + 16 * n;
         Ok(Activations {
             layers: cfg.num_hidden_layers as u64,
             layer,
