@@ -92,3 +92,36 @@ fn unknown_poolings_are_refused() {
     let err = SequenceClassifier::from_pretrained(tmp.path(), None, HeadKind::Classification, 0.0, 0).err().unwrap();
     assert!(format!("{err:#}").contains("unknown pooling `max`"), "{err:#}");
 }
+
+/// A mean-pooled LoRA classifier has no PEFT class to apply its adapters to:
+/// `save_adapters` refuses (and writes nothing), and a training run writes the merged
+/// `model/` but no `adapter/`.
+#[test]
+fn a_mean_pooled_lora_run_writes_no_peft_adapter_directory() {
+    let mut m = mean_model();
+    m.enable_lora(&qf_engine::model::lora::LoraConfig::default(), 1).unwrap();
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("adapter");
+    let err = m.save_adapters(&dir, "base").unwrap_err().to_string();
+    assert!(err.contains("mean-pooled classifier has no transformers class"), "{err}");
+    assert!(!dir.exists());
+
+    let out = tmp.path().join("run");
+    let mut cfg = qf_engine::train::TrainConfig::demo(out.clone());
+    cfg.model = qf_engine::train::ModelSource::Pretrained(fixture("esm_tiny"));
+    cfg.device = qf_engine::train::DeviceChoice::Cpu;
+    cfg.training.max_steps = Some(2);
+    cfg.training.max_tokens = 1024;
+    cfg.max_len = 256;
+    cfg.eval_limit = Some(8);
+    cfg.training.progress = false;
+    cfg.verbose = false;
+    cfg.pool = Some(Pooling::Mean);
+    cfg.lora = Some(qf_engine::model::lora::LoraConfig::default());
+    qf_engine::train::train(&cfg).unwrap();
+    assert!(out.join("model/config.json").exists());
+    assert!(!out.join("adapter").exists(), "a mean-pooled LoRA run wrote a PEFT adapter/");
+    let config: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("model/config.json")).unwrap()).unwrap();
+    assert_eq!(config[POOL_KEY], "mean");
+}

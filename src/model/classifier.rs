@@ -180,8 +180,17 @@ impl SequenceClassifier {
     }
 
     /// Save the adapters alone, with the classification head, as a PEFT adapter directory
-    /// for `EsmForSequenceClassification`; `base` names the base model.
+    /// for `EsmForSequenceClassification`; `base` names the base model. A mean-pooled
+    /// classifier is refused: PEFT would apply its adapters to a class that pools `<cls>`,
+    /// and the head would read the wrong vector without a word.
     pub fn save_adapters(&self, dir: &Path, base: &str) -> Result<()> {
+        if self.pool == Pooling::Mean {
+            bail!(
+                "{}: a mean-pooled classifier has no transformers class for PEFT to apply adapters to \
+                 (EsmForSequenceClassification pools <cls>); save the merged model instead",
+                dir.display()
+            );
+        }
         let head: Vec<_> = self.params.ids().filter(|&id| self.params.name(id).starts_with("classifier")).collect();
         lora::save_adapters(
             dir,

@@ -166,10 +166,20 @@ fn build_model(cfg: &TrainConfig, labels: Vec<String>) -> Result<(SequenceClassi
 /// Write the final model (HF layout, adapters merged, + label map) into `output/model`,
 /// atomically; with LoRA, the adapters alone (PEFT layout, with the head) into
 /// `output/adapter`, and the base they apply to into `output/base` when it was random.
+/// A mean-pooled classifier gets no `adapter/` (no transformers class pools the mean; see
+/// [`SequenceClassifier::save_adapters`]): its merged `model/` is the result.
 fn save_final(model: &SequenceClassifier, data: &ClassificationData, cfg: &TrainConfig) -> Result<PathBuf> {
     let dir = cfg.training.output.join("model");
     write_dir_atomically(&dir, |d| write_model_dir(model, data, d, SaveMode::Merged))?;
-    if model.lora().is_some() {
+    if model.lora().is_some() && model.pool == Pooling::Mean {
+        if cfg.verbose {
+            println!(
+                "LoRA with --pool mean: no adapter/ written (PEFT's EsmForSequenceClassification pools <cls>); \
+                 {} holds the merged model",
+                dir.display()
+            );
+        }
+    } else if model.lora().is_some() {
         write_adapter_dirs(
             &cfg.training.output,
             &cfg.model,
