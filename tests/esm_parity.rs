@@ -74,8 +74,15 @@ fn unpad(v: &[f32], b: &PackedBatch, lmax: usize, width: usize) -> Vec<f32> {
 }
 
 /// Compare every `grad.<name>` of the fixture with the model's parameter gradients.
+/// Assert a relative error against the fixture and print it (`--nocapture` shows the
+/// measured parity).
+fn check(e: f64, what: &str) {
+    eprintln!("{what}: relative error {e:.2e}");
+    assert!(e < TOL, "{what} error {e:.2e}");
+}
+
 fn check_param_grads(model: &SequenceClassifier, grads: &Grads, exp: &Expected) {
-    let mut checked = 0;
+    let (mut checked, mut worst) = (0, 0f64);
     for (name, t) in model.params.iter() {
         let key = format!("grad.{name}");
         if !exp.has(&key) {
@@ -90,9 +97,11 @@ fn check_param_grads(model: &SequenceClassifier, grads: &Grads, exp: &Expected) 
         let zero = want.iter().all(|&x| x == 0.0);
         let err = if zero { got.iter().map(|x| x.abs() as f64).fold(0.0, f64::max) } else { rel_err(&got, &want) };
         assert!(err < TOL, "{name}: gradient error {err:.2e}");
+        worst = worst.max(err);
         checked += 1;
     }
     assert!(checked >= 30, "only {checked} gradients compared");
+    eprintln!("{checked} parameter gradients: worst relative error {worst:.2e}");
 }
 
 #[test]
@@ -107,7 +116,7 @@ fn classification_logits_loss_hidden_attention_and_gradients_match_pytorch() {
     let (hid, hshape) = exp.f32("last_hidden_state");
     let want_h = unpad(&hid, &b, hshape[1], hshape[2]);
     let e = rel_err(&enc.hidden.to_vec_f32().unwrap(), &want_h);
-    assert!(e < TOL, "last_hidden_state error {e:.2e}");
+    check(e, "last_hidden_state");
     let (attn, ashape) = exp.f32("attn0");
     let (heads, lmax) = (ashape[1], ashape[2]);
     let mut want_a = Vec::new();
@@ -120,15 +129,15 @@ fn classification_logits_loss_hidden_attention_and_gradients_match_pytorch() {
         }
     }
     let e = rel_err(&enc.attention_probs[0].to_vec_f32().unwrap(), &want_a);
-    assert!(e < TOL, "attention error {e:.2e}");
+    check(e, "attention");
 
     // Logits, loss and every parameter gradient.
     let tape = Tape::new();
     let (logits, loss) = model.forward_loss(&tape, &inp, None).unwrap();
     let e = rel_err(&logits.to_vec_f32().unwrap(), &exp.f32("logits").0);
-    assert!(e < TOL, "logits error {e:.2e}");
+    check(e, "logits");
     let e = rel_err(&loss.to_vec_f32().unwrap(), &exp.f32("loss").0);
-    assert!(e < TOL, "loss error {e:.2e}");
+    check(e, "loss");
     let mut grads = Grads::new();
     tape.backward(&loss, &mut grads).unwrap();
     check_param_grads(&model, &grads, &exp);
@@ -146,11 +155,11 @@ fn weighted_cross_entropy_matches_pytorch() {
     let tape = Tape::new();
     let loss = ops::cross_entropy(&tape, &logits, &labels, Some(&w)).unwrap();
     let e = rel_err(&loss.to_vec_f32().unwrap(), &exp.f32("weighted_loss").0);
-    assert!(e < TOL, "weighted loss error {e:.2e}");
+    check(e, "weighted loss");
     let mut grads = Grads::new();
     tape.backward(&loss, &mut grads).unwrap();
     let e = rel_err(&grads.get(&logits).unwrap().to_vec_f32().unwrap(), &exp.f32("weighted_dlogits").0);
-    assert!(e < TOL, "weighted dlogits error {e:.2e}");
+    check(e, "weighted dlogits");
 }
 
 #[test]
@@ -163,9 +172,9 @@ fn token_dropout_with_mask_tokens_matches_pytorch() {
     let tape = Tape::new();
     let (logits, loss) = model.forward_loss(&tape, &inp, None).unwrap();
     let e = rel_err(&logits.to_vec_f32().unwrap(), &exp.f32("logits").0);
-    assert!(e < TOL, "logits error {e:.2e}");
+    check(e, "logits");
     let e = rel_err(&loss.to_vec_f32().unwrap(), &exp.f32("loss").0);
-    assert!(e < TOL, "loss error {e:.2e}");
+    check(e, "loss");
     let mut grads = Grads::new();
     tape.backward(&loss, &mut grads).unwrap();
     check_param_grads(&model, &grads, &exp);
@@ -197,7 +206,7 @@ fn contact_predictions_and_gradients_match_pytorch() {
     }
     let got: Vec<f32> = logits.to_vec_f32().unwrap().iter().map(|&x| 1.0 / (1.0 + (-x).exp())).collect();
     let e = rel_err(&got, &want);
-    assert!(e < TOL, "contact probabilities error {e:.2e}");
+    check(e, "contact probabilities");
     // loss = Σ sigmoid(logit)·R  ⇒  ∂loss/∂logit = R·p·(1 − p)
     let g: Vec<f32> = got.iter().zip(&seed).map(|(&p, &r)| r * p * (1.0 - p)).collect();
     let mut grads = Grads::new();
@@ -248,5 +257,5 @@ fn esm_model_layout_without_prefix_and_gamma_beta_names_loads_the_same_encoder()
     let enc = m.esm.forward(&m.params, &Tape::inference(), &inputs(&m, &b), false).unwrap();
     let (hid, hshape) = exp.f32("last_hidden_state");
     let e = rel_err(&enc.hidden.to_vec_f32().unwrap(), &unpad(&hid, &b, hshape[1], hshape[2]));
-    assert!(e < TOL, "last_hidden_state error {e:.2e}");
+    check(e, "last_hidden_state");
 }
