@@ -23,7 +23,7 @@ use super::driver::{
 pub use super::driver::{ModelSource, Warmup};
 use super::eval::{evaluate, EvalResult};
 use super::log::{progress_bar, MetricsLog};
-use super::memory::{fmt_bytes, measured_peak, param_specs_of, BatchShape, MemoryPlan, PlanOptions};
+use super::memory::{param_specs_of, peak_report, plan_run, BatchShape, GpuPlanInputs, MemoryPlan, PlanOptions};
 use crate::autograd::{Grads, Tape};
 use crate::backend::cuda::{self, nvtx};
 use crate::data::batching::{pack, training_plan, BatchConfig, PlannedBatch};
@@ -394,12 +394,6 @@ pub fn train(cfg: &TrainConfig) -> Result<TrainSummary> {
         _ => Some(Tensor::from_f32(data.weights.weights.clone(), &[classes.len()], DType::F32, &device)?),
     };
 
-    let plan = memory_plan(cfg, cfg.recompute, &model, &device, dtype, classes.len())?;
-    let other = match cfg.recompute {
-        Recompute::None => Recompute::Layer,
-        Recompute::Layer => Recompute::None,
-    };
-    let other_plan = memory_plan(cfg, other, &model, &device, dtype, classes.len())?;
     say(format!(
         "model: {} layers, hidden {}, {} heads — {:.2} M parameters ({:.2} M trainable), {} classes; device {} ({}), \
          recompute {}",
@@ -413,26 +407,25 @@ pub fn train(cfg: &TrainConfig) -> Result<TrainSummary> {
         dtype,
         cfg.recompute,
     ));
-    say(format!(
-        "{} (worst case: sequences of {} tokens); activations with --recompute {other}: {}",
-        plan.summary(),
-        cfg.max_len.min(cfg.training.max_tokens),
-        fmt_bytes(other_plan.activations)
-    ));
-    if let Device::Cuda(d) = &device {
-        let attn_len = super::memory::token_weighted_length(lens.iter().map(|&l| l as usize), cfg.max_len);
-        let bytes = os.optimizer.bytes_for(trainable);
-        let gplan = super::memory::GpuMemoryPlan::new(
-            d,
-            model.config(),
-            &model.params,
-            dtype,
-            bytes,
-            cfg.training.max_tokens,
-            attn_len,
-        );
-        say(gplan.to_string());
-    }
+    let gpu = GpuPlanInputs {
+        config: model.config(),
+        params: &model.params,
+        dtype,
+        optimizer_bytes: os.optimizer.bytes_for(trainable),
+        max_tokens: cfg.training.max_tokens,
+        lens: &lens,
+        max_len: cfg.max_len,
+    };
+    let worst_case = format!("worst case: sequences of {} tokens", cfg.max_len.min(cfg.training.max_tokens));
+    let memory = plan_run(
+        cfg.recompute,
+        |r| memory_plan(cfg, r, &model, &device, dtype, classes.len()),
+        &worst_case,
+        &device,
+        gpu,
+    )?;
+    memory.lines.iter().for_each(|l| say(l.clone()));
+    let plan = memory.plan;
     say(format!(
         "schedule: {} epochs × {} batches of ≤ {} tokens (accumulate {}) = {} optimizer steps, peak lr {:e}, warm-up {} steps",
         cfg.training.epochs, batches_per_epoch, cfg.training.max_tokens, cfg.training.grad_accum, os.schedule.total, cfg.training.lr, os.schedule.warmup
@@ -452,11 +445,7 @@ pub fn train(cfg: &TrainConfig) -> Result<TrainSummary> {
             "epochs": cfg.training.epochs, "total_steps": os.schedule.total, "warmup": os.schedule.warmup, "lr": cfg.training.lr,
             "max_tokens": cfg.training.max_tokens, "grad_accum": cfg.training.grad_accum, "seed": cfg.training.seed,
             "resumed_step": os.state.step, "recompute": cfg.recompute.to_string(), "pool": model.pool.to_string(),
-            "memory_plan": {
-                "weights": plan.weights, "master": plan.master, "gradients": plan.gradients,
-                "optimizer": plan.optimizer, "activations": plan.activations, "runtime": plan.runtime,
-                "total": plan.total(),
-            },
+            "memory_plan": plan.to_json(),
         }),
     )?;
 
@@ -477,10 +466,8 @@ pub fn train(cfg: &TrainConfig) -> Result<TrainSummary> {
     };
     let ls = super::driver::run(&mut task, &cfg.training, &mut os, &mut log, &say)?;
 
-    let peak = measured_peak(&task.device);
-    if let Some((bytes, what)) = &peak {
-        say(format!("peak memory measured: {} ({what}); planned {}", fmt_bytes(*bytes), fmt_bytes(plan.total())));
-    }
+    let (peak, peak_line) = peak_report(&task.device, &plan);
+    peak_line.into_iter().for_each(&say);
     let model_dir = save_final(&task.model, &task.data, cfg)?;
     let last_eval = task.last_eval.clone();
     let summary = TrainSummary {
@@ -502,7 +489,7 @@ pub fn train(cfg: &TrainConfig) -> Result<TrainSummary> {
             "seconds": summary.seconds, "train_sequences_per_s": summary.train_sequences_per_s,
             "train_tokens_per_s": summary.train_tokens_per_s, "model_dir": model_dir,
             "chance_accuracy": 1.0 / classes.len() as f64,
-            "peak_memory_bytes": peak.as_ref().map(|p| p.0), "planned_memory_bytes": plan.total(),
+            "peak_memory_bytes": peak, "planned_memory_bytes": plan.total(),
         }),
     )?;
     say(format!(

@@ -6,7 +6,8 @@
 //! * `gpu_plan.rs`: the GPU plan printed at the start of a CUDA run ([`GpuMemoryPlan`]);
 //! * `budget.rs`: the largest token budget under a limit, planned or fitted;
 //! * `units.rs`: byte sizes printed and parsed;
-//! * `measure.rs`: heap counting, resident set size, the CUDA pool's high-water mark.
+//! * `measure.rs`: heap counting, resident set size, the CUDA pool's high-water mark;
+//! * `report.rs`: what a training run prints and logs about its memory.
 //!
 //! Everything public is re-exported here, so callers write `train::memory::X`.
 
@@ -14,6 +15,7 @@ mod budget;
 mod gpu_plan;
 mod measure;
 mod plan;
+mod report;
 mod specs;
 mod units;
 
@@ -24,5 +26,6 @@ pub use measure::{
     reset_heap_peak, reset_peak_rss, reset_pool_peak, CountingAllocator,
 };
 pub use plan::{BatchShape, MemoryPlan, PlanOptions, CUDA_RUNTIME_BYTES};
+pub use report::{peak_report, plan_run, GpuPlanInputs, RunMemory};
 pub use specs::{param_specs, param_specs_of, ModelShape, ParamSpec};
 pub use units::{fmt_bytes, parse_bytes, GIB, MIB};

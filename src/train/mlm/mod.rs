@@ -25,9 +25,7 @@ use super::driver::{
     Warmup,
 };
 use super::log::{progress_bar, MetricsLog};
-use super::memory::{
-    fmt_bytes, measured_peak, param_specs_of, token_weighted_length, BatchShape, GpuMemoryPlan, MemoryPlan, PlanOptions,
-};
+use super::memory::{param_specs_of, peak_report, plan_run, BatchShape, GpuPlanInputs, MemoryPlan, PlanOptions};
 use crate::autograd::{Grads, Tape};
 use crate::backend::cuda::{self, nvtx};
 use crate::data::batching::{pack, training_plan, BatchConfig, PlannedBatch};
@@ -303,26 +301,23 @@ pub fn train_mlm(cfg: &MlmTrainConfig) -> Result<MlmTrainSummary> {
         dtype,
         cfg.recompute
     ));
-    let plan = memory_plan(cfg, cfg.recompute, &model, &device, dtype)?;
-    let other = match cfg.recompute {
-        Recompute::None => Recompute::Layer,
-        Recompute::Layer => Recompute::None,
+    let gpu = GpuPlanInputs {
+        config: model.config(),
+        params: &model.params,
+        dtype,
+        optimizer_bytes: os.optimizer.bytes_for(trainable),
+        max_tokens: cfg.training.max_tokens,
+        lens: &lens,
+        max_len: cfg.max_len,
     };
-    let other_plan = memory_plan(cfg, other, &model, &device, dtype)?;
-    say(format!(
-        "{} (worst case: sequences of {} tokens, {} masked rows); activations with --recompute {other}: {}",
-        plan.summary(),
+    let worst_case = format!(
+        "worst case: sequences of {} tokens, {} masked rows",
         cfg.max_len.min(cfg.training.max_tokens),
-        masked_rows_bound(cfg.training.max_tokens, cfg.masking.select),
-        fmt_bytes(other_plan.activations)
-    ));
-    if let Device::Cuda(d) = &device {
-        let attn_len = token_weighted_length(lens.iter().map(|&l| l as usize), cfg.max_len);
-        let bytes = os.optimizer.bytes_for(trainable);
-        let gplan =
-            GpuMemoryPlan::new(d, model.config(), &model.params, dtype, bytes, cfg.training.max_tokens, attn_len);
-        say(gplan.to_string());
-    }
+        masked_rows_bound(cfg.training.max_tokens, cfg.masking.select)
+    );
+    let memory = plan_run(cfg.recompute, |r| memory_plan(cfg, r, &model, &device, dtype), &worst_case, &device, gpu)?;
+    memory.lines.iter().for_each(|l| say(l.clone()));
+    let plan = memory.plan;
     say(format!(
         "masking: {:.0} % of residues, {:.0} % <mask> / {:.0} % random residue / {:.0} % unchanged; \
          evaluation mask seed {}",
@@ -351,11 +346,7 @@ pub fn train_mlm(cfg: &MlmTrainConfig) -> Result<MlmTrainSummary> {
             "epochs": cfg.training.epochs, "total_steps": os.schedule.total, "warmup": os.schedule.warmup,
             "lr": cfg.training.lr, "max_tokens": cfg.training.max_tokens, "max_len": cfg.max_len,
             "grad_accum": cfg.training.grad_accum, "seed": cfg.training.seed, "resumed_step": os.state.step,
-            "memory_plan": {
-                "weights": plan.weights, "master": plan.master, "gradients": plan.gradients,
-                "optimizer": plan.optimizer, "activations": plan.activations, "runtime": plan.runtime,
-                "total": plan.total(),
-            },
+            "memory_plan": plan.to_json(),
             "recompute": cfg.recompute.to_string(),
             "masking": { "select": cfg.masking.select, "mask": cfg.masking.mask, "random": cfg.masking.random },
             "eval_mask_seed": cfg.eval_mask_seed,
@@ -405,17 +396,15 @@ pub fn train_mlm(cfg: &MlmTrainConfig) -> Result<MlmTrainSummary> {
         train_tokens_per_s: ls.run_tokens as f64 / ls.train_seconds,
         model_dir: model_dir.clone(),
     };
-    let peak = measured_peak(&task.device);
-    if let Some((bytes, what)) = &peak {
-        say(format!("peak memory measured: {} ({what}); planned {}", fmt_bytes(*bytes), fmt_bytes(plan.total())));
-    }
+    let (peak, peak_line) = peak_report(&task.device, &plan);
+    peak_line.into_iter().for_each(&say);
     log.event(
         "end",
         json!({
             "steps": summary.steps, "train_loss": summary.final_train_loss,
             "eval": summary.eval, "seconds": summary.seconds,
             "train_tokens_per_s": summary.train_tokens_per_s, "model_dir": model_dir,
-            "peak_memory_bytes": peak.as_ref().map(|p| p.0), "planned_memory_bytes": plan.total(),
+            "peak_memory_bytes": peak, "planned_memory_bytes": plan.total(),
         }),
     )?;
     say(format!(
