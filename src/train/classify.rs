@@ -12,17 +12,18 @@
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use anyhow::{bail, Context, Result};
+use anyhow::{bail, Result};
 use serde_json::{json, Value};
 
 use super::data::{self, ClassificationData, DataSource};
 use super::device::{self, DeviceChoice, Precision};
 use super::driver::{
-    init_optimizer, resume_dir, write_adapter_dirs, write_dir_atomically, LoopConfig, MicroBatch, Task,
+    init_optimizer, lora_line, resume_dir, start_run, write_adapter_dirs, write_dir_atomically, LoopConfig, MicroBatch,
+    RunStart, Task,
 };
 pub use super::driver::{ModelSource, Warmup};
 use super::eval::{evaluate, EvalResult};
-use super::log::{progress_bar, MetricsLog};
+use super::log::progress_bar;
 use super::memory::{param_specs_of, peak_report, plan_run, BatchShape, GpuPlanInputs, MemoryPlan, PlanOptions};
 use crate::autograd::{Grads, Tape};
 use crate::backend::cuda::{self, nvtx};
@@ -292,19 +293,8 @@ pub fn train(cfg: &TrainConfig) -> Result<TrainSummary> {
     if cfg.training.grad_accum == 0 || cfg.training.epochs == 0 {
         bail!("--epochs and --grad-accum must be at least 1");
     }
-    let (device, dtype, device_note) = device::open(&cfg.device, cfg.precision)?;
-    std::fs::create_dir_all(&cfg.training.output)
-        .with_context(|| format!("creating {}", cfg.training.output.display()))?;
-    let mut log = MetricsLog::open(Some(&cfg.training.output.join("metrics.jsonl")))?;
-    let verbose = cfg.verbose;
-    let say = move |s: String| {
-        if verbose {
-            println!("{s}");
-        }
-    };
-    if let Some(n) = &device_note {
-        say(n.clone());
-    }
+    let (RunStart { device, dtype, mut log }, say) =
+        start_run(&cfg.device, cfg.precision, &cfg.training.output, cfg.verbose)?;
 
     // Data.
     let data = data::load(&cfg.data, &cfg.stratify, cfg.class_weights, cfg.training.seed, cfg.eval_limit)?;
@@ -372,13 +362,7 @@ pub fn train(cfg: &TrainConfig) -> Result<TrainSummary> {
     }
     if let Some(l) = &cfg.lora {
         model.enable_lora(l, cfg.training.seed)?;
-        say(format!(
-            "LoRA: rank {}, alpha {}, dropout {} on {} of every layer; encoder weights frozen",
-            l.rank,
-            l.alpha,
-            l.dropout,
-            l.targets.join(", ")
-        ));
+        say(lora_line(l, "encoder weights frozen"));
     }
     model.params.to_device(&device)?;
     model.esm.recompute = cfg.recompute;

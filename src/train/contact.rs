@@ -31,16 +31,16 @@
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use anyhow::{bail, Context, Result};
+use anyhow::{bail, Result};
 use serde_json::{json, Value};
 
 use super::contact_eval::{evaluate_contacts, ContactEval};
-use super::device::{self, DeviceChoice, Precision};
+use super::device::{DeviceChoice, Precision};
 use super::driver::{
-    init_optimizer, resume_dir, run, write_adapter_dirs, write_dir_atomically, LoopConfig, MicroBatch, ModelSource,
-    Task, Warmup,
+    init_optimizer, resume_dir, run, start_run, write_adapter_dirs, write_dir_atomically, LoopConfig, MicroBatch,
+    ModelSource, RunStart, Task, Warmup,
 };
-use super::log::{progress_bar, MetricsLog};
+use super::log::progress_bar;
 use crate::autograd::{Grads, Tape};
 use crate::data::batching::{training_plan, BatchConfig, PlannedBatch};
 use crate::data::contact_batching::{pack_crops, pair_targets, ContactCorpus};
@@ -325,19 +325,8 @@ pub fn train_contacts(cfg: &ContactTrainConfig) -> Result<ContactTrainSummary> {
     if cfg.crop == 1 {
         bail!("--crop must be 0 (whole chains) or at least 2 residues");
     }
-    let (device, dtype, device_note) = device::open(&cfg.device, cfg.precision)?;
-    std::fs::create_dir_all(&cfg.training.output)
-        .with_context(|| format!("creating {}", cfg.training.output.display()))?;
-    let mut log = MetricsLog::open(Some(&cfg.training.output.join("metrics.jsonl")))?;
-    let verbose = cfg.verbose;
-    let say = move |s: String| {
-        if verbose {
-            println!("{s}");
-        }
-    };
-    if let Some(n) = &device_note {
-        say(n.clone());
-    }
+    let (RunStart { device, dtype, mut log }, say) =
+        start_run(&cfg.device, cfg.precision, &cfg.training.output, cfg.verbose)?;
 
     let (train, eval) = cfg.data.open()?;
     if train.is_empty() {

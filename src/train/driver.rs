@@ -18,6 +18,7 @@ use std::time::Instant;
 use anyhow::{bail, Context, Result};
 use serde_json::{json, Value};
 
+use super::device::{DeviceChoice, Precision};
 use super::log::{progress_bar, MetricsLog};
 use super::state::{latest_checkpoint, load_state, remove_interrupted_writes, save_checkpoint, TrainState};
 use crate::autograd::{Grads, Tape};
@@ -113,6 +114,46 @@ pub trait Task {
     fn evaluate(&mut self, epoch: u64, step: u64) -> Result<Option<(Value, String)>>;
     /// Write the model (resumable form) into a checkpoint directory.
     fn write_checkpoint_model(&self, dir: &Path) -> Result<()>;
+}
+
+/// What every training task opens first.
+pub struct RunStart {
+    pub device: crate::tensor::Device,
+    pub dtype: DType,
+    pub log: MetricsLog,
+}
+
+/// Open the device, create `output` and its `metrics.jsonl`, and say the device note; the
+/// returned `say` prints a line when `verbose`.
+pub fn start_run(
+    choice: &DeviceChoice,
+    precision: Precision,
+    output: &Path,
+    verbose: bool,
+) -> Result<(RunStart, impl Fn(String) + Copy)> {
+    let (device, dtype, device_note) = super::device::open(choice, precision)?;
+    std::fs::create_dir_all(output).with_context(|| format!("creating {}", output.display()))?;
+    let log = MetricsLog::open(Some(&output.join("metrics.jsonl")))?;
+    let say = move |s: String| {
+        if verbose {
+            println!("{s}");
+        }
+    };
+    if let Some(n) = device_note {
+        say(n);
+    }
+    Ok((RunStart { device, dtype, log }, say))
+}
+
+/// The line a LoRA run prints about its adapters; `frozen` says what else is frozen.
+pub fn lora_line(l: &crate::model::lora::LoraConfig, frozen: &str) -> String {
+    format!(
+        "LoRA: rank {}, alpha {}, dropout {} on {} of every layer; {frozen}",
+        l.rank,
+        l.alpha,
+        l.dropout,
+        l.targets.join(", ")
+    )
 }
 
 /// The latest checkpoint of `output` when resuming (an error when there is none).

@@ -16,15 +16,15 @@
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use anyhow::{bail, Context, Result};
+use anyhow::{bail, Result};
 use serde_json::{json, Value};
 
-use super::device::{self, DeviceChoice, Precision};
+use super::device::{DeviceChoice, Precision};
 use super::driver::{
-    init_optimizer, resume_dir, write_adapter_dirs, write_dir_atomically, LoopConfig, MicroBatch, ModelSource, Task,
-    Warmup,
+    init_optimizer, lora_line, resume_dir, start_run, write_adapter_dirs, write_dir_atomically, LoopConfig, MicroBatch,
+    ModelSource, RunStart, Task, Warmup,
 };
-use super::log::{progress_bar, MetricsLog};
+use super::log::progress_bar;
 use super::memory::{param_specs_of, peak_report, plan_run, BatchShape, GpuPlanInputs, MemoryPlan, PlanOptions};
 use crate::autograd::{Grads, Tape};
 use crate::backend::cuda::{self, nvtx};
@@ -241,19 +241,8 @@ fn build_model(cfg: &MlmTrainConfig) -> Result<(MaskedLm, Option<String>)> {
 pub fn train_mlm(cfg: &MlmTrainConfig) -> Result<MlmTrainSummary> {
     let t_start = Instant::now();
     cfg.masking.validate()?;
-    let (device, dtype, device_note) = device::open(&cfg.device, cfg.precision)?;
-    std::fs::create_dir_all(&cfg.training.output)
-        .with_context(|| format!("creating {}", cfg.training.output.display()))?;
-    let mut log = MetricsLog::open(Some(&cfg.training.output.join("metrics.jsonl")))?;
-    let verbose = cfg.verbose;
-    let say = move |s: String| {
-        if verbose {
-            println!("{s}");
-        }
-    };
-    if let Some(n) = &device_note {
-        say(n.clone());
-    }
+    let (RunStart { device, dtype, mut log }, say) =
+        start_run(&cfg.device, cfg.precision, &cfg.training.output, cfg.verbose)?;
     let sets = load_sets(&cfg.data, cfg.training.seed, cfg.eval_limit, cfg.eval_mask_seed)?;
     say(format!(
         "data: {} — {} training sequences, {} evaluation sequences",
@@ -274,13 +263,7 @@ pub fn train_mlm(cfg: &MlmTrainConfig) -> Result<MlmTrainSummary> {
     }
     if let Some(l) = &cfg.lora {
         model.enable_lora(l, cfg.training.seed)?;
-        say(format!(
-            "LoRA: rank {}, alpha {}, dropout {} on {} of every layer; encoder and tied embeddings frozen, lm_head trained",
-            l.rank,
-            l.alpha,
-            l.dropout,
-            l.targets.join(", ")
-        ));
+        say(lora_line(l, "encoder and tied embeddings frozen, lm_head trained"));
     }
     model.params.to_device(&device)?;
     model.esm.recompute = cfg.recompute;
