@@ -464,3 +464,25 @@ fn mlm_train_eval_then_classify_and_contacts_from_it_through_the_binary() {
     let (ok, _, stderr) = qf(&["train", "--task", "mlm", "--data", split, "--pool", "mean", "--device", "cpu"]);
     assert!(!ok && stderr.contains("--pool applies to --task classify"), "{stderr}");
 }
+
+/// The built-in demo classifies from the mean over residues unless told otherwise;
+/// `--pool cls` gives the Hugging Face-compatible model.
+#[test]
+fn the_builtin_demo_pools_the_mean_unless_cls_is_asked() {
+    let tmp = tempfile::tempdir().unwrap();
+    let config_of = |pool: &[&str]| {
+        let out = tmp.path().join(format!("demo{}", pool.len()));
+        let mut a = vec!["train", "--max-steps", "2", "--eval-limit", "8", "--device", "cpu", "--quiet", "--output"];
+        a.push(out.to_str().unwrap());
+        a.extend_from_slice(pool);
+        let (ok, _, err) = qf(&a);
+        assert!(ok, "demo failed: {err}");
+        let text = std::fs::read_to_string(out.join("model/config.json")).unwrap();
+        serde_json::from_str::<serde_json::Value>(&text).unwrap()
+    };
+    let mean = config_of(&[]);
+    assert_eq!(mean[qf_engine::model::classifier::POOL_KEY], "mean", "{mean}");
+    let cls = config_of(&["--pool", "cls"]);
+    assert_eq!(cls["architectures"][0], "EsmForSequenceClassification", "{cls}");
+    assert!(cls.get(qf_engine::model::classifier::POOL_KEY).is_none(), "{cls}");
+}

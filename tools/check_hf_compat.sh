@@ -22,7 +22,7 @@ QF=${QF:-target/release/qf-engine}
 mkdir -p "$OUT"
 
 echo "== classifier: LoRA on the demo set"
-"$QF" train --lora --max-steps 150 --device cpu --quiet --output "$OUT/cls" >"$OUT/cls.log"
+"$QF" train --lora --pool cls --max-steps 150 --device cpu --quiet --output "$OUT/cls" >"$OUT/cls.log"
 FASTA="$OUT/domains.fasta"
 DEV=../shared/data/pfam/dev/data-00000-of-00002
 if [ -f "$DEV" ]; then

@@ -120,7 +120,8 @@ pub struct TrainArgs {
     /// Classification: the sequence vector the head reads: `cls` (the <cls> token, as
     /// Hugging Face EsmForSequenceClassification; loadable by transformers) or `mean` (the
     /// mean over residues, <cls>/<eos> left out; a qf-engine checkpoint that transformers'
-    /// Auto classes refuse). Default: cls, or the pooling of --checkpoint.
+    /// Auto classes refuse). Default: cls, or the pooling of --checkpoint; mean for the
+    /// built-in demo set (64.0 % against 51.6 % in its 8 epochs).
     #[arg(long, value_name = "cls|mean")]
     pub pool: Option<String>,
 
@@ -286,6 +287,12 @@ impl TrainArgs {
         }
         cfg.head = self.head.parse::<HeadKind>()?;
         cfg.pool = self.pool.as_deref().map(str::parse::<Pooling>).transpose()?;
+        // The built-in demo classifies from the mean over residues: in its 8 epochs it
+        // reaches 64.0 % on the held-out domains against 51.6 % from <cls> (README, Quick
+        // start). `--pool cls` gives the Hugging Face-compatible model.
+        if cfg.pool.is_none() && matches!(cfg.data, DataSource::Builtin) && self.checkpoint.is_none() {
+            cfg.pool = Some(Pooling::Mean);
+        }
         cfg.head_dropout = self.head_dropout;
         cfg.max_len = self.max_len;
         self.apply_loop_flags(&mut cfg.training, 0.01)?;
