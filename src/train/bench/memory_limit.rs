@@ -150,38 +150,55 @@ fn measure(cfg: &MemoryBenchConfig, ecfg: &EsmConfig, device: &Device, tokens: u
     Ok(end_measure(device)?.saturating_sub(base))
 }
 
-/// Refine a fitted budget by measuring it (`--memory-check`): measure the candidate, refit
-/// through the first point and the new one (a wider span, so a better slope), and repeat
-/// (at most 4 runs) until the candidate was measured under `usable` and the refit asks for
-/// no more. Returns the largest budget measured under the limit, or `None` when none was.
+/// Refine a fitted budget by measuring it (`--memory-check`).
+///
+/// A bracketed search: `fits` is the largest budget measured under `usable`, `over` the
+/// smallest measured above it. Each round refits a line through the first point and the
+/// latest measurement (a wider span, so a better slope), asks it for the largest budget
+/// under `usable`, clamps that strictly inside the bracket and measures it. It stops when
+/// the bracket is one sequence wide, the refit asks for nothing new, or after
+/// `MAX_CHECKS` runs. The clamp matters when the first fit was optimistic: the refits then
+/// approach the limit from above, and without it noisy peaks could keep every candidate
+/// over the limit. Returns the largest budget measured under `usable`, or `None`.
 fn check_budget(
-    cfg: &MemoryBenchConfig,
+    step: usize,
     usable: u64,
     first: (usize, u64),
     second: (usize, u64),
     candidate: usize,
     mut measure: impl FnMut(usize) -> Result<u64>,
 ) -> Result<Option<(usize, u64)>> {
-    let mut best = [first, second].into_iter().filter(|p| p.1 <= usable).max_by_key(|p| p.0);
+    const MAX_CHECKS: usize = 8;
+    let mut fits = [first, second].into_iter().filter(|p| p.1 <= usable).max_by_key(|p| p.0);
+    let mut over: Option<usize> = [first, second].into_iter().filter(|p| p.1 > usable).map(|p| p.0).min();
     let mut t = candidate;
-    for _ in 0..4 {
-        if t == 0 || best.is_some_and(|b| t <= b.0) {
+    for _ in 0..MAX_CHECKS {
+        let low = fits.map_or(0, |f| f.0);
+        if let Some(hi) = over {
+            t = t.min(hi.saturating_sub(step));
+        }
+        if t == 0 || t <= low {
             break;
         }
         let bytes = measure(t)?;
-        let fit = LinearFit::through(first.0, first.1, t, bytes)?;
-        let next = fit.largest_budget(usable, cfg.max_len).unwrap_or(0);
         if bytes <= usable {
-            best = Some((t, bytes));
-            if next <= t {
-                break;
-            }
-            t = next;
+            fits = Some((t, bytes));
         } else {
-            t = next.min(t - cfg.max_len);
+            over = Some(over.map_or(t, |o| o.min(t)));
         }
+        let refit = LinearFit::through(first.0, first.1, t, bytes)?;
+        let next = refit.largest_budget(usable, step).unwrap_or(0);
+        // Bisect when the refit points outside the bracket (a flat or noisy slope).
+        let (lo, hi) = (fits.map_or(0, |f| f.0), over.unwrap_or(usize::MAX));
+        t = if next > lo && next < hi {
+            next
+        } else if hi != usize::MAX && hi - lo > step {
+            lo + ((hi - lo) / 2 / step).max(1) * step
+        } else {
+            break;
+        };
     }
-    Ok(best)
+    Ok(fits)
 }
 
 /// `qf-engine bench --memory` (see the module docs for the method).
@@ -234,7 +251,7 @@ pub fn bench_memory(cfg: &MemoryBenchConfig) -> Result<MemoryBenchResult> {
         let first = (t1, measured[0].measured_bytes);
         let last = (t2, measured[1].measured_bytes);
         let plan = |t: usize| -> Result<u64> { Ok(plan_for(cfg, &ecfg, &specs, &opts, t)?.total() - runtime) };
-        match check_budget(cfg, usable, first, last, fitted_budget, |t| measure(cfg, &ecfg, &device, t))? {
+        match check_budget(cfg.max_len, usable, first, last, fitted_budget, |t| measure(cfg, &ecfg, &device, t))? {
             Some((t, bytes)) => (t, Some(MemoryPoint { tokens: t, measured_bytes: bytes, planned_bytes: plan(t)? })),
             None => (0, None),
         }
@@ -268,4 +285,59 @@ pub fn bench_memory(cfg: &MemoryBenchConfig) -> Result<MemoryBenchResult> {
              the limit is reduced by the estimated context + cuBLAS workspace outside the pool"
         },
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const LIMIT: u64 = 64 << 20;
+    const STEP: usize = 128;
+
+    /// A peak that grows 13,860 bytes per token over 8 MB, with ±3 % deterministic jitter,
+    /// rounded up to 2 MiB pages (transparent huge pages make RSS this coarse).
+    fn noisy_peak(t: usize) -> u64 {
+        let jitter = ((t as u64).wrapping_mul(2_654_435_761) % 2001) as f64 / 1000.0 - 1.0;
+        let bytes = ((8e6 + 13_860.0 * t as f64) * (1.0 + 0.03 * jitter)) as u64;
+        bytes.div_ceil(2 << 20) * (2 << 20)
+    }
+
+    fn true_largest() -> usize {
+        (1..1000).map(|k| k * STEP).take_while(|&t| noisy_peak(t) <= LIMIT).last().unwrap()
+    }
+
+    fn search(candidate: usize) -> (Option<(usize, u64)>, usize) {
+        let mut runs = 0;
+        let (a, b) = ((256, 8_970_240), (512, 11_952_128)); // CI's noisy first points
+        let r = check_budget(STEP, LIMIT, a, b, candidate, |t| {
+            runs += 1;
+            Ok(noisy_peak(t))
+        })
+        .unwrap();
+        (r, runs)
+    }
+
+    #[test]
+    fn an_optimistic_first_fit_is_walked_down_to_a_budget_that_fits() {
+        // The first fit (11,648 bytes/token) asked for 5,120 tokens, which measured over.
+        let (best, runs) = search(5120);
+        let (t, bytes) = best.unwrap();
+        assert!(bytes <= LIMIT && noisy_peak(t) == bytes);
+        assert!(t + 4 * STEP >= true_largest(), "found {t}, the largest that fits is {}", true_largest());
+        assert!(runs <= 8);
+    }
+
+    #[test]
+    fn a_pessimistic_first_fit_is_walked_up() {
+        let (best, _) = search(1024);
+        let (t, bytes) = best.unwrap();
+        assert!(bytes <= LIMIT);
+        assert!(t + 4 * STEP >= true_largest(), "found {t}, the largest that fits is {}", true_largest());
+    }
+
+    #[test]
+    fn nothing_is_measured_when_the_candidate_is_below_what_already_fits() {
+        let (best, runs) = search(384);
+        assert_eq!((best.unwrap().0, runs), (512, 0));
+    }
 }
