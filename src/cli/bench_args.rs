@@ -76,7 +76,7 @@ pub struct BenchArgs {
     pub budgets: Option<String>,
 
     /// With --memory: also run the fitted budget, refit and repeat until the answer is a
-    /// budget measured under the limit (up to 4 more runs).
+    /// budget measured under the limit (up to 8 more runs).
     #[arg(long)]
     pub memory_check: bool,
 

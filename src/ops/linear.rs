@@ -2,15 +2,50 @@
 //! `backend/cpu/linear.rs`; CUDA: cuBLAS plus `kernels/linear.cu` for the bias).
 //!
 //! Backward: `dx += dy·W`, `dW += dyᵀ·x`, `db += Σ_rows dy`.
+//!
+//! CPU inference in bf16 ([`set_cpu_bf16`], `--precision bf16` of the inference commands):
+//! a product that needs no gradient reads a bf16 copy of the weight, packed on first use
+//! and kept per weight tensor (`backend/cpu/matmul_bf16.rs`); activations are rounded to
+//! bf16 as they are packed and every sum stays fp32, as PyTorch's CPU autocast does.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 
 use anyhow::{bail, Result};
 
 use super::{grad_slice, out_grad, with_real};
 use crate::autograd::Tape;
 use crate::backend::cpu::linear::{self as cpu, LinearDims};
+use crate::backend::cpu::matmul_bf16::{self, PackedBf16};
 use crate::backend::cpu::Real;
 use crate::backend::cuda::linear as cuda;
-use crate::tensor::Tensor;
+use crate::tensor::{DType, Tensor, TensorId};
+
+/// Whether CPU products that need no gradient run in bf16 (process-wide, like the thread
+/// count: set once by the inference commands).
+static CPU_BF16: AtomicBool = AtomicBool::new(false);
+
+/// Packed bf16 copies of the weights, by tensor (weights do not change during inference).
+static PACKED: Mutex<Option<HashMap<TensorId, Arc<PackedBf16>>>> = Mutex::new(None);
+
+/// Run CPU inference products in bf16 (`on`) or fp32. Fails where the CPU has no
+/// AVX512-BF16. Turning it off drops the packed copies.
+pub fn set_cpu_bf16(on: bool) -> Result<()> {
+    if on && !matmul_bf16::supported() {
+        bail!("--precision bf16 on the CPU needs AVX512-BF16 (vdpbf16ps), which this CPU lacks; use fp32");
+    }
+    CPU_BF16.store(on, Ordering::Relaxed);
+    if !on {
+        *PACKED.lock().unwrap_or_else(|e| e.into_inner()) = None;
+    }
+    Ok(())
+}
+
+/// Whether [`set_cpu_bf16`] is on.
+pub fn cpu_bf16() -> bool {
+    CPU_BF16.load(Ordering::Relaxed)
+}
 
 /// `x: [n, in]`, `w: [out, in]`, `b: [out]` or none → `[n, out]`.
 pub fn linear(tape: &Tape, x: &Tensor, w: &Tensor, b: Option<&Tensor>) -> Result<Tensor> {
@@ -29,8 +64,15 @@ pub fn linear(tape: &Tape, x: &Tensor, w: &Tensor, b: Option<&Tensor>) -> Result
     super::ensure_same_device("linear", &inputs)?;
     let dims = LinearDims { n, k, m };
     // On CUDA the backward reads the weight's compute copy; on the CPU, the weight itself.
-    let (y, w_used) = if x.is_cpu() { (cpu_forward(x, w, b, dims)?, w.clone()) } else { cuda::forward(x, w, b)? };
-    let y = y.with_requires_grad(tape.needs_grad(&inputs));
+    let needs_grad = tape.needs_grad(&inputs);
+    let (y, w_used) = if x.is_cpu() && cpu_bf16() && !needs_grad && x.dtype() == DType::F32 {
+        (cpu_bf16_forward(x, w, b, dims)?, w.clone())
+    } else if x.is_cpu() {
+        (cpu_forward(x, w, b, dims)?, w.clone())
+    } else {
+        cuda::forward(x, w, b)?
+    };
+    let y = y.with_requires_grad(needs_grad);
     if y.requires_grad() {
         let (x, w, b) = (x.clone(), w.clone(), b.cloned());
         tape.record("linear", &[&y], move |outs, grads| {
@@ -62,6 +104,26 @@ fn cpu_forward(x: &Tensor, w: &Tensor, b: Option<&Tensor>, dims: LinearDims) -> 
         cpu::forward(&mut y, x.as_slice::<T>()?, w.as_slice::<T>()?, bs, dims);
         Tensor::from_vec(y, &[dims.n, dims.m])
     })
+}
+
+/// `y = bf16(x)·bf16(W)ᵀ + b` with fp32 sums, through the weight's packed copy.
+fn cpu_bf16_forward(x: &Tensor, w: &Tensor, b: Option<&Tensor>, dims: LinearDims) -> Result<Tensor> {
+    let packed = packed_copy(w, dims)?;
+    let bs = match b {
+        Some(b) => b.as_slice::<f32>()?,
+        None => &[],
+    };
+    Tensor::from_vec(matmul_bf16::linear(x.as_slice::<f32>()?, &packed, bs, dims.n), &[dims.n, dims.m])
+}
+
+/// The packed bf16 copy of `w`, made on first use.
+fn packed_copy(w: &Tensor, dims: LinearDims) -> Result<Arc<PackedBf16>> {
+    if let Some(p) = PACKED.lock().unwrap_or_else(|e| e.into_inner()).get_or_insert_default().get(&w.id()) {
+        return Ok(p.clone());
+    }
+    let p = Arc::new(PackedBf16::pack(w.as_slice::<f32>()?, dims.m, dims.k));
+    PACKED.lock().unwrap_or_else(|e| e.into_inner()).get_or_insert_default().insert(w.id(), p.clone());
+    Ok(p)
 }
 
 /// Accumulate the three gradients (each skipped when `None`); `w` is what the forward

@@ -68,7 +68,9 @@ pub fn open(choice: &DeviceChoice, precision: Precision) -> Result<(Device, DTyp
     };
     let dtype = match (&device, precision) {
         (Device::Cpu, Precision::Auto | Precision::Fp32) => DType::F32,
-        (Device::Cpu, p) => bail!("the CPU backend trains in fp32; {p:?} needs --device cuda"),
+        (Device::Cpu, p) => bail!(
+            "the CPU backend trains in fp32; {p:?} needs --device cuda (predict, eval and embed also take bf16 on a CPU with AVX512-BF16)"
+        ),
         (Device::Cuda(_), Precision::Auto | Precision::Bf16) => DType::BF16,
         (Device::Cuda(_), Precision::Fp16) => DType::F16,
         (Device::Cuda(_), Precision::Fp32) => DType::F32,
@@ -77,6 +79,24 @@ pub fn open(choice: &DeviceChoice, precision: Precision) -> Result<(Device, DTyp
         d.set_compute_dtype(dtype)?;
     }
     Ok((device, dtype, note))
+}
+
+/// [`open`] for the inference commands (predict, eval, embed, `bench --mode infer`). On
+/// the CPU they also take `--precision bf16`: activations stay fp32 (the returned dtype),
+/// and the linear layers multiply bf16-rounded operands with fp32 sums on AVX512-BF16
+/// (see [`crate::ops::linear::set_cpu_bf16`]).
+pub fn open_for_inference(choice: &DeviceChoice, precision: Precision) -> Result<(Device, DType, Option<String>)> {
+    let cpu = match choice {
+        DeviceChoice::Cpu => true,
+        DeviceChoice::Cuda(_) => false,
+        DeviceChoice::Auto => unavailable_reason().is_some(),
+    };
+    if cpu && precision == Precision::Bf16 {
+        crate::ops::linear::set_cpu_bf16(true)?;
+        return open(choice, Precision::Fp32);
+    }
+    crate::ops::linear::set_cpu_bf16(false)?;
+    open(choice, precision)
 }
 
 /// Use `n` threads for the CPU backend (0 = all cores), each flushing subnormal floats to

@@ -22,6 +22,7 @@ pub mod grad_norm;
 pub mod layer_norm;
 pub mod linear;
 pub mod matmul;
+pub mod matmul_bf16;
 pub mod mean_pool;
 pub mod philox;
 pub mod quant8;

@@ -184,6 +184,7 @@ pub fn gemm_peak(device: &Device, dtype: DType) -> Result<(f64, String)> {
         Device::Cuda(_) => 4096,
     };
     let dtype = if matches!(device, Device::Cpu) { DType::F32 } else { dtype };
+    let label = if matches!(device, Device::Cpu) && crate::ops::linear::cpu_bf16() { "bf16" } else { dtype.name() };
     let values: Vec<f32> = (0..n * n).map(|i| ((i * 7919 % 1000) as f32 - 500.0) * 1e-3).collect();
     let a = Tensor::from_f32(values.clone(), &[n, n], dtype, device)?;
     let b = Tensor::from_f32(values, &[n, n], dtype, device)?;
@@ -204,7 +205,7 @@ pub fn gemm_peak(device: &Device, dtype: DType) -> Result<(f64, String)> {
             break;
         }
     }
-    Ok((2.0 * (n * n * n) as f64 / best.max(1e-12), format!("{} {n}x{n}x{n}", dtype.name())))
+    Ok((2.0 * (n * n * n) as f64 / best.max(1e-12), format!("{label} {n}x{n}x{n}")))
 }
 
 fn median(v: &[f64]) -> f64 {
@@ -228,7 +229,10 @@ fn batches_in_random_order<T>(mut plan: Vec<T>, seed: u64) -> Vec<T> {
 /// `qf-engine bench`: `repeats` timed runs of `steps` batches (after `warmup` untimed
 /// ones) in the chosen mode; the median run is reported with its phases and MFU.
 pub fn bench_throughput(cfg: &BenchConfig) -> Result<BenchResult> {
-    let (device, dtype, _) = device::open(&cfg.device, cfg.precision)?;
+    let (device, dtype, _) = match cfg.mode {
+        BenchMode::Train => device::open(&cfg.device, cfg.precision)?,
+        BenchMode::Infer => device::open_for_inference(&cfg.device, cfg.precision)?,
+    };
     let set = sequences(cfg)?;
     let ecfg = EsmConfig::preset(&cfg.preset)?;
     let mut model = bench_model(&ecfg, cfg.n_classes, cfg.lora.as_ref(), cfg.recompute, &device, cfg.seed)?;
@@ -315,7 +319,11 @@ pub fn bench_throughput(cfg: &BenchConfig) -> Result<BenchResult> {
         engine: "qf-engine",
         mode: cfg.mode,
         device: device_label(&device),
-        dtype: dtype.name().into(),
+        dtype: if device.is_cpu() && crate::ops::linear::cpu_bf16() {
+            "bf16 (linear layers; fp32 sums and elsewhere)".into()
+        } else {
+            dtype.name().into()
+        },
         preset: cfg.preset.clone(),
         parameters: params,
         trainable_parameters: trainable,
