@@ -11,7 +11,9 @@ loss, backward, AdamW) and inference (forward only). For each:
   * PyTorch, a careful user's way: length-bucketed dynamic padding, SDPA, several batch
     sizes, and torch.compile at the best of them (where it works).
 qf-engine's ratio is against the best PyTorch variant. On a GPU the PyTorch runs use
-bf16 autocast and qf-engine bf16; on the CPU both run fp32.
+bf16 autocast and qf-engine bf16; on the CPU both run fp32, and inference is also run
+in bf16 on both sides like with like (`--cpu-bf16`, on CPUs with AVX512-BF16: PyTorch's
+CPU autocast through oneDNN, qf-engine's `--precision bf16`).
 
     python tools/compare_pytorch.py --data ../shared/data/pfam --device cpu --threads 2
     python tools/compare_pytorch.py --device cuda --qf .gpu/qf-engine   # one gpu_check stage
@@ -45,28 +47,28 @@ def run_json(cmd, log):
     return r
 
 
-def qf_runs(a, preset, mode, log):
+def qf_runs(a, preset, mode, log, cpu_bf16=False):
     out = []
     for budget in a.qf_budgets:
         cmd = [a.qf, "bench", "--mode", mode, "--preset", preset, "--classes", str(a.classes), "--data", a.data,
                "--max-tokens", str(budget), "--steps", str(a.qf_steps[mode]), "--warmup", "2",
                "--repeats", "3", "--device", a.device, "--quiet"]
         if a.device == "cpu":
-            cmd += ["--threads", str(a.threads)]
+            cmd += ["--threads", str(a.threads), "--precision", "bf16" if cpu_bf16 else "fp32"]
         else:
             cmd += ["--precision", "bf16"]
         r = run_json(cmd, log)
-        r["label"] = f"qf-engine, packed batches of ≤ {budget} tokens"
+        r["label"] = f"qf-engine{', bf16' if cpu_bf16 else ''}, packed batches of ≤ {budget} tokens"
         out.append(r)
     return out
 
 
-def torch_run(a, preset, mode, label, extra, log):
+def torch_run(a, preset, mode, label, extra, log, cpu_bf16=False):
     cmd = [a.python, os.path.join(HERE, "pytorch_baseline.py"), "--device", a.device, "--preset", preset,
            "--num-labels", str(a.classes), "--data", a.data, "--mode", mode, "--max-rows", str(a.max_rows),
            "--steps", str(a.torch_steps[mode]), "--warmup", "2"] + extra
     if a.device == "cpu":
-        cmd += ["--threads", str(a.threads), "--precision", "fp32"]
+        cmd += ["--threads", str(a.threads), "--precision", "bf16" if cpu_bf16 else "fp32"]
     else:
         cmd += ["--precision", "bf16"]
     r = run_json(cmd, log)
@@ -89,6 +91,38 @@ def torch_runs(a, preset, mode, log):
                               ["--pad", "longest", "--bucket", "--attn", "sdpa", "--batch-size",
                                str(best["batch_size"]), "--compile"], log))
     return runs
+
+
+def torch_bf16_runs(a, preset, log):
+    """CPU inference under bf16 autocast, the careful user's way, at each batch size."""
+    return [torch_run(a, preset, "infer", f"PyTorch, bf16 autocast, length-bucketed, SDPA, batch {b}",
+                      ["--pad", "longest", "--bucket", "--attn", "sdpa", "--batch-size", str(b)], log, cpu_bf16=True)
+            for b in a.bf16_batch_sizes]
+
+
+def cpu_has_bf16():
+    try:
+        return "avx512_bf16" in open("/proc/cpuinfo").read()
+    except OSError:
+        return False
+
+
+def ratio_lines(qf, pt, what):
+    ok_qf = [r for r in qf if "error" not in r]
+    ok_pt = [r for r in pt if "error" not in r]
+    if not (ok_qf and ok_pt):
+        return []
+    best_qf = max(ok_qf, key=lambda r: r["tokens_per_s"])
+    best_pt = max(ok_pt, key=lambda r: r["tokens_per_s"])
+    ratio = best_qf["tokens_per_s"] / best_pt["tokens_per_s"]
+    lines = ["", f"{what}: qf-engine ({best_qf['label']}) is **{ratio:.2f}×** the best PyTorch setup "
+                 f"({best_pt['label']}) in real tokens/s."]
+    if "mfu" in best_qf:
+        p = best_qf["phases_ms"]
+        lines += [f"Its model FLOP utilisation is {100 * best_qf['mfu']:.0f}% of the {best_qf['gemm_peak_shape']} GEMM "
+                  f"rate measured in the same run; per step: forward {p['forward']:.0f} ms, backward "
+                  f"{p['backward']:.0f} ms, optimizer {p['optimizer']:.0f} ms."]
+    return lines
 
 
 def machine(a):
@@ -135,11 +169,16 @@ def main():
     ap.add_argument("--qf-budgets", type=int, nargs="+", default=[2048, 4096])
     ap.add_argument("--batch-sizes", type=int, nargs="+", default=[2, 4, 8, 16, 32])
     ap.add_argument("--compile", action=argparse.BooleanOptionalAction, default=True)
+    ap.add_argument("--cpu-bf16", action=argparse.BooleanOptionalAction, default=None,
+                    help="also compare CPU inference in bf16 on both sides (default: where the CPU has AVX512-BF16)")
+    ap.add_argument("--bf16-batch-sizes", type=int, nargs="+", default=[8, 16, 32])
     ap.add_argument("--max-rows", type=int, default=20000)
     ap.add_argument("--python", default=sys.executable)
     ap.add_argument("--output", default=os.path.join(HERE, "..", "BENCHMARKS.md"))
     ap.add_argument("--jsonl", default="compare_pytorch.jsonl")
     a = ap.parse_args()
+    if a.cpu_bf16 is None:
+        a.cpu_bf16 = a.device == "cpu" and cpu_has_bf16()
     a.qf_steps = {"train": 8, "infer": 20} if a.device == "cpu" else {"train": 20, "infer": 40}
     a.torch_steps = {"train": 12, "infer": 25} if a.device == "cpu" else {"train": 30, "infer": 60}
 
@@ -151,7 +190,11 @@ def main():
                 print(f"== {preset} {mode}", flush=True)
                 qf = qf_runs(a, preset, mode, log)
                 pt = torch_runs(a, preset, mode, log)
-                sections.append((preset, mode, qf, pt))
+                qb, pb = [], []
+                if mode == "infer" and a.cpu_bf16:
+                    qb = qf_runs(a, preset, mode, log, cpu_bf16=True)
+                    pb = torch_bf16_runs(a, preset, log)
+                sections.append((preset, mode, qf, pt, qb, pb))
     qv, tv, hv = versions(a)
     lines = [
         "# qf-engine against PyTorch + transformers",
@@ -159,28 +202,19 @@ def main():
         f"Measured {started:%Y-%m-%d %H:%M} UTC on {machine(a)} with {qv}, torch {tv}, transformers {hv}, "
         f"by `python tools/compare_pytorch.py --device {a.device} --threads {a.threads}` "
         f"(random weights, {a.classes}-class head, Pfam training rows of `{os.path.relpath(a.data)}`, "
-        f"{'fp32' if a.device == 'cpu' else 'bf16'}). Real tokens are residues plus `<cls>`/`<eos>`; padding is not "
+        f"{'fp32, and bf16 where marked' if a.device == 'cpu' else 'bf16'}). Real tokens are residues plus `<cls>`/`<eos>`; padding is not "
         "counted. qf-engine's figure is the median of 3 runs; PyTorch's one timed run after 2 warm-up steps.",
         "",
         f"For reference, {SEED_FIGURES} (padded to 512, fp32).",
     ]
-    for preset, mode, qf, pt in sections:
-        ok_qf = [r for r in qf if "error" not in r]
-        ok_pt = [r for r in pt if "error" not in r]
+    for preset, mode, qf, pt, qb, pb in sections:
         lines += ["", f"## {preset}, {'training' if mode == 'train' else 'inference'}", "",
                   "| setup | sequences/s | real tokens/s |", "|---|---:|---:|"]
-        lines += [fmt(r) for r in qf + pt]
-        if ok_qf and ok_pt:
-            best_qf = max(ok_qf, key=lambda r: r["sequences_per_s"])
-            best_pt = max(ok_pt, key=lambda r: r["sequences_per_s"])
-            ratio = best_qf["tokens_per_s"] / best_pt["tokens_per_s"]
-            lines += ["", f"qf-engine ({best_qf['label']}) is **{ratio:.2f}×** the best PyTorch setup "
-                          f"({best_pt['label']}) in real tokens/s."]
-            if "mfu" in best_qf:
-                p = best_qf["phases_ms"]
-                lines += [f"Its model FLOP utilisation is {100 * best_qf['mfu']:.0f}% of the GEMM rate measured in "
-                          f"the same run; per step: forward {p['forward']:.0f} ms, backward {p['backward']:.0f} ms, "
-                          f"optimizer {p['optimizer']:.0f} ms."]
+        lines += [fmt(r) for r in qf + pt + qb + pb]
+        lines += ratio_lines(qf, pt, "fp32 against fp32" if a.device == "cpu" else "bf16 against bf16")
+        if qb and pb:
+            lines += ratio_lines(qb, pb, "bf16 against bf16 (linear layers in bf16 with fp32 sums on both sides)")
+            lines += ratio_lines(qb, pt + pb, "qf-engine bf16 against PyTorch in either precision")
     with open(a.output, "w") as f:
         f.write("\n".join(lines) + "\n")
     print(f"wrote {a.output}")

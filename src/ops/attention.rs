@@ -44,6 +44,15 @@ pub fn attention(
         return on_cuda(tape, q, k, v, layout, n_heads, scale, want_probs);
     }
     let dims = AttnDims { n_heads, head_dim: width / n_heads };
+    if !want_probs && !tape.needs_grad(&[q, k, v]) {
+        // Inference: nothing reads the probabilities, so none are kept.
+        return with_real!(q.dtype(), T => {
+            let mut out = vec![T::zero(); n * width];
+            let (qs, ks, vs) = (q.as_slice::<T>()?, k.as_slice::<T>()?, v.as_slice::<T>()?);
+            cpu::forward_inference(&mut out, qs, ks, vs, &layout.cu, dims, T::from_f64(scale));
+            Ok((Tensor::from_vec(out, &[n, width])?, None))
+        });
+    }
     let (_, total) = cpu::prob_offsets(&layout.cu, n_heads);
     with_real!(q.dtype(), T => {
         let mut out = vec![T::zero(); n * width];

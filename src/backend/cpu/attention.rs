@@ -146,6 +146,123 @@ pub fn forward<T: Real>(
     });
 }
 
+/// Query rows per register block of [`forward_inference`], and columns per vector chunk.
+const QR: usize = 8;
+const VC: usize = 16;
+
+/// The output only, for inference (nothing keeps the probabilities): the same maths as
+/// [`forward`] without the `heads·L²` probability buffer or the general GEMM's packing,
+/// which cost more than the products at ESM-2's head widths (16 to 64). Each (sequence,
+/// head) task scores [`QR`] queries at a time against every key (an 8×16 register tile over
+/// a transposed copy of K), takes each row's softmax in place, and sums the value rows into
+/// 8×16 accumulators, dividing by the row sum at the end. Sums run in another order than
+/// in [`forward`] (about 1e-7 relative).
+#[allow(clippy::too_many_arguments)]
+pub fn forward_inference<T: Real>(out: &mut [T], q: &[T], k: &[T], v: &[T], cu: &[usize], dims: AttnDims, scale: T) {
+    assert_eq!(out.len(), q.len(), "attention: out and q differ in size");
+    let out_ptr = SharedMut(out.as_mut_ptr());
+    tasks(cu, dims.n_heads).par_iter().for_each(|t| {
+        // Safety: each task writes only its head's columns of its sequence's rows.
+        simd::dispatch(HeadInference { t: *t, q, k, v, dims, scale, out: unsafe { out_ptr.at(0) } });
+    });
+}
+
+/// One (sequence, head) of [`forward_inference`].
+struct HeadInference<'a, T> {
+    t: Task,
+    q: &'a [T],
+    k: &'a [T],
+    v: &'a [T],
+    dims: AttnDims,
+    scale: T,
+    out: *mut T,
+}
+
+impl<T: Real> simd::Kernel for HeadInference<'_, T> {
+    type Output = ();
+    #[inline(always)]
+    fn run(self) {
+        let (t, d, w) = (self.t, self.dims.head_dim, self.dims.width());
+        let (l, col) = (t.len, t.head * d);
+        let (lp, dp) = (l.div_ceil(VC) * VC, d.div_ceil(VC) * VC);
+        // Kᵀ (d × lp) and V (l × dp), zero-padded to whole vectors.
+        let mut kt = vec![T::zero(); d * lp];
+        let mut vp = vec![T::zero(); l * dp];
+        for j in 0..l {
+            let row = (t.start + j) * w + col;
+            for c in 0..d {
+                kt[c * lp + j] = self.k[row + c];
+            }
+            vp[j * dp..j * dp + d].copy_from_slice(&self.v[row..row + d]);
+        }
+        let mut s = vec![T::zero(); QR * lp];
+        let mut qb = vec![T::zero(); QR * d];
+        for i0 in (0..l).step_by(QR) {
+            let rows = QR.min(l - i0);
+            qb.fill(T::zero());
+            for r in 0..rows {
+                let row = (t.start + i0 + r) * w + col;
+                for c in 0..d {
+                    qb[r * d + c] = self.q[row + c] * self.scale;
+                }
+            }
+            scores_tile(&mut s, &qb, &kt, d, lp);
+            let mut inv = [T::zero(); QR];
+            for (r, inv) in inv.iter_mut().enumerate().take(rows) {
+                let row = &mut s[r * lp..r * lp + l];
+                let m = simd::max(row);
+                *inv = T::one() / simd::exp_shifted_sum(row, m);
+            }
+            for c0 in (0..dp).step_by(VC) {
+                let acc = weighted_values_tile(&s, &vp, l, lp, dp, c0);
+                for r in 0..rows {
+                    // Safety: row `i0 + r` of this task's sequence, this head's columns.
+                    let o = unsafe { self.out.add((t.start + i0 + r) * w + col + c0) };
+                    for c in 0..VC.min(d - c0) {
+                        unsafe { *o.add(c) = acc[r][c] * inv[r] };
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// `s[r, j] = Σ_c qb[r, c]·kt[c, j]` for the [`QR`] rows of `qb` and every key column.
+#[inline(always)]
+fn scores_tile<T: Real>(s: &mut [T], qb: &[T], kt: &[T], d: usize, lp: usize) {
+    for j0 in (0..lp).step_by(VC) {
+        let mut acc = [[T::zero(); VC]; QR];
+        for c in 0..d {
+            let kr: &[T; VC] = kt[c * lp + j0..][..VC].try_into().unwrap();
+            for (r, acc) in acc.iter_mut().enumerate() {
+                let qv = qb[r * d + c];
+                for x in 0..VC {
+                    acc[x] = qv.mul_add(kr[x], acc[x]);
+                }
+            }
+        }
+        for (r, acc) in acc.iter().enumerate() {
+            s[r * lp + j0..][..VC].copy_from_slice(acc);
+        }
+    }
+}
+
+/// `Σ_j s[r, j]·vp[j, c0..c0+VC]` for the [`QR`] rows of `s` (unnormalised weights).
+#[inline(always)]
+fn weighted_values_tile<T: Real>(s: &[T], vp: &[T], l: usize, lp: usize, dp: usize, c0: usize) -> [[T; VC]; QR] {
+    let mut acc = [[T::zero(); VC]; QR];
+    for j in 0..l {
+        let vr: &[T; VC] = vp[j * dp + c0..][..VC].try_into().unwrap();
+        for (r, acc) in acc.iter_mut().enumerate() {
+            let p = s[r * lp + j];
+            for x in 0..VC {
+                acc[x] = p.mul_add(vr[x], acc[x]);
+            }
+        }
+    }
+    acc
+}
+
 /// Accumulates into `dq`, `dk`, `dv` (an empty one is skipped). `dprobs`, when given, is the gradient flowing into
 /// the probabilities from outside the attention (e.g. the contact head), same layout.
 #[allow(clippy::too_many_arguments)]
@@ -196,4 +313,84 @@ pub fn backward<T: Real>(
             }
         }
     });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn random(len: usize, seed: u64) -> Vec<f64> {
+        let mut s = seed.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        (0..len)
+            .map(|_| {
+                s = s.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1_442_695_040_888_963_407);
+                ((s >> 11) as f64 / (1u64 << 53) as f64) * 4.0 - 2.0
+            })
+            .collect()
+    }
+
+    /// The inference kernel against [`forward`] on ragged sequences (lengths that are not
+    /// whole tiles, one of length 1) at ESM-2's head widths and one odd width.
+    #[test]
+    fn the_inference_kernel_equals_the_probability_keeping_forward() {
+        let cu = [0usize, 1, 18, 57, 90];
+        let n = cu[4];
+        for &(heads, d) in &[(2usize, 16usize), (3, 24), (2, 20), (1, 64), (2, 5)] {
+            let dims = AttnDims { n_heads: heads, head_dim: d };
+            let w = heads * d;
+            let (q, k, v) = (random(n * w, 1), random(n * w, 2), random(n * w, 3));
+            let (_, total) = prob_offsets(&cu, heads);
+            let (mut want, mut probs) = (vec![0.0; n * w], vec![0.0; total]);
+            forward(&mut want, &mut probs, &q, &k, &v, &cu, dims, 0.7);
+            let mut got = vec![f64::NAN; n * w];
+            forward_inference(&mut got, &q, &k, &v, &cu, dims, 0.7);
+            for (i, (g, r)) in got.iter().zip(&want).enumerate() {
+                assert!((g - r).abs() < 1e-12, "heads {heads} d {d} [{i}]: {g} vs {r}");
+            }
+            // f32 too (the path inference runs).
+            let f = |x: &[f64]| x.iter().map(|&v| v as f32).collect::<Vec<f32>>();
+            let mut got32 = vec![0f32; n * w];
+            forward_inference(&mut got32, &f(&q), &f(&k), &f(&v), &cu, dims, 0.7);
+            for (g, r) in got32.iter().zip(&want) {
+                assert!((*g as f64 - r).abs() < 1e-5 * (1.0 + r.abs()), "f32 heads {heads} d {d}: {g} vs {r}");
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod speed {
+    use super::*;
+
+    /// `cargo test --release --lib attention::speed -- --ignored --nocapture`
+    #[test]
+    #[ignore]
+    fn print_inference_attention_rate() {
+        for &(heads, d, l) in &[(20usize, 16usize, 160usize), (20, 24, 160), (20, 16, 500)] {
+            let n_seq = 4096 / l;
+            let cu: Vec<usize> = (0..=n_seq).map(|s| s * l).collect();
+            let n = cu[n_seq];
+            let w = heads * d;
+            let x: Vec<f32> = (0..n * w).map(|i| ((i * 7919 % 1000) as f32 - 500.0) * 1e-3).collect();
+            let dims = AttnDims { n_heads: heads, head_dim: d };
+            let mut out = vec![0f32; n * w];
+            let time = |f: &mut dyn FnMut()| {
+                f();
+                let t = std::time::Instant::now();
+                for _ in 0..5 {
+                    f();
+                }
+                t.elapsed().as_secs_f64() / 5.0 * 1e3
+            };
+            let (_, total) = prob_offsets(&cu, heads);
+            let fused = time(&mut || forward_inference(&mut out, &x, &x, &x, &cu, dims, 0.25));
+            let general = time(&mut || {
+                let mut probs = vec![0f32; total];
+                forward(&mut out, &mut probs, &x, &x, &x, &cu, dims, 0.25)
+            });
+            println!(
+                "heads {heads} d {d} L {l}: inference kernel {fused:.1} ms, forward with probabilities {general:.1} ms"
+            );
+        }
+    }
 }

@@ -33,6 +33,9 @@ pub trait Real:
     fn is_finite(self) -> bool;
     /// Most negative finite value (the start of a running max).
     fn neg_infinity() -> Self;
+    /// `self·a + b` with one rounding: one FMA instruction inside [`super::simd::dispatch`]
+    /// on CPUs with FMA (a libm call elsewhere, so only for dispatched kernels).
+    fn mul_add(self, a: Self, b: Self) -> Self;
     /// `exp(x)`; f32 uses a branch-free polynomial that vectorises (≈ 1 ulp, see
     /// [`exp_f32`]), f64 the exact function.
     fn exp_fast(self) -> Self {
@@ -153,6 +156,10 @@ macro_rules! impl_real {
             #[inline]
             fn is_finite(self) -> bool {
                 <$t>::is_finite(self)
+            }
+            #[inline]
+            fn mul_add(self, a: Self, b: Self) -> Self {
+                <$t>::mul_add(self, a, b)
             }
             #[inline]
             fn neg_infinity() -> Self {
