@@ -396,3 +396,29 @@ fn gzip_input_and_help() {
         assert!(help.contains(flag), "embed --help lacks {flag}");
     }
 }
+
+/// `--precision bf16` on the CPU (AVX512-BF16): the same files, every tensor within
+/// bf16's rounding of the fp32 run (the linear layers take bf16 operands), none equal.
+#[test]
+fn bf16_embeddings_on_the_cpu_stay_close_to_fp32() {
+    if !qf_engine::backend::cpu::matmul_bf16::supported() {
+        eprintln!("skipped: this CPU has no AVX512-BF16");
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let (f32_dir, bf16_dir) = (tmp.path().join("fp32"), tmp.path().join("bf16"));
+    embed(&fixture_fasta(), &f32_dir, &["--include", "mean,per-tok"]);
+    embed(&fixture_fasta(), &bf16_dir, &["--include", "mean,per-tok", "--precision", "bf16"]);
+    let (exact, rounded) = (read_shards(&f32_dir), read_shards(&bf16_dir));
+    assert_eq!(exact.keys().collect::<Vec<_>>(), rounded.keys().collect::<Vec<_>>());
+    let mut worst: f64 = 0.0;
+    for (name, (shape, want)) in &exact {
+        let (shape2, got) = &rounded[name];
+        assert_eq!(shape, shape2, "{name}");
+        let num: f64 = got.iter().zip(want).map(|(a, b)| (*a as f64 - *b as f64).powi(2)).sum();
+        let den: f64 = want.iter().map(|b| (*b as f64).powi(2)).sum();
+        worst = worst.max((num / den).sqrt());
+    }
+    assert!(worst < 2e-2, "a bf16 embedding is {worst:.2e} from fp32");
+    assert!(worst > 1e-6, "bf16 embeddings equal fp32 ones ({worst:.2e}): the bf16 path did not run");
+}
