@@ -18,7 +18,8 @@ CPU autocast through oneDNN, qf-engine's `--precision bf16`).
     python tools/compare_pytorch.py --data ../shared/data/pfam --device cpu --threads 2
     python tools/compare_pytorch.py --device cuda --qf .gpu/qf-engine   # one gpu_check stage
 
-Writes BENCHMARKS.md (or --output) and every raw JSON line to --jsonl.
+Writes BENCHMARKS.md (or --output) and every raw JSON line to --jsonl; `--from-jsonl LOG
+--measured-at "YYYY-MM-DD HH:MM"` rewrites BENCHMARKS.md from such a log without running.
 """
 import argparse
 import datetime
@@ -41,10 +42,44 @@ def run_json(cmd, log):
     lines = [l for l in p.stdout.splitlines() if l.startswith("{")]
     if p.returncode != 0 or not lines:
         tail = (p.stderr or p.stdout).strip().splitlines()[-3:]
-        return {"error": " / ".join(tail) or f"exit {p.returncode}"}
+        return {"error": " / ".join(tail) or f"exit {p.returncode}", "cmd": cmd, "label": label_of(cmd)}
     r = json.loads(lines[-1])
     log.write(json.dumps(r) + "\n")
-    return r
+    log.flush()
+    return dict(r, cmd=cmd, label=label_of(cmd))
+
+
+def arg(cmd, flag, default=None):
+    return cmd[cmd.index(flag) + 1] if flag in cmd else default
+
+
+def label_of(cmd):
+    """The table label of a logged command (the same whether run now or re-read)."""
+    bf16 = arg(cmd, "--precision") == "bf16"
+    if "bench" in cmd[:2]:
+        return f"qf-engine{', bf16' if bf16 and arg(cmd, '--device') == 'cpu' else ''}, " \
+               f"packed batches of ≤ {arg(cmd, '--max-tokens')} tokens"
+    b = arg(cmd, "--batch-size")
+    if arg(cmd, "--pad") == "max_length":
+        return f"PyTorch, the seed's way: pad to 512, eager, batch {b}"
+    if "--compile" in cmd:
+        return f"PyTorch, as above with torch.compile, batch {b}"
+    if bf16 and arg(cmd, "--device") == "cpu":
+        return f"PyTorch, bf16 autocast, length-bucketed, SDPA, batch {b}"
+    return f"PyTorch, length-bucketed, pad to longest, SDPA, batch {b}"
+
+
+def read_log(path):
+    """(cmd, result) pairs of a --jsonl log: each command line, then its result line
+    unless it failed."""
+    pairs = []
+    for line in open(path):
+        r = json.loads(line)
+        if "cmd" in r:
+            pairs.append((r["cmd"], {"error": f"exit {r['rc']}"} if r["rc"] else None))
+        elif pairs and pairs[-1][1] is None:
+            pairs[-1] = (pairs[-1][0], r)
+    return [dict(r if r is not None else {"error": "no result"}, cmd=c, label=label_of(c)) for c, r in pairs]
 
 
 def qf_runs(a, preset, mode, log, cpu_bf16=False):
@@ -57,13 +92,11 @@ def qf_runs(a, preset, mode, log, cpu_bf16=False):
             cmd += ["--threads", str(a.threads), "--precision", "bf16" if cpu_bf16 else "fp32"]
         else:
             cmd += ["--precision", "bf16"]
-        r = run_json(cmd, log)
-        r["label"] = f"qf-engine{', bf16' if cpu_bf16 else ''}, packed batches of ≤ {budget} tokens"
-        out.append(r)
+        out.append(run_json(cmd, log))
     return out
 
 
-def torch_run(a, preset, mode, label, extra, log, cpu_bf16=False):
+def torch_run(a, preset, mode, extra, log, cpu_bf16=False):
     cmd = [a.python, os.path.join(HERE, "pytorch_baseline.py"), "--device", a.device, "--preset", preset,
            "--num-labels", str(a.classes), "--data", a.data, "--mode", mode, "--max-rows", str(a.max_rows),
            "--steps", str(a.torch_steps[mode]), "--warmup", "2"] + extra
@@ -72,31 +105,27 @@ def torch_run(a, preset, mode, label, extra, log, cpu_bf16=False):
     else:
         cmd += ["--precision", "bf16"]
     r = run_json(cmd, log)
-    r["label"] = label
+    r["batch_size"] = int(arg(cmd, "--batch-size"))
     return r
 
 
 def torch_runs(a, preset, mode, log):
-    runs = [torch_run(a, preset, mode, "PyTorch, the seed's way: pad to 512, eager, batch 16",
-                      ["--pad", "max_length", "--max-length", "512", "--attn", "eager", "--batch-size", "16"], log)]
+    runs = [torch_run(a, preset, mode, ["--pad", "max_length", "--max-length", "512", "--attn", "eager", "--batch-size", "16"], log)]
     careful = []
     for b in a.batch_sizes:
-        careful.append(torch_run(a, preset, mode, f"PyTorch, length-bucketed, pad to longest, SDPA, batch {b}",
-                                 ["--pad", "longest", "--bucket", "--attn", "sdpa", "--batch-size", str(b)], log))
+        careful.append(torch_run(a, preset, mode, ["--pad", "longest", "--bucket", "--attn", "sdpa", "--batch-size", str(b)], log))
     runs += careful
     ok = [r for r in careful if "error" not in r]
     if ok and a.compile:
         best = max(ok, key=lambda r: r["sequences_per_s"])
-        runs.append(torch_run(a, preset, mode, f"PyTorch, as above with torch.compile, batch {best['batch_size']}",
-                              ["--pad", "longest", "--bucket", "--attn", "sdpa", "--batch-size",
+        runs.append(torch_run(a, preset, mode, ["--pad", "longest", "--bucket", "--attn", "sdpa", "--batch-size",
                                str(best["batch_size"]), "--compile"], log))
     return runs
 
 
 def torch_bf16_runs(a, preset, log):
     """CPU inference under bf16 autocast, the careful user's way, at each batch size."""
-    return [torch_run(a, preset, "infer", f"PyTorch, bf16 autocast, length-bucketed, SDPA, batch {b}",
-                      ["--pad", "longest", "--bucket", "--attn", "sdpa", "--batch-size", str(b)], log, cpu_bf16=True)
+    return [torch_run(a, preset, "infer", ["--pad", "longest", "--bucket", "--attn", "sdpa", "--batch-size", str(b)], log, cpu_bf16=True)
             for b in a.bf16_batch_sizes]
 
 
@@ -120,8 +149,9 @@ def ratio_lines(qf, pt, what):
     if "mfu" in best_qf:
         p = best_qf["phases_ms"]
         lines += [f"Its model FLOP utilisation is {100 * best_qf['mfu']:.0f}% of the {best_qf['gemm_peak_shape']} GEMM "
-                  f"rate measured in the same run; per step: forward {p['forward']:.0f} ms, backward "
-                  f"{p['backward']:.0f} ms, optimizer {p['optimizer']:.0f} ms."]
+                  f"rate measured in the same run (per step: forward {p['forward']:.0f} ms, backward "
+                  f"{p['backward']:.0f} ms, optimizer {p['optimizer']:.0f} ms); at 100% of that rate the ratio "
+                  f"would be {ratio / best_qf['mfu']:.2f}×."]
     return lines
 
 
@@ -157,6 +187,52 @@ def fmt(r):
     return f"| {r['label']} | {r['sequences_per_s']:.1f} | {r['tokens_per_s']:,.0f} |"
 
 
+def kind(r):
+    """(engine, bf16 on the CPU) of a result, from its command."""
+    cmd = r["cmd"]
+    return ("qf" if "bench" in cmd[:2] else "torch",
+            arg(cmd, "--precision") == "bf16" and arg(cmd, "--device") == "cpu")
+
+
+def render(a, results, measured_at):
+    qv, tv, hv = versions(a)
+    data = os.path.relpath(os.path.abspath(a.data), os.path.join(HERE, ".."))
+    lines = [
+        "# qf-engine against PyTorch + transformers",
+        "",
+        f"Measured {measured_at} UTC on {machine(a)} with {qv}, torch {tv}, transformers {hv}, "
+        f"by `python tools/compare_pytorch.py --device {a.device} --threads {a.threads}` "
+        f"(random weights, {a.classes}-class head, Pfam training rows of `{data}`, "
+        f"{'fp32, and bf16 where marked' if a.device == 'cpu' else 'bf16'}). Real tokens are residues plus "
+        "`<cls>`/`<eos>`; padding is not counted. qf-engine's figure is the median of 3 runs; PyTorch's one "
+        "timed run after 2 warm-up steps. CPU bf16 is inference only: the linear layers multiply bf16 "
+        "operands with fp32 sums on both sides (PyTorch's CPU autocast through oneDNN; qf-engine's "
+        "`--precision bf16`), the rest stays fp32 in qf-engine.",
+        "",
+        f"For reference, {SEED_FIGURES} (padded to 512, fp32).",
+    ]
+    sections = {}
+    for r in results:
+        key = (arg(r["cmd"], "--preset"), arg(r["cmd"], "--mode"))
+        sections.setdefault(key, []).append(r)
+    for (preset, mode), rs in sections.items():
+        group = lambda e, b: [r for r in rs if kind(r) == (e, b)]
+        qf, pt, qb, pb = group("qf", False), group("torch", False), group("qf", True), group("torch", True)
+        lines += ["", f"## {preset}, {'training' if mode == 'train' else 'inference'}", "",
+                  "| setup | sequences/s | real tokens/s |", "|---|---:|---:|"]
+        lines += [fmt(r) for r in qf + pt + qb + pb]
+        lines += ratio_lines(qf, pt, "fp32 against fp32" if a.device == "cpu" else "bf16 against bf16")
+        if qb and pb:
+            lines += ratio_lines(qb, pb, "bf16 against bf16")
+            lines += ratio_lines(qb, pt + pb, "qf-engine bf16 against PyTorch in either precision")
+    if a.device == "cpu":
+        lines += ["", "## GPU", "", "No GPU figures yet: they await a run of `tools/gpu_check.sh`, whose comparison "
+                  "stage is `python tools/compare_pytorch.py --device cuda`."]
+    with open(a.output, "w") as f:
+        f.write("\n".join(lines) + "\n")
+    print(f"wrote {a.output}")
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--data", default=os.path.join(HERE, "..", "..", "shared", "data", "pfam"))
@@ -176,48 +252,30 @@ def main():
     ap.add_argument("--python", default=sys.executable)
     ap.add_argument("--output", default=os.path.join(HERE, "..", "BENCHMARKS.md"))
     ap.add_argument("--jsonl", default="compare_pytorch.jsonl")
+    ap.add_argument("--from-jsonl", metavar="FILE",
+                    help="write --output from the log of an earlier run instead of running (give --measured-at)")
+    ap.add_argument("--measured-at", help="with --from-jsonl: when that run started (UTC, YYYY-MM-DD HH:MM)")
     a = ap.parse_args()
+    if a.from_jsonl:
+        if not a.measured_at:
+            ap.error("--from-jsonl needs --measured-at")
+        render(a, read_log(a.from_jsonl), a.measured_at)
+        return
     if a.cpu_bf16 is None:
         a.cpu_bf16 = a.device == "cpu" and cpu_has_bf16()
     a.qf_steps = {"train": 8, "infer": 20} if a.device == "cpu" else {"train": 20, "infer": 40}
     a.torch_steps = {"train": 12, "infer": 25} if a.device == "cpu" else {"train": 30, "infer": 60}
 
     started = datetime.datetime.now(datetime.timezone.utc)
-    sections = []
+    results = []
     with open(a.jsonl, "w") as log:
         for preset in a.presets:
             for mode in a.modes:
                 print(f"== {preset} {mode}", flush=True)
-                qf = qf_runs(a, preset, mode, log)
-                pt = torch_runs(a, preset, mode, log)
-                qb, pb = [], []
+                results += qf_runs(a, preset, mode, log) + torch_runs(a, preset, mode, log)
                 if mode == "infer" and a.cpu_bf16:
-                    qb = qf_runs(a, preset, mode, log, cpu_bf16=True)
-                    pb = torch_bf16_runs(a, preset, log)
-                sections.append((preset, mode, qf, pt, qb, pb))
-    qv, tv, hv = versions(a)
-    lines = [
-        "# qf-engine against PyTorch + transformers",
-        "",
-        f"Measured {started:%Y-%m-%d %H:%M} UTC on {machine(a)} with {qv}, torch {tv}, transformers {hv}, "
-        f"by `python tools/compare_pytorch.py --device {a.device} --threads {a.threads}` "
-        f"(random weights, {a.classes}-class head, Pfam training rows of `{os.path.relpath(a.data)}`, "
-        f"{'fp32, and bf16 where marked' if a.device == 'cpu' else 'bf16'}). Real tokens are residues plus `<cls>`/`<eos>`; padding is not "
-        "counted. qf-engine's figure is the median of 3 runs; PyTorch's one timed run after 2 warm-up steps.",
-        "",
-        f"For reference, {SEED_FIGURES} (padded to 512, fp32).",
-    ]
-    for preset, mode, qf, pt, qb, pb in sections:
-        lines += ["", f"## {preset}, {'training' if mode == 'train' else 'inference'}", "",
-                  "| setup | sequences/s | real tokens/s |", "|---|---:|---:|"]
-        lines += [fmt(r) for r in qf + pt + qb + pb]
-        lines += ratio_lines(qf, pt, "fp32 against fp32" if a.device == "cpu" else "bf16 against bf16")
-        if qb and pb:
-            lines += ratio_lines(qb, pb, "bf16 against bf16 (linear layers in bf16 with fp32 sums on both sides)")
-            lines += ratio_lines(qb, pt + pb, "qf-engine bf16 against PyTorch in either precision")
-    with open(a.output, "w") as f:
-        f.write("\n".join(lines) + "\n")
-    print(f"wrote {a.output}")
+                    results += qf_runs(a, preset, mode, log, cpu_bf16=True) + torch_bf16_runs(a, preset, log)
+    render(a, results, f"{started:%Y-%m-%d %H:%M}")
 
 
 if __name__ == "__main__":
