@@ -1,5 +1,5 @@
 //! Criterion benchmarks of the CPU backend: the ops of one ESM-2 8M layer at a Pfam-like
-//! batch (forward + backward), and a whole training step.
+//! batch (forward + backward, and inference in fp32 and bf16), and a whole training step.
 //!
 //! `cargo bench --bench cpu_ops` (add `-- <filter>` for one group). CUDA kernel benchmarks
 //! live in `benches/cuda_ops.rs` and skip without a GPU.
@@ -77,6 +77,35 @@ fn layer_ops(c: &mut Criterion) {
     g.finish();
 }
 
+/// Inference (no tape) of the same layer's products: fp32, bf16 (`--precision bf16`, on
+/// CPUs with AVX512-BF16) and the attention kernel that keeps no probabilities.
+/// Throughput is in multiply-adds.
+fn inference_ops(c: &mut Criterion) {
+    let cu = layout(32);
+    let t = *cu.last().unwrap() as usize;
+    let (h, f, heads) = (320usize, 1280usize, 20usize);
+    let lay = SeqLayout::new(&cu, &Device::Cpu).unwrap();
+    let fixed = |shape: &[usize], seed| param(shape, seed).with_requires_grad(false);
+    let (x, w, b) = (fixed(&[t, h], 1), fixed(&[f, h], 2), fixed(&[f], 3));
+    let tape = Tape::inference();
+    let mut g = c.benchmark_group("esm2_8M_inference_ops");
+    g.throughput(Throughput::Elements((t * h * f) as u64));
+    g.bench_function("linear_320x1280_fp32", |bch| bch.iter(|| ops::linear(&tape, &x, &w, Some(&b)).unwrap()));
+    if qf_engine::backend::cpu::matmul_bf16::supported() {
+        ops::linear::set_cpu_bf16(true).unwrap();
+        g.bench_function("linear_320x1280_bf16", |bch| bch.iter(|| ops::linear(&tape, &x, &w, Some(&b)).unwrap()));
+        ops::linear::set_cpu_bf16(false).unwrap();
+    } else {
+        println!("esm2_8M_inference_ops/linear_320x1280_bf16: skipped, this CPU has no AVX512-BF16");
+    }
+    let pairs: usize = cu.windows(2).map(|w| ((w[1] - w[0]) as usize).pow(2)).sum();
+    g.throughput(Throughput::Elements((2 * pairs * h) as u64));
+    g.bench_function("attention_no_probabilities", |bch| {
+        bch.iter(|| ops::attention(&tape, &x, &x, &x, &lay, heads, 1.0, false).unwrap().0)
+    });
+    g.finish();
+}
+
 fn cross_entropy(c: &mut Criterion) {
     let mut g = c.benchmark_group("cross_entropy_5000_classes");
     g.sample_size(20);
@@ -115,5 +144,5 @@ fn training_step(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, layer_ops, cross_entropy, training_step);
+criterion_group!(benches, layer_ops, inference_ops, cross_entropy, training_step);
 criterion_main!(benches);
