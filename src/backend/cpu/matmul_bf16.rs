@@ -345,10 +345,23 @@ mod tests {
         }
     }
 
+    /// Bits PyTorch gives (torch 2.15: `torch.tensor(xs).bfloat16().view(torch.int16)`),
+    /// two of them ties (1 + 2⁻⁸ rounds down to even, 1 + 3·2⁻⁸ up), through the scalar
+    /// rounding and through the AVX-512 packing of a 32-wide row.
     #[test]
     fn rounds_to_nearest_even_as_pytorch() {
-        // 1 + 2⁻⁸ lies halfway between two bf16 values: ties go to the even one (1.0).
-        assert_eq!(to_bf16_bits(1.0 + 1.0 / 256.0), to_bf16_bits(1.0));
-        assert_eq!(pair(1.0, -2.0), 0x3f80 | (0xc000 << 16));
+        let xs = [1.0 + 1.0 / 256.0, 1.0 + 3.0 / 256.0, -2.0, 0.1, 3.14159, 1e-30, 65504.0];
+        let torch_bits = [0x3f80u32, 0x3f82, 0xc000, 0x3dcd, 0x4049, 0x0da2, 0x4780];
+        for (x, want) in xs.iter().zip(torch_bits) {
+            assert_eq!(to_bf16_bits(*x), want, "{x}");
+        }
+        if supported() {
+            let row: Vec<f32> = (0..32).map(|i| xs[i % xs.len()]).collect();
+            let packed = pack_rows(&row, 1, 32, 16);
+            for (q, word) in packed.iter().enumerate() {
+                let (lo, hi) = (torch_bits[(2 * q) % xs.len()], torch_bits[(2 * q + 1) % xs.len()]);
+                assert_eq!(*word, lo | (hi << 16), "pair {q}");
+            }
+        }
     }
 }
