@@ -319,14 +319,9 @@ pub fn backward<T: Real>(
 mod tests {
     use super::*;
 
+    /// Values in [-2, 2).
     fn random(len: usize, seed: u64) -> Vec<f64> {
-        let mut s = seed.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        (0..len)
-            .map(|_| {
-                s = s.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1_442_695_040_888_963_407);
-                ((s >> 11) as f64 / (1u64 << 53) as f64) * 4.0 - 2.0
-            })
-            .collect()
+        super::super::test_values(len, seed).into_iter().map(|v| 2.0 * v).collect()
     }
 
     /// The inference kernel against [`forward`] on ragged sequences (lengths that are not

@@ -287,13 +287,7 @@ mod tests {
     use super::*;
 
     fn random(len: usize, seed: u64) -> Vec<f32> {
-        let mut s = seed.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1_442_695_040_888_963_407);
-        (0..len)
-            .map(|_| {
-                s = s.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1_442_695_040_888_963_407);
-                ((s >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
-            })
-            .collect()
+        super::super::test_values(len, seed).into_iter().map(|v| v as f32).collect()
     }
 
     /// Odd shapes: partial tiles, partial panels, an odd K and more than one K block.

@@ -130,3 +130,15 @@ macro_rules! with_real {
     };
 }
 pub(crate) use with_real;
+
+/// Deterministic values in [-1, 1) for the backend's unit tests (an LCG: no dependency).
+#[cfg(test)]
+pub(crate) fn test_values(len: usize, seed: u64) -> Vec<f64> {
+    let mut s = seed.wrapping_add(0x9e37_79b9_7f4a_7c15);
+    (0..len)
+        .map(|_| {
+            s = s.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1_442_695_040_888_963_407);
+            ((s >> 11) as f64 / (1u64 << 53) as f64) * 2.0 - 1.0
+        })
+        .collect()
+}
