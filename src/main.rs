@@ -4,6 +4,11 @@ mod cli;
 
 use clap::Parser;
 
+/// Counts live heap bytes (two relaxed atomics per allocation), so that `bench --memory`
+/// sees a peak the resident set can miss.
+#[global_allocator]
+static ALLOC: qf_engine::train::memory::CountingAllocator = qf_engine::train::memory::CountingAllocator;
+
 fn main() {
     // A file-size limit (`ulimit -f`) then fails the write with EFBIG, which is reported
     // as a clear error, instead of killing the process with SIGXFSZ mid-checkpoint.
