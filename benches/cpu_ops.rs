@@ -92,9 +92,9 @@ fn inference_ops(c: &mut Criterion) {
     g.throughput(Throughput::Elements((t * h * f) as u64));
     g.bench_function("linear_320x1280_fp32", |bch| bch.iter(|| ops::linear(&tape, &x, &w, Some(&b)).unwrap()));
     if qf_engine::backend::cpu::matmul_bf16::supported() {
-        ops::linear::set_cpu_bf16(true).unwrap();
+        ops::linear::set_cpu_bf16(ops::linear::CpuBf16::Inference).unwrap();
         g.bench_function("linear_320x1280_bf16", |bch| bch.iter(|| ops::linear(&tape, &x, &w, Some(&b)).unwrap()));
-        ops::linear::set_cpu_bf16(false).unwrap();
+        ops::linear::set_cpu_bf16(ops::linear::CpuBf16::Off).unwrap();
     } else {
         println!("esm2_8M_inference_ops/linear_320x1280_bf16: skipped, this CPU has no AVX512-BF16");
     }

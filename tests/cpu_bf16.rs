@@ -1,17 +1,21 @@
-//! `--precision bf16` for CPU inference: the linear layers multiply bf16-rounded operands
-//! with fp32 sums (AVX512-BF16). The logits stay within bf16's rounding of the fp32 ones
-//! (which match transformers, see esm_parity.rs), a recording tape still computes in
-//! exact fp32, and training refuses bf16 on the CPU. One test function: the switch is
-//! process-wide, and this file is its own process.
+//! `--precision bf16` on the CPU: the linear layers multiply bf16-rounded operands with
+//! fp32 sums (AVX512-BF16). For inference the logits stay within bf16's rounding of the
+//! fp32 ones (which match transformers, see esm_parity.rs) and a recording tape still
+//! computes in exact fp32; for training the loss and every parameter gradient stay within
+//! bf16's rounding of fp32, and a step's new weights are what the next forward multiplies
+//! with. One test function: the switch is process-wide, and this file is its own process.
 
 mod common;
 
 use common::fixture;
+use qf_engine::autograd::Grads;
 use qf_engine::backend::cpu::matmul_bf16;
 use qf_engine::data::batch::PackedBatch;
 use qf_engine::data::tokenizer::encode_ids;
 use qf_engine::model::{HeadKind, ModelInputs, SequenceClassifier};
-use qf_engine::ops::linear::set_cpu_bf16;
+use qf_engine::ops;
+use qf_engine::ops::linear::{cpu_bf16, set_cpu_bf16, CpuBf16};
+use qf_engine::optim::{OptimConfig, Optimizer};
 use qf_engine::train::device::{open, open_for_inference, DeviceChoice, Precision};
 use qf_engine::{DType, Device, Tape};
 
@@ -19,9 +23,23 @@ fn batch() -> PackedBatch {
     let mut b = PackedBatch::new();
     let seqs = ["MKTAYIAKQRQISFVKSHFSRQLEERLGLIEVQ", "GSHMLEDPVDAFQQVLRKGGNWQKLLE", "MSDNKRPQ"];
     for (i, s) in seqs.iter().enumerate() {
-        b.push(&encode_ids(s).unwrap(), 0, None, i);
+        b.push(&encode_ids(s).unwrap(), 0, Some(i as u32 % 2), i);
     }
     b
+}
+
+/// The classification loss and every parameter's gradient (concatenated in parameter
+/// order).
+fn loss_and_grads(model: &SequenceClassifier) -> (f32, Vec<f32>, Grads) {
+    let inp = ModelInputs::new(&batch(), model.config(), &Device::Cpu, DType::F32).unwrap();
+    let tape = Tape::new();
+    let logits = model.forward(&tape, &inp).unwrap();
+    let ce = ops::cross_entropy(&tape, &logits, inp.labels.as_ref().unwrap(), None).unwrap();
+    let loss = ce.to_vec_f32().unwrap()[0];
+    let mut grads = Grads::new();
+    tape.backward(&ce, &mut grads).unwrap();
+    let flat = model.params.iter().filter_map(|(_, t)| grads.get(t)).flat_map(|g| g.to_vec_f32().unwrap()).collect();
+    (loss, flat, grads)
 }
 
 fn logits(model: &SequenceClassifier, tape: &Tape) -> Vec<f32> {
@@ -38,13 +56,15 @@ fn relative_error(a: &[f32], b: &[f32]) -> f64 {
 
 #[test]
 fn bf16_inference_on_the_cpu() {
-    let bf16 = "the CPU backend trains in fp32; Bf16 needs --device cuda \
-                (predict, eval and embed also take bf16 on a CPU with AVX512-BF16)";
-    let err = open(&DeviceChoice::Cpu, Precision::Bf16).unwrap_err();
-    assert_eq!(err.to_string(), bf16);
+    let fp16 = "the CPU computes in fp32, or bf16 on a CPU with AVX512-BF16; Fp16 needs --device cuda";
+    assert_eq!(open(&DeviceChoice::Cpu, Precision::Fp16).unwrap_err().to_string(), fp16);
     if !matmul_bf16::supported() {
-        let err = open_for_inference(&DeviceChoice::Cpu, Precision::Bf16).unwrap_err();
-        assert!(err.to_string().contains("needs AVX512-BF16"), "{err}");
+        for opened in
+            [open(&DeviceChoice::Cpu, Precision::Bf16), open_for_inference(&DeviceChoice::Cpu, Precision::Bf16)]
+        {
+            let err = opened.unwrap_err();
+            assert!(err.to_string().contains("needs AVX512-BF16"), "{err}");
+        }
         eprintln!("skipped the rest: this CPU has no AVX512-BF16");
         return;
     }
@@ -67,6 +87,30 @@ fn bf16_inference_on_the_cpu() {
     assert_eq!(logits(&model, &Tape::new()), exact_recorded);
 
     // Turning it off restores fp32 inference bit for bit.
-    set_cpu_bf16(false).unwrap();
+    set_cpu_bf16(CpuBf16::Off).unwrap();
     assert_eq!(logits(&model, &Tape::inference()), exact);
+
+    // Training: the loss and the gradients within bf16's rounding of fp32.
+    let (loss, grads, fp32_grads) = loss_and_grads(&model);
+    let (device, dtype, _) = open(&DeviceChoice::Cpu, Precision::Bf16).unwrap();
+    assert!(device.is_cpu() && dtype == DType::F32 && cpu_bf16() == CpuBf16::Training);
+    let (bf16_loss, bf16_grads, _) = loss_and_grads(&model);
+    assert_eq!(bf16_grads.len(), grads.len(), "every parameter has its gradient");
+    let (le, ge) = (((bf16_loss - loss) / loss).abs() as f64, relative_error(&bf16_grads, &grads));
+    assert!(le < 2e-2 && ge < 5e-2, "bf16 training: loss {le:.2e}, gradients {ge:.2e} from fp32");
+    assert!(ge > 1e-6, "bf16 gradients equal the fp32 ones ({ge:.2e}): the bf16 backward did not run");
+
+    // The optimizer changes the weights in place: the next bf16 forward must multiply with
+    // the new ones (no packed copy kept across steps), inference tape or not.
+    let mut model = model;
+    let mut opt = Optimizer::new(OptimConfig::default());
+    opt.step(&mut model.params, &fp32_grads, 0.05, 1.0).unwrap();
+    let stepped = [logits(&model, &Tape::new()), logits(&model, &Tape::inference())];
+    set_cpu_bf16(CpuBf16::Off).unwrap();
+    let stepped_exact = logits(&model, &Tape::new());
+    assert!(relative_error(&stepped_exact, &exact_recorded) > 0.1, "the step hardly changed the model");
+    for got in stepped {
+        let e = relative_error(&got, &stepped_exact);
+        assert!(e < 2e-2, "after a step, bf16 logits are {e:.2e} from the new fp32 ones");
+    }
 }

@@ -3,13 +3,17 @@
 //!
 //! Backward: `dx += dy·W`, `dW += dyᵀ·x`, `db += Σ_rows dy`.
 //!
-//! CPU inference in bf16 ([`set_cpu_bf16`], `--precision bf16` of the inference commands):
-//! a product that needs no gradient reads a bf16 copy of the weight, packed on first use
-//! and kept per weight tensor (`backend/cpu/matmul_bf16.rs`); activations are rounded to
-//! bf16 as they are packed and every sum stays fp32, as PyTorch's CPU autocast does.
+//! bf16 on the CPU ([`set_cpu_bf16`], `--precision bf16`; `backend/cpu/matmul_bf16.rs`):
+//! both operands of each product are rounded to bf16 and every sum stays fp32, as PyTorch's
+//! CPU autocast does; activations, gradients and weights stay fp32 tensors.
+//! - [`CpuBf16::Inference`]: a product reads a bf16 copy of the weight, packed on first
+//!   use and kept per weight tensor (weights do not change).
+//! - [`CpuBf16::Training`]: the weight is packed afresh at every product (the optimizer
+//!   changes it in place), and the backward's `dx += dy·W` and `dW += dyᵀ·x` are bf16
+//!   products too (`dy` rounded, as autocast's bf16 gradient is); `db` sums in fp32.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::{Arc, Mutex};
 
 use anyhow::{bail, Result};
@@ -22,29 +26,43 @@ use crate::backend::cpu::Real;
 use crate::backend::cuda::linear as cuda;
 use crate::tensor::{DType, Tensor, TensorId};
 
-/// Whether CPU products that need no gradient run in bf16 (process-wide, like the thread
-/// count: set once by the inference commands).
-static CPU_BF16: AtomicBool = AtomicBool::new(false);
+/// How the CPU's linear products compute (process-wide, like the thread count: set once by
+/// `train::device`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CpuBf16 {
+    /// fp32 products.
+    Off,
+    /// bf16 products that need no gradient, through weights packed once.
+    Inference,
+    /// Every product and both backward products in bf16, weights packed at each use.
+    Training,
+}
+
+static CPU_BF16: AtomicU8 = AtomicU8::new(0);
 
 /// Packed bf16 copies of the weights, by tensor (weights do not change during inference).
 static PACKED: Mutex<Option<HashMap<TensorId, Arc<PackedBf16>>>> = Mutex::new(None);
 
-/// Run CPU inference products in bf16 (`on`) or fp32. Fails where the CPU has no
-/// AVX512-BF16. Turning it off drops the packed copies.
-pub fn set_cpu_bf16(on: bool) -> Result<()> {
-    if on && !matmul_bf16::supported() {
+/// Set how CPU linear products compute. Fails for bf16 where the CPU has no
+/// AVX512-BF16. Leaving [`CpuBf16::Inference`] drops the packed copies.
+pub fn set_cpu_bf16(mode: CpuBf16) -> Result<()> {
+    if mode != CpuBf16::Off && !matmul_bf16::supported() {
         bail!("--precision bf16 on the CPU needs AVX512-BF16 (vdpbf16ps), which this CPU lacks; use fp32");
     }
-    CPU_BF16.store(on, Ordering::Relaxed);
-    if !on {
+    CPU_BF16.store(mode as u8, Ordering::Relaxed);
+    if mode != CpuBf16::Inference {
         *PACKED.lock().unwrap_or_else(|e| e.into_inner()) = None;
     }
     Ok(())
 }
 
-/// Whether [`set_cpu_bf16`] is on.
-pub fn cpu_bf16() -> bool {
-    CPU_BF16.load(Ordering::Relaxed)
+/// The mode [`set_cpu_bf16`] set.
+pub fn cpu_bf16() -> CpuBf16 {
+    match CPU_BF16.load(Ordering::Relaxed) {
+        1 => CpuBf16::Inference,
+        2 => CpuBf16::Training,
+        _ => CpuBf16::Off,
+    }
 }
 
 /// `x: [n, in]`, `w: [out, in]`, `b: [out]` or none → `[n, out]`.
@@ -65,8 +83,9 @@ pub fn linear(tape: &Tape, x: &Tensor, w: &Tensor, b: Option<&Tensor>) -> Result
     let dims = LinearDims { n, k, m };
     // On CUDA the backward reads the weight's compute copy; on the CPU, the weight itself.
     let needs_grad = tape.needs_grad(&inputs);
-    let (y, w_used) = if x.is_cpu() && cpu_bf16() && !needs_grad && x.dtype() == DType::F32 {
-        (cpu_bf16_forward(x, w, b, dims)?, w.clone())
+    let bf16 = if x.is_cpu() && x.dtype() == DType::F32 { cpu_bf16() } else { CpuBf16::Off };
+    let (y, w_used) = if bf16 == CpuBf16::Training || (bf16 == CpuBf16::Inference && !needs_grad) {
+        (cpu_bf16_forward(x, w, b, dims, bf16 == CpuBf16::Inference)?, w.clone())
     } else if x.is_cpu() {
         (cpu_forward(x, w, b, dims)?, w.clone())
     } else {
@@ -82,7 +101,12 @@ pub fn linear(tape: &Tape, x: &Tensor, w: &Tensor, b: Option<&Tensor>) -> Result
                 Some(b) => grads.take_acc(b)?,
                 None => None,
             };
-            backward(&mut dx, &mut dw, &mut db, out_grad(outs, 0)?, &x, &w_used, dims)?;
+            let dy = out_grad(outs, 0)?;
+            if bf16 == CpuBf16::Training && dy.dtype() == DType::F32 {
+                cpu_bf16_backward(&mut dx, &mut dw, &mut db, dy, &x, &w_used, dims)?;
+            } else {
+                backward(&mut dx, &mut dw, &mut db, dy, &x, &w_used, dims)?;
+            }
             grads.put(&x, dx);
             grads.put(&w, dw);
             if let Some(b) = &b {
@@ -106,9 +130,11 @@ fn cpu_forward(x: &Tensor, w: &Tensor, b: Option<&Tensor>, dims: LinearDims) -> 
     })
 }
 
-/// `y = bf16(x)·bf16(W)ᵀ + b` with fp32 sums, through the weight's packed copy.
-fn cpu_bf16_forward(x: &Tensor, w: &Tensor, b: Option<&Tensor>, dims: LinearDims) -> Result<Tensor> {
-    let packed = packed_copy(w, dims)?;
+/// `y = bf16(x)·bf16(W)ᵀ + b` with fp32 sums, through the weight's packed copy (`keep`:
+/// the one kept per weight; otherwise packed now).
+fn cpu_bf16_forward(x: &Tensor, w: &Tensor, b: Option<&Tensor>, dims: LinearDims, keep: bool) -> Result<Tensor> {
+    let packed =
+        if keep { packed_copy(w, dims)? } else { Arc::new(PackedBf16::pack(w.as_slice::<f32>()?, dims.m, dims.k)) };
     let bs = match b {
         Some(b) => b.as_slice::<f32>()?,
         None => &[],
@@ -124,6 +150,31 @@ fn packed_copy(w: &Tensor, dims: LinearDims) -> Result<Arc<PackedBf16>> {
     let p = Arc::new(PackedBf16::pack(w.as_slice::<f32>()?, dims.m, dims.k));
     PACKED.lock().unwrap_or_else(|e| e.into_inner()).get_or_insert_default().insert(w.id(), p.clone());
     Ok(p)
+}
+
+/// [`backward`] with the two products in bf16 (fp32 sums) and `db` in fp32.
+fn cpu_bf16_backward(
+    dx: &mut Option<Tensor>,
+    dw: &mut Option<Tensor>,
+    db: &mut Option<Tensor>,
+    dy: &Tensor,
+    x: &Tensor,
+    w: &Tensor,
+    dims: LinearDims,
+) -> Result<()> {
+    let (dys, xs, ws) = (dy.as_slice::<f32>()?, x.as_slice::<f32>()?, w.as_slice::<f32>()?);
+    let LinearDims { n, k, m } = dims;
+    let dxs = grad_slice::<f32>(dx)?;
+    if !dxs.is_empty() {
+        matmul_bf16::linear_backward_input(dxs, dys, ws, n, m, k);
+    }
+    let dws = grad_slice::<f32>(dw)?;
+    if !dws.is_empty() {
+        matmul_bf16::linear_backward_weight(dws, dys, xs, n, m, k);
+    }
+    // Σ_rows dy is not a product: fp32, as in the fp32 backward.
+    cpu::backward(&mut [], &mut [], grad_slice::<f32>(db)?, dys, xs, ws, dims);
+    Ok(())
 }
 
 /// Accumulate the three gradients (each skipped when `None`); `w` is what the forward

@@ -3,6 +3,7 @@
 use anyhow::{bail, Result};
 
 use crate::backend::cuda::{device::unavailable_reason, CudaDevice};
+use crate::ops::linear::CpuBf16;
 use crate::tensor::{DType, Device};
 
 /// `--device`.
@@ -68,35 +69,35 @@ pub fn open(choice: &DeviceChoice, precision: Precision) -> Result<(Device, DTyp
     };
     let dtype = match (&device, precision) {
         (Device::Cpu, Precision::Auto | Precision::Fp32) => DType::F32,
-        (Device::Cpu, p) => bail!(
-            "the CPU backend trains in fp32; {p:?} needs --device cuda (predict, eval and embed also take bf16 on a CPU with AVX512-BF16)"
-        ),
+        // Activations stay fp32; the linear layers multiply in bf16 (AVX512-BF16).
+        (Device::Cpu, Precision::Bf16) => DType::F32,
+        (Device::Cpu, Precision::Fp16) => {
+            bail!("the CPU computes in fp32, or bf16 on a CPU with AVX512-BF16; Fp16 needs --device cuda")
+        }
         (Device::Cuda(_), Precision::Auto | Precision::Bf16) => DType::BF16,
         (Device::Cuda(_), Precision::Fp16) => DType::F16,
         (Device::Cuda(_), Precision::Fp32) => DType::F32,
     };
+    if device.is_cpu() {
+        let mode = if precision == Precision::Bf16 { CpuBf16::Training } else { CpuBf16::Off };
+        crate::ops::linear::set_cpu_bf16(mode)?;
+    }
     if let Device::Cuda(d) = &device {
         d.set_compute_dtype(dtype)?;
     }
     Ok((device, dtype, note))
 }
 
-/// [`open`] for the inference commands (predict, eval, embed, `bench --mode infer`). On
-/// the CPU they also take `--precision bf16`: activations stay fp32 (the returned dtype),
-/// and the linear layers multiply bf16-rounded operands with fp32 sums on AVX512-BF16
-/// (see [`crate::ops::linear::set_cpu_bf16`]).
+/// [`open`] for the inference commands (predict, eval, embed, `bench --mode infer`). With
+/// `--precision bf16` on the CPU, activations stay fp32 (the returned dtype) and the linear
+/// layers multiply bf16-rounded operands with fp32 sums on AVX512-BF16, through weights
+/// packed once (see [`crate::ops::linear::set_cpu_bf16`]).
 pub fn open_for_inference(choice: &DeviceChoice, precision: Precision) -> Result<(Device, DType, Option<String>)> {
-    let cpu = match choice {
-        DeviceChoice::Cpu => true,
-        DeviceChoice::Cuda(_) => false,
-        DeviceChoice::Auto => unavailable_reason().is_some(),
-    };
-    if cpu && precision == Precision::Bf16 {
-        crate::ops::linear::set_cpu_bf16(true)?;
-        return open(choice, Precision::Fp32);
+    let opened = open(choice, precision)?;
+    if opened.0.is_cpu() && precision == Precision::Bf16 {
+        crate::ops::linear::set_cpu_bf16(CpuBf16::Inference)?;
     }
-    crate::ops::linear::set_cpu_bf16(false)?;
-    open(choice, precision)
+    Ok(opened)
 }
 
 /// Use `n` threads for the CPU backend (0 = all cores), each flushing subnormal floats to

@@ -107,8 +107,13 @@ fn full_length_batch(tokens: usize, max_len: usize, n_classes: usize, seed: u64)
 #[derive(Clone, Copy)]
 enum Mark {
     /// Resident set and live heap bytes (the heap is 0 without the counting allocator).
-    Cpu { rss: u64, heap: u64 },
-    Cuda { pool: u64 },
+    Cpu {
+        rss: u64,
+        heap: u64,
+    },
+    Cuda {
+        pool: u64,
+    },
 }
 
 /// Start a measurement (after releasing what can be released).
@@ -137,7 +142,8 @@ fn begin_measure(device: &Device) -> Result<Mark> {
 fn end_measure(device: &Device, mark: Mark) -> Result<u64> {
     match (device, mark) {
         (Device::Cpu, Mark::Cpu { rss, heap }) => {
-            let peak_rss = peak_rss_bytes().ok_or_else(|| anyhow::anyhow!("cannot read the peak RSS (/proc/self/status)"))?;
+            let peak_rss =
+                peak_rss_bytes().ok_or_else(|| anyhow::anyhow!("cannot read the peak RSS (/proc/self/status)"))?;
             let heap_growth = (memory::heap_peak_bytes() as u64).saturating_sub(heap);
             Ok(peak_rss.saturating_sub(rss).max(heap_growth))
         }

@@ -184,7 +184,11 @@ pub fn gemm_peak(device: &Device, dtype: DType) -> Result<(f64, String)> {
         Device::Cuda(_) => 4096,
     };
     let dtype = if matches!(device, Device::Cpu) { DType::F32 } else { dtype };
-    let label = if matches!(device, Device::Cpu) && crate::ops::linear::cpu_bf16() { "bf16" } else { dtype.name() };
+    let label = if matches!(device, Device::Cpu) && crate::ops::linear::cpu_bf16() != crate::ops::linear::CpuBf16::Off {
+        "bf16"
+    } else {
+        dtype.name()
+    };
     let values: Vec<f32> = (0..n * n).map(|i| ((i * 7919 % 1000) as f32 - 500.0) * 1e-3).collect();
     let a = Tensor::from_f32(values.clone(), &[n, n], dtype, device)?;
     let b = Tensor::from_f32(values, &[n, n], dtype, device)?;
@@ -319,7 +323,7 @@ pub fn bench_throughput(cfg: &BenchConfig) -> Result<BenchResult> {
         engine: "qf-engine",
         mode: cfg.mode,
         device: device_label(&device),
-        dtype: if device.is_cpu() && crate::ops::linear::cpu_bf16() {
+        dtype: if device.is_cpu() && crate::ops::linear::cpu_bf16() != crate::ops::linear::CpuBf16::Off {
             "bf16 (linear layers; fp32 sums and elsewhere)".into()
         } else {
             dtype.name().into()
