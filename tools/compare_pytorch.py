@@ -11,15 +11,18 @@ loss, backward, AdamW) and inference (forward only). For each:
   * PyTorch, a careful user's way: length-bucketed dynamic padding, SDPA, several batch
     sizes, and torch.compile at the best of them (where it works).
 qf-engine's ratio is against the best PyTorch variant. On a GPU the PyTorch runs use
-bf16 autocast and qf-engine bf16; on the CPU both run fp32, and inference is also run
-in bf16 on both sides like with like (`--cpu-bf16`, on CPUs with AVX512-BF16: PyTorch's
-CPU autocast through oneDNN, qf-engine's `--precision bf16`).
+bf16 autocast and qf-engine bf16; on the CPU both run fp32, and training and inference
+are also run in bf16 on both sides like with like (`--precisions`, on CPUs with
+AVX512-BF16: PyTorch's CPU autocast through oneDNN, qf-engine's `--precision bf16`).
 
     python tools/compare_pytorch.py --data ../shared/data/pfam --device cpu --threads 2
     python tools/compare_pytorch.py --device cuda --qf .gpu/qf-engine   # one gpu_check stage
 
 Writes BENCHMARKS.md (or --output) and every raw JSON line to --jsonl; `--from-jsonl LOG
 --measured-at "YYYY-MM-DD HH:MM"` rewrites BENCHMARKS.md from such a log without running.
+`--merge-jsonl LOG` keeps an earlier run's results for the workloads not run now (for
+example `--precisions bf16 --modes train` adds bf16 training to an earlier fp32 run);
+each section says when its runs were measured.
 """
 import argparse
 import datetime
@@ -37,16 +40,18 @@ SEED_FIGURES = "the seed (QuantaFold) reported 63.9 training and 449.78 inferenc
 def run_json(cmd, log):
     """Run `cmd`; return its last JSON line (or a dict with the error)."""
     t0 = time.time()
+    started = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M")
     p = subprocess.run(cmd, capture_output=True, text=True)
-    log.write(json.dumps({"cmd": cmd, "rc": p.returncode, "seconds": time.time() - t0}) + "\n")
+    log.write(json.dumps({"cmd": cmd, "rc": p.returncode, "seconds": time.time() - t0, "started": started}) + "\n")
     lines = [l for l in p.stdout.splitlines() if l.startswith("{")]
     if p.returncode != 0 or not lines:
         tail = (p.stderr or p.stdout).strip().splitlines()[-3:]
-        return {"error": " / ".join(tail) or f"exit {p.returncode}", "cmd": cmd, "label": label_of(cmd)}
+        return {"error": " / ".join(tail) or f"exit {p.returncode}", "cmd": cmd, "label": label_of(cmd),
+                "started": started}
     r = json.loads(lines[-1])
     log.write(json.dumps(r) + "\n")
     log.flush()
-    return dict(r, cmd=cmd, label=label_of(cmd))
+    return dict(r, cmd=cmd, label=label_of(cmd), started=started)
 
 
 def arg(cmd, flag, default=None):
@@ -69,17 +74,23 @@ def label_of(cmd):
     return f"PyTorch, length-bucketed, pad to longest, SDPA, batch {b}"
 
 
-def read_log(path):
-    """(cmd, result) pairs of a --jsonl log: each command line, then its result line
-    unless it failed."""
-    pairs = []
+def read_log(path, measured_at=None):
+    """The results of a --jsonl log: each command line, then its result line unless it
+    failed. A log written before commands carried their start time takes `measured_at`."""
+    runs = []
     for line in open(path):
         r = json.loads(line)
         if "cmd" in r:
-            pairs.append((r["cmd"], {"error": f"exit {r['rc']}"} if r["rc"] else None))
-        elif pairs and pairs[-1][1] is None:
-            pairs[-1] = (pairs[-1][0], r)
-    return [dict(r if r is not None else {"error": "no result"}, cmd=c, label=label_of(c)) for c, r in pairs]
+            runs.append([r["cmd"], {"error": f"exit {r['rc']}"} if r["rc"] else None, r.get("started", measured_at)])
+        elif runs and runs[-1][1] is None:
+            runs[-1][1] = r
+    return [dict(r if r is not None else {"error": "no result"}, cmd=c, label=label_of(c), started=t)
+            for c, r, t in runs]
+
+
+def workload(r):
+    """(preset, mode, engine, bf16 on the CPU) of a result."""
+    return (arg(r["cmd"], "--preset"), arg(r["cmd"], "--mode")) + kind(r)
 
 
 def qf_runs(a, preset, mode, log, cpu_bf16=False):
@@ -123,9 +134,10 @@ def torch_runs(a, preset, mode, log):
     return runs
 
 
-def torch_bf16_runs(a, preset, log):
-    """CPU inference under bf16 autocast, the careful user's way, at each batch size."""
-    return [torch_run(a, preset, "infer", ["--pad", "longest", "--bucket", "--attn", "sdpa", "--batch-size", str(b)], log, cpu_bf16=True)
+def torch_bf16_runs(a, preset, mode, log):
+    """CPU training or inference under bf16 autocast, the careful user's way, at each batch size."""
+    return [torch_run(a, preset, mode, ["--pad", "longest", "--bucket", "--attn", "sdpa", "--batch-size", str(b)], log,
+                      cpu_bf16=True)
             for b in a.bf16_batch_sizes]
 
 
@@ -153,6 +165,15 @@ def ratio_lines(qf, pt, what):
                   f"{p['backward']:.0f} ms, optimizer {p['optimizer']:.0f} ms); at 100% of that rate the ratio "
                   f"would be {ratio / best_qf['mfu']:.2f}×."]
     return lines
+
+
+def when_measured(fp32, bf16, default):
+    """One line: when a section's fp32 and bf16 runs started (UTC)."""
+    def span(rs):
+        ts = sorted({r.get("started") or default for r in rs})
+        return ts[0] if len(ts) == 1 else f"{ts[0]} to {ts[-1]}"
+    parts = [f"{what} runs {span(rs)} UTC" for rs, what in ((fp32, "fp32"), (bf16, "bf16")) if rs]
+    return f"Measured: {', '.join(parts)}."
 
 
 def machine(a):
@@ -205,9 +226,10 @@ def render(a, results, measured_at):
         f"(random weights, {a.classes}-class head, Pfam training rows of `{data}`, "
         f"{'fp32, and bf16 where marked' if a.device == 'cpu' else 'bf16'}). Real tokens are residues plus "
         "`<cls>`/`<eos>`; padding is not counted. qf-engine's figure is the median of 3 runs; PyTorch's one "
-        "timed run after 2 warm-up steps. CPU bf16 is inference only: the linear layers multiply bf16 "
-        "operands with fp32 sums on both sides (PyTorch's CPU autocast through oneDNN; qf-engine's "
-        "`--precision bf16`), the rest stays fp32 in qf-engine.",
+        "timed run after 2 warm-up steps. CPU bf16: the linear layers multiply bf16 operands with fp32 "
+        "sums on both sides (PyTorch's CPU autocast through oneDNN, which also runs attention's products in "
+        "bf16; qf-engine's `--precision bf16`); the rest stays fp32 in qf-engine, and training keeps fp32 "
+        "weights, gradients and optimizer state on both sides. Each section says when its runs were measured.",
         "",
         f"For reference, {SEED_FIGURES} (padded to 512, fp32).",
     ]
@@ -218,8 +240,9 @@ def render(a, results, measured_at):
     for (preset, mode), rs in sections.items():
         group = lambda e, b: [r for r in rs if kind(r) == (e, b)]
         qf, pt, qb, pb = group("qf", False), group("torch", False), group("qf", True), group("torch", True)
-        lines += ["", f"## {preset}, {'training' if mode == 'train' else 'inference'}", "",
-                  "| setup | sequences/s | real tokens/s |", "|---|---:|---:|"]
+        lines += ["", f"## {preset}, {'training' if mode == 'train' else 'inference'}", ""]
+        lines += [when_measured(qf + pt, qb + pb, measured_at), ""]
+        lines += ["| setup | sequences/s | real tokens/s |", "|---|---:|---:|"]
         lines += [fmt(r) for r in qf + pt + qb + pb]
         lines += ratio_lines(qf, pt, "fp32 against fp32" if a.device == "cpu" else "bf16 against bf16")
         if qb and pb:
@@ -246,8 +269,8 @@ def main():
     ap.add_argument("--qf-budgets", type=int, nargs="+", default=[2048, 4096])
     ap.add_argument("--batch-sizes", type=int, nargs="+", default=[2, 4, 8, 16, 32])
     ap.add_argument("--compile", action=argparse.BooleanOptionalAction, default=True)
-    ap.add_argument("--cpu-bf16", action=argparse.BooleanOptionalAction, default=None,
-                    help="also compare CPU inference in bf16 on both sides (default: where the CPU has AVX512-BF16)")
+    ap.add_argument("--precisions", nargs="+", choices=["fp32", "bf16"], default=None,
+                    help="on the CPU: fp32, and bf16 on both sides (default: both where the CPU has AVX512-BF16)")
     ap.add_argument("--bf16-batch-sizes", type=int, nargs="+", default=[8, 16, 32])
     ap.add_argument("--max-rows", type=int, default=20000)
     ap.add_argument("--python", default=sys.executable)
@@ -255,15 +278,20 @@ def main():
     ap.add_argument("--jsonl", default="compare_pytorch.jsonl")
     ap.add_argument("--from-jsonl", metavar="FILE",
                     help="write --output from the log of an earlier run instead of running (give --measured-at)")
-    ap.add_argument("--measured-at", help="with --from-jsonl: when that run started (UTC, YYYY-MM-DD HH:MM)")
+    ap.add_argument("--measured-at", help="with --from-jsonl or --merge-jsonl: when that run started, for logs "
+                                          "whose commands carry no start time (UTC, YYYY-MM-DD HH:MM)")
+    ap.add_argument("--merge-jsonl", metavar="FILE",
+                    help="also show an earlier run's results for the workloads not run now")
     a = ap.parse_args()
     if a.from_jsonl:
         if not a.measured_at:
             ap.error("--from-jsonl needs --measured-at")
-        render(a, read_log(a.from_jsonl), a.measured_at)
+        render(a, read_log(a.from_jsonl, a.measured_at), a.measured_at)
         return
-    if a.cpu_bf16 is None:
-        a.cpu_bf16 = a.device == "cpu" and cpu_has_bf16()
+    if a.precisions is None:
+        a.precisions = ["fp32", "bf16"] if a.device == "cpu" and cpu_has_bf16() else ["fp32"]
+    if a.device == "cuda":
+        a.precisions = ["fp32"]  # one set of runs, bf16 autocast on both sides
     a.qf_steps = {"train": 8, "infer": 20} if a.device == "cpu" else {"train": 20, "infer": 40}
     a.torch_steps = {"train": 12, "infer": 25} if a.device == "cpu" else {"train": 30, "infer": 60}
 
@@ -273,10 +301,21 @@ def main():
         for preset in a.presets:
             for mode in a.modes:
                 print(f"== {preset} {mode}", flush=True)
-                results += qf_runs(a, preset, mode, log) + torch_runs(a, preset, mode, log)
-                if mode == "infer" and a.cpu_bf16:
-                    results += qf_runs(a, preset, mode, log, cpu_bf16=True) + torch_bf16_runs(a, preset, log)
-    render(a, results, f"{started:%Y-%m-%d %H:%M}")
+                if "fp32" in a.precisions:
+                    results += qf_runs(a, preset, mode, log) + torch_runs(a, preset, mode, log)
+                if "bf16" in a.precisions:
+                    results += qf_runs(a, preset, mode, log, cpu_bf16=True) + torch_bf16_runs(a, preset, mode, log)
+    when = f"{started:%Y-%m-%d %H:%M}"
+    if a.merge_jsonl:
+        now = {workload(r) for r in results}
+        earlier = [r for r in read_log(a.merge_jsonl, a.measured_at) if workload(r) not in now]
+        first = min([r["started"] for r in earlier if r.get("started")] + [when])
+        when = when if first == when else f"{first} and {when}"
+        results = earlier + results
+        results.sort(key=lambda r: (a.presets.index(arg(r["cmd"], "--preset")) if arg(r["cmd"], "--preset") in a.presets
+                                    else 99, a.modes.index(arg(r["cmd"], "--mode")) if arg(r["cmd"], "--mode") in a.modes
+                                    else 99))
+    render(a, results, when)
 
 
 if __name__ == "__main__":
