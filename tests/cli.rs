@@ -486,3 +486,42 @@ fn the_builtin_demo_pools_the_mean_unless_cls_is_asked() {
     assert_eq!(cls["architectures"][0], "EsmForSequenceClassification", "{cls}");
     assert!(cls.get(qf_engine::model::classifier::POOL_KEY).is_none(), "{cls}");
 }
+
+/// `train --precision bf16` on the CPU: trains where the CPU has AVX512-BF16 and says so in
+/// the run's log, and otherwise fails with the reason.
+#[test]
+fn the_demo_trains_in_bf16_on_a_cpu_that_has_it() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("bf16");
+    let (ok, _, err) = qf(&[
+        "train",
+        "--max-steps",
+        "3",
+        "--eval-limit",
+        "8",
+        "--device",
+        "cpu",
+        "--precision",
+        "bf16",
+        "--log-every",
+        "1",
+        "--quiet",
+        "--output",
+        out.to_str().unwrap(),
+    ]);
+    if !qf_engine::backend::cpu::matmul_bf16::supported() {
+        assert!(!ok && err.contains("needs AVX512-BF16"), "{err}");
+        return;
+    }
+    assert!(ok, "bf16 demo failed: {err}");
+    let log = std::fs::read_to_string(out.join("metrics.jsonl")).unwrap();
+    let start: serde_json::Value = serde_json::from_str(log.lines().next().unwrap()).unwrap();
+    assert_eq!(start["dtype"], "bf16 (linear layers; fp32 sums and elsewhere)", "{start}");
+    let losses: Vec<f64> = log
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+        .filter(|e| e["event"] == "step")
+        .map(|e| e["loss"].as_f64().unwrap())
+        .collect();
+    assert!(!losses.is_empty() && losses.iter().all(|l| l.is_finite()), "{losses:?}");
+}

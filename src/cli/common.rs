@@ -50,10 +50,11 @@ pub struct DeviceArgs {
     #[arg(long, default_value = "auto")]
     pub device: String,
 
-    /// auto (fp32 on CPU, bf16 on GPU), fp32, fp16 (dynamic loss scaling), bf16. On the CPU,
-    /// predict, eval, embed and `bench --mode infer` also take bf16: the linear layers then
-    /// multiply bf16-rounded operands with fp32 sums (AVX512-BF16; about 1.6× faster for
-    /// the 8M model; logits within about 1e-2 relative of fp32). Training on the CPU is fp32.
+    /// auto (fp32 on CPU, bf16 on GPU), fp32, fp16 (dynamic loss scaling; GPU only), bf16.
+    /// On a CPU with AVX512-BF16, bf16 runs the linear layers' products (and in training
+    /// their two backward products) on bf16-rounded operands with fp32 sums, as PyTorch's
+    /// CPU autocast does; activations, weights, gradients and optimizer state stay fp32
+    /// (see the README's Performance notes for speed and accuracy).
     #[arg(long, default_value = "auto")]
     pub precision: String,
 

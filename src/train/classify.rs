@@ -424,7 +424,7 @@ pub fn train(cfg: &TrainConfig) -> Result<TrainSummary> {
             "class_weights": format!("{:?}", cfg.class_weights),
             "weights_min": data.weights.weights.iter().cloned().fold(f32::INFINITY, f32::min),
             "weights_max": data.weights.weights.iter().cloned().fold(0.0f32, f32::max),
-            "parameters": total_params, "trainable": trainable, "device": device.name(), "dtype": dtype.name(),
+            "parameters": total_params, "trainable": trainable, "device": device.name(), "dtype": crate::train::device::compute_label(&device, dtype),
             "lora": cfg.lora.as_ref().map(LoraConfig::to_json),
             "epochs": cfg.training.epochs, "total_steps": os.schedule.total, "warmup": os.schedule.warmup, "lr": cfg.training.lr,
             "max_tokens": cfg.training.max_tokens, "grad_accum": cfg.training.grad_accum, "seed": cfg.training.seed,

@@ -402,7 +402,7 @@ pub fn train_contacts(cfg: &ContactTrainConfig) -> Result<ContactTrainSummary> {
             "crop": cfg.crop, "max_len": cfg.max_len, "min_sep": cfg.min_sep, "max_tokens": cfg.training.max_tokens,
             "token_budget": cfg.token_budget, "epoch_tokens": epoch_tokens, "total_steps": os.schedule.total,
             "warmup": os.schedule.warmup, "lr": cfg.training.lr, "grad_accum": cfg.training.grad_accum, "seed": cfg.training.seed,
-            "device": device.name(), "dtype": dtype.name(), "resumed_step": os.state.step,
+            "device": device.name(), "dtype": crate::train::device::compute_label(&device, dtype), "resumed_step": os.state.step,
         }),
     )?;
 

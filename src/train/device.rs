@@ -88,6 +88,16 @@ pub fn open(choice: &DeviceChoice, precision: Precision) -> Result<(Device, DTyp
     Ok((device, dtype, note))
 }
 
+/// What a run computes in, for logs and results: the activation dtype, or on the CPU with
+/// bf16 products on, those.
+pub fn compute_label(device: &Device, dtype: DType) -> String {
+    if device.is_cpu() && crate::ops::linear::cpu_bf16() != CpuBf16::Off {
+        "bf16 (linear layers; fp32 sums and elsewhere)".into()
+    } else {
+        dtype.name().into()
+    }
+}
+
 /// [`open`] for the inference commands (predict, eval, embed, `bench --mode infer`). With
 /// `--precision bf16` on the CPU, activations stay fp32 (the returned dtype) and the linear
 /// layers multiply bf16-rounded operands with fp32 sums on AVX512-BF16, through weights

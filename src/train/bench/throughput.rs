@@ -323,11 +323,7 @@ pub fn bench_throughput(cfg: &BenchConfig) -> Result<BenchResult> {
         engine: "qf-engine",
         mode: cfg.mode,
         device: device_label(&device),
-        dtype: if device.is_cpu() && crate::ops::linear::cpu_bf16() != crate::ops::linear::CpuBf16::Off {
-            "bf16 (linear layers; fp32 sums and elsewhere)".into()
-        } else {
-            dtype.name().into()
-        },
+        dtype: crate::train::device::compute_label(&device, dtype),
         preset: cfg.preset.clone(),
         parameters: params,
         trainable_parameters: trainable,

@@ -325,7 +325,7 @@ pub fn train_mlm(cfg: &MlmTrainConfig) -> Result<MlmTrainSummary> {
         json!({
             "task": "mlm", "data": cfg.data.describe(), "train_rows": sets.train_rows.len(),
             "eval_rows": sets.eval_rows.len(), "parameters": total_params, "trainable": trainable,
-            "device": device.name(), "dtype": dtype.name(), "lora": cfg.lora.as_ref().map(LoraConfig::to_json),
+            "device": device.name(), "dtype": crate::train::device::compute_label(&device, dtype), "lora": cfg.lora.as_ref().map(LoraConfig::to_json),
             "epochs": cfg.training.epochs, "total_steps": os.schedule.total, "warmup": os.schedule.warmup,
             "lr": cfg.training.lr, "max_tokens": cfg.training.max_tokens, "max_len": cfg.max_len,
             "grad_accum": cfg.training.grad_accum, "seed": cfg.training.seed, "resumed_step": os.state.step,
