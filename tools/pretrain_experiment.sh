@@ -29,6 +29,9 @@
 #   ARMS="a b a_mean b_mean"
 #   DATA=../shared/data/pfam  QF=target/release/qf-engine  THREADS=2
 #   CLS_TPS=  MLM_TPS=   tokens/s of each task measured earlier (skips the calibration)
+#   MLM_FROM=            the MLM run directory of an earlier or concurrent b arm (its OUT/mlm):
+#                        waits for its model and fine-tunes from it instead of pretraining
+#                        again, so b and b_mean can run side by side after one MLM phase
 set -euo pipefail
 cd "$(dirname "$0")/.."
 OUT=${1:-runs/pretrain_experiment}
@@ -107,18 +110,26 @@ for arm in $ARMS; do
     [[ $arm == *_mean ]] && pool=(--pool mean)
     pre_t="-" mlm_acc="-"
     if [[ $arm == b* ]]; then
-        if [ -z "$mlm_done" ]; then
+        mlm_dir="$OUT/mlm"
+        if [ -n "${MLM_FROM:-}" ]; then
+            mlm_dir=$MLM_FROM
+            echo "== waiting for the MLM model in $mlm_dir"
+            until [ -f "$mlm_dir/model/model.safetensors" ] && [ -f "$mlm_dir.time" ]; do sleep 20; done
+            mlm_time=$(cat "$mlm_dir.time")
+            shared=" (shared)"
+        elif [ -z "$mlm_done" ]; then
             echo "== MLM pretraining (${pre_s} s)"
-            mlm_time=$(run_mlm "$OUT/mlm" "$pre_s")
+            mlm_time=$(run_mlm "$mlm_dir" "$pre_s")
+            echo "$mlm_time" >"$mlm_dir.time"
             mlm_done=1
         fi
-        pre_t="${mlm_time} s"
+        pre_t="${mlm_time} s${shared:-}"
         mlm_acc=$(python3 -c 'import json,sys
 ev=[json.loads(l) for l in open(sys.argv[1])]
-e=[x for x in ev if x["event"]=="eval"][-1]; print("%.1f %% (ppl %.2f)" % (100*e["accuracy"], e["perplexity"]))' "$OUT/mlm/metrics.jsonl")
+e=[x for x in ev if x["event"]=="eval"][-1]; print("%.1f %% (ppl %.2f)" % (100*e["accuracy"], e["perplexity"]))' "$mlm_dir/metrics.jsonl")
         ft_s=$(python3 -c "print($budget_s - $pre_s)")
         echo "== $arm: fine-tuning from the MLM model (${ft_s} s)"
-        ft_t=$(run_cls "$OUT/$arm" "$ft_s" --checkpoint "$OUT/mlm/model" "${pool[@]}")
+        ft_t=$(run_cls "$OUT/$arm" "$ft_s" --checkpoint "$mlm_dir/model" "${pool[@]}")
     else
         echo "== $arm: classifier from random initialisation (${budget_s} s)"
         ft_t=$(run_cls "$OUT/$arm" "$budget_s" --preset "$PRESET" "${pool[@]}")
