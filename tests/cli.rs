@@ -465,26 +465,38 @@ fn mlm_train_eval_then_classify_and_contacts_from_it_through_the_binary() {
     assert!(!ok && stderr.contains("--pool applies to --task classify"), "{stderr}");
 }
 
-/// The built-in demo classifies from the mean over residues unless told otherwise;
-/// `--pool cls` gives the Hugging Face-compatible model.
+/// The built-in demo fine-tunes the built-in pretrained encoder with <cls> pooling (a
+/// model transformers loads); `--from-scratch` trains from random weights and then pools
+/// the mean unless `--pool cls` is asked.
 #[test]
-fn the_builtin_demo_pools_the_mean_unless_cls_is_asked() {
+fn the_builtin_demo_fine_tunes_the_builtin_encoder_and_from_scratch_pools_the_mean() {
     let tmp = tempfile::tempdir().unwrap();
-    let config_of = |pool: &[&str]| {
-        let out = tmp.path().join(format!("demo{}", pool.len()));
+    let run = |name: &str, flags: &[&str]| {
+        let out = tmp.path().join(name);
         let mut a = vec!["train", "--max-steps", "2", "--eval-limit", "8", "--device", "cpu", "--quiet", "--output"];
         a.push(out.to_str().unwrap());
-        a.extend_from_slice(pool);
-        let (ok, _, err) = qf(&a);
+        a.extend_from_slice(flags);
+        let (ok, stdout, err) = qf(&a);
         assert!(ok, "demo failed: {err}");
         let text = std::fs::read_to_string(out.join("model/config.json")).unwrap();
-        serde_json::from_str::<serde_json::Value>(&text).unwrap()
+        (out, stdout, serde_json::from_str::<serde_json::Value>(&text).unwrap())
     };
-    let mean = config_of(&[]);
+    let (out, stdout, pretrained) = run("pretrained", &[]);
+    let encoder = out.join(qf_engine::data::demo::ENCODER_DIR);
+    assert!(encoder.join("model.safetensors").is_file() && encoder.join("config.json").is_file());
+    assert!(stdout.contains(&format!("loaded 69 tensors from {}", encoder.display())), "{stdout}");
+    assert!(stdout.contains("initialised fresh: classifier."), "{stdout}");
+    assert_eq!(pretrained["architectures"][0], "EsmForSequenceClassification", "{pretrained}");
+    assert!(pretrained.get(qf_engine::model::classifier::POOL_KEY).is_none(), "{pretrained}");
+
+    let (out, stdout, mean) = run("scratch", &["--from-scratch"]);
+    assert!(!out.join(qf_engine::data::demo::ENCODER_DIR).exists());
+    assert!(!stdout.contains("loaded "), "{stdout}");
     assert_eq!(mean[qf_engine::model::classifier::POOL_KEY], "mean", "{mean}");
-    let cls = config_of(&["--pool", "cls"]);
-    assert_eq!(cls["architectures"][0], "EsmForSequenceClassification", "{cls}");
+    let (_, _, cls) = run("scratch_cls", &["--from-scratch", "--pool", "cls"]);
     assert!(cls.get(qf_engine::model::classifier::POOL_KEY).is_none(), "{cls}");
+    let (_, _, preset) = run("preset", &["--preset", "esm2_tiny"]);
+    assert_eq!(preset[qf_engine::model::classifier::POOL_KEY], "mean", "{preset}");
 }
 
 /// `train --precision bf16` on the CPU: trains where the CPU has AVX512-BF16 and says so in

@@ -28,8 +28,9 @@ pub enum Command {
     /// Fine-tune (or train from scratch) ESM-2 for protein-family classification, or with
     /// `--task contact` for residue-residue contact prediction (LoRA + contact head, random crops).
     ///
-    /// With no arguments: trains a small ESM-2 from scratch on the built-in demo set (20 real
-    /// Pfam families, 2,000 train / 500 held-out domains) and writes metrics.jsonl,
+    /// With no arguments: fine-tunes the built-in pretrained ESM-2 (esm2_tiny after 30
+    /// minutes of MLM on Pfam; --from-scratch for random weights) on the built-in demo set
+    /// (20 real Pfam families, 2,000 train / 500 held-out domains) and writes metrics.jsonl,
     /// curves.png (loss and eval metrics against step, redrawn at every evaluation),
     /// checkpoints and the final model under runs/demo.
     Train(Box<train_args::TrainArgs>),
