@@ -11,10 +11,11 @@ SHARED="${QF_SHARED_DIR:-../shared}"
 rm -rf "$OUT"
 mkdir -p "$OUT/mini" docs/img
 
-# 1. The demo: esm2_tiny from random weights on the built-in 20-family Pfam excerpt;
-#    train writes curves.png beside metrics.jsonl at every evaluation.
-"$QF" train --output "$OUT/demo" --quiet
-cp "$OUT/demo/curves.png" docs/img/curves_demo.png
+# 1. The demo on the built-in 20-family Pfam excerpt: the default (the built-in pretrained
+#    encoder, <cls>) against esm2_tiny from random weights (mean pooling), one picture.
+"$QF" train --output "$OUT/demo_pretrained" --quiet
+"$QF" train --from-scratch --output "$OUT/demo_from_scratch" --quiet
+"$QF" plot "$OUT/demo_pretrained" "$OUT/demo_from_scratch" -o docs/img/curves_demo.png
 
 # 2. Contacts on the two chains of tests/fixtures/contacts (lysozyme 2VB1_A, ubiquitin
 #    5NVG_A; real PDB coordinates), trained and evaluated on themselves: random 64-residue
