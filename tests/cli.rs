@@ -283,6 +283,10 @@ fn bad_arguments_are_clear_errors() {
     let (ok, _, err) = qf(&["predict", "--model", "/nonexistent", "--input", "/nonexistent.fasta", "--device", "cpu"]);
     assert!(!ok);
     assert!(err.contains("config.json is missing"), "{err}");
+    // --from-scratch is for the built-in demo only.
+    let (ok, _, err) = qf(&["train", "--from-scratch", "--data", "/nonexistent", "--device", "cpu"]);
+    assert!(!ok);
+    assert!(err.contains("'--from-scratch' cannot be used with '--data <DIR>'"), "{err}");
 }
 
 /// Rewrite the safetensors file `path` with NaN in the first float tensor whose name passes `pick`.

@@ -117,7 +117,7 @@ pub struct TrainArgs {
     /// built-in pretrained encoder (esm2_tiny after 30 minutes of MLM training on the Pfam
     /// training split's sequences, written to OUTPUT/pretrained_encoder/). --preset and
     /// --checkpoint also replace it.
-    #[arg(long, conflicts_with = "checkpoint")]
+    #[arg(long, conflicts_with_all = ["checkpoint", "data", "train_file"])]
     pub from_scratch: bool,
 
     /// Classification head: `esm` (HF EsmClassificationHead: dense → tanh → out_proj,
