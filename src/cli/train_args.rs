@@ -266,19 +266,20 @@ impl TrainArgs {
         Ok(())
     }
 
+    /// No --data and no --train-file: the built-in demo set.
+    fn uses_builtin_data(&self) -> bool {
+        self.data.is_none() && self.train_file.is_none()
+    }
+
     /// The built-in demo fine-tunes the built-in pretrained encoder unless the run names
     /// its own data, model or `--from-scratch`.
     fn uses_builtin_encoder(&self) -> bool {
-        self.data.is_none()
-            && self.train_file.is_none()
-            && self.preset.is_none()
-            && self.checkpoint.is_none()
-            && !self.from_scratch
+        self.uses_builtin_data() && self.preset.is_none() && self.checkpoint.is_none() && !self.from_scratch
     }
 
     /// The run configuration: the built-in demo's settings, overridden by the flags given.
     pub fn to_config(&self) -> Result<TrainConfig> {
-        let builtin = self.data.is_none() && self.train_file.is_none();
+        let builtin = self.uses_builtin_data();
         let default_out = if builtin { "runs/demo" } else { "runs/train" };
         let mut cfg = TrainConfig::demo(self.output.clone().unwrap_or_else(|| PathBuf::from(default_out)));
         if !builtin {
