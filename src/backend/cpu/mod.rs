@@ -7,6 +7,7 @@
 pub mod adam8bit;
 pub mod adamw;
 pub mod attention;
+pub mod attention_bf16;
 pub mod bce;
 pub mod bias_gelu;
 pub mod cast;

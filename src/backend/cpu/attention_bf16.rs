@@ -1,0 +1,420 @@
+//! Attention for inference with bf16 products (`--precision bf16` on a CPU with
+//! AVX512-BF16), as PyTorch's CPU autocast runs `scaled_dot_product_attention`: both
+//! products `S = scale·Q Kᵀ` and `O = P V` multiply bf16-rounded operands with fp32 sums
+//! on `vdpbf16ps`; the softmax runs in fp32 and its unnormalised weights `exp(S − max)`
+//! are rounded to bf16 for the second product, the row sum is taken over the fp32 weights
+//! and divides the fp32 output (PyTorch's CPU flash attention does the same).
+//!
+//! Per (sequence, head) task, with `d` the head width and `L` the sequence length:
+//! - `K` is packed as bf16 pairs along `d` (`kp[c/2][j]`, one 32-bit word per key), `V` as
+//!   pairs along the keys (`vp[j/2][c]`), both zero-padded to whole 16-lane vectors;
+//! - [`ROWS`] queries at a time (scaled, then rounded, as pairs along `d`) are scored
+//!   against 16 keys per step: 16 accumulators, one key load and 16 broadcast
+//!   `vdpbf16ps` per pair of `d`;
+//! - each row's softmax weights are written as bf16 in key order, so a 32-bit read is the
+//!   pair `vdpbf16ps` wants for `P V`, which runs 16 output columns per step in the same
+//!   shape.
+//!
+//! [`reference_inference`] is the scalar twin the tests compare against: the same bf16
+//! roundings, sums and exponentials in f64.
+
+use half::bf16;
+use rayon::prelude::*;
+
+use super::attention::AttnDims;
+use super::SharedMut;
+
+/// Query rows per block (16 fp32 accumulators of 16 lanes).
+const ROWS: usize = 16;
+/// Lanes of a zmm register of fp32.
+const LANES: usize = 16;
+/// Keys per chunk of the softmax weights' buffer (a multiple of [`LANES`]).
+const KEY_CHUNK: usize = 256;
+
+/// Whether this CPU runs [`forward_inference`] (AVX-512F, BW, VL and AVX512-BF16).
+pub fn supported() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        super::matmul_bf16::supported()
+            && std::arch::is_x86_feature_detected!("avx512bw")
+            && std::arch::is_x86_feature_detected!("avx512vl")
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        false
+    }
+}
+
+/// `out[tokens, heads·d] = softmax(scale·Q Kᵀ) V` per sequence and head, with bf16
+/// products (see the module notes). Sequences are `cu[s]..cu[s+1]`. Panics unless
+/// [`supported`] and the head width is even (bf16 pairs never straddle two heads).
+pub fn forward_inference(out: &mut [f32], q: &[f32], k: &[f32], v: &[f32], cu: &[usize], dims: AttnDims, scale: f32) {
+    assert!(supported(), "bf16 attention needs AVX512-BF16");
+    assert!(dims.head_dim % 2 == 0, "bf16 attention needs an even head width, not {}", dims.head_dim);
+    assert_eq!(out.len(), q.len(), "attention: out and q differ in size");
+    assert!(q.len() == k.len() && q.len() == v.len(), "attention: q, k and v differ in size");
+    let width = dims.n_heads * dims.head_dim;
+    assert_eq!(q.len(), cu.last().copied().unwrap_or(0) * width, "attention: cu_seqlens do not cover q");
+    // Round each operand once (Q after scaling), for every head at once.
+    let (qb, kb, vb) = (to_bf16(q, scale), to_bf16(k, 1.0), to_bf16(v, 1.0));
+    let tasks: Vec<(usize, usize, usize)> = cu
+        .windows(2)
+        .flat_map(|w| (0..dims.n_heads).map(move |h| (w[0], w[1] - w[0], h)))
+        .filter(|&(_, len, _)| len > 0)
+        .collect();
+    let out_ptr = SharedMut(out.as_mut_ptr());
+    tasks.par_iter().for_each(|&(start, len, head)| {
+        let view = HeadView { q: &qb, k: &kb, v: &vb, start, len, col: head * dims.head_dim, width, d: dims.head_dim };
+        // Safety: AVX512-BF16 was checked above; each task writes only its head's columns of
+        // its sequence's rows, inside `out` (the same shape as `q`).
+        #[cfg(target_arch = "x86_64")]
+        unsafe {
+            x86::head(&view, out_ptr.at(0))
+        };
+        #[cfg(not(target_arch = "x86_64"))]
+        let _ = (view, &out_ptr);
+    });
+}
+
+/// `bf16(scale·x)` as bits (round to nearest even), in parallel.
+fn to_bf16(x: &[f32], scale: f32) -> Vec<u16> {
+    let mut out = vec![0u16; x.len()];
+    out.par_chunks_mut(1 << 14).zip(x.par_chunks(1 << 14)).for_each(|(o, x)| {
+        #[cfg(target_arch = "x86_64")]
+        // Safety: AVX512-BF16 was checked by the caller.
+        let done = unsafe { x86::to_bf16(o, x, scale) };
+        #[cfg(not(target_arch = "x86_64"))]
+        let done = 0;
+        for (o, &x) in o[done..].iter_mut().zip(&x[done..]) {
+            *o = bf16::from_f32(scale * x).to_bits();
+        }
+    });
+    out
+}
+
+/// One head of one sequence inside the packed `[tokens, width]` bf16 operands.
+struct HeadView<'a> {
+    q: &'a [u16],
+    k: &'a [u16],
+    v: &'a [u16],
+    start: usize,
+    len: usize,
+    /// The head's first column (even).
+    col: usize,
+    width: usize,
+    d: usize,
+}
+
+impl HeadView<'_> {
+    /// Word `c` (head columns `2c`, `2c + 1`) of token `j` of operand `m`.
+    fn word(&self, m: &[u16], j: usize, c: usize) -> u32 {
+        let at = (self.start + j) * self.width + self.col + 2 * c;
+        m[at] as u32 | (m[at + 1] as u32) << 16
+    }
+}
+
+/// The scalar twin of [`forward_inference`]: bf16(scale·q)·bf16(k) summed in f64, the
+/// softmax weights `exp(s − max)` in f64 rounded to bf16 for the product with bf16(v), the
+/// row sum over the unrounded weights.
+pub fn reference_inference(q: &[f32], k: &[f32], v: &[f32], cu: &[usize], dims: AttnDims, scale: f32) -> Vec<f32> {
+    let r = |x: f32| bf16::from_f32(x).to_f64();
+    let (d, width) = (dims.head_dim, dims.n_heads * dims.head_dim);
+    let mut out = vec![0f32; q.len()];
+    for w in cu.windows(2) {
+        let (start, len) = (w[0], w[1] - w[0]);
+        for h in 0..dims.n_heads {
+            let at = |m: &[f32], j: usize, c: usize| m[(start + j) * width + h * d + c];
+            for i in 0..len {
+                let s: Vec<f64> =
+                    (0..len).map(|j| (0..d).map(|c| r(scale * at(q, i, c)) * r(at(k, j, c))).sum()).collect();
+                let m = s.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
+                let e: Vec<f64> = s.iter().map(|&x| (x - m).exp()).collect();
+                let sum: f64 = e.iter().sum();
+                for c in 0..d {
+                    let o: f64 = (0..len).map(|j| r(e[j] as f32) * r(at(v, j, c))).sum();
+                    out[(start + i) * width + h * d + c] = (o / sum) as f32;
+                }
+            }
+        }
+    }
+    out
+}
+
+#[cfg(target_arch = "x86_64")]
+mod x86 {
+    use std::arch::x86_64::*;
+
+    use super::{HeadView, KEY_CHUNK, LANES, ROWS};
+
+    /// `o[i] = bf16(scale·x[i])` 16 at a time; returns how many it wrote.
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512bf16")]
+    pub(super) unsafe fn to_bf16(o: &mut [u16], x: &[f32], scale: f32) -> usize {
+        let full = x.len().min(o.len()) / LANES;
+        let s = _mm512_set1_ps(scale);
+        for i in 0..full {
+            let v = _mm512_mul_ps(_mm512_loadu_ps(x.as_ptr().add(LANES * i)), s);
+            let b: __m256i = std::mem::transmute(_mm512_cvtneps_pbh(v));
+            _mm256_storeu_si256(o.as_mut_ptr().add(LANES * i) as *mut __m256i, b);
+        }
+        full * LANES
+    }
+
+    /// One (sequence, head): pack K and V, then every block of [`ROWS`] queries.
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512bf16")]
+    pub(super) unsafe fn head(h: &HeadView, out: *mut f32) {
+        let (l, d) = (h.len, h.d);
+        let dq = d / 2; // pairs of head columns
+        let lp = l.div_ceil(LANES) * LANES; // keys, padded
+        let dp = d.div_ceil(LANES) * LANES; // output columns, padded
+        let mut kp = vec![0u32; dq * lp];
+        for j in 0..l {
+            for c in 0..dq {
+                kp[c * lp + j] = h.word(h.k, j, c);
+            }
+        }
+        let vp = pack_values(h, lp, dp);
+        // Query pairs, pair-major: the 16 rows' words for one pair are adjacent.
+        let mut qp = vec![0u32; dq * ROWS];
+        let mut s = vec![0f32; ROWS * lp];
+        // Softmax weights as bf16 bits in key order (zero past the sequence), in chunks of
+        // `KEY_CHUNK` keys: [chunk][row][key], so the rows' words sit at fixed distances.
+        let chunks = lp.div_ceil(KEY_CHUNK);
+        let mut p = vec![0u16; chunks * ROWS * KEY_CHUNK];
+        for i0 in (0..l).step_by(ROWS) {
+            let rows = ROWS.min(l - i0);
+            for r in 0..ROWS {
+                for c in 0..dq {
+                    qp[c * ROWS + r] = if r < rows { h.word(h.q, i0 + r, c) } else { 0 };
+                }
+            }
+            scores(&mut s, &qp, &kp, dq, lp);
+            let mut inv = [0f32; ROWS];
+            for r in 0..rows {
+                inv[r] = 1.0 / softmax_weights(&s[r * lp..][..lp], &mut p, r, l);
+            }
+            for c0 in (0..dp).step_by(LANES) {
+                let acc = weighted_values(&p, &vp, lp, dp, c0);
+                let mask = lane_mask(d - c0);
+                for r in 0..rows {
+                    let o = out.add((h.start + i0 + r) * h.width + h.col + c0);
+                    _mm512_mask_storeu_ps(o, mask, _mm512_mul_ps(acc[r], _mm512_set1_ps(inv[r])));
+                }
+            }
+        }
+    }
+
+    /// `V` as pairs along the keys, `vp[j/2][c] = (v[j][c], v[j+1][c])`, `dp` words a row;
+    /// zero past the sequence and the head.
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512bf16")]
+    unsafe fn pack_values(h: &HeadView, lp: usize, dp: usize) -> Vec<u32> {
+        let (l, d) = (h.len, h.d);
+        let mut vp = vec![0u32; lp / 2 * dp];
+        let row = |j: usize| h.v.as_ptr().add((h.start + j) * h.width + h.col);
+        for jp in 0..l.div_ceil(2) {
+            for c0 in (0..d).step_by(LANES) {
+                let m = lane_mask(d - c0);
+                let lo = _mm512_cvtepu16_epi32(_mm256_maskz_loadu_epi16(m, row(2 * jp).add(c0) as *const i16));
+                let hi = if 2 * jp + 1 < l {
+                    _mm512_cvtepu16_epi32(_mm256_maskz_loadu_epi16(m, row(2 * jp + 1).add(c0) as *const i16))
+                } else {
+                    _mm512_setzero_si512()
+                };
+                let w = _mm512_or_si512(lo, _mm512_slli_epi32::<16>(hi));
+                _mm512_storeu_si512(vp.as_mut_ptr().add(jp * dp + c0) as *mut _, w);
+            }
+        }
+        vp
+    }
+
+    /// The first `n` (≤ 16, or all) lanes.
+    fn lane_mask(n: usize) -> __mmask16 {
+        if n >= LANES {
+            0xffff
+        } else {
+            ((1u32 << n) - 1) as __mmask16
+        }
+    }
+
+    /// `s[r, j] = Σ_c qp[c, r]·kp[c, j]` over pairs `c`, for all [`ROWS`] rows and `lp` keys.
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512bf16")]
+    unsafe fn scores(s: &mut [f32], qp: &[u32], kp: &[u32], dq: usize, lp: usize) {
+        let qp = qp.as_ptr();
+        for j0 in (0..lp).step_by(LANES) {
+            let mut acc = [_mm512_setzero_ps(); ROWS];
+            for c in 0..dq {
+                let kv: __m512bh = std::mem::transmute(_mm512_loadu_si512(kp.as_ptr().add(c * lp + j0) as *const _));
+                for (r, a) in acc.iter_mut().enumerate() {
+                    let qv: __m512bh = std::mem::transmute(_mm512_set1_epi32(*qp.add(c * ROWS + r) as i32));
+                    *a = _mm512_dpbf16_ps(*a, qv, kv);
+                }
+            }
+            for (r, a) in acc.iter().enumerate() {
+                _mm512_storeu_ps(s.as_mut_ptr().add(r * lp + j0), *a);
+            }
+        }
+    }
+
+    /// Row `r` of the chunked weights: `bf16(exp(s[j] − max))` for the `l` keys (zero for
+    /// the padding), returning the fp32 sum of the unrounded weights.
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512bf16")]
+    unsafe fn softmax_weights(s: &[f32], p: &mut [u16], r: usize, l: usize) -> f32 {
+        let mut m = _mm512_set1_ps(f32::MIN);
+        for j0 in (0..l).step_by(LANES) {
+            let x = _mm512_maskz_loadu_ps(lane_mask(l - j0), s.as_ptr().add(j0));
+            m = _mm512_mask_max_ps(m, lane_mask(l - j0), m, x);
+        }
+        let m = _mm512_set1_ps(_mm512_reduce_max_ps(m));
+        let mut sum = _mm512_setzero_ps();
+        for j0 in (0..s.len()).step_by(LANES) {
+            let live = lane_mask(l.saturating_sub(j0));
+            let x = _mm512_sub_ps(_mm512_loadu_ps(s.as_ptr().add(j0)), m);
+            let e = _mm512_maskz_mov_ps(live, exp(x));
+            sum = _mm512_add_ps(sum, e);
+            let bits: __m256i = std::mem::transmute(_mm512_cvtneps_pbh(e));
+            let at = (j0 / KEY_CHUNK * ROWS + r) * KEY_CHUNK + j0 % KEY_CHUNK;
+            _mm256_storeu_si256(p[at..][..LANES].as_mut_ptr() as *mut __m256i, bits);
+        }
+        _mm512_reduce_add_ps(sum)
+    }
+
+    /// `exp(x)` for `x ≤ 0` lane-wise: the Cephes polynomial of `real::exp_f32` with FMAs
+    /// and `vscalefps` for the `2ⁿ`; below −87 the result is 0.
+    #[target_feature(enable = "avx512f")]
+    unsafe fn exp(x: __m512) -> __m512 {
+        let under = _mm512_cmp_ps_mask::<_CMP_LT_OQ>(x, _mm512_set1_ps(-87.0));
+        let x = _mm512_max_ps(x, _mm512_set1_ps(-87.0));
+        let n = _mm512_roundscale_ps::<{ _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC }>(_mm512_mul_ps(
+            x,
+            _mm512_set1_ps(std::f32::consts::LOG2_E),
+        ));
+        let r = _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693_359_4), x);
+        let r = _mm512_fnmadd_ps(n, _mm512_set1_ps(-2.121_944_4e-4), r);
+        let mut p = _mm512_set1_ps(1.987_569_1e-4);
+        for c in [1.398_199_9e-3, 8.333_452e-3, 4.166_579_6e-2, 1.666_666_5e-1, 5.000_000_1e-1] {
+            p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(c));
+        }
+        let y = _mm512_fmadd_ps(_mm512_mul_ps(p, r), r, _mm512_add_ps(r, _mm512_set1_ps(1.0)));
+        _mm512_maskz_mov_ps(!under, _mm512_scalef_ps(y, n))
+    }
+
+    /// `Σ_j p[r, j]·v[j, c0..c0+16]` for all [`ROWS`] rows, over pairs of keys.
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512bf16")]
+    unsafe fn weighted_values(p: &[u16], vp: &[u32], lp: usize, dp: usize, c0: usize) -> [__m512; ROWS] {
+        const CHUNK_WORDS: usize = KEY_CHUNK / 2;
+        let mut acc = [_mm512_setzero_ps(); ROWS];
+        for k0 in (0..lp).step_by(KEY_CHUNK) {
+            // Row r's pair jp of this chunk is word r·CHUNK_WORDS + jp: fixed offsets.
+            let pw = p.as_ptr().add(k0 * ROWS) as *const u32;
+            let vrow = vp.as_ptr().add(k0 / 2 * dp + c0);
+            for jp in 0..CHUNK_WORDS.min((lp - k0) / 2) {
+                let vv: __m512bh = std::mem::transmute(_mm512_loadu_si512(vrow.add(jp * dp) as *const _));
+                for (r, a) in acc.iter_mut().enumerate() {
+                    let w = pw.add(r * CHUNK_WORDS + jp).read_unaligned();
+                    *a =
+                        _mm512_dpbf16_ps(*a, std::mem::transmute::<__m512i, __m512bh>(_mm512_set1_epi32(w as i32)), vv);
+                }
+            }
+        }
+        acc
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Values in [-2, 2).
+    fn random(len: usize, seed: u64) -> Vec<f32> {
+        super::super::test_values(len, seed).into_iter().map(|v| (2.0 * v) as f32).collect()
+    }
+
+    /// Against the scalar twin on ragged sequences (length 1, lengths that are not whole
+    /// blocks, one longer than two blocks of keys) at ESM-2's head widths (16, 24, 32, 64)
+    /// and odd ones. Both round the same operands; what may differ is a softmax weight
+    /// whose fp32 value lies within the sums' rounding of a bf16 tie, which then rounds the
+    /// other way: one bf16 step (2⁻⁸ relative) of one weight. So nearly every output agrees
+    /// to fp32 rounding, and none is off by more than one such step.
+    #[test]
+    fn matches_the_scalar_twin_on_ragged_sequences() {
+        if !supported() {
+            eprintln!("skipped: this CPU has no AVX512-BF16");
+            return;
+        }
+        let cu = [0usize, 1, 18, 57, 90, 131, 433];
+        let n = cu[cu.len() - 1];
+        for &(heads, d) in &[(2usize, 16usize), (3, 24), (2, 32), (1, 64), (2, 6), (1, 40)] {
+            let dims = AttnDims { n_heads: heads, head_dim: d };
+            let w = heads * d;
+            let (q, k, v) = (random(n * w, 11), random(n * w, 12), random(n * w, 13));
+            let mut got = vec![f32::NAN; n * w];
+            forward_inference(&mut got, &q, &k, &v, &cu, dims, 0.7);
+            let want = reference_inference(&q, &k, &v, &cu, dims, 0.7);
+            let mut close = 0;
+            for (i, (g, r)) in got.iter().zip(&want).enumerate() {
+                // |v| < 2: one weight one bf16 step off moves an output by < 2·2⁻⁸.
+                assert!((g - r).abs() < 2.0 / 256.0, "heads {heads} d {d} [{i}]: {g} vs {r}");
+                close += usize::from((g - r).abs() <= 2e-6 * (1.0 + r.abs()));
+            }
+            assert!(close as f64 >= 0.99 * want.len() as f64, "heads {heads} d {d}: {close} of {} agree", want.len());
+        }
+    }
+
+    /// Against fp32 attention: within bf16's rounding (a different computation, so an
+    /// error in the twin's shared reading of the maths would show here).
+    #[test]
+    fn stays_within_bf16_rounding_of_fp32_attention() {
+        if !supported() {
+            eprintln!("skipped: this CPU has no AVX512-BF16");
+            return;
+        }
+        let cu = [0usize, 7, 70, 300];
+        let n = cu[3];
+        let dims = AttnDims { n_heads: 2, head_dim: 24 };
+        let w = 48;
+        let (q, k, v) = (random(n * w, 21), random(n * w, 22), random(n * w, 23));
+        let mut got = vec![0f32; n * w];
+        forward_inference(&mut got, &q, &k, &v, &cu, dims, 0.4);
+        let mut want = vec![0f32; n * w];
+        super::super::attention::forward_inference(&mut want, &q, &k, &v, &cu, dims, 0.4);
+        let num: f64 = got.iter().zip(&want).map(|(g, r)| ((g - r) as f64).powi(2)).sum();
+        let den: f64 = want.iter().map(|r| (*r as f64).powi(2)).sum();
+        let rel = (num / den).sqrt();
+        assert!(rel < 2e-2 && rel > 1e-5, "relative error {rel:e} (bf16 rounds at 2⁻⁹)");
+    }
+}
+
+#[cfg(test)]
+mod speed {
+    use super::*;
+
+    /// `cargo test --release --lib attention_bf16::speed -- --ignored --nocapture`
+    #[test]
+    #[ignore]
+    fn print_bf16_inference_attention_rate() {
+        for &(heads, d, l) in &[(20usize, 16usize, 160usize), (20, 24, 160), (20, 16, 500), (20, 24, 500)] {
+            let n_seq = 4096 / l;
+            let cu: Vec<usize> = (0..=n_seq).map(|s| s * l).collect();
+            let n = cu[n_seq];
+            let w = heads * d;
+            let x: Vec<f32> = (0..n * w).map(|i| ((i * 7919 % 1000) as f32 - 500.0) * 1e-3).collect();
+            let dims = AttnDims { n_heads: heads, head_dim: d };
+            let mut out = vec![0f32; n * w];
+            let time = |f: &mut dyn FnMut()| {
+                f();
+                let t = std::time::Instant::now();
+                for _ in 0..5 {
+                    f();
+                }
+                t.elapsed().as_secs_f64() / 5.0 * 1e3
+            };
+            let bf = time(&mut || forward_inference(&mut out, &x, &x, &x, &cu, dims, 0.25));
+            let fp = time(&mut || super::super::attention::forward_inference(&mut out, &x, &x, &x, &cu, dims, 0.25));
+            let flops = 4.0 * (n_seq * heads * l * l * d) as f64;
+            println!(
+                "heads {heads} d {d} L {l}: bf16 {bf:.1} ms ({:.0} GFLOP/s), fp32 {fp:.1} ms ({:.0} GFLOP/s)",
+                flops / bf / 1e6,
+                flops / fp / 1e6
+            );
+        }
+    }
+}
