@@ -7,6 +7,9 @@
 //! (ESM-2 scales q by `d^-½` before the rotation). The backward applies the inverse
 //! rotation (θ → −θ). `pos` is the token's true position, so a crop keeps its offset.
 
+use std::any::{Any, TypeId};
+use std::sync::{Arc, Mutex};
+
 use rayon::prelude::*;
 
 use super::Real;
@@ -16,22 +19,53 @@ pub fn inv_freq(head_dim: usize) -> Vec<f32> {
     (0..head_dim / 2).map(|i| 1.0 / 10000f32.powf((2 * i) as f32 / head_dim as f32)).collect()
 }
 
-/// cos/sin of `pos · inv_freq[i]` for every position up to `max_pos`, `[pos][i]`. The
-/// angle is formed in f32 like HF's `torch.outer(t, inv_freq)` and then evaluated in T.
-fn tables<T: Real>(max_pos: usize, head_dim: usize) -> (Vec<T>, Vec<T>) {
-    let f = inv_freq(head_dim);
-    let half = head_dim / 2;
-    let mut cos = vec![T::zero(); (max_pos + 1) * half];
-    let mut sin = vec![T::zero(); (max_pos + 1) * half];
-    for p in 0..=max_pos {
-        for (i, &fi) in f.iter().enumerate() {
-            let angle = T::from_f64((p as f32 * fi) as f64);
-            let (s, c) = angle.sin_cos();
-            cos[p * half + i] = c;
-            sin[p * half + i] = s;
+/// cos/sin of `pos · inv_freq[i]` for every position up to at least `max_pos`,
+/// `[pos][i]`. The angle is formed in f32 like HF's `torch.outer(t, inv_freq)` and then
+/// evaluated in T.
+struct Tables<T> {
+    max_pos: usize,
+    cos: Vec<T>,
+    sin: Vec<T>,
+}
+
+impl<T: Real> Tables<T> {
+    fn new(max_pos: usize, head_dim: usize) -> Self {
+        let f = inv_freq(head_dim);
+        let half = head_dim / 2;
+        let mut cos = vec![T::zero(); (max_pos + 1) * half];
+        let mut sin = vec![T::zero(); (max_pos + 1) * half];
+        for p in 0..=max_pos {
+            for (i, &fi) in f.iter().enumerate() {
+                let angle = T::from_f64((p as f32 * fi) as f64);
+                let (s, c) = angle.sin_cos();
+                cos[p * half + i] = c;
+                sin[p * half + i] = s;
+            }
+        }
+        Tables { max_pos, cos, sin }
+    }
+}
+
+/// The tables for `head_dim` in `T` covering `max_pos`, computed once per process (and again
+/// only for longer proteins): every layer rotates q and k with the same angles, and the
+/// `sin_cos` calls cost more than the rotation itself.
+fn tables<T: Real>(max_pos: usize, head_dim: usize) -> Arc<Tables<T>> {
+    type Cache = Vec<((TypeId, usize), Arc<dyn Any + Send + Sync>)>;
+    static CACHE: Mutex<Cache> = Mutex::new(Vec::new());
+    let key = (TypeId::of::<T>(), head_dim);
+    let mut cache = CACHE.lock().unwrap_or_else(|e| e.into_inner());
+    let hit = cache.iter().find(|(k, _)| *k == key).and_then(|(_, t)| Arc::clone(t).downcast::<Tables<T>>().ok());
+    match hit {
+        Some(t) if t.max_pos >= max_pos => t,
+        old => {
+            // Grow geometrically so a run of ever-longer proteins recomputes rarely.
+            let grown = old.map_or(0, |t| 2 * t.max_pos).max(max_pos).max(1023);
+            let t = Arc::new(Tables::<T>::new(grown, head_dim));
+            cache.retain(|(k, _)| *k != key);
+            cache.push((key, Arc::clone(&t) as Arc<dyn Any + Send + Sync>));
+            t
         }
     }
-    (cos, sin)
 }
 
 /// Shape of one rotary application.
@@ -67,7 +101,8 @@ fn rotate<T: Real>(
     let RotaryDims { n_heads, head_dim, in_stride, out_stride } = dims;
     let half = head_dim / 2;
     let max_pos = positions.iter().copied().max().unwrap_or(0).max(0) as usize;
-    let (cos, sin) = tables::<T>(max_pos, head_dim);
+    let t = tables::<T>(max_pos, head_dim);
+    let (cos, sin) = (&t.cos, &t.sin);
     out.par_chunks_mut(out_stride).zip(x.par_chunks(in_stride)).zip(positions.par_iter()).for_each(|((o, x), &p)| {
         let (c, s) = (&cos[p as usize * half..][..half], &sin[p as usize * half..][..half]);
         for h in 0..n_heads {
