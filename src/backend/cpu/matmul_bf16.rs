@@ -72,15 +72,17 @@ impl PackedBf16 {
         let pairs = in_features.div_ceil(2);
         let panels = out_features.div_ceil(NR);
         let mut data = vec![0u32; panels * pairs * NR];
-        let at = |j: usize, c: usize| if j < out_features && c < in_features { w[j * in_features + c] } else { 0.0 };
-        for p in 0..panels {
-            for q in 0..pairs {
-                for l in 0..NR {
-                    let j = p * NR + l;
-                    data[(p * pairs + q) * NR + l] = pair(at(j, 2 * q), at(j, 2 * q + 1));
+        // Each panel's rows are rounded as whole rows (vectorised), then their words are
+        // interleaved into the panel; columns past `out_features` stay zero.
+        data.par_chunks_mut((pairs * NR).max(1)).enumerate().for_each(|(p, panel)| {
+            let (j0, width) = (p * NR, NR.min(out_features - p * NR));
+            let rows = pack_rows(&w[j0 * in_features..][..width * in_features], width, in_features, pairs);
+            for (l, row) in rows.chunks_exact(pairs.max(1)).enumerate() {
+                for (q, &word) in row.iter().enumerate() {
+                    panel[q * NR + l] = word;
                 }
             }
-        }
+        });
         PackedBf16 { out_features, in_features, pairs, panels, data }
     }
 
