@@ -136,11 +136,36 @@ fn classification_logits_loss_hidden_attention_and_gradients_match_pytorch() {
     let (logits, loss) = model.forward_loss(&tape, &inp, None).unwrap();
     let e = rel_err(&logits.to_vec_f32().unwrap(), &exp.f32("logits").0);
     check(e, "logits");
+    // Inference runs the last layer for the <cls> rows only: the same logits.
+    let e = rel_err(&model.forward(&Tape::inference(), &inp).unwrap().to_vec_f32().unwrap(), &exp.f32("logits").0);
+    check(e, "logits (inference: the last layer for <cls> only)");
     let e = rel_err(&loss.to_vec_f32().unwrap(), &exp.f32("loss").0);
     check(e, "loss");
     let mut grads = Grads::new();
     tape.backward(&loss, &mut grads).unwrap();
     check_param_grads(&model, &grads, &exp);
+}
+
+/// The `<cls>`-only last layer of inference against the whole encoder's `<cls>` rows, on
+/// sequences that start past position 0 (a window of a long protein keeps its offset: the
+/// `<cls>` query must rotate by its own position, not 0, for the relative angles to the keys
+/// to stay right), with a length-1 sequence.
+#[test]
+fn inference_runs_the_last_layer_for_cls_rows_only_with_the_same_result() {
+    let model = load();
+    let mut b = PackedBatch::new();
+    let seqs = ["MKTAYIAKQRQISFVKSHFSRQLEERLGLIEVQ", "GSHMLEDPVDAFQQVLRKGGNWQKLLE", "M"];
+    for (i, (s, offset)) in seqs.iter().zip([0, 17, 300]).enumerate() {
+        b.push(&qf_engine::data::tokenizer::encode_ids(s).unwrap(), offset, None, i);
+    }
+    let inp = inputs(&model, &b);
+    let tape = Tape::inference();
+    let enc = model.esm.forward(&model.params, &tape, &inp, false).unwrap();
+    let whole = ops::gather_rows(&tape, &enc.hidden, &inp.cls_rows).unwrap().to_vec_f32().unwrap();
+    let pruned = model.esm.forward_cls(&model.params, &tape, &inp).unwrap();
+    assert_eq!(pruned.shape(), &[3, model.config().hidden_size]);
+    let e = rel_err(&pruned.to_vec_f32().unwrap(), &whole);
+    assert!(e < 1e-6, "<cls>-only last layer differs from the whole encoder's <cls> rows by {e:.2e}");
 }
 
 #[test]
@@ -173,6 +198,9 @@ fn token_dropout_with_mask_tokens_matches_pytorch() {
     let (logits, loss) = model.forward_loss(&tape, &inp, None).unwrap();
     let e = rel_err(&logits.to_vec_f32().unwrap(), &exp.f32("logits").0);
     check(e, "logits");
+    // Inference runs the last layer for the <cls> rows only: the same logits.
+    let e = rel_err(&model.forward(&Tape::inference(), &inp).unwrap().to_vec_f32().unwrap(), &exp.f32("logits").0);
+    check(e, "logits (inference: the last layer for <cls> only)");
     let e = rel_err(&loss.to_vec_f32().unwrap(), &exp.f32("loss").0);
     check(e, "loss");
     let mut grads = Grads::new();

@@ -134,10 +134,15 @@ impl SequenceClassifier {
         self.labels.len()
     }
 
-    /// Logits `[n_seqs, n_classes]`.
+    /// Logits `[n_seqs, n_classes]`. Inference of a `<cls>`-pooled model on the CPU computes
+    /// the last layer for the `<cls>` rows only ([`Esm2::forward_cls`]).
     pub fn forward(&self, tape: &Tape, inp: &ModelInputs) -> Result<Tensor> {
-        let enc = self.esm.forward(&self.params, tape, inp, false)?;
-        let pooled = self.pooled(tape, inp, &enc.hidden)?;
+        let pooled = if self.pool == Pooling::Cls && !tape.is_recording() && inp.ids.is_cpu() {
+            self.esm.forward_cls(&self.params, tape, inp)?
+        } else {
+            let enc = self.esm.forward(&self.params, tape, inp, false)?;
+            self.pooled(tape, inp, &enc.hidden)?
+        };
         self.head.forward(&self.params, tape, &pooled)
     }
 

@@ -196,6 +196,39 @@ impl Esm2 {
         Ok(EncoderOutput { hidden, attention_probs: probs })
     }
 
+    /// The final hidden state of each sequence's first token (`<cls>`), `[n_seqs, hidden]`:
+    /// the encoder output a `<cls>`-pooled classifier reads, for inference on the CPU. Every
+    /// layer but the last runs as in [`Esm2::forward`]; the last one computes keys and
+    /// values for every token but the query, the attention output, the feed-forward block
+    /// and the final LayerNorm for the `<cls>` rows alone (the other rows' outputs are never
+    /// read). Equals gathering the `<cls>` rows of [`Esm2::forward`]'s output, up to the order
+    /// of fp32 sums.
+    pub fn forward_cls(&self, p: &Params, tape: &Tape, inp: &ModelInputs) -> Result<Tensor> {
+        let Some((last, body)) = self.layers.split_last() else {
+            let x = ops::embedding(tape, &inp.ids, p.get(self.word_embeddings), &inp.row_scale)?;
+            let x = ops::gather_rows(tape, &x, &inp.cls_rows)?;
+            return self.final_ln.forward(p, tape, &x);
+        };
+        let mut x = ops::embedding(tape, &inp.ids, p.get(self.word_embeddings), &inp.row_scale)?;
+        for layer in body {
+            x = self.layer_forward(layer, p, tape, inp, &x, false)?.0;
+        }
+        let heads = self.cfg.num_attention_heads;
+        let h = last.attn_ln.forward(p, tape, &x)?;
+        let k = ops::rotary(tape, &last.key.forward(p, tape, &h)?, &inp.positions, heads, 1.0)?;
+        let v = last.value.forward(p, tape, &h)?;
+        let h_cls = ops::gather_rows(tape, &h, &inp.cls_rows)?;
+        let q_scale = (self.cfg.head_dim() as f64).powf(-0.5);
+        let q = ops::rotary(tape, &last.query.forward(p, tape, &h_cls)?, &cls_positions(inp)?, heads, q_scale)?;
+        let ctx = ops::attention_first_query(tape, &q, &k, &v, &inp.layout, heads, 1.0)?;
+        let x = ops::add(tape, &ops::gather_rows(tape, &x, &inp.cls_rows)?, &last.attn_out.forward(p, tape, &ctx)?)?;
+        let h = last.ffn_ln.forward(p, tape, &x)?;
+        let f = last.ffn_in.forward_no_bias(p, tape, &h)?;
+        let f = ops::bias_gelu(tape, &f, last.ffn_in.bias.map(|b| p.get(b)))?;
+        let x = ops::add(tape, &x, &last.ffn_out.forward(p, tape, &f)?)?;
+        self.final_ln.forward(p, tape, &x)
+    }
+
     /// Layer `i` through [`autograd::checkpoint`]: outputs `[y]` or `[y, probs]`.
     fn layer_checkpointed(
         replay: &Rc<Replay>,
@@ -249,4 +282,11 @@ impl Esm2 {
         let f = layer.ffn_out.forward(p, tape, &f)?;
         Ok((ops::add(tape, &x, &f)?, probs))
     }
+}
+
+/// The position of each sequence's first token (`<cls>`), `[n_seqs]` i32.
+fn cls_positions(inp: &ModelInputs) -> Result<Tensor> {
+    let pos = inp.positions.as_slice::<i32>()?;
+    let rows = inp.cls_rows.as_slice::<i32>()?;
+    Tensor::from_i32(rows.iter().map(|&r| pos[r as usize]).collect(), &[rows.len()], &inp.positions.device())
 }

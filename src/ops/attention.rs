@@ -9,11 +9,55 @@ use anyhow::{bail, Result};
 use super::{grad_slice, with_real};
 use crate::autograd::Tape;
 use crate::backend::cpu::attention::{self as cpu, AttnDims};
+use crate::backend::cpu::attention_bf16 as cpu_bf16;
 use crate::backend::cpu::Real;
 use crate::backend::cuda::attention as cuda;
-use crate::tensor::{ensure_same_shape, Tensor};
+use crate::ops::linear::CpuBf16;
+use crate::tensor::{ensure_same_shape, DType, Tensor};
 
 pub use crate::backend::SeqLayout;
+
+/// The attention output of each sequence's first token (`<cls>`) only, `[n_seqs, heads·d]`,
+/// from its query `q_first: [n_seqs, heads·d]` and every key and value of the packed batch:
+/// the last layer of a `<cls>`-pooled classifier needs nothing more. Inference on the CPU
+/// only (no gradient); with `--precision bf16` the products round as [`attention`]'s do.
+pub fn attention_first_query(
+    tape: &Tape,
+    q_first: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    layout: &SeqLayout,
+    n_heads: usize,
+    scale: f64,
+) -> Result<Tensor> {
+    let (n_seqs, width) = q_first.dims2()?;
+    ensure_same_shape(k, v, "attention k/v")?;
+    let (n, kw) = k.dims2()?;
+    if n != layout.n_tokens() || n_seqs != layout.n_seqs() || kw != width {
+        bail!(
+            "first-query attention: q {:?} and k {:?} do not fit {} sequences of {} tokens",
+            q_first.shape(),
+            k.shape(),
+            layout.n_seqs(),
+            layout.n_tokens()
+        );
+    }
+    if n_heads == 0 || width % n_heads != 0 {
+        bail!("attention: width {width} is not a multiple of {n_heads} heads");
+    }
+    if !q_first.is_cpu() || !k.is_cpu() || !v.is_cpu() || tape.needs_grad(&[q_first, k, v]) {
+        bail!("first-query attention is for inference on the CPU");
+    }
+    let dims = AttnDims { n_heads, head_dim: width / n_heads };
+    let bf16 = q_first.dtype() == DType::F32 && crate::ops::linear::cpu_bf16() != CpuBf16::Off;
+    with_real!(q_first.dtype(), T => {
+        let mut out = vec![T::zero(); n_seqs * width];
+        let (qs, ks, vs) = (q_first.as_slice::<T>()?, k.as_slice::<T>()?, v.as_slice::<T>()?);
+        let round = |x: T| if bf16 { T::from_f64(half::bf16::from_f64(x.to_f64()).to_f64()) } else { x };
+        cpu::forward_first_query(&mut out, qs, ks, vs, &layout.cu, dims, T::from_f64(scale), round);
+        Tensor::from_vec(out, &[n_seqs, width])
+    })
+}
 
 /// Attention output (`[tokens, heads·d]`) and, when asked, the probabilities.
 ///
@@ -46,6 +90,17 @@ pub fn attention(
     let dims = AttnDims { n_heads, head_dim: width / n_heads };
     if !want_probs && !tape.needs_grad(&[q, k, v]) {
         // Inference: nothing reads the probabilities, so none are kept.
+        if q.dtype() == DType::F32
+            && crate::ops::linear::cpu_bf16() != CpuBf16::Off
+            && dims.head_dim % 2 == 0
+            && cpu_bf16::supported()
+        {
+            // `--precision bf16`: both products in bf16, as the linear layers.
+            let mut out = vec![0f32; n * width];
+            let (qs, ks, vs) = (q.as_slice::<f32>()?, k.as_slice::<f32>()?, v.as_slice::<f32>()?);
+            cpu_bf16::forward_inference(&mut out, qs, ks, vs, &layout.cu, dims, scale as f32);
+            return Tensor::from_vec(out, &[n, width]).map(|o| (o, None));
+        }
         return with_real!(q.dtype(), T => {
             let mut out = vec![T::zero(); n * width];
             let (qs, ks, vs) = (q.as_slice::<T>()?, k.as_slice::<T>()?, v.as_slice::<T>()?);

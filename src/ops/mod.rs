@@ -27,7 +27,7 @@ pub mod linear;
 pub mod mean_pool;
 pub mod rotary;
 
-pub use attention::{attention, SeqLayout};
+pub use attention::{attention, attention_first_query, SeqLayout};
 pub use bce::bce_with_logits;
 pub use bias_gelu::bias_gelu;
 pub use cast::cast;

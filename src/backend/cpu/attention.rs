@@ -167,6 +167,53 @@ pub fn forward_inference<T: Real>(out: &mut [T], q: &[T], k: &[T], v: &[T], cu: 
     });
 }
 
+/// Attention output of each sequence's first token only (`<cls>`), for a classifier whose
+/// last layer needs nothing else: `out[s] = softmax(scale·q[s]·Kₛᵀ) Vₛ` per head, where
+/// `q: [n_seqs, heads·d]` holds the first-token queries and `k`, `v: [tokens, heads·d]`
+/// every key and value. Operands pass through `round` (identity in fp32; bf16 rounding for
+/// `--precision bf16`, whose softmax weights are rounded too, as in the full kernel); sums
+/// run in `T`, in key order.
+pub fn forward_first_query<T: Real>(
+    out: &mut [T],
+    q: &[T],
+    k: &[T],
+    v: &[T],
+    cu: &[usize],
+    dims: AttnDims,
+    scale: T,
+    round: impl Fn(T) -> T + Sync,
+) {
+    let (d, w) = (dims.head_dim, dims.width());
+    let n_seqs = cu.len().saturating_sub(1);
+    assert_eq!(q.len(), n_seqs * w, "first-query attention: q is not [n_seqs, width]");
+    assert_eq!(out.len(), q.len(), "first-query attention: out and q differ in size");
+    out.par_chunks_mut(w).zip(q.par_chunks(w)).zip(cu.par_windows(2)).for_each(|((o, qs), span)| {
+        let keys = span[0]..span[1];
+        for h in 0..dims.n_heads {
+            let qh: Vec<T> = qs[h * d..][..d].iter().map(|&x| round(scale * x)).collect();
+            let mut e: Vec<T> = keys
+                .clone()
+                .map(|j| qh.iter().zip(&k[j * w + h * d..][..d]).fold(T::zero(), |a, (&x, &y)| a + x * round(y)))
+                .collect();
+            let m = e.iter().copied().fold(T::neg_infinity(), T::max);
+            let mut sum = T::zero();
+            for x in e.iter_mut() {
+                *x = (*x - m).exp();
+                sum += *x;
+            }
+            let oh = &mut o[h * d..][..d];
+            oh.iter_mut().for_each(|x| *x = T::zero());
+            for (j, &ej) in keys.clone().zip(&e) {
+                let pj = round(ej);
+                for (x, &vj) in oh.iter_mut().zip(&v[j * w + h * d..][..d]) {
+                    *x += pj * round(vj);
+                }
+            }
+            oh.iter_mut().for_each(|x| *x = *x / sum);
+        }
+    });
+}
+
 /// One (sequence, head) of [`forward_inference`].
 struct HeadInference<'a, T> {
     t: Task,
