@@ -67,6 +67,8 @@ def label_of(cmd):
     b = arg(cmd, "--batch-size")
     if arg(cmd, "--pad") == "max_length":
         return f"PyTorch, the seed's way: pad to 512, eager, batch {b}"
+    if "--compile" in cmd and bf16 and arg(cmd, "--device") == "cpu":
+        return f"PyTorch, bf16 autocast, as above with torch.compile, batch {b}"
     if "--compile" in cmd:
         return f"PyTorch, as above with torch.compile, batch {b}"
     if bf16 and arg(cmd, "--device") == "cpu":
@@ -135,10 +137,17 @@ def torch_runs(a, preset, mode, log):
 
 
 def torch_bf16_runs(a, preset, mode, log):
-    """CPU training or inference under bf16 autocast, the careful user's way, at each batch size."""
-    return [torch_run(a, preset, mode, ["--pad", "longest", "--bucket", "--attn", "sdpa", "--batch-size", str(b)], log,
+    """CPU training or inference under bf16 autocast, the careful user's way, at each batch size,
+    then the fastest batch size again with torch.compile."""
+    runs = [torch_run(a, preset, mode, ["--pad", "longest", "--bucket", "--attn", "sdpa", "--batch-size", str(b)], log,
                       cpu_bf16=True)
             for b in a.bf16_batch_sizes]
+    ok = [r for r in runs if "error" not in r]
+    if ok and a.compile:
+        best = max(ok, key=lambda r: r["sequences_per_s"])
+        runs.append(torch_run(a, preset, mode, ["--pad", "longest", "--bucket", "--attn", "sdpa", "--batch-size",
+                                                str(best["batch_size"]), "--compile"], log, cpu_bf16=True))
+    return runs
 
 
 def cpu_has_bf16():
