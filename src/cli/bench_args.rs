@@ -48,7 +48,7 @@ pub struct BenchArgs {
     #[arg(long, default_value_t = 2)]
     pub warmup: usize,
 
-    /// Timed runs of --steps each; the figure reported is their median.
+    /// Timed runs of --steps each, all over the same batches (those after the warm-up); the figure reported is their median.
     #[arg(long, default_value_t = 3)]
     pub repeats: usize,
 

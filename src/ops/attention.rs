@@ -109,11 +109,18 @@ pub fn attention(
         });
     }
     let (_, total) = cpu::prob_offsets(&layout.cu, n_heads);
+    // `train --precision bf16`: the four products (two forward, four backward) in bf16.
+    let bf16 = q.dtype() == DType::F32 && crate::ops::linear::cpu_bf16() == CpuBf16::Training && cpu_bf16::supported();
     with_real!(q.dtype(), T => {
         let mut out = vec![T::zero(); n * width];
         let mut probs = vec![T::zero(); total];
         let sc = T::from_f64(scale);
-        cpu::forward(&mut out, &mut probs, q.as_slice::<T>()?, k.as_slice::<T>()?, v.as_slice::<T>()?, &layout.cu, dims, sc);
+        let (qs, ks, vs) = (q.as_slice::<T>()?, k.as_slice::<T>()?, v.as_slice::<T>()?);
+        if bf16 {
+            cpu_bf16::forward_training(f32s_mut(&mut out), f32s_mut(&mut probs), f32s(qs), f32s(ks), f32s(vs), &layout.cu, dims, scale as f32);
+        } else {
+            cpu::forward(&mut out, &mut probs, qs, ks, vs, &layout.cu, dims, sc);
+        }
         let needs = tape.needs_grad(&[q, k, v]);
         let out = Tensor::from_vec(out, &[n, width])?.with_requires_grad(needs);
         let probs = Tensor::from_vec(probs, &[total])?.with_requires_grad(needs);
@@ -131,20 +138,26 @@ pub fn attention(
                     None => None,
                 };
                 let (mut dq, mut dk, mut dv) = (grads.take_acc(&q)?, grads.take_acc(&k)?, grads.take_acc(&v)?);
-                cpu::backward(
-                    grad_slice::<T>(&mut dq)?,
-                    grad_slice::<T>(&mut dk)?,
-                    grad_slice::<T>(&mut dv)?,
-                    dout,
-                    dprobs,
-                    saved.as_slice::<T>()?,
-                    q.as_slice::<T>()?,
-                    k.as_slice::<T>()?,
-                    v.as_slice::<T>()?,
-                    &cu,
-                    dims,
-                    sc,
-                );
+                let (gq, gk, gv) = (grad_slice::<T>(&mut dq)?, grad_slice::<T>(&mut dk)?, grad_slice::<T>(&mut dv)?);
+                let (p, qs, ks, vs) = (saved.as_slice::<T>()?, q.as_slice::<T>()?, k.as_slice::<T>()?, v.as_slice::<T>()?);
+                if bf16 {
+                    cpu_bf16::backward_training(
+                        f32s_mut(gq),
+                        f32s_mut(gk),
+                        f32s_mut(gv),
+                        dout.map(f32s),
+                        dprobs.map(f32s),
+                        f32s(p),
+                        f32s(qs),
+                        f32s(ks),
+                        f32s(vs),
+                        &cu,
+                        dims,
+                        scale as f32,
+                    );
+                } else {
+                    cpu::backward(gq, gk, gv, dout, dprobs, p, qs, ks, vs, &cu, dims, sc);
+                }
                 grads.put(&q, dq);
                 grads.put(&k, dk);
                 grads.put(&v, dv);
@@ -185,4 +198,19 @@ fn on_cuda(
         });
     }
     Ok((out, want_probs.then_some(probs)))
+}
+
+/// `x` as f32, for the bf16 kernels inside code generic over the float type. Panics unless
+/// `T` is f32 (the callers check the dtype first).
+fn f32s<T: Real>(x: &[T]) -> &[f32] {
+    assert_eq!(std::any::TypeId::of::<T>(), std::any::TypeId::of::<f32>(), "bf16 attention takes f32");
+    // Safety: T is f32 (checked above).
+    unsafe { std::slice::from_raw_parts(x.as_ptr() as *const f32, x.len()) }
+}
+
+/// [`f32s`] for a mutable slice.
+fn f32s_mut<T: Real>(x: &mut [T]) -> &mut [f32] {
+    assert_eq!(std::any::TypeId::of::<T>(), std::any::TypeId::of::<f32>(), "bf16 attention takes f32");
+    // Safety: T is f32 (checked above).
+    unsafe { std::slice::from_raw_parts_mut(x.as_mut_ptr() as *mut f32, x.len()) }
 }

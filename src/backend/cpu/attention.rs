@@ -95,6 +95,22 @@ impl<T: Real> simd::Kernel for SoftmaxRows<'_, T> {
     }
 }
 
+/// Row softmax of a `len × len` block in place, after multiplying by `scale`.
+pub(super) fn softmax_rows<T: Real>(p: &mut [T], len: usize, scale: T) {
+    simd::dispatch(SoftmaxRows { p, len, scale });
+}
+
+/// `dS = P ⊙ (dP − rowsum(dP ⊙ P))` of a `len × len` block, in place over `dP`.
+pub(super) fn softmax_backward_rows<T: Real>(dp: &mut [T], p: &[T], len: usize) {
+    simd::dispatch(SoftmaxBackwardRows { dp, p, len });
+}
+
+/// The (sequence start, length, head, probability offset) of every task, as [`forward`]
+/// and [`backward`] split the work.
+pub(super) fn task_list(cu: &[usize], n_heads: usize) -> Vec<(usize, usize, usize, usize)> {
+    tasks(cu, n_heads).into_iter().map(|t| (t.start, t.len, t.head, t.prob)).collect()
+}
+
 /// `dS = P ⊙ (dP − rowsum(dP ⊙ P))`, in place over `dP`.
 struct SoftmaxBackwardRows<'a, T> {
     dp: &'a mut [T],

@@ -1,5 +1,10 @@
-//! Attention for inference with bf16 products (`--precision bf16` on a CPU with
-//! AVX512-BF16), as PyTorch's CPU autocast runs `scaled_dot_product_attention`: both
+//! Attention with bf16 products (`--precision bf16` on a CPU with AVX512-BF16), as
+//! PyTorch's CPU autocast runs `scaled_dot_product_attention`.
+//!
+//! Training ([`forward_training`], [`backward_training`]) keeps the fp32 probabilities and
+//! runs each (sequence, head)'s products, two forward and four backward, through the linear
+//! layers' bf16 kernels (`matmul_bf16`). Inference ([`forward_inference`]) has its own
+//! kernel, described here, which keeps no probabilities: both
 //! products `S = scale·Q Kᵀ` and `O = P V` multiply bf16-rounded operands with fp32 sums
 //! on `vdpbf16ps`; the softmax runs in fp32 and its unnormalised weights `exp(S − max)`
 //! are rounded to bf16 for the second product, the row sum is taken over the fp32 weights
@@ -21,7 +26,8 @@
 use half::bf16;
 use rayon::prelude::*;
 
-use super::attention::AttnDims;
+use super::attention::{self, AttnDims};
+use super::matmul_bf16::{self, PackedBf16};
 use super::SharedMut;
 
 /// Query rows per block (16 fp32 accumulators of 16 lanes).
@@ -111,6 +117,114 @@ impl HeadView<'_> {
         let at = (self.start + j) * self.width + self.col + 2 * c;
         m[at] as u32 | (m[at + 1] as u32) << 16
     }
+}
+
+/// Training forward with bf16 products (`train --precision bf16`): what
+/// [`super::attention::forward`] computes (`out` and the fp32 probabilities, same layout),
+/// with `S = Q Kᵀ` and `O = P V` on bf16-rounded operands with fp32 sums (the linear
+/// layers' kernels, `matmul_bf16`); the softmax and the kept probabilities stay fp32.
+#[allow(clippy::too_many_arguments)]
+pub fn forward_training(
+    out: &mut [f32],
+    probs: &mut [f32],
+    q: &[f32],
+    k: &[f32],
+    v: &[f32],
+    cu: &[usize],
+    dims: AttnDims,
+    scale: f32,
+) {
+    assert!(supported(), "bf16 attention needs AVX512-BF16");
+    let (d, width) = (dims.head_dim, dims.n_heads * dims.head_dim);
+    let (out_ptr, prob_ptr) = (SharedMut(out.as_mut_ptr()), SharedMut(probs.as_mut_ptr()));
+    attention::task_list(cu, dims.n_heads).par_iter().for_each(|&(start, l, head, prob)| {
+        let (qh, kh, vh) = (
+            head_rows(q, start, l, head, dims),
+            head_rows(k, start, l, head, dims),
+            head_rows(v, start, l, head, dims),
+        );
+        // Safety: each task owns its probability block and its head's columns of its rows.
+        let p = unsafe { std::slice::from_raw_parts_mut(prob_ptr.at(prob), l * l) };
+        p.copy_from_slice(&matmul_bf16::linear(&qh, &PackedBf16::pack(&kh, l, d), &[], l));
+        attention::softmax_rows(p, l, scale);
+        let o = matmul_bf16::linear(p, &PackedBf16::pack_columns(&vh, l, d), &[], l);
+        for (i, row) in o.chunks_exact(d).enumerate() {
+            // Safety: row `start + i`, this head's columns.
+            let dst = unsafe { std::slice::from_raw_parts_mut(out_ptr.at((start + i) * width + head * d), d) };
+            dst.copy_from_slice(row);
+        }
+    });
+}
+
+/// Training backward with bf16 products: what [`super::attention::backward`] computes
+/// (accumulating into `dq`, `dk`, `dv`; an empty one is skipped), with `dP = dO Vᵀ`,
+/// `dV = Pᵀ dO`, `dQ = scale·dS K` and `dK = scale·dSᵀ Q` on bf16-rounded operands with
+/// fp32 sums; the softmax backward runs in fp32 on the kept probabilities.
+#[allow(clippy::too_many_arguments)]
+pub fn backward_training(
+    dq: &mut [f32],
+    dk: &mut [f32],
+    dv: &mut [f32],
+    dout: Option<&[f32]>,
+    dprobs: Option<&[f32]>,
+    probs: &[f32],
+    q: &[f32],
+    k: &[f32],
+    v: &[f32],
+    cu: &[usize],
+    dims: AttnDims,
+    scale: f32,
+) {
+    assert!(supported(), "bf16 attention needs AVX512-BF16");
+    let (d, width) = (dims.head_dim, dims.n_heads * dims.head_dim);
+    let (dq_ptr, dk_ptr, dv_ptr) = (SharedMut(dq.as_mut_ptr()), SharedMut(dk.as_mut_ptr()), SharedMut(dv.as_mut_ptr()));
+    let (want_dq, want_dk, want_dv) = (!dq.is_empty(), !dk.is_empty(), !dv.is_empty());
+    attention::task_list(cu, dims.n_heads).par_iter().for_each(|&(start, l, head, prob)| {
+        let p = &probs[prob..][..l * l];
+        // Adds `scale·g` (`[l, d]`) into this head's columns of `dst`.
+        let add_into = |dst: &SharedMut<f32>, g: &[f32], scale: f32| {
+            for (i, row) in g.chunks_exact(d).enumerate() {
+                // Safety: each task owns its head's columns of its rows in dq, dk, dv.
+                let dst = unsafe { std::slice::from_raw_parts_mut(dst.at((start + i) * width + head * d), d) };
+                dst.iter_mut().zip(row).for_each(|(a, &b)| *a += scale * b);
+            }
+        };
+        let mut dp = match dprobs {
+            Some(g) => g[prob..][..l * l].to_vec(),
+            None => vec![0f32; l * l],
+        };
+        if let Some(dout) = dout {
+            let (doh, vh) = (head_rows(dout, start, l, head, dims), head_rows(v, start, l, head, dims));
+            let dov = matmul_bf16::linear(&doh, &PackedBf16::pack(&vh, l, d), &[], l);
+            dp.iter_mut().zip(&dov).for_each(|(a, &b)| *a += b);
+            if want_dv {
+                let mut g = vec![0f32; l * d];
+                matmul_bf16::linear_backward_weight(&mut g, p, &doh, l, l, d);
+                add_into(&dv_ptr, &g, 1.0);
+            }
+        }
+        attention::softmax_backward_rows(&mut dp, p, l);
+        if want_dq {
+            let mut g = vec![0f32; l * d];
+            matmul_bf16::linear_backward_input(&mut g, &dp, &head_rows(k, start, l, head, dims), l, l, d);
+            add_into(&dq_ptr, &g, scale);
+        }
+        if want_dk {
+            let mut g = vec![0f32; l * d];
+            matmul_bf16::linear_backward_weight(&mut g, &dp, &head_rows(q, start, l, head, dims), l, l, d);
+            add_into(&dk_ptr, &g, scale);
+        }
+    });
+}
+
+/// One head's `[l, d]` block of a `[tokens, heads·d]` matrix, copied contiguous.
+fn head_rows(m: &[f32], start: usize, l: usize, head: usize, dims: AttnDims) -> Vec<f32> {
+    let (d, width) = (dims.head_dim, dims.n_heads * dims.head_dim);
+    let mut out = Vec::with_capacity(l * d);
+    for t in start..start + l {
+        out.extend_from_slice(&m[t * width + head * d..][..d]);
+    }
+    out
 }
 
 /// The scalar twin of [`forward_inference`]: bf16(scale·q)·bf16(k) summed in f64, the
@@ -380,6 +494,70 @@ mod tests {
         let den: f64 = want.iter().map(|r| (*r as f64).powi(2)).sum();
         let rel = (num / den).sqrt();
         assert!(rel < 2e-2 && rel > 1e-5, "relative error {rel:e} (bf16 rounds at 2⁻⁹)");
+    }
+}
+
+#[cfg(test)]
+mod training_tests {
+    use super::*;
+    use crate::backend::cpu::attention as fp32;
+
+    fn random(len: usize, seed: u64) -> Vec<f32> {
+        super::super::test_values(len, seed).into_iter().map(|v| (2.0 * v) as f32).collect()
+    }
+
+    /// ‖a − b‖ / ‖b‖.
+    fn rel(a: &[f32], b: &[f32]) -> f64 {
+        let num: f64 = a.iter().zip(b).map(|(x, y)| ((x - y) as f64).powi(2)).sum();
+        let den: f64 = b.iter().map(|y| (*y as f64).powi(2)).sum();
+        (num / den).sqrt()
+    }
+
+    /// The training forward (output and kept probabilities) and backward (dq, dk, dv
+    /// accumulated onto existing values, with and without a gradient into the
+    /// probabilities) against the fp32 kernels: within bf16's rounding (8 significant bits),
+    /// and not equal (the bf16 products ran). Ragged sequences, ESM-2's head widths and an
+    /// odd one.
+    #[test]
+    fn training_attention_stays_within_bf16_rounding_of_fp32() {
+        if !supported() {
+            eprintln!("skipped: this CPU has no AVX512-BF16");
+            return;
+        }
+        let cu = [0usize, 1, 18, 57, 140];
+        let n = cu[cu.len() - 1];
+        for &(heads, d) in &[(2usize, 16usize), (3, 24), (1, 64), (2, 5)] {
+            let dims = AttnDims { n_heads: heads, head_dim: d };
+            let w = heads * d;
+            let (q, k, v) = (random(n * w, 31), random(n * w, 32), random(n * w, 33));
+            let (_, total) = fp32::prob_offsets(&cu, heads);
+            let (mut out, mut probs) = (vec![0f32; n * w], vec![0f32; total]);
+            forward_training(&mut out, &mut probs, &q, &k, &v, &cu, dims, 0.6);
+            let (mut out32, mut probs32) = (vec![0f32; n * w], vec![0f32; total]);
+            fp32::forward(&mut out32, &mut probs32, &q, &k, &v, &cu, dims, 0.6);
+            for (what, got, want) in [("out", &out, &out32), ("probs", &probs, &probs32)] {
+                let e = rel(got, want);
+                assert!(e < 2e-2 && e > 1e-6, "heads {heads} d {d} {what}: relative error {e:.2e}");
+            }
+            let dout = random(n * w, 34);
+            let dprobs = random(total, 35);
+            for with_dprobs in [false, true] {
+                let start = (random(n * w, 36), random(n * w, 37), random(n * w, 38));
+                let (mut dq, mut dk, mut dv) = start.clone();
+                let dp = with_dprobs.then_some(&dprobs[..]);
+                backward_training(&mut dq, &mut dk, &mut dv, Some(&dout), dp, &probs32, &q, &k, &v, &cu, dims, 0.6);
+                let (mut dq32, mut dk32, mut dv32) = start.clone();
+                fp32::backward(&mut dq32, &mut dk32, &mut dv32, Some(&dout), dp, &probs32, &q, &k, &v, &cu, dims, 0.6);
+                let sub = |a: &[f32], b: &[f32]| a.iter().zip(b).map(|(x, y)| x - y).collect::<Vec<f32>>();
+                for (what, got, want, s) in
+                    [("dq", &dq, &dq32, &start.0), ("dk", &dk, &dk32, &start.1), ("dv", &dv, &dv32, &start.2)]
+                {
+                    // The added gradient, so that the start values do not hide its error.
+                    let e = rel(&sub(got, s), &sub(want, s));
+                    assert!(e < 3e-2 && e > 1e-6, "heads {heads} d {d} {what} (dprobs {with_dprobs}): {e:.2e}");
+                }
+            }
+        }
     }
 }
 

@@ -301,18 +301,33 @@ mod x86 {
         full * 16
     }
 
-    /// Round 32 floats at a time to bf16 pairs; returns how many pairs it wrote.
+    /// Round `src` to bf16 pairs, 32 floats at a time and the rest through masks (an odd
+    /// length leaves a zero in the last pair's high half); returns how many pairs it wrote.
     #[target_feature(enable = "avx512f,avx512bf16")]
     pub(super) unsafe fn pack_row(dst: &mut [u32], src: &[f32]) -> usize {
-        let full = (src.len() / 32).min(dst.len() / 16);
-        for i in 0..full {
-            let lo = _mm512_loadu_ps(src.as_ptr().add(32 * i));
-            let hi = _mm512_loadu_ps(src.as_ptr().add(32 * i + 16));
+        let pairs = src.len().div_ceil(2).min(dst.len());
+        let mut i = 0;
+        while 2 * i < 2 * pairs {
+            // Floats left from 32·(i/16): masks for the low and high 16.
+            let left = src.len() - 2 * i;
+            let mask = |from: usize| -> __mmask16 {
+                let n = left.saturating_sub(from).min(16);
+                if n == 16 {
+                    0xffff
+                } else {
+                    ((1u32 << n) - 1) as __mmask16
+                }
+            };
+            let lo = _mm512_maskz_loadu_ps(mask(0), src.as_ptr().add(2 * i));
+            let hi = _mm512_maskz_loadu_ps(mask(16), src.as_ptr().wrapping_add(2 * i + 16));
             // The second operand fills the low 16 bf16 lanes, in order.
-            let v = _mm512_cvtne2ps_pbh(hi, lo);
-            _mm512_storeu_si512(dst.as_mut_ptr().add(16 * i) as *mut _, std::mem::transmute::<__m512bh, __m512i>(v));
+            let v = std::mem::transmute::<__m512bh, __m512i>(_mm512_cvtne2ps_pbh(hi, lo));
+            let words = (pairs - i).min(16);
+            let wmask = if words == 16 { 0xffff } else { ((1u32 << words) - 1) as __mmask16 };
+            _mm512_mask_storeu_epi32(dst.as_mut_ptr().add(i) as *mut _, wmask, v);
+            i += 16;
         }
-        full * 16
+        pairs
     }
 
     /// All of one row block: K blocks outermost, then panels, then micro-tiles. `c` is

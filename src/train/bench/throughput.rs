@@ -260,8 +260,9 @@ pub fn bench_throughput(cfg: &BenchConfig) -> Result<BenchResult> {
     // fp16 trains with dynamic loss scaling, as `train` does.
     let mut scaler = if dtype == DType::F16 { LossScaler::new() } else { LossScaler::disabled() };
     let mut step = 0usize;
-    let mut one_batch = |totals: &mut RunTotals| -> Result<()> {
-        let batch = &plan[step % plan.len()];
+    // Batch `i` of the plan (cycling); `step` counts the optimizer steps taken.
+    let mut one_batch = |i: usize, totals: &mut RunTotals| -> Result<()> {
+        let batch = &plan[i % plan.len()];
         step += 1;
         let t = Instant::now();
         let labels = |r: usize| (cfg.mode == BenchMode::Train).then_some(r as u32 % n_classes);
@@ -292,15 +293,18 @@ pub fn bench_throughput(cfg: &BenchConfig) -> Result<BenchResult> {
         Ok(())
     };
     let mut warm = RunTotals::default();
-    for _ in 0..cfg.warmup {
-        one_batch(&mut warm)?;
+    for i in 0..cfg.warmup {
+        one_batch(i, &mut warm)?;
     }
+    // Every run times the same batches (those after the warm-up), so the runs differ only
+    // in the machine's noise and their median is the figure (different batches would mix
+    // in the spread of protein lengths).
     let mut runs = Vec::with_capacity(cfg.repeats.max(1));
     for _ in 0..cfg.repeats.max(1) {
         let mut totals = RunTotals::default();
         let t0 = Instant::now();
-        for _ in 0..cfg.steps.max(1) {
-            one_batch(&mut totals)?;
+        for i in 0..cfg.steps.max(1) {
+            one_batch(cfg.warmup + i, &mut totals)?;
         }
         totals.seconds = t0.elapsed().as_secs_f64().max(1e-9);
         runs.push(totals);
