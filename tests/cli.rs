@@ -272,6 +272,40 @@ fn bench_reports_inference_with_phases_and_model_flop_utilisation() {
     let timed_mean = r["mean_tokens_per_sequence"].as_f64().unwrap();
     eprintln!("timed batches: {timed_mean:.1} tokens/sequence; set {set_mean:.1}; shortest fifth {shortest_mean:.1}");
     assert!(timed_mean > shortest_mean && timed_mean > 0.5 * set_mean, "{timed_mean} vs {set_mean}");
+    assert_eq!(r["pool"], "cls", "{json}");
+
+    // `--pool mean` times the whole encoder; the same batches.
+    let (ok, out, err) = qf(&[
+        "bench",
+        "--mode",
+        "infer",
+        "--preset",
+        "esm2_tiny",
+        "--classes",
+        "20",
+        "--max-tokens",
+        "512",
+        "--max-len",
+        "256",
+        "--steps",
+        "2",
+        "--warmup",
+        "1",
+        "--repeats",
+        "1",
+        "--device",
+        "cpu",
+        "--threads",
+        "1",
+        "--pool",
+        "mean",
+    ]);
+    assert!(ok, "bench --pool mean failed: {err}");
+    let json = out.lines().find(|l| l.starts_with('{')).unwrap_or_else(|| panic!("no JSON line in {out}"));
+    let m: serde_json::Value = serde_json::from_str(json).unwrap();
+    assert_eq!(m["pool"], "mean", "{json}");
+    assert!(out.contains("mean pooling"), "{out}");
+    assert_eq!(m["mean_tokens_per_sequence"], r["mean_tokens_per_sequence"], "the same batches are timed");
 }
 
 #[test]
@@ -532,7 +566,7 @@ fn the_demo_trains_in_bf16_on_a_cpu_that_has_it() {
     assert!(ok, "bf16 demo failed: {err}");
     let log = std::fs::read_to_string(out.join("metrics.jsonl")).unwrap();
     let start: serde_json::Value = serde_json::from_str(log.lines().next().unwrap()).unwrap();
-    assert_eq!(start["dtype"], "bf16 (linear layers; fp32 sums and elsewhere)", "{start}");
+    assert_eq!(start["dtype"], "bf16 (linear layers and attention; fp32 sums and elsewhere)", "{start}");
     let losses: Vec<f64> = log
         .lines()
         .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())

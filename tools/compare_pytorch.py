@@ -234,11 +234,14 @@ def render(a, results, measured_at):
         f"by `python tools/compare_pytorch.py --device {a.device} --threads {a.threads}` "
         f"(random weights, {a.classes}-class head, Pfam training rows of `{data}`, "
         f"{'fp32, and bf16 where marked' if a.device == 'cpu' else 'bf16'}). Real tokens are residues plus "
-        "`<cls>`/`<eos>`; padding is not counted. qf-engine's figure is the median of 3 runs; PyTorch's one "
-        "timed run after 2 warm-up steps. CPU bf16: the linear layers multiply bf16 operands with fp32 "
-        "sums on both sides (PyTorch's CPU autocast through oneDNN, which also runs attention's products in "
-        "bf16; qf-engine's `--precision bf16`); the rest stays fp32 in qf-engine, and training keeps fp32 "
-        "weights, gradients and optimizer state on both sides. Each section says when its runs were measured.",
+        "`<cls>`/`<eos>`; padding is not counted. qf-engine's figure is the median of 3 runs of the same "
+        "batches; PyTorch's one timed run after 2 warm-up steps. CPU bf16: the linear layers and attention's "
+        "products multiply bf16 operands with fp32 sums on both sides (PyTorch's CPU autocast through oneDNN "
+        "and its CPU flash attention; qf-engine's `--precision bf16`); LayerNorm, GELU and the softmax stay "
+        "fp32 in qf-engine, and training keeps fp32 weights, gradients and optimizer state on both sides. "
+        "qf-engine's inference is its `predict` path: a `<cls>`-pooled classifier computes its last layer for "
+        "the `<cls>` rows only (the logits are the same); the model FLOP utilisation counts the whole model. "
+        "Each section says when its runs were measured.",
         "",
         f"For reference, {SEED_FIGURES} (padded to 512, fp32).",
     ]

@@ -60,6 +60,12 @@ pub struct BenchArgs {
     #[arg(long, default_value = "none", value_name = "none|layer")]
     pub recompute: String,
 
+    /// Pooling of the classifier: cls (the `<cls>` vector; CPU inference then computes the
+    /// last layer for the `<cls>` rows only) or mean (every token's final state, the whole
+    /// encoder's work, as an embedding run or an MLM forward needs).
+    #[arg(long, default_value = "cls", value_name = "cls|mean")]
+    pub pool: String,
+
     /// Report the largest token budget whose training step fits --memory-limit, instead
     /// of throughput: peaks measured at two budgets of full-length (--max-len) sequences
     /// and fitted linearly, beside the memory planner's answer.
@@ -129,6 +135,7 @@ pub fn run(args: BenchArgs) -> Result<()> {
         precision: args.device.precision.parse()?,
         optimizer: args.optimizer.parse()?,
         recompute: args.recompute.parse()?,
+        pool: args.pool.parse()?,
         lora: args.lora_config()?,
         seed: 7,
     };
@@ -147,9 +154,10 @@ fn print_table(r: &BenchResult) {
         "{} {} on {} ({}), {mode}: {:.1} sequences/s, {:.0} tokens/s, {:.0} ms/step, {:.0} tokens/sequence, peak memory {}",
         r.preset,
         format_args!(
-            "({:.1} M parameters, {} classes{})",
+            "({:.1} M parameters, {} classes, {} pooling{})",
             r.parameters as f64 / 1e6,
             r.n_classes,
+            r.pool,
             lora_note(&r.lora, r.trainable_parameters)
         ),
         r.device,

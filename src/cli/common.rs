@@ -51,10 +51,11 @@ pub struct DeviceArgs {
     pub device: String,
 
     /// auto (fp32 on CPU, bf16 on GPU), fp32, fp16 (dynamic loss scaling; GPU only), bf16.
-    /// On a CPU with AVX512-BF16, bf16 runs the linear layers' products (and in training
-    /// their two backward products) on bf16-rounded operands with fp32 sums, as PyTorch's
-    /// CPU autocast does; activations, weights, gradients and optimizer state stay fp32
-    /// (see the README's Performance notes for speed and accuracy).
+    /// On a CPU with AVX512-BF16, bf16 runs the products of the linear layers and of
+    /// attention (and in training their backward products) on bf16-rounded operands with
+    /// fp32 sums, as PyTorch's CPU autocast does; activations, the softmax, weights,
+    /// gradients and optimizer state stay fp32 (see the README's Performance notes for
+    /// speed and accuracy).
     #[arg(long, default_value = "auto")]
     pub precision: String,
 

@@ -92,7 +92,7 @@ pub fn open(choice: &DeviceChoice, precision: Precision) -> Result<(Device, DTyp
 /// bf16 products on, those.
 pub fn compute_label(device: &Device, dtype: DType) -> String {
     if device.is_cpu() && crate::ops::linear::cpu_bf16() != CpuBf16::Off {
-        "bf16 (linear layers; fp32 sums and elsewhere)".into()
+        "bf16 (linear layers and attention; fp32 sums and elsewhere)".into()
     } else {
         dtype.name().into()
     }

@@ -420,11 +420,13 @@ mod tests {
 mod speed {
     use super::*;
 
-    /// `cargo test --release --lib attention::speed -- --ignored --nocapture`
+    /// `cargo test --release --lib attention::speed -- --ignored --nocapture`: the fp32
+    /// inference kernel, the probability-keeping forward and, on AVX512-BF16, the bf16
+    /// inference kernel (`attention_bf16`), with their rates over `4·L²·d` FLOPs a head.
     #[test]
     #[ignore]
     fn print_inference_attention_rate() {
-        for &(heads, d, l) in &[(20usize, 16usize, 160usize), (20, 24, 160), (20, 16, 500)] {
+        for &(heads, d, l) in &[(20usize, 16usize, 160usize), (20, 24, 160), (20, 16, 500), (20, 24, 500)] {
             let n_seq = 4096 / l;
             let cu: Vec<usize> = (0..=n_seq).map(|s| s * l).collect();
             let n = cu[n_seq];
@@ -440,14 +442,25 @@ mod speed {
                 }
                 t.elapsed().as_secs_f64() / 5.0 * 1e3
             };
+            let rate = |ms: f64| 4.0 * (n_seq * heads * l * l * d) as f64 / ms / 1e6;
             let (_, total) = prob_offsets(&cu, heads);
             let fused = time(&mut || forward_inference(&mut out, &x, &x, &x, &cu, dims, 0.25));
             let general = time(&mut || {
                 let mut probs = vec![0f32; total];
                 forward(&mut out, &mut probs, &x, &x, &x, &cu, dims, 0.25)
             });
+            let bf16 = if super::super::attention_bf16::supported() {
+                let ms = time(&mut || {
+                    super::super::attention_bf16::forward_inference(&mut out, &x, &x, &x, &cu, dims, 0.25)
+                });
+                format!(", bf16 inference kernel {ms:.1} ms ({:.0} GFLOP/s)", rate(ms))
+            } else {
+                String::new()
+            };
             println!(
-                "heads {heads} d {d} L {l}: inference kernel {fused:.1} ms, forward with probabilities {general:.1} ms"
+                "heads {heads} d {d} L {l}: inference kernel {fused:.1} ms ({:.0} GFLOP/s), forward with probabilities \
+                 {general:.1} ms{bf16}",
+                rate(fused)
             );
         }
     }

@@ -560,39 +560,3 @@ mod training_tests {
         }
     }
 }
-
-#[cfg(test)]
-mod speed {
-    use super::*;
-
-    /// `cargo test --release --lib attention_bf16::speed -- --ignored --nocapture`
-    #[test]
-    #[ignore]
-    fn print_bf16_inference_attention_rate() {
-        for &(heads, d, l) in &[(20usize, 16usize, 160usize), (20, 24, 160), (20, 16, 500), (20, 24, 500)] {
-            let n_seq = 4096 / l;
-            let cu: Vec<usize> = (0..=n_seq).map(|s| s * l).collect();
-            let n = cu[n_seq];
-            let w = heads * d;
-            let x: Vec<f32> = (0..n * w).map(|i| ((i * 7919 % 1000) as f32 - 500.0) * 1e-3).collect();
-            let dims = AttnDims { n_heads: heads, head_dim: d };
-            let mut out = vec![0f32; n * w];
-            let time = |f: &mut dyn FnMut()| {
-                f();
-                let t = std::time::Instant::now();
-                for _ in 0..5 {
-                    f();
-                }
-                t.elapsed().as_secs_f64() / 5.0 * 1e3
-            };
-            let bf = time(&mut || forward_inference(&mut out, &x, &x, &x, &cu, dims, 0.25));
-            let fp = time(&mut || super::super::attention::forward_inference(&mut out, &x, &x, &x, &cu, dims, 0.25));
-            let flops = 4.0 * (n_seq * heads * l * l * d) as f64;
-            println!(
-                "heads {heads} d {d} L {l}: bf16 {bf:.1} ms ({:.0} GFLOP/s), fp32 {fp:.1} ms ({:.0} GFLOP/s)",
-                flops / bf / 1e6,
-                flops / fp / 1e6
-            );
-        }
-    }
-}

@@ -17,7 +17,7 @@ use crate::data::dataset::LabelledSet;
 use crate::data::pfam::read_pfam_split;
 use crate::model::esm2::Recompute;
 use crate::model::lora::LoraConfig;
-use crate::model::{EsmConfig, ModelInputs, SequenceClassifier};
+use crate::model::{EsmConfig, ModelInputs, Pooling, SequenceClassifier};
 use crate::optim::{LossScaler, OptimConfig, Optimizer, OptimizerKind};
 use crate::tensor::{DType, Device, Tensor};
 use crate::train::device::{self, DeviceChoice, Precision};
@@ -68,6 +68,8 @@ pub struct BenchConfig {
     pub precision: Precision,
     pub optimizer: OptimizerKind,
     pub recompute: Recompute,
+    /// The classifier's pooling.
+    pub pool: Pooling,
     /// Train LoRA adapters (and the head) on a frozen encoder instead of every weight.
     pub lora: Option<LoraConfig>,
     pub seed: u64,
@@ -84,6 +86,8 @@ pub struct BenchResult {
     pub trainable_parameters: usize,
     /// `r=8 alpha=8 dropout=0.05 on query,value` when LoRA adapters are trained.
     pub lora: Option<String>,
+    /// The classifier's pooling (`cls` or `mean`).
+    pub pool: String,
     pub n_classes: usize,
     pub max_tokens: usize,
     pub steps: usize,
@@ -240,6 +244,7 @@ pub fn bench_throughput(cfg: &BenchConfig) -> Result<BenchResult> {
     let set = sequences(cfg)?;
     let ecfg = EsmConfig::preset(&cfg.preset)?;
     let mut model = bench_model(&ecfg, cfg.n_classes, cfg.lora.as_ref(), cfg.recompute, &device, cfg.seed)?;
+    model.pool = cfg.pool;
     let (params, trainable) = model.params.counts();
     let rows: Vec<usize> = (0..set.len()).collect();
     let max_tokens = cfg.max_tokens.unwrap_or_else(|| match cfg.mode {
@@ -332,6 +337,7 @@ pub fn bench_throughput(cfg: &BenchConfig) -> Result<BenchResult> {
         parameters: params,
         trainable_parameters: trainable,
         lora: cfg.lora.as_ref().map(describe_lora),
+        pool: cfg.pool.to_string(),
         n_classes: cfg.n_classes,
         max_tokens,
         steps: cfg.steps.max(1),
