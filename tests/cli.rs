@@ -217,9 +217,9 @@ fn bench_trains_lora_adapters_on_a_frozen_encoder() {
     assert!(out.contains("LoRA r=4 alpha=8 dropout=0.05 on query,value,ffn_in"), "{out}");
 }
 
-#[test]
-fn bench_reports_inference_with_phases_and_model_flop_utilisation() {
-    let (ok, out, err) = qf(&[
+/// `bench --mode infer` of `esm2_tiny` on the built-in demo set, small and single-threaded.
+fn tiny_inference_bench(extra: &[&str]) -> (bool, String, String) {
+    let mut args = vec![
         "bench",
         "--mode",
         "infer",
@@ -235,13 +235,18 @@ fn bench_reports_inference_with_phases_and_model_flop_utilisation() {
         "2",
         "--warmup",
         "1",
-        "--repeats",
-        "3",
         "--device",
         "cpu",
         "--threads",
         "1",
-    ]);
+    ];
+    args.extend_from_slice(extra);
+    qf(&args)
+}
+
+#[test]
+fn bench_reports_inference_with_phases_and_model_flop_utilisation() {
+    let (ok, out, err) = tiny_inference_bench(&["--repeats", "3"]);
     assert!(ok, "bench --mode infer failed: {err}");
     let json = out.lines().find(|l| l.starts_with('{')).unwrap_or_else(|| panic!("no JSON line in {out}"));
     let r: serde_json::Value = serde_json::from_str(json).unwrap();
@@ -275,31 +280,7 @@ fn bench_reports_inference_with_phases_and_model_flop_utilisation() {
     assert_eq!(r["pool"], "cls", "{json}");
 
     // `--pool mean` times the whole encoder; the same batches.
-    let (ok, out, err) = qf(&[
-        "bench",
-        "--mode",
-        "infer",
-        "--preset",
-        "esm2_tiny",
-        "--classes",
-        "20",
-        "--max-tokens",
-        "512",
-        "--max-len",
-        "256",
-        "--steps",
-        "2",
-        "--warmup",
-        "1",
-        "--repeats",
-        "1",
-        "--device",
-        "cpu",
-        "--threads",
-        "1",
-        "--pool",
-        "mean",
-    ]);
+    let (ok, out, err) = tiny_inference_bench(&["--repeats", "1", "--pool", "mean"]);
     assert!(ok, "bench --pool mean failed: {err}");
     let json = out.lines().find(|l| l.starts_with('{')).unwrap_or_else(|| panic!("no JSON line in {out}"));
     let m: serde_json::Value = serde_json::from_str(json).unwrap();
