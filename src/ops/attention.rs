@@ -49,7 +49,7 @@ pub fn attention_first_query(
         bail!("first-query attention is for inference on the CPU");
     }
     let dims = AttnDims { n_heads, head_dim: width / n_heads };
-    let bf16 = q_first.dtype() == DType::F32 && crate::ops::linear::cpu_bf16() != CpuBf16::Off;
+    let bf16 = uses_bf16(q_first.dtype(), dims, CpuBf16::Inference);
     with_real!(q_first.dtype(), T => {
         let mut out = vec![T::zero(); n_seqs * width];
         let (qs, ks, vs) = (q_first.as_slice::<T>()?, k.as_slice::<T>()?, v.as_slice::<T>()?);
@@ -90,11 +90,7 @@ pub fn attention(
     let dims = AttnDims { n_heads, head_dim: width / n_heads };
     if !want_probs && !tape.needs_grad(&[q, k, v]) {
         // Inference: nothing reads the probabilities, so none are kept.
-        if q.dtype() == DType::F32
-            && crate::ops::linear::cpu_bf16() != CpuBf16::Off
-            && dims.head_dim % 2 == 0
-            && cpu_bf16::supported()
-        {
+        if uses_bf16(q.dtype(), dims, CpuBf16::Inference) {
             // `--precision bf16`: both products in bf16, as the linear layers.
             let mut out = vec![0f32; n * width];
             let (qs, ks, vs) = (q.as_slice::<f32>()?, k.as_slice::<f32>()?, v.as_slice::<f32>()?);
@@ -110,7 +106,7 @@ pub fn attention(
     }
     let (_, total) = cpu::prob_offsets(&layout.cu, n_heads);
     // `train --precision bf16`: the four products (two forward, four backward) in bf16.
-    let bf16 = q.dtype() == DType::F32 && crate::ops::linear::cpu_bf16() == CpuBf16::Training && cpu_bf16::supported();
+    let bf16 = uses_bf16(q.dtype(), dims, CpuBf16::Training);
     with_real!(q.dtype(), T => {
         let mut out = vec![T::zero(); n * width];
         let mut probs = vec![T::zero(); total];
@@ -213,4 +209,18 @@ fn f32s_mut<T: Real>(x: &mut [T]) -> &mut [f32] {
     assert_eq!(std::any::TypeId::of::<T>(), std::any::TypeId::of::<f32>(), "bf16 attention takes f32");
     // Safety: T is f32 (checked above).
     unsafe { std::slice::from_raw_parts_mut(x.as_mut_ptr() as *mut f32, x.len()) }
+}
+
+/// Whether CPU attention multiplies in bf16 (`--precision bf16`): f32 operands, the bf16
+/// kernels available and an even head width (bf16 pairs never straddle two heads), and
+/// the mode asked for set; `Inference` (no gradient) runs in bf16 in either bf16 mode,
+/// a recorded `Training` forward only in training mode (an inference run's recording
+/// tape stays exact fp32, as the linear layers do).
+fn uses_bf16(dtype: DType, dims: AttnDims, needed: CpuBf16) -> bool {
+    let mode = crate::ops::linear::cpu_bf16();
+    let on = match needed {
+        CpuBf16::Training => mode == CpuBf16::Training,
+        _ => mode != CpuBf16::Off,
+    };
+    on && dtype == DType::F32 && dims.head_dim % 2 == 0 && cpu_bf16::supported()
 }
