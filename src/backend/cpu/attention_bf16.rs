@@ -139,19 +139,18 @@ pub fn forward_training(
     let (out_ptr, prob_ptr) = (SharedMut(out.as_mut_ptr()), SharedMut(probs.as_mut_ptr()));
     attention::task_list(cu, dims.n_heads).par_iter().for_each(|&(start, l, head, prob)| {
         let (qh, kh, vh) = (
-            head_rows(q, start, l, head, dims),
-            head_rows(k, start, l, head, dims),
-            head_rows(v, start, l, head, dims),
+            head_rows(q, start, l, head, dims, 1.0),
+            head_rows(k, start, l, head, dims, 1.0),
+            head_rows(v, start, l, head, dims, 1.0),
         );
-        // Safety: each task owns its probability block and its head's columns of its rows.
-        let p = unsafe { std::slice::from_raw_parts_mut(prob_ptr.at(prob), l * l) };
-        p.copy_from_slice(&matmul_bf16::linear(&qh, &PackedBf16::pack(&kh, l, d), &[], l));
-        attention::softmax_rows(p, l, scale);
-        let o = matmul_bf16::linear(p, &PackedBf16::pack_columns(&vh, l, d), &[], l);
-        for (i, row) in o.chunks_exact(d).enumerate() {
-            // Safety: row `start + i`, this head's columns.
-            let dst = unsafe { std::slice::from_raw_parts_mut(out_ptr.at((start + i) * width + head * d), d) };
-            dst.copy_from_slice(row);
+        // Safety (both products): each task owns its probability block and its head's
+        // columns of its rows of `out`; neither is initialised before (no accumulate).
+        unsafe {
+            matmul_bf16::product_at(prob_ptr.at(prob), l, &qh, l, &PackedBf16::pack(&kh, l, d), false);
+            let p = std::slice::from_raw_parts_mut(prob_ptr.at(prob), l * l);
+            attention::softmax_rows(p, l, scale);
+            let o = out_ptr.at(start * width + head * d);
+            matmul_bf16::product_at(o, width, p, l, &PackedBf16::pack_columns(&vh, l, d), false);
         }
     });
 }
@@ -181,52 +180,49 @@ pub fn backward_training(
     let (want_dq, want_dk, want_dv) = (!dq.is_empty(), !dk.is_empty(), !dv.is_empty());
     attention::task_list(cu, dims.n_heads).par_iter().for_each(|&(start, l, head, prob)| {
         let p = &probs[prob..][..l * l];
-        // Adds `scale·g` (`[l, d]`) into this head's columns of `dst`.
-        let add_into = |dst: &SharedMut<f32>, g: &[f32], scale: f32| {
-            for (i, row) in g.chunks_exact(d).enumerate() {
-                // Safety: each task owns its head's columns of its rows in dq, dk, dv.
-                let dst = unsafe { std::slice::from_raw_parts_mut(dst.at((start + i) * width + head * d), d) };
-                dst.iter_mut().zip(row).for_each(|(a, &b)| *a += scale * b);
-            }
-        };
+        let at = head * d + start * width; // this head's first element in dq, dk, dv
+                                           // dP = dO Vᵀ (+ the probabilities' own gradient), then dV += Pᵀ dO.
         let mut dp = match dprobs {
             Some(g) => g[prob..][..l * l].to_vec(),
+            None if dout.is_some() => Vec::with_capacity(l * l),
             None => vec![0f32; l * l],
         };
         if let Some(dout) = dout {
-            let (doh, vh) = (head_rows(dout, start, l, head, dims), head_rows(v, start, l, head, dims));
-            let dov = matmul_bf16::linear(&doh, &PackedBf16::pack(&vh, l, d), &[], l);
-            dp.iter_mut().zip(&dov).for_each(|(a, &b)| *a += b);
-            if want_dv {
-                let mut g = vec![0f32; l * d];
-                matmul_bf16::linear_backward_weight(&mut g, p, &doh, l, l, d);
-                add_into(&dv_ptr, &g, 1.0);
+            let (doh, vh) = (head_rows(dout, start, l, head, dims, 1.0), head_rows(v, start, l, head, dims, 1.0));
+            // Safety: `dp` has room for l·l floats, initialised when `dprobs` filled it;
+            // each task owns its head's columns of its rows in dv.
+            unsafe {
+                matmul_bf16::product_at(dp.as_mut_ptr(), l, &doh, l, &PackedBf16::pack(&vh, l, d), dprobs.is_some());
+                dp.set_len(l * l);
+                if want_dv {
+                    let dos = PackedBf16::pack_columns(&doh, l, d);
+                    matmul_bf16::transposed_product_at(dv_ptr.at(at), width, p, l, &dos, true);
+                }
             }
         }
         attention::softmax_backward_rows(&mut dp, p, l);
+        // dQ += scale·dS K and dK += scale·dSᵀ Q, the scale folded into K and Q.
+        // Safety: each task owns its head's columns of its rows in dq and dk.
         if want_dq {
-            let mut g = vec![0f32; l * d];
-            matmul_bf16::linear_backward_input(&mut g, &dp, &head_rows(k, start, l, head, dims), l, l, d);
-            add_into(&dq_ptr, &g, scale);
+            let ks = PackedBf16::pack_columns(&head_rows(k, start, l, head, dims, scale), l, d);
+            unsafe { matmul_bf16::product_at(dq_ptr.at(at), width, &dp, l, &ks, true) };
         }
         if want_dk {
-            let mut g = vec![0f32; l * d];
-            matmul_bf16::linear_backward_weight(&mut g, &dp, &head_rows(q, start, l, head, dims), l, l, d);
-            add_into(&dk_ptr, &g, scale);
+            let qs = PackedBf16::pack_columns(&head_rows(q, start, l, head, dims, scale), l, d);
+            unsafe { matmul_bf16::transposed_product_at(dk_ptr.at(at), width, &dp, l, &qs, true) };
         }
     });
 }
 
-/// One head's `[l, d]` block of a `[tokens, heads·d]` matrix, copied contiguous.
-fn head_rows(m: &[f32], start: usize, l: usize, head: usize, dims: AttnDims) -> Vec<f32> {
+/// One head's `[l, d]` block of a `[tokens, heads·d]` matrix times `scale`, contiguous.
+fn head_rows(m: &[f32], start: usize, l: usize, head: usize, dims: AttnDims, scale: f32) -> Vec<f32> {
     let (d, width) = (dims.head_dim, dims.n_heads * dims.head_dim);
     let mut out = Vec::with_capacity(l * d);
     for t in start..start + l {
-        out.extend_from_slice(&m[t * width + head * d..][..d]);
+        out.extend(m[t * width + head * d..][..d].iter().map(|&x| scale * x));
     }
     out
 }
-
 /// The scalar twin of [`forward_inference`]: bf16(scale·q)·bf16(k) summed in f64, the
 /// softmax weights `exp(s − max)` in f64 rounded to bf16 for the product with bf16(v), the
 /// row sum over the unrounded weights.
@@ -515,7 +511,7 @@ mod training_tests {
 
     /// The training forward (output and kept probabilities) and backward (dq, dk, dv
     /// accumulated onto existing values, with and without a gradient into the
-    /// probabilities) against the fp32 kernels: within bf16's rounding (8 significant bits),
+    /// probabilities, and with that gradient alone) against the fp32 kernels: within bf16's rounding (8 significant bits),
     /// and not equal (the bf16 products ran). Ragged sequences, ESM-2's head widths and an
     /// odd one.
     #[test]
@@ -541,20 +537,25 @@ mod training_tests {
             }
             let dout = random(n * w, 34);
             let dprobs = random(total, 35);
-            for with_dprobs in [false, true] {
+            for (with_dout, with_dprobs) in [(true, false), (true, true), (false, true)] {
                 let start = (random(n * w, 36), random(n * w, 37), random(n * w, 38));
                 let (mut dq, mut dk, mut dv) = start.clone();
-                let dp = with_dprobs.then_some(&dprobs[..]);
-                backward_training(&mut dq, &mut dk, &mut dv, Some(&dout), dp, &probs32, &q, &k, &v, &cu, dims, 0.6);
+                let (dp, dout) = (with_dprobs.then_some(&dprobs[..]), with_dout.then_some(&dout[..]));
+                backward_training(&mut dq, &mut dk, &mut dv, dout, dp, &probs32, &q, &k, &v, &cu, dims, 0.6);
                 let (mut dq32, mut dk32, mut dv32) = start.clone();
-                fp32::backward(&mut dq32, &mut dk32, &mut dv32, Some(&dout), dp, &probs32, &q, &k, &v, &cu, dims, 0.6);
+                fp32::backward(&mut dq32, &mut dk32, &mut dv32, dout, dp, &probs32, &q, &k, &v, &cu, dims, 0.6);
                 let sub = |a: &[f32], b: &[f32]| a.iter().zip(b).map(|(x, y)| x - y).collect::<Vec<f32>>();
                 for (what, got, want, s) in
                     [("dq", &dq, &dq32, &start.0), ("dk", &dk, &dk32, &start.1), ("dv", &dv, &dv32, &start.2)]
                 {
+                    if what == "dv" && !with_dout {
+                        assert_eq!(got, s, "dv changed without an output gradient");
+                        continue;
+                    }
                     // The added gradient, so that the start values do not hide its error.
                     let e = rel(&sub(got, s), &sub(want, s));
-                    assert!(e < 3e-2 && e > 1e-6, "heads {heads} d {d} {what} (dprobs {with_dprobs}): {e:.2e}");
+                    let case = format!("heads {heads} d {d} {what} (dout {with_dout}, dprobs {with_dprobs})");
+                    assert!(e < 3e-2 && e > 1e-6, "{case}: {e:.2e}");
                 }
             }
         }

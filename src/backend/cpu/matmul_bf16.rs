@@ -146,13 +146,7 @@ pub fn linear_backward_weight(dw: &mut [f32], dy: &[f32], x: &[f32], n: usize, o
         return;
     }
     let xs = PackedBf16::pack_columns(x, n, inp);
-    let pairs = xs.pairs;
-    // Word (i, q) of dyᵀ at q·out + i: pair q of K is rows 2q and 2q+1 of dy.
-    let mut a = vec![0u32; pairs * out];
-    a.par_chunks_mut(out).enumerate().for_each(|(q, dst)| {
-        let hi = (2 * q + 1 < n).then(|| &dy[(2 * q + 1) * out..][..out]);
-        pair_rows(&dy[2 * q * out..][..out], hi, dst);
-    });
+    let a = pair_major(dy, n, out, true);
     let rows = rows_per_task(out, inp, n);
     dw.par_chunks_mut(rows * inp).enumerate().for_each(|(t, dc)| {
         let r0 = t * rows;
@@ -164,6 +158,55 @@ pub fn linear_backward_weight(dw: &mut [f32], dy: &[f32], x: &[f32], n: usize, o
             x86::block(dc.as_mut_ptr(), inp, left, dc.len() / inp, &xs, &[], true)
         }
     });
+}
+
+/// `C (+)= bf16(a)[n, k] · B` on the calling thread, row `i` of `C` at `c + i·ldc`: for
+/// callers that are already one task of a parallel loop (attention, per head).
+///
+/// # Safety
+/// For `i < n` and `j < w.out_features`, `c.add(i·ldc + j)` is valid, written by no one
+/// else meanwhile, and initialised when `accumulate` is on.
+pub unsafe fn product_at(c: *mut f32, ldc: usize, a: &[f32], n: usize, w: &PackedBf16, accumulate: bool) {
+    assert!(supported(), "bf16 products need AVX512-BF16");
+    assert_eq!(a.len(), n * w.in_features, "bf16 product: the left operand is not [n, k]");
+    let packed = pack_rows(a, n, w.in_features, w.pairs);
+    let left = Left { words: packed.as_ptr(), row_stride: w.pairs, pair_stride: 1 };
+    #[cfg(target_arch = "x86_64")]
+    x86::block(c, ldc, left, n, w, &[], accumulate);
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = (c, ldc, left, accumulate);
+}
+
+/// `C (+)= bf16(a)ᵀ · B` for `a: [k, n]` (K down the rows, as `dyᵀ` in `dW = dyᵀ·x`) on
+/// the calling thread, row `i` of `C` at `c + i·ldc`.
+///
+/// # Safety
+/// As [`product_at`].
+pub unsafe fn transposed_product_at(c: *mut f32, ldc: usize, a: &[f32], n: usize, w: &PackedBf16, accumulate: bool) {
+    assert!(supported(), "bf16 products need AVX512-BF16");
+    assert_eq!(a.len(), w.in_features * n, "bf16 product: the left operand is not [k, n]");
+    let words = pair_major(a, w.in_features, n, false);
+    let left = Left { words: words.as_ptr(), row_stride: 1, pair_stride: n };
+    #[cfg(target_arch = "x86_64")]
+    x86::block(c, ldc, left, n, w, &[], accumulate);
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = (c, ldc, left, accumulate);
+}
+
+/// `aᵀ` for `a: [k, n]` as bf16 pairs along K, pair-major: word `(i, q)` at `q·n + i` is
+/// `(a[2q, i], a[2q + 1, i])` (odd `k`: a zero high half). `parallel`: over the rayon pool.
+fn pair_major(a: &[f32], k: usize, n: usize, parallel: bool) -> Vec<u32> {
+    let mut words = vec![0u32; k.div_ceil(2) * n];
+    let pair = |(q, dst): (usize, &mut [u32])| {
+        let hi = (2 * q + 1 < k).then(|| &a[(2 * q + 1) * n..][..n]);
+        pair_rows(&a[2 * q * n..][..n], hi, dst);
+    };
+    if parallel {
+        words.par_chunks_mut(n.max(1)).enumerate().for_each(pair);
+    } else {
+        words.chunks_mut(n.max(1)).enumerate().for_each(pair);
+    }
+    words
 }
 
 /// Where the kernel reads the left operand: word `(i, q)` at `words[i·row_stride +
