@@ -138,19 +138,18 @@ pub fn forward_training(
     let (d, width) = (dims.head_dim, dims.n_heads * dims.head_dim);
     let (out_ptr, prob_ptr) = (SharedMut(out.as_mut_ptr()), SharedMut(probs.as_mut_ptr()));
     attention::task_list(cu, dims.n_heads).par_iter().for_each(|&(start, l, head, prob)| {
-        let (qh, kh, vh) = (
-            head_rows(q, start, l, head, dims, 1.0),
-            head_rows(k, start, l, head, dims, 1.0),
-            head_rows(v, start, l, head, dims, 1.0),
-        );
+        // This head's rows of Q, K and V, `width` floats apart.
+        let at = start * width + head * d;
+        let (qh, kh, vh) = (&q[at..], &k[at..], &v[at..]);
         // Safety (both products): each task owns its probability block and its head's
         // columns of its rows of `out`; neither is initialised before (no accumulate).
         unsafe {
-            matmul_bf16::product_at(prob_ptr.at(prob), l, &qh, l, &PackedBf16::pack(&kh, l, d), false);
+            let keys = PackedBf16::pack_strided(kh, width, l, d);
+            matmul_bf16::product_at(prob_ptr.at(prob), l, qh, width, l, &keys, false);
             let p = std::slice::from_raw_parts_mut(prob_ptr.at(prob), l * l);
             attention::softmax_rows(p, l, scale);
-            let o = out_ptr.at(start * width + head * d);
-            matmul_bf16::product_at(o, width, p, l, &PackedBf16::pack_columns(&vh, l, d), false);
+            let values = PackedBf16::pack_columns_strided(vh, width, l, d);
+            matmul_bf16::product_at(out_ptr.at(at), width, p, l, l, &values, false);
         }
     });
 }
@@ -188,14 +187,15 @@ pub fn backward_training(
             None => vec![0f32; l * l],
         };
         if let Some(dout) = dout {
-            let (doh, vh) = (head_rows(dout, start, l, head, dims, 1.0), head_rows(v, start, l, head, dims, 1.0));
-            // Safety: `dp` has room for l·l floats, initialised when `dprobs` filled it;
-            // each task owns its head's columns of its rows in dv.
+            let (doh, vh) = (&dout[at..], &v[at..]); // rows `width` apart
+                                                     // Safety: `dp` has room for l·l floats, initialised when `dprobs` filled it;
+                                                     // each task owns its head's columns of its rows in dv.
             unsafe {
-                matmul_bf16::product_at(dp.as_mut_ptr(), l, &doh, l, &PackedBf16::pack(&vh, l, d), dprobs.is_some());
+                let values = PackedBf16::pack_strided(vh, width, l, d);
+                matmul_bf16::product_at(dp.as_mut_ptr(), l, doh, width, l, &values, dprobs.is_some());
                 dp.set_len(l * l);
                 if want_dv {
-                    let dos = PackedBf16::pack_columns(&doh, l, d);
+                    let dos = PackedBf16::pack_columns_strided(doh, width, l, d);
                     matmul_bf16::transposed_product_at(dv_ptr.at(at), width, p, l, &dos, true);
                 }
             }
@@ -205,7 +205,7 @@ pub fn backward_training(
         // Safety: each task owns its head's columns of its rows in dq and dk.
         if want_dq {
             let ks = PackedBf16::pack_columns(&head_rows(k, start, l, head, dims, scale), l, d);
-            unsafe { matmul_bf16::product_at(dq_ptr.at(at), width, &dp, l, &ks, true) };
+            unsafe { matmul_bf16::product_at(dq_ptr.at(at), width, &dp, l, l, &ks, true) };
         }
         if want_dk {
             let qs = PackedBf16::pack_columns(&head_rows(q, start, l, head, dims, scale), l, d);

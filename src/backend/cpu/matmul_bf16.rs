@@ -69,6 +69,13 @@ impl PackedBf16 {
     /// Round `w: [out_features, in_features]` to bf16 and pack it into panels.
     pub fn pack(w: &[f32], out_features: usize, in_features: usize) -> PackedBf16 {
         assert_eq!(w.len(), out_features * in_features, "pack: weight is not [out, in]");
+        PackedBf16::pack_strided(w, in_features, out_features, in_features)
+    }
+
+    /// [`PackedBf16::pack`] for a weight whose rows lie `ld` floats apart (a head's columns
+    /// of a wider matrix).
+    pub fn pack_strided(w: &[f32], ld: usize, out_features: usize, in_features: usize) -> PackedBf16 {
+        assert_view(w.len(), ld, out_features, in_features, "pack");
         let pairs = in_features.div_ceil(2);
         let panels = out_features.div_ceil(NR);
         let mut data = vec![0u32; panels * pairs * NR];
@@ -76,7 +83,7 @@ impl PackedBf16 {
         // interleaved into the panel; columns past `out_features` stay zero.
         data.par_chunks_mut((pairs * NR).max(1)).enumerate().for_each(|(p, panel)| {
             let (j0, width) = (p * NR, NR.min(out_features - p * NR));
-            let rows = pack_rows(&w[j0 * in_features..][..width * in_features], width, in_features, pairs);
+            let rows = pack_rows(&w[j0 * ld..], ld, width, in_features, pairs);
             for (l, row) in rows.chunks_exact(pairs.max(1)).enumerate() {
                 for (q, &word) in row.iter().enumerate() {
                     panel[q * NR + l] = word;
@@ -91,14 +98,20 @@ impl PackedBf16 {
     /// are packed in parallel, 16 words at a time on AVX512-BF16.
     pub fn pack_columns(src: &[f32], k: usize, cols: usize) -> PackedBf16 {
         assert_eq!(src.len(), k * cols, "pack_columns: source is not [k, cols]");
+        PackedBf16::pack_columns_strided(src, cols, k, cols)
+    }
+
+    /// [`PackedBf16::pack_columns`] for a source whose rows lie `ld` floats apart.
+    pub fn pack_columns_strided(src: &[f32], ld: usize, k: usize, cols: usize) -> PackedBf16 {
+        assert_view(src.len(), ld, k, cols, "pack_columns");
         let pairs = k.div_ceil(2);
         let panels = cols.div_ceil(NR);
         let mut data = vec![0u32; panels * pairs * NR];
         data.par_chunks_mut((pairs * NR).max(1)).enumerate().for_each(|(p, panel)| {
             let (c0, width) = (p * NR, NR.min(cols - p * NR));
             for q in 0..pairs {
-                let lo = &src[2 * q * cols + c0..][..width];
-                let hi = (2 * q + 1 < k).then(|| &src[(2 * q + 1) * cols + c0..][..width]);
+                let lo = &src[2 * q * ld + c0..][..width];
+                let hi = (2 * q + 1 < k).then(|| &src[(2 * q + 1) * ld + c0..][..width]);
                 pair_rows(lo, hi, &mut panel[q * NR..][..width]);
             }
         });
@@ -160,16 +173,17 @@ pub fn linear_backward_weight(dw: &mut [f32], dy: &[f32], x: &[f32], n: usize, o
     });
 }
 
-/// `C (+)= bf16(a)[n, k] · B` on the calling thread, row `i` of `C` at `c + i·ldc`: for
-/// callers that are already one task of a parallel loop (attention, per head).
+/// `C (+)= bf16(a)[n, k] · B` on the calling thread, row `i` of `a` at `a[i·lda..]` and of
+/// `C` at `c + i·ldc`: for callers that are already one task of a parallel loop (attention,
+/// per head).
 ///
 /// # Safety
 /// For `i < n` and `j < w.out_features`, `c.add(i·ldc + j)` is valid, written by no one
 /// else meanwhile, and initialised when `accumulate` is on.
-pub unsafe fn product_at(c: *mut f32, ldc: usize, a: &[f32], n: usize, w: &PackedBf16, accumulate: bool) {
+pub unsafe fn product_at(c: *mut f32, ldc: usize, a: &[f32], lda: usize, n: usize, w: &PackedBf16, accumulate: bool) {
     assert!(supported(), "bf16 products need AVX512-BF16");
-    assert_eq!(a.len(), n * w.in_features, "bf16 product: the left operand is not [n, k]");
-    let packed = pack_rows(a, n, w.in_features, w.pairs);
+    assert_view(a.len(), lda, n, w.in_features, "bf16 product");
+    let packed = pack_rows(a, lda, n, w.in_features, w.pairs);
     let left = Left { words: packed.as_ptr(), row_stride: w.pairs, pair_stride: 1 };
     #[cfg(target_arch = "x86_64")]
     x86::block(c, ldc, left, n, w, &[], accumulate);
@@ -234,7 +248,7 @@ unsafe fn rows_times_panels(c: *mut f32, a: &[f32], n: usize, w: &PackedBf16, b:
     let c = std::slice::from_raw_parts_mut(c as *mut std::mem::MaybeUninit<f32>, n * m);
     c.par_chunks_mut(rows * m).zip(a.par_chunks(rows * k.max(1))).for_each(|(cc, ac)| {
         let nr = cc.len() / m;
-        let packed = pack_rows(ac, nr, k, w.pairs);
+        let packed = pack_rows(ac, k, nr, k, w.pairs);
         let left = Left { words: packed.as_ptr(), row_stride: w.pairs, pair_stride: 1 };
         // Safety: `supported()` was checked; without `accumulate` the block writes every
         // element of its `nr` rows in its first K block before it reads any of them back.
@@ -264,10 +278,21 @@ fn rows_per_task(n: usize, m: usize, k: usize) -> usize {
     rows.div_ceil(MR) * MR
 }
 
-/// Activation rows as bf16 pairs, `pairs` words a row (odd `k` padded with a zero).
-fn pack_rows(x: &[f32], n: usize, k: usize, pairs: usize) -> Vec<u32> {
+/// Panics unless a `len`-float slice holds `rows` rows of `cols` floats, `ld` apart.
+fn assert_view(len: usize, ld: usize, rows: usize, cols: usize, what: &str) {
+    let need = if rows == 0 { 0 } else { (rows - 1) * ld + cols };
+    assert!(
+        len >= need && (rows <= 1 || ld >= cols),
+        "{what}: {rows} rows of {cols} floats {ld} apart do not fit in {len}"
+    );
+}
+
+/// Activation rows (row `i` at `x[i·ld..]`) as bf16 pairs, `pairs` words a row (odd `k`
+/// padded with a zero).
+fn pack_rows(x: &[f32], ld: usize, n: usize, k: usize, pairs: usize) -> Vec<u32> {
     let mut a = vec![0u32; n * pairs];
-    for (dst, src) in a.chunks_mut(pairs.max(1)).zip(x.chunks(k.max(1))).take(n) {
+    for (i, dst) in a.chunks_mut(pairs.max(1)).enumerate().take(n) {
+        let src = &x[i * ld..][..k];
         // Safety: the bf16 kernels only run where `supported()` holds.
         #[cfg(target_arch = "x86_64")]
         let done = unsafe { x86::pack_row(dst, src) };
@@ -614,7 +639,7 @@ mod tests {
         }
         if supported() {
             let row: Vec<f32> = (0..32).map(|i| xs[i % xs.len()]).collect();
-            let packed = pack_rows(&row, 1, 32, 16);
+            let packed = pack_rows(&row, 32, 1, 32, 16);
             for (q, word) in packed.iter().enumerate() {
                 let (lo, hi) = (torch_bits[(2 * q) % xs.len()], torch_bits[(2 * q + 1) % xs.len()]);
                 assert_eq!(*word, lo | (hi << 16), "pair {q}");
