@@ -106,6 +106,45 @@ fn inference_ops(c: &mut Criterion) {
     g.finish();
 }
 
+/// The linear layer's three products (`y = x·Wᵀ`, `dx += dy·W`, `dW += dyᵀ·x`) at ESM-2
+/// 8M/35M layer shapes, bf16 (AVX512-BF16) beside f32; throughput in multiply-adds.
+fn linear_products(c: &mut Criterion) {
+    use qf_engine::backend::cpu::matmul::{matmul, MatRef};
+    use qf_engine::backend::cpu::matmul_bf16 as bf16;
+    let mut g = c.benchmark_group("linear_products");
+    g.sample_size(10);
+    for &(n, k, m) in &[(4096usize, 320usize, 1280usize), (4096, 1280, 320), (4096, 480, 1920)] {
+        let (x, w) = (values(n * k, 1), values(m * k, 2));
+        let (mut y, mut dx, mut dw) = (vec![0f32; n * m], vec![0f32; n * k], vec![0f32; m * k]);
+        g.throughput(Throughput::Elements((n * k * m) as u64));
+        let shape = format!("{n}x{k}x{m}");
+        g.bench_function(BenchmarkId::new("forward_f32", &shape), |bch| {
+            bch.iter(|| matmul(&mut y, MatRef::new(&x, n, k), MatRef::new(&w, m, k).t(), false))
+        });
+        g.bench_function(BenchmarkId::new("dx_f32", &shape), |bch| {
+            bch.iter(|| matmul(&mut dx, MatRef::new(&y, n, m), MatRef::new(&w, m, k), true))
+        });
+        g.bench_function(BenchmarkId::new("dw_f32", &shape), |bch| {
+            bch.iter(|| matmul(&mut dw, MatRef::new(&y, n, m).t(), MatRef::new(&x, n, k), true))
+        });
+        if !bf16::supported() {
+            println!("linear_products/*_bf16/{shape}: skipped, this CPU has no AVX512-BF16");
+            continue;
+        }
+        let packed = bf16::PackedBf16::pack(&w, m, k);
+        g.bench_function(BenchmarkId::new("forward_bf16", &shape), |bch| {
+            bch.iter(|| bf16::linear(&x, &packed, &[], n))
+        });
+        g.bench_function(BenchmarkId::new("dx_bf16", &shape), |bch| {
+            bch.iter(|| bf16::linear_backward_input(&mut dx, &y, &w, n, m, k))
+        });
+        g.bench_function(BenchmarkId::new("dw_bf16", &shape), |bch| {
+            bch.iter(|| bf16::linear_backward_weight(&mut dw, &y, &x, n, m, k))
+        });
+    }
+    g.finish();
+}
+
 fn cross_entropy(c: &mut Criterion) {
     let mut g = c.benchmark_group("cross_entropy_5000_classes");
     g.sample_size(20);
@@ -144,5 +183,5 @@ fn training_step(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, layer_ops, inference_ops, cross_entropy, training_step);
+criterion_group!(benches, layer_ops, inference_ops, linear_products, cross_entropy, training_step);
 criterion_main!(benches);
