@@ -1,5 +1,6 @@
 //! Criterion benchmarks of the CPU backend: the ops of one ESM-2 8M layer at a Pfam-like
-//! batch (forward + backward, and inference in fp32 and bf16), and a whole training step.
+//! batch (forward + backward, and inference in fp32 and bf16), the linear layer's products
+//! at 8M/35M shapes beside the CPU's bf16 peak (`bf16_peak`), and a whole training step.
 //!
 //! `cargo bench --bench cpu_ops` (add `-- <filter>` for one group). CUDA kernel benchmarks
 //! live in `benches/cuda_ops.rs` and skip without a GPU.
@@ -106,6 +107,49 @@ fn inference_ops(c: &mut Criterion) {
     g.finish();
 }
 
+/// The roofline of `linear_products`: `vdpbf16ps` on registers only (16 independent sums,
+/// no memory traffic) on every rayon thread at once; throughput in multiply-adds (32 an
+/// instruction), so a product's rate over this one is its fraction of the CPU's bf16 peak.
+fn bf16_peak(c: &mut Criterion) {
+    if !qf_engine::backend::cpu::matmul_bf16::supported() {
+        println!("bf16_peak: skipped, this CPU has no AVX512-BF16");
+        return;
+    }
+    const ITERS: u64 = 1 << 20;
+    let threads = rayon::current_num_threads() as u64;
+    let mut g = c.benchmark_group("bf16_peak");
+    g.sample_size(10);
+    g.throughput(Throughput::Elements(ITERS * 16 * 32 * threads));
+    // Safety: AVX512-BF16 was checked above.
+    g.bench_function("vdpbf16ps_registers", |b| {
+        b.iter(|| rayon::broadcast(|_| unsafe { vdpbf16ps_loop(std::hint::black_box(ITERS)) }))
+    });
+    g.finish();
+}
+
+/// `iters` rounds of 16 independent `vdpbf16ps` (more chains than its latency needs, few
+/// enough to stay in registers).
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx512bf16")]
+unsafe fn vdpbf16ps_loop(iters: u64) -> f32 {
+    use std::arch::x86_64::*;
+    let mut acc = [_mm512_setzero_ps(); 16];
+    let a: __m512bh = std::mem::transmute(_mm512_set1_epi32(0x3f80_3f80)); // (1, 1)
+    let b: __m512bh = std::mem::transmute(_mm512_set1_epi32(std::hint::black_box(0x0001_0001)));
+    for _ in 0..iters {
+        for x in acc.iter_mut() {
+            *x = _mm512_dpbf16_ps(*x, a, b);
+        }
+        std::arch::asm!("", options(nomem, nostack)); // one round per iteration, not folded
+    }
+    acc.iter().map(|x| _mm512_reduce_add_ps(*x)).sum()
+}
+
+#[cfg(not(target_arch = "x86_64"))]
+unsafe fn vdpbf16ps_loop(_: u64) -> f32 {
+    unreachable!("bf16_peak checks for AVX512-BF16 first")
+}
+
 /// The linear layer's three products (`y = x·Wᵀ`, `dx += dy·W`, `dW += dyᵀ·x`) at ESM-2
 /// 8M/35M layer shapes, bf16 (AVX512-BF16) beside f32; throughput in multiply-adds.
 fn linear_products(c: &mut Criterion) {
@@ -183,5 +227,5 @@ fn training_step(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, layer_ops, inference_ops, linear_products, cross_entropy, training_step);
+criterion_group!(benches, layer_ops, inference_ops, bf16_peak, linear_products, cross_entropy, training_step);
 criterion_main!(benches);
