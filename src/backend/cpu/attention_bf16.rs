@@ -179,17 +179,18 @@ pub fn backward_training(
     let (want_dq, want_dk, want_dv) = (!dq.is_empty(), !dk.is_empty(), !dv.is_empty());
     attention::task_list(cu, dims.n_heads).par_iter().for_each(|&(start, l, head, prob)| {
         let p = &probs[prob..][..l * l];
-        let at = head * d + start * width; // this head's first element in dq, dk, dv
-                                           // dP = dO Vᵀ (+ the probabilities' own gradient), then dV += Pᵀ dO.
+        // This head's first element in dq, dk, dv (and dout, v: rows `width` apart).
+        let at = head * d + start * width;
+        // dP = dO Vᵀ (+ the probabilities' own gradient), then dV += Pᵀ dO.
         let mut dp = match dprobs {
             Some(g) => g[prob..][..l * l].to_vec(),
             None if dout.is_some() => Vec::with_capacity(l * l),
             None => vec![0f32; l * l],
         };
         if let Some(dout) = dout {
-            let (doh, vh) = (&dout[at..], &v[at..]); // rows `width` apart
-                                                     // Safety: `dp` has room for l·l floats, initialised when `dprobs` filled it;
-                                                     // each task owns its head's columns of its rows in dv.
+            let (doh, vh) = (&dout[at..], &v[at..]);
+            // Safety: `dp` has room for l·l floats, initialised when `dprobs` filled it;
+            // each task owns its head's columns of its rows in dv.
             unsafe {
                 let values = PackedBf16::pack_strided(vh, width, l, d);
                 matmul_bf16::product_at(dp.as_mut_ptr(), l, doh, width, l, &values, dprobs.is_some());
@@ -223,6 +224,7 @@ fn head_rows(m: &[f32], start: usize, l: usize, head: usize, dims: AttnDims, sca
     }
     out
 }
+
 /// The scalar twin of [`forward_inference`]: bf16(scale·q)·bf16(k) summed in f64, the
 /// softmax weights `exp(s − max)` in f64 rounded to bf16 for the product with bf16(v), the
 /// row sum over the unrounded weights.
