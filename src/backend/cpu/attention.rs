@@ -189,6 +189,7 @@ pub fn forward_inference<T: Real>(out: &mut [T], q: &[T], k: &[T], v: &[T], cu: 
 /// every key and value. Operands pass through `round` (identity in fp32; bf16 rounding for
 /// `--precision bf16`, whose softmax weights are rounded too, as in the full kernel); sums
 /// run in `T`, in key order.
+#[allow(clippy::too_many_arguments)]
 pub fn forward_first_query<T: Real>(
     out: &mut [T],
     q: &[T],

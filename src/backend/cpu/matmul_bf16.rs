@@ -168,10 +168,7 @@ pub fn linear_backward_weight(dw: &mut [f32], dy: &[f32], x: &[f32], n: usize, o
         let left = Left { words: a[r0..].as_ptr(), row_stride: 1, pair_stride: out };
         // Safety: `supported()` was checked; the chunk holds its rows of `dw`, and `left`
         // reads rows r0.. of `a` at pair stride `out`, all inside `a`.
-        #[cfg(target_arch = "x86_64")]
-        unsafe {
-            x86::block(dc.as_mut_ptr(), inp, left, dc.len() / inp, &xs, &[], true)
-        }
+        unsafe { block(dc.as_mut_ptr(), inp, left, dc.len() / inp, &xs, &[], true) }
     });
 }
 
@@ -187,10 +184,7 @@ pub unsafe fn product_at(c: *mut f32, ldc: usize, a: &[f32], lda: usize, n: usiz
     assert_view(a.len(), lda, n, w.in_features, "bf16 product");
     let packed = pack_rows(a, lda, n, w.in_features, w.pairs);
     let left = Left { words: packed.as_ptr(), row_stride: w.pairs, pair_stride: 1 };
-    #[cfg(target_arch = "x86_64")]
-    x86::block(c, ldc, left, n, w, &[], accumulate);
-    #[cfg(not(target_arch = "x86_64"))]
-    let _ = (c, ldc, left, accumulate);
+    block(c, ldc, left, n, w, &[], accumulate);
 }
 
 /// `C (+)= bf16(a)ᵀ · B` for `a: [k, n]` (K down the rows, as `dyᵀ` in `dW = dyᵀ·x`) on
@@ -203,10 +197,20 @@ pub unsafe fn transposed_product_at(c: *mut f32, ldc: usize, a: &[f32], n: usize
     assert_eq!(a.len(), w.in_features * n, "bf16 product: the left operand is not [k, n]");
     let words = pair_major(a, w.in_features, n, false);
     let left = Left { words: words.as_ptr(), row_stride: 1, pair_stride: n };
+    block(c, ldc, left, n, w, &[], accumulate);
+}
+
+/// The AVX512-BF16 block kernel ([`x86::block`]); every caller has checked [`supported`],
+/// which is false on other architectures.
+///
+/// # Safety
+/// As [`x86::block`]: `c` holds `n` rows of `w.out_features` floats `ldc` apart (read
+/// first when `accumulate`), and `a` addresses `n` rows of `w.pairs` words.
+unsafe fn block(c: *mut f32, ldc: usize, a: Left, n: usize, w: &PackedBf16, b: &[f32], accumulate: bool) {
     #[cfg(target_arch = "x86_64")]
-    x86::block(c, ldc, left, n, w, &[], accumulate);
+    x86::block(c, ldc, a, n, w, b, accumulate);
     #[cfg(not(target_arch = "x86_64"))]
-    let _ = (c, ldc, left, accumulate);
+    let _ = (c, ldc, a, n, w, b, accumulate);
 }
 
 /// `aᵀ` for `a: [k, n]` as bf16 pairs along K, pair-major: word `(i, q)` at `q·n + i` is
@@ -254,8 +258,7 @@ unsafe fn rows_times_panels(c: *mut f32, a: &[f32], n: usize, w: &PackedBf16, b:
         let left = Left { words: packed.as_ptr(), row_stride: w.pairs, pair_stride: 1 };
         // Safety: `supported()` was checked; without `accumulate` the block writes every
         // element of its `nr` rows in its first K block before it reads any of them back.
-        #[cfg(target_arch = "x86_64")]
-        x86::block(cc.as_mut_ptr() as *mut f32, m, left, nr, w, b, accumulate)
+        block(cc.as_mut_ptr() as *mut f32, m, left, nr, w, b, accumulate)
     });
 }
 
