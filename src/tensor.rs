@@ -166,9 +166,9 @@ impl Tensor {
     pub fn zeros_cpu(shape: &[usize], dtype: DType) -> Result<Tensor> {
         let n: usize = shape.iter().product();
         let s = match dtype {
-            DType::F32 => CpuStorage::F32(vec![0.0; n]),
-            DType::F64 => CpuStorage::F64(vec![0.0; n]),
-            DType::I32 => CpuStorage::I32(vec![0; n]),
+            DType::F32 => CpuStorage::F32(crate::backend::cpu::filled(n, 0.0)),
+            DType::F64 => CpuStorage::F64(crate::backend::cpu::filled(n, 0.0)),
+            DType::I32 => CpuStorage::I32(crate::backend::cpu::filled(n, 0)),
             d => bail!("the CPU backend does not store {d} tensors (it computes in f32 or f64)"),
         };
         Ok(Tensor::from_storage(Storage::Cpu(s), shape, dtype))

@@ -51,7 +51,7 @@ pub fn attention_first_query(
     let dims = AttnDims { n_heads, head_dim: width / n_heads };
     let bf16 = uses_bf16(q_first.dtype(), dims, CpuBf16::Inference);
     with_real!(q_first.dtype(), T => {
-        let mut out = vec![T::zero(); n_seqs * width];
+        let mut out = crate::backend::cpu::filled(n_seqs * width, T::zero());
         let (qs, ks, vs) = (q_first.as_slice::<T>()?, k.as_slice::<T>()?, v.as_slice::<T>()?);
         let round = |x: T| if bf16 { T::from_f64(half::bf16::from_f64(x.to_f64()).to_f64()) } else { x };
         cpu::forward_first_query(&mut out, qs, ks, vs, &layout.cu, dims, T::from_f64(scale), round);
@@ -92,13 +92,13 @@ pub fn attention(
         // Inference: nothing reads the probabilities, so none are kept.
         if uses_bf16(q.dtype(), dims, CpuBf16::Inference) {
             // `--precision bf16`: both products in bf16, as the linear layers.
-            let mut out = vec![0f32; n * width];
+            let mut out = crate::backend::cpu::filled(n * width, 0f32);
             let (qs, ks, vs) = (q.as_slice::<f32>()?, k.as_slice::<f32>()?, v.as_slice::<f32>()?);
             cpu_bf16::forward_inference(&mut out, qs, ks, vs, &layout.cu, dims, scale as f32);
             return Tensor::from_vec(out, &[n, width]).map(|o| (o, None));
         }
         return with_real!(q.dtype(), T => {
-            let mut out = vec![T::zero(); n * width];
+            let mut out = crate::backend::cpu::filled(n * width, T::zero());
             let (qs, ks, vs) = (q.as_slice::<T>()?, k.as_slice::<T>()?, v.as_slice::<T>()?);
             cpu::forward_inference(&mut out, qs, ks, vs, &layout.cu, dims, T::from_f64(scale));
             Ok((Tensor::from_vec(out, &[n, width])?, None))
@@ -108,8 +108,8 @@ pub fn attention(
     // `train --precision bf16`: the four products (two forward, four backward) in bf16.
     let bf16 = uses_bf16(q.dtype(), dims, CpuBf16::Training);
     with_real!(q.dtype(), T => {
-        let mut out = vec![T::zero(); n * width];
-        let mut probs = vec![T::zero(); total];
+        let mut out = crate::backend::cpu::filled(n * width, T::zero());
+        let mut probs = crate::backend::cpu::filled(total, T::zero());
         let sc = T::from_f64(scale);
         let (qs, ks, vs) = (q.as_slice::<T>()?, k.as_slice::<T>()?, v.as_slice::<T>()?);
         if bf16 {

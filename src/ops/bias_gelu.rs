@@ -56,7 +56,7 @@ fn forward(x: &Tensor, bias: Option<&Tensor>) -> Result<Tensor> {
     }
     let (rows, cols) = x.dims2()?;
     with_real!(x.dtype(), T => {
-        let mut y = vec![T::zero(); rows * cols];
+        let mut y = crate::backend::cpu::filled(rows * cols, T::zero());
         cpu::forward(&mut y, x.as_slice::<T>()?, bias_slice::<T>(bias)?, cols);
         Tensor::from_vec(y, &[rows, cols])
     })

@@ -42,7 +42,7 @@ pub fn cross_entropy(tape: &Tape, logits: &Tensor, labels: &Tensor, weights: Opt
         None => Vec::new(),
     };
     with_real!(logits.dtype(), T => {
-        let mut dlogits = vec![T::zero(); rows * classes];
+        let mut dlogits = crate::backend::cpu::filled(rows * classes, T::zero());
         let loss = cpu::forward_backward(&mut dlogits, logits.as_slice::<T>()?, &lab, &w, classes);
         let loss = Tensor::from_vec(vec![T::from_f64(loss)], &[1])?.with_requires_grad(tape.needs_grad(&[logits]));
         if loss.requires_grad() {

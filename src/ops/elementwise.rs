@@ -13,7 +13,7 @@ pub fn add(tape: &Tape, a: &Tensor, b: &Tensor) -> Result<Tensor> {
     super::ensure_same_device("add", &[a, b])?;
     let y = match a.storage() {
         Storage::Cpu(_) => with_real!(a.dtype(), T => {
-            let mut y = vec![T::zero(); a.numel()];
+            let mut y = crate::backend::cpu::filled(a.numel(), T::zero());
             cpu::add(&mut y, a.as_slice::<T>()?, b.as_slice::<T>()?);
             Tensor::from_vec(y, a.shape())?
         }),
@@ -53,7 +53,7 @@ pub fn scale(tape: &Tape, x: &Tensor, alpha: f64) -> Result<Tensor> {
 pub fn tanh(tape: &Tape, x: &Tensor) -> Result<Tensor> {
     let y = match x.storage() {
         Storage::Cpu(_) => with_real!(x.dtype(), T => {
-            let mut y = vec![T::zero(); x.numel()];
+            let mut y = crate::backend::cpu::filled(x.numel(), T::zero());
             cpu::tanh_forward(&mut y, x.as_slice::<T>()?);
             Tensor::from_vec(y, x.shape())?
         }),
@@ -88,7 +88,7 @@ pub use crate::backend::add_into;
 pub fn scaled_copy(x: &Tensor, alpha: f64) -> Result<Tensor> {
     match x.storage() {
         Storage::Cpu(_) => with_real!(x.dtype(), T => {
-            let mut y = vec![T::zero(); x.numel()];
+            let mut y = crate::backend::cpu::filled(x.numel(), T::zero());
             cpu::scale(&mut y, T::from_f64(alpha), x.as_slice::<T>()?);
             Tensor::from_vec(y, x.shape())
         }),

@@ -28,7 +28,7 @@ pub fn embedding(tape: &Tape, ids: &Tensor, weight: &Tensor, row_scale: &Tensor)
                 bail!("embedding: token id {bad} is outside the vocabulary of {vocab}");
             }
             with_real!(weight.dtype(), T => {
-                let mut y = vec![T::zero(); n * dim];
+                let mut y = crate::backend::cpu::filled(n * dim, T::zero());
                 cpu::forward(&mut y, weight.as_slice::<T>()?, idv, row_scale.as_slice::<T>()?, dim);
                 Tensor::from_vec(y, &[n, dim])?
             })

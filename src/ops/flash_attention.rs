@@ -73,9 +73,9 @@ pub fn flash_attention(
     let dims = FlashDims { n_heads, head_dim: width / n_heads };
     let n_probs = if want_probs { prob_offsets(&layout.cu, n_heads).1 } else { 0 };
     with_real!(q.dtype(), T => {
-        let mut out = vec![T::zero(); n * width];
-        let mut lse = vec![T::zero(); n_heads * n];
-        let mut probs = vec![T::zero(); n_probs];
+        let mut out = crate::backend::cpu::filled(n * width, T::zero());
+        let mut lse = crate::backend::cpu::filled(n_heads * n, T::zero());
+        let mut probs = crate::backend::cpu::filled(n_probs, T::zero());
         let sc = T::from_f64(q_scale);
         let (qs, ks, vs) = (q.as_slice::<T>()?, k.as_slice::<T>()?, v.as_slice::<T>()?);
         cpu::forward(&mut out, &mut lse, &mut probs, qs, ks, vs, pos, &layout.cu, dims, sc);

@@ -35,7 +35,7 @@ fn forward(x: &Tensor, rows: &Tensor) -> Result<Tensor> {
         bail!("gather_rows: row {bad} is outside 0..{n_rows}");
     }
     with_real!(x.dtype(), T => {
-        let mut y = vec![T::zero(); idx.len() * dim];
+        let mut y = crate::backend::cpu::filled(idx.len() * dim, T::zero());
         cpu::gather_rows(&mut y, x.as_slice::<T>()?, idx, dim);
         Tensor::from_vec(y, &[idx.len(), dim])
     })

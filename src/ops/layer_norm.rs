@@ -40,8 +40,8 @@ fn forward(x: &Tensor, w: &Tensor, b: &Tensor, eps: f64) -> Result<(Tensor, Tens
     }
     let (rows, dim) = x.dims2()?;
     with_real!(x.dtype(), T => {
-        let mut y = vec![T::zero(); rows * dim];
-        let (mut mean, mut rstd) = (vec![T::zero(); rows], vec![T::zero(); rows]);
+        let mut y = crate::backend::cpu::filled(rows * dim, T::zero());
+        let (mut mean, mut rstd) = (crate::backend::cpu::filled(rows, T::zero()), crate::backend::cpu::filled(rows, T::zero()));
         cpu::forward(&mut y, &mut mean, &mut rstd, x.as_slice::<T>()?, w.as_slice::<T>()?, b.as_slice::<T>()?, dim, eps);
         Ok((Tensor::from_vec(y, &[rows, dim])?, Tensor::from_vec(mean, &[rows])?, Tensor::from_vec(rstd, &[rows])?))
     })

@@ -124,7 +124,7 @@ fn cpu_forward(x: &Tensor, w: &Tensor, b: Option<&Tensor>, dims: LinearDims) -> 
             Some(b) => b.as_slice::<T>()?,
             None => &[],
         };
-        let mut y = vec![T::zero(); dims.n * dims.m];
+        let mut y = crate::backend::cpu::filled(dims.n * dims.m, T::zero());
         cpu::forward(&mut y, x.as_slice::<T>()?, w.as_slice::<T>()?, bs, dims);
         Tensor::from_vec(y, &[dims.n, dims.m])
     })

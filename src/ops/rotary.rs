@@ -45,7 +45,7 @@ fn forward(x: &Tensor, positions: &Tensor, n_heads: usize, scale: f64) -> Result
         bail!("rotary: negative position");
     }
     with_real!(x.dtype(), T => {
-        let mut y = vec![T::zero(); n * width];
+        let mut y = crate::backend::cpu::filled(n * width, T::zero());
         cpu::forward(&mut y, x.as_slice::<T>()?, pos, cpu_dims(width, n_heads), T::from_f64(scale));
         Tensor::from_vec(y, &[n, width])
     })

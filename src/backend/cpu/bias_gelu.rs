@@ -78,7 +78,7 @@ pub fn backward<T: Real>(dx: &mut [T], dbias: &mut [T], dy: &[T], x: &[T], bias:
     if dx.is_empty() && dbias.is_empty() {
         return;
     }
-    let mut du = vec![T::zero(); dy.len()];
+    let mut du = crate::backend::cpu::filled(dy.len(), T::zero());
     du.par_chunks_mut(cols)
         .zip(dy.par_chunks(cols))
         .zip(x.par_chunks(cols))

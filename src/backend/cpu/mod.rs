@@ -98,6 +98,28 @@ impl<T> SharedMut<T> {
     }
 }
 
+/// `n` copies of `value` (in practice zeros), written by the rayon pool when `n` is large.
+/// A fresh buffer's fill is a pass over memory that would otherwise run on the calling
+/// thread alone while the pool waits: the zero fills of op outputs and gradient buffers
+/// were about 5 % of an ESM-2 8M bf16 training step, all of it on the main thread.
+pub fn filled<T: Copy + Send + Sync>(n: usize, value: T) -> Vec<T> {
+    use rayon::prelude::*;
+    const SERIAL_BELOW: usize = 1 << 16;
+    const CHUNK: usize = 1 << 14;
+    if n < SERIAL_BELOW || rayon::current_num_threads() < 2 {
+        return vec![value; n];
+    }
+    let mut v = Vec::with_capacity(n);
+    v.spare_capacity_mut().par_chunks_mut(CHUNK).for_each(|chunk| {
+        for x in chunk {
+            x.write(value);
+        }
+    });
+    // Safety: every one of the `n` elements was written above.
+    unsafe { v.set_len(n) };
+    v
+}
+
 /// Keep freed memory in the process heap for reuse instead of returning it to the OS.
 ///
 /// A training step allocates and frees the same large activation buffers every step;
@@ -142,4 +164,17 @@ pub(crate) fn test_values(len: usize, seed: u64) -> Vec<f64> {
             ((s >> 11) as f64 / (1u64 << 53) as f64) * 2.0 - 1.0
         })
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    /// Below and above the size where the pool fills it, on one thread and on several.
+    #[test]
+    fn filled_equals_vec_macro() {
+        let pool = rayon::ThreadPoolBuilder::new().num_threads(3).build().unwrap();
+        for n in [0usize, 7, (1 << 16) - 1, 1 << 16, 100_003] {
+            assert_eq!(super::filled(n, 2.5f32), vec![2.5f32; n], "n = {n}");
+            assert_eq!(pool.install(|| super::filled(n, -1i32)), vec![-1i32; n], "n = {n}, 3 threads");
+        }
+    }
 }
