@@ -1,6 +1,7 @@
 //! Criterion benchmarks of the CPU backend: the ops of one ESM-2 8M layer at a Pfam-like
 //! batch (forward + backward, and inference in fp32 and bf16), the linear layer's products
-//! at 8M/35M shapes beside the CPU's bf16 peak (`bf16_peak`), and a whole training step.
+//! at 8M/35M shapes beside the CPU's bf16 peak (`bf16_peak`), bf16 training attention at
+//! 8M/35M head widths, and a whole training step.
 //!
 //! `cargo bench --bench cpu_ops` (add `-- <filter>` for one group). CUDA kernel benchmarks
 //! live in `benches/cuda_ops.rs` and skip without a GPU.
@@ -189,6 +190,35 @@ fn linear_products(c: &mut Criterion) {
     g.finish();
 }
 
+/// Training attention in bf16 (`train --precision bf16`), forward + backward, over 32
+/// Pfam-like sequences: 20 heads of 16 (ESM-2 8M) and of 24 (35M); throughput in the
+/// multiply-adds of its six products (`6·l²·d` a head).
+fn attention_bf16_training(c: &mut Criterion) {
+    if !qf_engine::backend::cpu::attention_bf16::supported() {
+        println!("attention_bf16_training: skipped, this CPU has no AVX512-BF16");
+        return;
+    }
+    // As the CLI runs: freed buffers stay in the heap (no fresh pages to fault in).
+    qf_engine::backend::cpu::keep_freed_memory();
+    let cu = layout(32);
+    let t = *cu.last().unwrap() as usize;
+    let lay = SeqLayout::new(&cu, &Device::Cpu).unwrap();
+    let pairs: usize = cu.windows(2).map(|w| ((w[1] - w[0]) as usize).pow(2)).sum();
+    ops::linear::set_cpu_bf16(ops::linear::CpuBf16::Training).unwrap();
+    let mut g = c.benchmark_group("attention_bf16_training");
+    g.sample_size(10);
+    for (model, d) in [("8M", 16usize), ("35M", 24)] {
+        let heads = 20;
+        let (q, k, v) = (param(&[t, heads * d], 1), param(&[t, heads * d], 2), param(&[t, heads * d], 3));
+        g.throughput(Throughput::Elements((6 * pairs * heads * d) as u64));
+        g.bench_function(BenchmarkId::new("fwd_bwd", format!("{model}_20x{d}")), |bch| {
+            bch.iter(|| fwd_bwd(&|tp| ops::attention(tp, &q, &k, &v, &lay, heads, 0.25, false).unwrap().0))
+        });
+    }
+    g.finish();
+    ops::linear::set_cpu_bf16(ops::linear::CpuBf16::Off).unwrap();
+}
+
 fn cross_entropy(c: &mut Criterion) {
     let mut g = c.benchmark_group("cross_entropy_5000_classes");
     g.sample_size(20);
@@ -227,5 +257,14 @@ fn training_step(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, layer_ops, inference_ops, bf16_peak, linear_products, cross_entropy, training_step);
+criterion_group!(
+    benches,
+    layer_ops,
+    inference_ops,
+    bf16_peak,
+    linear_products,
+    attention_bf16_training,
+    cross_entropy,
+    training_step
+);
 criterion_main!(benches);

@@ -96,11 +96,13 @@ impl<T: Real> simd::Kernel for SoftmaxRows<'_, T> {
 }
 
 /// Row softmax of a `len × len` block in place, after multiplying by `scale`.
+#[cfg(test)]
 pub(super) fn softmax_rows<T: Real>(p: &mut [T], len: usize, scale: T) {
     simd::dispatch(SoftmaxRows { p, len, scale });
 }
 
 /// `dS = P ⊙ (dP − rowsum(dP ⊙ P))` of a `len × len` block, in place over `dP`.
+#[cfg(test)]
 pub(super) fn softmax_backward_rows<T: Real>(dp: &mut [T], p: &[T], len: usize) {
     simd::dispatch(SoftmaxBackwardRows { dp, p, len });
 }

@@ -3,7 +3,8 @@
 //!
 //! Training ([`forward_training`], [`backward_training`]) keeps the fp32 probabilities and
 //! runs each (sequence, head)'s products, two forward and four backward, through the linear
-//! layers' bf16 kernels (`matmul_bf16`). Inference ([`forward_inference`]) has its own
+//! layers' bf16 kernels (`matmul_bf16`); the softmax passes write the `l × l` operands of
+//! the next products as bf16 pairs directly (`softmax_pairs`). Inference ([`forward_inference`]) has its own
 //! kernel, described here, which keeps no probabilities: both
 //! products `S = scale·Q Kᵀ` and `O = P V` multiply bf16-rounded operands with fp32 sums
 //! on `vdpbf16ps`; the softmax runs in fp32 and its unnormalised weights `exp(S − max)`
@@ -26,8 +27,10 @@
 use half::bf16;
 use rayon::prelude::*;
 
+mod softmax_pairs;
+
 use super::attention::{self, AttnDims};
-use super::matmul_bf16::{self, PackedBf16};
+use super::matmul_bf16::{self, PackedBf16, PairedLeft};
 use super::SharedMut;
 
 /// Query rows per block (16 fp32 accumulators of 16 lanes).
@@ -147,9 +150,10 @@ pub fn forward_training(
             let keys = PackedBf16::pack_strided(kh, width, l, d);
             matmul_bf16::product_at(prob_ptr.at(prob), l, qh, width, l, &keys, false);
             let p = std::slice::from_raw_parts_mut(prob_ptr.at(prob), l * l);
-            attention::softmax_rows(p, l, scale);
+            let p_rows = softmax_pairs::softmax_with_row_pairs(p, l, scale);
             let values = PackedBf16::pack_columns_strided(vh, width, l, d);
-            matmul_bf16::product_at(out_ptr.at(at), width, p, l, l, &values, false);
+            let left = PairedLeft::row_major(&p_rows, l, l.div_ceil(2));
+            matmul_bf16::paired_product_at(out_ptr.at(at), width, left, &values, false);
         }
     });
 }
@@ -189,40 +193,31 @@ pub fn backward_training(
         };
         if let Some(dout) = dout {
             let (doh, vh) = (&dout[at..], &v[at..]);
-            // Safety: `dp` has room for l·l floats, initialised when `dprobs` filled it;
-            // each task owns its head's columns of its rows in dv.
+            // Safety: `dp` has room for l·l floats, initialised when `dprobs` filled it.
             unsafe {
                 let values = PackedBf16::pack_strided(vh, width, l, d);
                 matmul_bf16::product_at(dp.as_mut_ptr(), l, doh, width, l, &values, dprobs.is_some());
                 dp.set_len(l * l);
-                if want_dv {
-                    let dos = PackedBf16::pack_columns_strided(doh, width, l, d);
-                    matmul_bf16::transposed_product_at(dv_ptr.at(at), width, p, l, &dos, true);
-                }
             }
         }
-        attention::softmax_backward_rows(&mut dp, p, l);
+        // dS (and Pᵀ for dV) as bf16 pairs in one pass over dP and P.
+        let pairs = softmax_pairs::softmax_backward_pairs(&dp, p, l, dout.is_some() && want_dv);
+        // Safety (the three products): each task owns its head's columns of its rows in
+        // dq, dk and dv.
+        if let (Some(dout), Some(pt)) = (dout, pairs.p_transposed(l)) {
+            let dos = PackedBf16::pack_columns_strided(&dout[at..], width, l, d);
+            unsafe { matmul_bf16::paired_product_at(dv_ptr.at(at), width, pt, &dos, true) };
+        }
         // dQ += scale·dS K and dK += scale·dSᵀ Q, the scale folded into K and Q.
-        // Safety: each task owns its head's columns of its rows in dq and dk.
         if want_dq {
-            let ks = PackedBf16::pack_columns(&head_rows(k, start, l, head, dims, scale), l, d);
-            unsafe { matmul_bf16::product_at(dq_ptr.at(at), width, &dp, l, l, &ks, true) };
+            let ks = PackedBf16::pack_scaled_columns(&k[at..], width, l, d, scale);
+            unsafe { matmul_bf16::paired_product_at(dq_ptr.at(at), width, pairs.ds(l), &ks, true) };
         }
         if want_dk {
-            let qs = PackedBf16::pack_columns(&head_rows(q, start, l, head, dims, scale), l, d);
-            unsafe { matmul_bf16::transposed_product_at(dk_ptr.at(at), width, &dp, l, &qs, true) };
+            let qs = PackedBf16::pack_scaled_columns(&q[at..], width, l, d, scale);
+            unsafe { matmul_bf16::paired_product_at(dk_ptr.at(at), width, pairs.ds_transposed(l), &qs, true) };
         }
     });
-}
-
-/// One head's `[l, d]` block of a `[tokens, heads·d]` matrix times `scale`, contiguous.
-fn head_rows(m: &[f32], start: usize, l: usize, head: usize, dims: AttnDims, scale: f32) -> Vec<f32> {
-    let (d, width) = (dims.head_dim, dims.n_heads * dims.head_dim);
-    let mut out = Vec::with_capacity(l * d);
-    for t in start..start + l {
-        out.extend(m[t * width + head * d..][..d].iter().map(|&x| scale * x));
-    }
-    out
 }
 
 /// The scalar twin of [`forward_inference`]: bf16(scale·q)·bf16(k) summed in f64, the
@@ -392,7 +387,7 @@ mod x86 {
     /// `exp(x)` for `x ≤ 0` lane-wise: the Cephes polynomial of `real::exp_f32` with FMAs
     /// and `vscalefps` for the `2ⁿ`; below −87 the result is 0.
     #[target_feature(enable = "avx512f")]
-    unsafe fn exp(x: __m512) -> __m512 {
+    pub(super) unsafe fn exp(x: __m512) -> __m512 {
         let under = _mm512_cmp_ps_mask::<_CMP_LT_OQ>(x, _mm512_set1_ps(-87.0));
         let x = _mm512_max_ps(x, _mm512_set1_ps(-87.0));
         let n = _mm512_roundscale_ps::<{ _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC }>(_mm512_mul_ps(

@@ -15,7 +15,11 @@
 //!   row-major for `x` and `dy` (each thread packs its own block of rows), pair-major for
 //!   `dyᵀ` in `dW` (one 32-bit broadcast feeds a row's pair either way);
 //! - the micro-kernel keeps an [`MR`]×[`NR`] tile of fp32 sums in 24 of the 32 zmm
-//!   registers and walks [`KC_PAIRS`] pairs at a time (the panel slice, 32 KiB, stays near L1).
+//!   registers and walks [`KC_PAIRS`] pairs at a time (the panel slice, 32 KiB, stays near L1);
+//!   a panel of at most 16 columns (a 16-wide attention head) takes `2·MR` rows of one
+//!   register each, so no lane of the 24 sums is idle;
+//! - a left operand that a caller already rounded and paired ([`PairedLeft`], the
+//!   attention softmax's output) goes straight to the kernel ([`paired_product_at`]).
 //!
 //! [`reference`] is the scalar twin the tests compare against: the same bf16 roundings,
 //! summed in f64.
@@ -80,7 +84,7 @@ impl PackedBf16 {
         assert_view(w.len(), ld, out_features, in_features, "pack");
         let pairs = in_features.div_ceil(2);
         let panels = out_features.div_ceil(NR);
-        let mut data = vec![0u32; panels * pairs * NR];
+        let mut data = super::filled(panels * pairs * NR, 0u32);
         // Each panel's rows are rounded as whole rows (vectorised), then their words are
         // interleaved into the panel; columns past `out_features` stay zero.
         data.par_chunks_mut((pairs * NR).max(1)).enumerate().for_each(|(p, panel)| {
@@ -105,18 +109,31 @@ impl PackedBf16 {
 
     /// [`PackedBf16::pack_columns`] for a source whose rows lie `ld` floats apart.
     pub fn pack_columns_strided(src: &[f32], ld: usize, k: usize, cols: usize) -> PackedBf16 {
+        PackedBf16::pack_scaled_columns(src, ld, k, cols, 1.0)
+    }
+
+    /// [`PackedBf16::pack_columns_strided`] of `scale·src` (each product rounded to fp32,
+    /// then to bf16).
+    pub fn pack_scaled_columns(src: &[f32], ld: usize, k: usize, cols: usize, scale: f32) -> PackedBf16 {
         assert_view(src.len(), ld, k, cols, "pack_columns");
         let pairs = k.div_ceil(2);
         let panels = cols.div_ceil(NR);
-        let mut data = vec![0u32; panels * pairs * NR];
-        data.par_chunks_mut((pairs * NR).max(1)).enumerate().for_each(|(p, panel)| {
+        let len = panels * pairs * NR;
+        // Written word by word below (no zero fill first): every word of every panel,
+        // columns past `cols` as zero pairs.
+        let mut data: Vec<u32> = Vec::with_capacity(len);
+        data.spare_capacity_mut().par_chunks_mut((pairs * NR).max(1)).enumerate().for_each(|(p, panel)| {
             let (c0, width) = (p * NR, NR.min(cols - p * NR));
-            for q in 0..pairs {
-                let lo = &src[2 * q * ld + c0..][..width];
-                let hi = (2 * q + 1 < k).then(|| &src[(2 * q + 1) * ld + c0..][..width]);
-                pair_rows(lo, hi, &mut panel[q * NR..][..width]);
+            let view = PanelSource { src: &src[c0..], ld, k, width, scale };
+            #[cfg(target_arch = "x86_64")]
+            if supported() {
+                // Safety: AVX512-BF16 was just checked; `panel` holds pairs·NR words.
+                return unsafe { x86::pack_panel(panel.as_mut_ptr() as *mut u32, &view) };
             }
+            view.pack_scalar(panel);
         });
+        // Safety: the loop above initialised all `len` words.
+        unsafe { data.set_len(len) };
         PackedBf16 { out_features: cols, in_features: k, pairs, panels, data }
     }
 
@@ -161,7 +178,7 @@ pub fn linear_backward_weight(dw: &mut [f32], dy: &[f32], x: &[f32], n: usize, o
         return;
     }
     let xs = PackedBf16::pack_columns(x, n, inp);
-    let a = pair_major(dy, n, out, true);
+    let a = pair_major(dy, n, out);
     let rows = rows_per_task(out, inp, n);
     dw.par_chunks_mut(rows * inp).enumerate().for_each(|(t, dc)| {
         let r0 = t * rows;
@@ -172,6 +189,35 @@ pub fn linear_backward_weight(dw: &mut [f32], dy: &[f32], x: &[f32], n: usize, o
     });
 }
 
+/// One panel's source for [`PackedBf16::pack_scaled_columns`]: `width` (≤ [`NR`]) columns
+/// of `k` rows `ld` floats apart, times `scale`.
+struct PanelSource<'a> {
+    src: &'a [f32],
+    ld: usize,
+    k: usize,
+    width: usize,
+    scale: f32,
+}
+
+impl PanelSource<'_> {
+    /// `scale·src[row, col]`, zero past the source.
+    fn at(&self, row: usize, col: usize) -> f32 {
+        if row < self.k && col < self.width {
+            self.scale * self.src[row * self.ld + col]
+        } else {
+            0.0
+        }
+    }
+
+    /// The scalar twin of [`x86::pack_panel`].
+    fn pack_scalar(&self, panel: &mut [std::mem::MaybeUninit<u32>]) {
+        for (i, word) in panel.iter_mut().enumerate() {
+            let (q, col) = (i / NR, i % NR);
+            word.write(pair(self.at(2 * q, col), self.at(2 * q + 1, col)));
+        }
+    }
+}
+
 /// `C (+)= bf16(a)[n, k] · B` on the calling thread, row `i` of `a` at `a[i·lda..]` and of
 /// `C` at `c + i·ldc`: for callers that are already one task of a parallel loop (attention,
 /// per head).
@@ -180,24 +226,50 @@ pub fn linear_backward_weight(dw: &mut [f32], dy: &[f32], x: &[f32], n: usize, o
 /// For `i < n` and `j < w.out_features`, `c.add(i·ldc + j)` is valid, written by no one
 /// else meanwhile, and initialised when `accumulate` is on.
 pub unsafe fn product_at(c: *mut f32, ldc: usize, a: &[f32], lda: usize, n: usize, w: &PackedBf16, accumulate: bool) {
-    assert!(supported(), "bf16 products need AVX512-BF16");
     assert_view(a.len(), lda, n, w.in_features, "bf16 product");
     let packed = pack_rows(a, lda, n, w.in_features, w.pairs);
-    let left = Left { words: packed.as_ptr(), row_stride: w.pairs, pair_stride: 1 };
-    block(c, ldc, left, n, w, &[], accumulate);
+    paired_product_at(c, ldc, PairedLeft::row_major(&packed, n, w.pairs), w, accumulate);
 }
 
-/// `C (+)= bf16(a)ᵀ · B` for `a: [k, n]` (K down the rows, as `dyᵀ` in `dW = dyᵀ·x`) on
-/// the calling thread, row `i` of `C` at `c + i·ldc`.
+/// A left operand already rounded to bf16 pairs along K: word `(i, q)` at
+/// `words[i·row_stride + q·pair_stride]`, for `rows` rows of `pairs` pairs.
+#[derive(Clone, Copy)]
+pub struct PairedLeft<'a> {
+    words: &'a [u32],
+    rows: usize,
+    pairs: usize,
+    row_stride: usize,
+    pair_stride: usize,
+}
+
+impl<'a> PairedLeft<'a> {
+    /// Row `i`'s pairs contiguous (`words[i·pairs + q]`), as [`product_at`] packs them.
+    pub fn row_major(words: &'a [u32], rows: usize, pairs: usize) -> PairedLeft<'a> {
+        PairedLeft { words, rows, pairs, row_stride: pairs, pair_stride: 1 }
+    }
+
+    /// Pair `q` of every row contiguous (`words[q·rows + i]`): `aᵀ` for `a: [k, rows]`
+    /// paired down its columns, as `dW = dyᵀ·x` reads `dyᵀ`.
+    pub fn pair_major(words: &'a [u32], rows: usize, pairs: usize) -> PairedLeft<'a> {
+        PairedLeft { words, rows, pairs, row_stride: 1, pair_stride: rows }
+    }
+}
+
+/// [`product_at`] for a left operand its caller already paired (a softmax pass that
+/// writes its result as bf16 pairs).
 ///
 /// # Safety
-/// As [`product_at`].
-pub unsafe fn transposed_product_at(c: *mut f32, ldc: usize, a: &[f32], n: usize, w: &PackedBf16, accumulate: bool) {
+/// As [`product_at`], for `a.rows` rows.
+pub unsafe fn paired_product_at(c: *mut f32, ldc: usize, a: PairedLeft, w: &PackedBf16, accumulate: bool) {
     assert!(supported(), "bf16 products need AVX512-BF16");
-    assert_eq!(a.len(), w.in_features * n, "bf16 product: the left operand is not [k, n]");
-    let words = pair_major(a, w.in_features, n, false);
-    let left = Left { words: words.as_ptr(), row_stride: 1, pair_stride: n };
-    block(c, ldc, left, n, w, &[], accumulate);
+    assert_eq!(a.pairs, w.pairs, "bf16 product: the left operand's K is not the right operand's");
+    if a.rows == 0 || a.pairs == 0 {
+        return;
+    }
+    let last = (a.rows - 1) * a.row_stride + (a.pairs - 1) * a.pair_stride;
+    assert!(last < a.words.len(), "bf16 product: {} words hold no {}x{} pairs", a.words.len(), a.rows, a.pairs);
+    let left = Left { words: a.words.as_ptr(), row_stride: a.row_stride, pair_stride: a.pair_stride };
+    block(c, ldc, left, a.rows, w, &[], accumulate);
 }
 
 /// The AVX512-BF16 block kernel ([`x86::block`]); every caller has checked [`supported`],
@@ -214,18 +286,13 @@ unsafe fn block(c: *mut f32, ldc: usize, a: Left, n: usize, w: &PackedBf16, b: &
 }
 
 /// `aᵀ` for `a: [k, n]` as bf16 pairs along K, pair-major: word `(i, q)` at `q·n + i` is
-/// `(a[2q, i], a[2q + 1, i])` (odd `k`: a zero high half). `parallel`: over the rayon pool.
-fn pair_major(a: &[f32], k: usize, n: usize, parallel: bool) -> Vec<u32> {
-    let mut words = vec![0u32; k.div_ceil(2) * n];
-    let pair = |(q, dst): (usize, &mut [u32])| {
+/// `(a[2q, i], a[2q + 1, i])` (odd `k`: a zero high half), over the rayon pool.
+fn pair_major(a: &[f32], k: usize, n: usize) -> Vec<u32> {
+    let mut words = super::filled(k.div_ceil(2) * n, 0u32);
+    words.par_chunks_mut(n.max(1)).enumerate().for_each(|(q, dst)| {
         let hi = (2 * q + 1 < k).then(|| &a[(2 * q + 1) * n..][..n]);
         pair_rows(&a[2 * q * n..][..n], hi, dst);
-    };
-    if parallel {
-        words.par_chunks_mut(n.max(1)).enumerate().for_each(pair);
-    } else {
-        words.chunks_mut(n.max(1)).enumerate().for_each(pair);
-    }
+    });
     words
 }
 
@@ -262,15 +329,14 @@ unsafe fn rows_times_panels(c: *mut f32, a: &[f32], n: usize, w: &PackedBf16, b:
     });
 }
 
-/// `dst[l] = (bf16(lo[l]), bf16(hi[l]))` as one word (`hi` absent: zero), 16 words at a
-/// time on AVX512-BF16.
+/// `dst[l] = (bf16(lo[l]), bf16(hi[l]))` as one word (`hi` absent: zero).
 fn pair_rows(lo: &[f32], hi: Option<&[f32]>, dst: &mut [u32]) {
-    // Safety: the bf16 kernels only run where `supported()` holds.
     #[cfg(target_arch = "x86_64")]
-    let done = if supported() { unsafe { x86::pair_rows(lo, hi, dst) } } else { 0 };
-    #[cfg(not(target_arch = "x86_64"))]
-    let done = 0;
-    for l in done..dst.len() {
+    if supported() {
+        // Safety: AVX512-BF16 was just checked.
+        return unsafe { x86::pair_rows(lo, hi, dst) };
+    }
+    for l in 0..dst.len() {
         dst[l] = pair(lo[l], hi.map_or(0.0, |h| h[l]));
     }
 }
@@ -373,7 +439,17 @@ mod tests {
             eprintln!("skipped: this CPU has no AVX512-BF16");
             return;
         }
-        for &(n, k, m) in &[(1, 1, 1), (13, 7, 33), (25, 320, 320), (37, 301, 95), (50, 1280, 64)] {
+        for &(n, k, m) in &[
+            (1, 1, 1),
+            (13, 7, 33),
+            (25, 320, 320),
+            (37, 301, 95),
+            (50, 1280, 64),
+            (61, 40, 16),
+            (47, 24, 24),
+            (26, 8, 16),
+            (2, 8, 16),
+        ] {
             let (x, w, b) = (random(n * k, 1), random(m * k, 2), random(m, 3));
             for bias in [&b[..], &[]] {
                 let y = linear(&x, &PackedBf16::pack(&w, m, k), bias, n);
@@ -396,7 +472,9 @@ mod tests {
             eprintln!("skipped: this CPU has no AVX512-BF16");
             return;
         }
-        for &(n, out, inp) in &[(1, 1, 1), (13, 7, 33), (37, 95, 301), (301, 64, 40), (600, 33, 17)] {
+        for &(n, out, inp) in
+            &[(1, 1, 1), (13, 7, 33), (37, 95, 301), (301, 64, 40), (600, 33, 17), (59, 16, 16), (45, 40, 24)]
+        {
             let (dy, w, x) = (random(n * out, 4), random(out * inp, 5), random(n * inp, 6));
             let (dx0, dw0) = (random(n * inp, 7), random(out * inp, 8));
             let close = |got: &[f32], want: &[f32], what: &str, k: usize| {
@@ -414,6 +492,48 @@ mod tests {
         }
     }
 
+    /// A product into a wider matrix (`ldc` past its columns, a row below it) writes its
+    /// own `n × cols` and nothing else, for every row count a tile can end on, narrow
+    /// (≤ 16 columns) and full panels, row-major and pair-major left operands.
+    #[test]
+    fn products_write_only_their_rows_and_columns() {
+        if !supported() {
+            eprintln!("skipped: this CPU has no AVX512-BF16");
+            return;
+        }
+        let k = 10;
+        for cols in [8usize, 16, 24, 40] {
+            for n in 1..=27 {
+                let (a, b) = (random(n * k, 11), random(k * cols, 12));
+                let packed = PackedBf16::pack_columns(&b, k, cols);
+                let ldc = cols + 3;
+                let want = reference(&a, &transpose(&b, k, cols), &[], n, k, cols);
+                let words = pack_rows(&a, k, n, k, k / 2);
+                let columns = pair_major(&transpose(&a, n, k), k, n);
+                for left in [PairedLeft::row_major(&words, n, k / 2), PairedLeft::pair_major(&columns, n, k / 2)] {
+                    let mut c = vec![f32::NAN; (n + 1) * ldc];
+                    // Safety: `c` holds n + 1 rows of ldc ≥ cols floats.
+                    unsafe { paired_product_at(c.as_mut_ptr(), ldc, left, &packed, false) };
+                    for (i, row) in c.chunks(ldc).enumerate() {
+                        for (j, &got) in row.iter().enumerate() {
+                            if i < n && j < cols {
+                                let r = want[i * cols + j];
+                                assert!((got - r).abs() <= 1e-5 * (1.0 + r.abs()), "{n}x{cols} [{i}, {j}]");
+                            } else {
+                                assert!(got.is_nan(), "{n}x{cols}: wrote [{i}, {j}] outside the product");
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// `m: [rows, cols]` transposed.
+    fn transpose(m: &[f32], rows: usize, cols: usize) -> Vec<f32> {
+        (0..cols * rows).map(|t| m[(t % rows) * cols + t / rows]).collect()
+    }
+
     /// The vectorised pairing rounds exactly as the scalar one, bit for bit.
     #[test]
     fn vector_pairing_equals_scalar_pairing() {
@@ -425,6 +545,32 @@ mod tests {
                 assert_eq!(*g, pair(lo[l], h.map_or(0.0, |h| h[l])), "word {l}");
             }
         }
+    }
+
+    /// The vectorised panel packing of `scale·src` (strided, odd K, a partial last panel)
+    /// equals the scalar twin's, bit for bit, and `scale` 1 equals `pack_columns`.
+    #[test]
+    fn scaled_column_packing_equals_the_scalar_twin() {
+        let (k, cols, ld) = (37usize, 45usize, 50usize);
+        let src = random(k * ld, 13);
+        for scale in [1.0f32, 0.3] {
+            let packed = PackedBf16::pack_scaled_columns(&src, ld, k, cols, scale);
+            for (p, panel) in packed.data.chunks(packed.pairs * NR).enumerate() {
+                let (c0, width) = (p * NR, NR.min(cols - p * NR));
+                let view = PanelSource { src: &src[c0..], ld, k, width, scale };
+                let mut want = vec![std::mem::MaybeUninit::new(0u32); panel.len()];
+                view.pack_scalar(&mut want);
+                for (i, (g, w)) in panel.iter().zip(&want).enumerate() {
+                    // Safety: `pack_scalar` wrote every word.
+                    assert_eq!(*g, unsafe { w.assume_init() }, "scale {scale} panel {p} word {i}");
+                }
+            }
+        }
+        let contiguous: Vec<f32> = (0..k).flat_map(|r| src[r * ld..][..cols].to_vec()).collect();
+        assert_eq!(
+            PackedBf16::pack_scaled_columns(&src, ld, k, cols, 1.0).data,
+            PackedBf16::pack_columns(&contiguous, k, cols).data
+        );
     }
 
     /// Bits PyTorch gives (torch 2.15: `torch.tensor(xs).bfloat16().view(torch.int16)`),

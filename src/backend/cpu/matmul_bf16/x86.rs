@@ -3,23 +3,47 @@
 
 use std::arch::x86_64::*;
 
-use super::{Left, PackedBf16, KC_PAIRS, MR, NR};
+use super::{Left, PackedBf16, PanelSource, KC_PAIRS, MR, NR};
 
-/// Words `(bf16(lo[l]), bf16(hi[l]))`, 16 at a time; returns how many it wrote.
+/// Words `(bf16(lo[l]), bf16(hi[l]))` (`hi` absent: a zero high half), 16 at a time and
+/// the rest through masks.
 #[target_feature(enable = "avx512f,avx512bf16")]
-pub(super) unsafe fn pair_rows(lo: &[f32], hi: Option<&[f32]>, dst: &mut [u32]) -> usize {
-    let full = dst.len() / 16;
-    for i in 0..full {
-        let l = _mm512_cvtneps_pbh(_mm512_loadu_ps(lo.as_ptr().add(16 * i)));
-        let h = match hi {
-            Some(h) => _mm512_cvtneps_pbh(_mm512_loadu_ps(h.as_ptr().add(16 * i))),
-            None => std::mem::transmute::<__m256i, __m256bh>(_mm256_setzero_si256()),
+pub(super) unsafe fn pair_rows(lo: &[f32], hi: Option<&[f32]>, dst: &mut [u32]) {
+    let mut i = 0;
+    while i < dst.len() {
+        let mask = column_mask(dst.len() - i, 0);
+        let round = |row: &[f32]| {
+            let x = _mm512_maskz_loadu_ps(mask, row.as_ptr().add(i));
+            _mm512_cvtepu16_epi32(std::mem::transmute::<__m256bh, __m256i>(_mm512_cvtneps_pbh(x)))
         };
-        let l = _mm512_cvtepu16_epi32(std::mem::transmute::<__m256bh, __m256i>(l));
-        let h = _mm512_cvtepu16_epi32(std::mem::transmute::<__m256bh, __m256i>(h));
-        _mm512_storeu_si512(dst.as_mut_ptr().add(16 * i) as *mut _, _mm512_or_si512(l, _mm512_slli_epi32(h, 16)));
+        let l = round(lo);
+        let h = hi.map_or(_mm512_setzero_si512(), |h| round(h));
+        _mm512_mask_storeu_epi32(dst.as_mut_ptr().add(i) as *mut _, mask, _mm512_or_si512(l, _mm512_slli_epi32(h, 16)));
+        i += 16;
     }
-    full * 16
+}
+
+/// One panel of [`PackedBf16::pack_scaled_columns`]: for each pair `q` of rows, [`NR`]
+/// words `(bf16(scale·src[2q, c]), bf16(scale·src[2q+1, c]))`, zero pairs past the
+/// source's rows and columns; writes all `pairs·NR` words at `panel`.
+#[target_feature(enable = "avx512f,avx512bf16")]
+pub(super) unsafe fn pack_panel(panel: *mut u32, s: &PanelSource) {
+    let scale = _mm512_set1_ps(s.scale);
+    let masks = [column_mask(s.width, 0), column_mask(s.width, 16)];
+    let round = |row: usize, h: usize| -> __m512i {
+        if row >= s.k {
+            return _mm512_setzero_si512();
+        }
+        let x = _mm512_maskz_loadu_ps(masks[h], s.src.as_ptr().add(row * s.ld + 16 * h));
+        let b = _mm512_cvtneps_pbh(_mm512_mul_ps(x, scale));
+        _mm512_cvtepu16_epi32(std::mem::transmute::<__m256bh, __m256i>(b))
+    };
+    for q in 0..s.k.div_ceil(2) {
+        for h in 0..NR / 16 {
+            let words = _mm512_or_si512(round(2 * q, h), _mm512_slli_epi32(round(2 * q + 1, h), 16));
+            _mm512_storeu_si512(panel.add(q * NR + 16 * h) as *mut _, words);
+        }
+    }
 }
 
 /// Round `src` to bf16 pairs, 32 floats at a time and the rest through masks (an odd
@@ -65,9 +89,12 @@ pub(super) unsafe fn block(c: *mut f32, ldc: usize, a: Left, n: usize, w: &Packe
             let cols = NR.min(m - p * NR);
             let panel = w.data.as_ptr().add((p * w.pairs + q0) * NR);
             let bias = if first && !b.is_empty() { Some(b.as_ptr().add(p * NR)) } else { None };
+            // A panel of at most 16 columns (the last of a ragged width, or a 16-wide
+            // attention head) needs one register a row: twice the rows a tile.
+            let (tile_rows, narrow) = if cols <= 16 { (MR_NARROW, true) } else { (MR, false) };
             let mut r = 0;
             while r < n {
-                let rows = MR.min(n - r);
+                let rows = tile_rows.min(n - r);
                 let tile = Tile {
                     a: a.words.add(r * a.row_stride + q0 * a.pair_stride),
                     a_row: a.row_stride,
@@ -80,7 +107,11 @@ pub(super) unsafe fn block(c: *mut f32, ldc: usize, a: Left, n: usize, w: &Packe
                     first,
                     bias,
                 };
-                dispatch(rows, &tile);
+                if narrow {
+                    dispatch_narrow(rows, &tile);
+                } else {
+                    dispatch(rows, &tile);
+                }
                 r += rows;
             }
         }
@@ -89,6 +120,7 @@ pub(super) unsafe fn block(c: *mut f32, ldc: usize, a: Left, n: usize, w: &Packe
 }
 
 /// One micro-tile's operands.
+#[derive(Clone, Copy)]
 struct Tile {
     a: *const u32,
     a_row: usize,
@@ -101,6 +133,13 @@ struct Tile {
     /// The first K block: start from the bias (or zero) instead of reading `c`.
     first: bool,
     bias: Option<*const f32>,
+}
+
+impl Tile {
+    /// The same tile `rows` rows further down.
+    unsafe fn below(&self, rows: usize) -> Tile {
+        Tile { a: self.a.add(rows * self.a_row), c: self.c.add(rows * self.ldc), ..*self }
+    }
 }
 
 #[target_feature(enable = "avx512f,avx512bf16")]
@@ -118,6 +157,62 @@ unsafe fn dispatch(rows: usize, t: &Tile) {
         3 => tile::<3>(t),
         2 => tile::<2>(t),
         _ => tile::<1>(t),
+    }
+}
+
+/// Rows per micro-tile of a panel of at most 16 columns (24 accumulators, as [`MR`]'s).
+const MR_NARROW: usize = 2 * MR;
+
+#[target_feature(enable = "avx512f,avx512bf16")]
+unsafe fn dispatch_narrow(rows: usize, t: &Tile) {
+    match rows {
+        24 => narrow_tile::<24>(t),
+        17..=23 => {
+            narrow_tile::<16>(t);
+            dispatch_narrow(rows - 16, &t.below(16));
+        }
+        9..=16 => {
+            narrow_tile::<8>(t);
+            dispatch_narrow(rows - 8, &t.below(8));
+        }
+        8 => narrow_tile::<8>(t),
+        5..=7 => {
+            narrow_tile::<4>(t);
+            dispatch_narrow(rows - 4, &t.below(4));
+        }
+        4 => narrow_tile::<4>(t),
+        3 => {
+            narrow_tile::<2>(t);
+            narrow_tile::<1>(&t.below(2));
+        }
+        2 => narrow_tile::<2>(t),
+        _ => narrow_tile::<1>(t),
+    }
+}
+
+/// `R` rows × at most 16 columns: per pair, one panel load and `R` `vdpbf16ps`.
+#[target_feature(enable = "avx512f,avx512bf16")]
+#[inline]
+unsafe fn narrow_tile<const R: usize>(t: &Tile) {
+    debug_assert!(R <= MR_NARROW && t.cols <= 16);
+    let mask = column_mask(t.cols, 0);
+    let mut acc = [_mm512_setzero_ps(); R];
+    for (i, v) in acc.iter_mut().enumerate() {
+        *v = match (t.first, t.bias) {
+            (true, Some(bias)) => _mm512_maskz_loadu_ps(mask, bias),
+            (true, None) => _mm512_setzero_ps(),
+            (false, _) => _mm512_maskz_loadu_ps(mask, t.c.add(i * t.ldc)),
+        };
+    }
+    for q in 0..t.pairs {
+        let b: __m512bh = std::mem::transmute(_mm512_loadu_si512(t.b.add(q * NR) as *const _));
+        for (i, v) in acc.iter_mut().enumerate() {
+            let a: __m512bh = std::mem::transmute(_mm512_set1_epi32(*t.a.add(i * t.a_row + q * t.a_pair) as i32));
+            *v = _mm512_dpbf16_ps(*v, a, b);
+        }
+    }
+    for (i, v) in acc.iter().enumerate() {
+        _mm512_mask_storeu_ps(t.c.add(i * t.ldc), mask, *v);
     }
 }
 
