@@ -17,7 +17,7 @@ use qf_engine::ops;
 use qf_engine::ops::linear::{cpu_bf16, set_cpu_bf16, CpuBf16};
 use qf_engine::optim::{OptimConfig, Optimizer};
 use qf_engine::train::device::{open, open_for_inference, DeviceChoice, Precision};
-use qf_engine::{DType, Device, Tape};
+use qf_engine::{DType, Device, Tape, Tensor};
 
 fn batch() -> PackedBatch {
     let mut b = PackedBatch::new();
@@ -99,6 +99,7 @@ fn bf16_inference_on_the_cpu() {
     let (le, ge) = (((bf16_loss - loss) / loss).abs() as f64, relative_error(&bf16_grads, &grads));
     assert!(le < 2e-2 && ge < 5e-2, "bf16 training: loss {le:.2e}, gradients {ge:.2e} from fp32");
     assert!(ge > 1e-6, "bf16 gradients equal the fp32 ones ({ge:.2e}): the bf16 backward did not run");
+    shared_input_gradients_match_the_scalar_twins();
 
     // The optimizer changes the weights in place: the next bf16 forward must multiply with
     // the new ones (no packed copy kept across steps), inference tape or not.
@@ -112,5 +113,46 @@ fn bf16_inference_on_the_cpu() {
     for got in stepped {
         let e = relative_error(&got, &stepped_exact);
         assert!(e < 2e-2, "after a step, bf16 logits are {e:.2e} from the new fp32 ones");
+    }
+}
+
+/// Values in [−1, 1) from a fixed linear congruential sequence.
+fn values(len: usize, seed: u64) -> Vec<f32> {
+    let mut state = seed.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1_442_695_040_888_963_407);
+    (0..len)
+        .map(|_| {
+            state = state.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1_442_695_040_888_963_407);
+            ((state >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
+        })
+        .collect()
+}
+
+/// A bf16 training backward through two linears that share their input (as query, key and
+/// value share theirs): the first contribution to `dx` is written into a fresh buffer and
+/// the second added to it, and the weight gradients are fresh buffers; all against the
+/// scalar twins (f64 sums of the same bf16 roundings).
+fn shared_input_gradients_match_the_scalar_twins() {
+    let (n, k, m) = (37, 48, 20);
+    let param = |v: Vec<f32>, shape: &[usize]| Tensor::from_vec(v, shape).unwrap().with_requires_grad(true);
+    let (xs, w1s, w2s) = (values(n * k, 1), values(m * k, 2), values(m * k, 3));
+    let (x, w1, w2) = (param(xs.clone(), &[n, k]), param(w1s.clone(), &[m, k]), param(w2s.clone(), &[m, k]));
+    let tape = Tape::new();
+    let y1 = ops::linear(&tape, &x, &w1, None).unwrap();
+    let y2 = ops::linear(&tape, &x, &w2, None).unwrap();
+    let (dy1, dy2) = (values(n * m, 4), values(n * m, 5));
+    let seed = |v: &[f32]| Tensor::from_vec(v.to_vec(), &[n, m]).unwrap();
+    let mut grads = Grads::new();
+    tape.backward_from_many(&[(&y1, seed(&dy1)), (&y2, seed(&dy2))], &mut grads).unwrap();
+
+    let dx_first = matmul_bf16::reference_backward_input(&vec![0.0; n * k], &dy2, &w2s, n, m, k);
+    let want_dx = matmul_bf16::reference_backward_input(&dx_first, &dy1, &w1s, n, m, k);
+    let want_dw1 = matmul_bf16::reference_backward_weight(&vec![0.0; m * k], &dy1, &xs, n, m, k);
+    let want_dw2 = matmul_bf16::reference_backward_weight(&vec![0.0; m * k], &dy2, &xs, n, m, k);
+    for (t, want, terms) in [(&x, want_dx, 2 * m), (&w1, want_dw1, n), (&w2, want_dw2, n)] {
+        let got = grads.get(t).expect("a gradient").to_vec_f32().unwrap();
+        for (i, (g, r)) in got.iter().zip(&want).enumerate() {
+            let tol = 1e-6 * (terms as f32).sqrt() * (1.0 + r.abs());
+            assert!((g - r).abs() <= tol, "gradient {:?} [{i}]: {g} vs {r}", t.shape());
+        }
     }
 }

@@ -7,8 +7,10 @@
 //! on the tape) and lets the node add its contributions into its inputs' gradients.
 //!
 //! Every contribution is accumulated (`+=`) into a buffer from [`Grads::acc`], which is
-//! zero-filled on first use. Parameter gradients therefore sum across calls to `backward`
-//! until [`Grads::clear`]: gradient accumulation over micro-batches needs nothing else.
+//! zero-filled on first use; an op whose backward writes its whole contribution may instead
+//! write the first one into a fresh buffer ([`Grads::has`]). Parameter gradients therefore
+//! sum across calls to `backward` until [`Grads::clear`]: gradient accumulation over
+//! micro-batches needs nothing else.
 //! An inference tape ([`Tape::inference`]) records nothing.
 //!
 //! [`checkpoint`] runs a block of ops without keeping its activations and recomputes them
@@ -186,6 +188,13 @@ impl Grads {
     /// The gradient of `t`, if any flowed into it.
     pub fn get(&self, t: &Tensor) -> Option<&Tensor> {
         self.map.get(&t.id())
+    }
+
+    /// Whether a gradient contribution to `t` was made yet. An op whose backward can write
+    /// its contribution into a fresh buffer does so when none was (then [`Grads::put`]s it),
+    /// instead of adding into the zeros [`Grads::take_acc`] would fill.
+    pub fn has(&self, t: &Tensor) -> bool {
+        self.map.contains_key(&t.id())
     }
 
     /// Mutable gradient of `t` (e.g. for unscaling in place).

@@ -5,9 +5,8 @@
 use anyhow::{bail, Result};
 
 use super::{grad_slice, out_grad, with_real};
-use crate::autograd::Tape;
+use crate::autograd::{Grads, Tape};
 use crate::backend::cpu::bias_gelu as cpu;
-use crate::backend::cpu::Real;
 use crate::backend::cuda::bias_gelu as cuda;
 use crate::tensor::Tensor;
 
@@ -26,12 +25,16 @@ pub fn bias_gelu(tape: &Tape, x: &Tensor, bias: Option<&Tensor>) -> Result<Tenso
     if y.requires_grad() {
         let (x, bias) = (x.clone(), bias.cloned());
         tape.record("bias_gelu", &[&y], move |outs, grads| {
+            let dy = out_grad(outs, 0)?;
+            if dy.is_cpu() && x.requires_grad() && !grads.has(&x) {
+                return fresh_cpu_backward(grads, dy, &x, bias.as_ref());
+            }
             let mut dx = grads.take_acc(&x)?;
             let mut db = match &bias {
                 Some(b) => grads.take_acc(b)?,
                 None => None,
             };
-            backward(&mut dx, &mut db, out_grad(outs, 0)?, &x, bias.as_ref())?;
+            backward(&mut dx, &mut db, dy, &x, bias.as_ref())?;
             grads.put(&x, dx);
             if let Some(b) = &bias {
                 grads.put(b, db);
@@ -56,9 +59,26 @@ fn forward(x: &Tensor, bias: Option<&Tensor>) -> Result<Tensor> {
     }
     let (rows, cols) = x.dims2()?;
     with_real!(x.dtype(), T => {
-        let mut y = crate::backend::cpu::filled(rows * cols, T::zero());
-        cpu::forward(&mut y, x.as_slice::<T>()?, bias_slice::<T>(bias)?, cols);
-        Tensor::from_vec(y, &[rows, cols])
+        Tensor::from_vec(cpu::forward_new(x.as_slice::<T>()?, bias_slice::<T>(bias)?, cols), &[rows, cols])
+    })
+}
+
+/// The CPU backward when `x` has no gradient yet: `du = dy·gelu'(x + b)` written into a new
+/// buffer that becomes `x`'s gradient, and `db += Σ_rows du`.
+fn fresh_cpu_backward(grads: &mut Grads, dy: &Tensor, x: &Tensor, bias: Option<&Tensor>) -> Result<()> {
+    let (_, cols) = x.dims2()?;
+    with_real!(dy.dtype(), T => {
+        let du = cpu::input_grad(dy.as_slice::<T>()?, x.as_slice::<T>()?, bias_slice::<T>(bias)?, cols);
+        if let Some(b) = bias {
+            let mut db = grads.take_acc(b)?;
+            let dbs = grad_slice::<T>(&mut db)?;
+            if !dbs.is_empty() {
+                crate::backend::cpu::elementwise::column_sums_into(dbs, &du, cols);
+            }
+            grads.put(b, db);
+        }
+        grads.put(x, Some(Tensor::from_vec(du, x.shape())?));
+        Ok(())
     })
 }
 

@@ -6,7 +6,6 @@ use anyhow::{bail, Result};
 use super::{grad_slice, out_grad, with_real};
 use crate::autograd::Tape;
 use crate::backend::cpu::layer_norm as cpu;
-use crate::backend::cpu::Real;
 use crate::backend::cuda::layer_norm as cuda;
 use crate::tensor::Tensor;
 
@@ -40,9 +39,7 @@ fn forward(x: &Tensor, w: &Tensor, b: &Tensor, eps: f64) -> Result<(Tensor, Tens
     }
     let (rows, dim) = x.dims2()?;
     with_real!(x.dtype(), T => {
-        let mut y = crate::backend::cpu::filled(rows * dim, T::zero());
-        let (mut mean, mut rstd) = (crate::backend::cpu::filled(rows, T::zero()), crate::backend::cpu::filled(rows, T::zero()));
-        cpu::forward(&mut y, &mut mean, &mut rstd, x.as_slice::<T>()?, w.as_slice::<T>()?, b.as_slice::<T>()?, dim, eps);
+        let (y, mean, rstd) = cpu::forward_new(x.as_slice::<T>()?, w.as_slice::<T>()?, b.as_slice::<T>()?, dim, eps);
         Ok((Tensor::from_vec(y, &[rows, dim])?, Tensor::from_vec(mean, &[rows])?, Tensor::from_vec(rstd, &[rows])?))
     })
 }

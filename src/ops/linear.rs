@@ -95,17 +95,32 @@ pub fn linear(tape: &Tape, x: &Tensor, w: &Tensor, b: Option<&Tensor>) -> Result
     if y.requires_grad() {
         let (x, w, b) = (x.clone(), w.clone(), b.cloned());
         tape.record("linear", &[&y], move |outs, grads| {
-            let mut dx = grads.take_acc(&x)?;
-            let mut dw = grads.take_acc(&w)?;
+            let dy = out_grad(outs, 0)?;
+            let bf16_backward = bf16 == CpuBf16::Training && dy.dtype() == DType::F32;
+            // The first contributions to `dx` and `dW` of a bf16 backward are written into fresh
+            // buffers, not added to zeros.
+            let fresh_dx = bf16_backward && x.requires_grad() && !grads.has(&x);
+            let mut dx = if fresh_dx { None } else { grads.take_acc(&x)? };
+            let fresh_dw = bf16_backward && w.requires_grad() && !grads.has(&w);
+            let mut dw = if fresh_dw { None } else { grads.take_acc(&w)? };
             let mut db = match &b {
                 Some(b) => grads.take_acc(b)?,
                 None => None,
             };
-            let dy = out_grad(outs, 0)?;
-            if bf16 == CpuBf16::Training && dy.dtype() == DType::F32 {
+            if bf16_backward {
                 cpu_bf16_backward(&mut dx, &mut dw, &mut db, dy, &x, &w_used, dims)?;
             } else {
                 backward(&mut dx, &mut dw, &mut db, dy, &x, &w_used, dims)?;
+            }
+            if fresh_dx {
+                let (dys, ws) = (dy.as_slice::<f32>()?, w_used.as_slice::<f32>()?);
+                let input_grad = matmul_bf16::linear_input_grad(dys, ws, dims.n, dims.m, dims.k);
+                dx = Some(Tensor::from_vec(input_grad, x.shape())?);
+            }
+            if fresh_dw {
+                let (dys, xs) = (dy.as_slice::<f32>()?, x.as_slice::<f32>()?);
+                let weight_grad = matmul_bf16::linear_weight_grad(dys, xs, dims.n, dims.m, dims.k);
+                dw = Some(Tensor::from_vec(weight_grad, w.shape())?);
             }
             grads.put(&x, dx);
             grads.put(&w, dw);

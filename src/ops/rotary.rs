@@ -25,7 +25,18 @@ pub fn rotary(tape: &Tape, x: &Tensor, positions: &Tensor, n_heads: usize, scale
     if y.requires_grad() {
         let (x, positions) = (x.clone(), positions.clone());
         tape.record("rotary", &[&y], move |outs, grads| {
-            backward(grads.acc(&x)?, out_grad(outs, 0)?, &positions, n_heads, scale)
+            let dy = out_grad(outs, 0)?;
+            if dy.is_cpu() && !grads.has(&x) {
+                // The first contribution is written into a fresh buffer, not added to zeros.
+                let dx = with_real!(dy.dtype(), T => {
+                    let dims = cpu_dims(dy.dims2()?.1, n_heads);
+                    let pos = positions.as_slice::<i32>()?;
+                    Tensor::from_vec(cpu::rotated_new(dy.as_slice::<T>()?, pos, dims, T::from_f64(scale), true), x.shape())?
+                });
+                grads.put(&x, Some(dx));
+                return Ok(());
+            }
+            backward(grads.acc(&x)?, dy, &positions, n_heads, scale)
         });
     }
     Ok(y)
@@ -45,8 +56,7 @@ fn forward(x: &Tensor, positions: &Tensor, n_heads: usize, scale: f64) -> Result
         bail!("rotary: negative position");
     }
     with_real!(x.dtype(), T => {
-        let mut y = crate::backend::cpu::filled(n * width, T::zero());
-        cpu::forward(&mut y, x.as_slice::<T>()?, pos, cpu_dims(width, n_heads), T::from_f64(scale));
+        let y = cpu::rotated_new(x.as_slice::<T>()?, pos, cpu_dims(width, n_heads), T::from_f64(scale), false);
         Tensor::from_vec(y, &[n, width])
     })
 }

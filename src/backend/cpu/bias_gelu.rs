@@ -3,6 +3,8 @@
 //!
 //! Backward: `dy/du = Φ(u) + u·φ(u)`, `φ(u) = exp(−u²/2)/√(2π)`.
 
+use std::mem::MaybeUninit;
+
 use rayon::prelude::*;
 
 use super::{simd, Real};
@@ -23,7 +25,7 @@ fn gelu_grad<T: Real>(u: T) -> T {
 
 /// One row of the forward: `y = gelu(x + b)` (`b` empty: no bias).
 struct ForwardRow<'a, T> {
-    y: &'a mut [T],
+    y: &'a mut [MaybeUninit<T>],
     x: &'a [T],
     bias: &'a [T],
 }
@@ -34,11 +36,11 @@ impl<T: Real> simd::Kernel for ForwardRow<'_, T> {
     fn run(self) {
         if self.bias.is_empty() {
             for (y, &x) in self.y.iter_mut().zip(self.x) {
-                *y = gelu(x);
+                y.write(gelu(x));
             }
         } else {
             for ((y, &x), &b) in self.y.iter_mut().zip(self.x).zip(self.bias) {
-                *y = gelu(x + b);
+                y.write(gelu(x + b));
             }
         }
     }
@@ -46,7 +48,7 @@ impl<T: Real> simd::Kernel for ForwardRow<'_, T> {
 
 /// One row of the backward: `du = dy·gelu'(x + b)`.
 struct BackwardRow<'a, T> {
-    du: &'a mut [T],
+    du: &'a mut [MaybeUninit<T>],
     dy: &'a [T],
     x: &'a [T],
     bias: &'a [T],
@@ -58,11 +60,11 @@ impl<T: Real> simd::Kernel for BackwardRow<'_, T> {
     fn run(self) {
         if self.bias.is_empty() {
             for ((du, &dy), &x) in self.du.iter_mut().zip(self.dy).zip(self.x) {
-                *du = dy * gelu_grad(x);
+                du.write(dy * gelu_grad(x));
             }
         } else {
             for (((du, &dy), &x), &b) in self.du.iter_mut().zip(self.dy).zip(self.x).zip(self.bias) {
-                *du = dy * gelu_grad(x + b);
+                du.write(dy * gelu_grad(x + b));
             }
         }
     }
@@ -70,7 +72,30 @@ impl<T: Real> simd::Kernel for BackwardRow<'_, T> {
 
 /// `y = gelu(x + bias[col])`; `bias` may be empty (no bias).
 pub fn forward<T: Real>(y: &mut [T], x: &[T], bias: &[T], cols: usize) {
+    // Safety: the rows store only gelu values.
+    let y = unsafe { super::as_slots(y) };
     y.par_chunks_mut(cols).zip(x.par_chunks(cols)).for_each(|(y, x)| simd::dispatch(ForwardRow { y, x, bias }));
+}
+
+/// [`forward`] into a new `[rows, cols]` buffer (written once, not zero-filled first).
+pub fn forward_new<T: Real>(x: &[T], bias: &[T], cols: usize) -> Vec<T> {
+    let rows = x.len() / cols.max(1);
+    // Safety: each row's kernel writes every element of its row.
+    unsafe {
+        super::written(rows * cols, cols, |start, y| simd::dispatch(ForwardRow { y, x: &x[start..][..cols], bias }))
+    }
+}
+
+/// `du = dy·gelu'(x + b)` as a new buffer (written once, not zero-filled first): the input
+/// gradient when no other contribution to it exists yet.
+pub fn input_grad<T: Real>(dy: &[T], x: &[T], bias: &[T], cols: usize) -> Vec<T> {
+    let rows = x.len() / cols.max(1);
+    // Safety: each row's kernel writes every element of its row.
+    unsafe {
+        super::written(rows * cols, cols, |start, du| {
+            simd::dispatch(BackwardRow { du, dy: &dy[start..][..cols], x: &x[start..][..cols], bias })
+        })
+    }
 }
 
 /// `dx += du` and `dbias += Σ_rows du` (when `dbias` is non-empty), with `du = dy·gelu'(x + b)`.
@@ -78,11 +103,7 @@ pub fn backward<T: Real>(dx: &mut [T], dbias: &mut [T], dy: &[T], x: &[T], bias:
     if dx.is_empty() && dbias.is_empty() {
         return;
     }
-    let mut du = crate::backend::cpu::filled(dy.len(), T::zero());
-    du.par_chunks_mut(cols)
-        .zip(dy.par_chunks(cols))
-        .zip(x.par_chunks(cols))
-        .for_each(|((du, dy), x)| simd::dispatch(BackwardRow { du, dy, x, bias }));
+    let du = input_grad(dy, x, bias, cols);
     if !dx.is_empty() {
         super::elementwise::axpy(dx, T::one(), &du);
     }

@@ -16,6 +16,19 @@ pub fn add<T: Real>(out: &mut [T], a: &[T], b: &[T]) {
     });
 }
 
+/// `a + b` as a new buffer, written once (not zero-filled first).
+pub fn added<T: Real>(a: &[T], b: &[T]) -> Vec<T> {
+    assert_eq!(a.len(), b.len(), "add: operands of different lengths");
+    // Safety: each chunk writes every one of its elements.
+    unsafe {
+        super::written(a.len(), CHUNK, |start, o| {
+            for ((o, &a), &b) in o.iter_mut().zip(&a[start..]).zip(&b[start..]) {
+                o.write(a + b);
+            }
+        })
+    }
+}
+
 /// `dst += alpha · src`.
 pub fn axpy<T: Real>(dst: &mut [T], alpha: T, src: &[T]) {
     dst.par_chunks_mut(CHUNK).zip(src.par_chunks(CHUNK)).for_each(|(d, s)| {
@@ -78,4 +91,19 @@ pub fn tanh_backward<T: Real>(dx: &mut [T], dy: &[T], y: &[T]) {
             *dx += dy * (T::one() - y * y);
         }
     });
+}
+
+#[cfg(test)]
+mod tests {
+    /// The new-buffer sum equals the in-place one over several chunks and a short last one.
+    #[test]
+    fn added_equals_add() {
+        let n = 3 * super::CHUNK + 5;
+        let a: Vec<f32> = super::super::test_values(n, 1).into_iter().map(|v| v as f32).collect();
+        let b: Vec<f32> = super::super::test_values(n, 2).into_iter().map(|v| v as f32).collect();
+        let mut want = vec![0f32; n];
+        super::add(&mut want, &a, &b);
+        assert_eq!(super::added(&a, &b), want);
+        assert!(super::added::<f32>(&[], &[]).is_empty());
+    }
 }

@@ -13,6 +13,31 @@ const ROWS_PER_TASK: usize = 64;
 
 #[allow(clippy::too_many_arguments)]
 pub fn forward<T: Real>(y: &mut [T], mean: &mut [T], rstd: &mut [T], x: &[T], w: &[T], b: &[T], dim: usize, eps: f64) {
+    // Safety: the rows store only normalised values.
+    forward_rows(unsafe { super::as_slots(y) }, mean, rstd, x, w, b, dim, eps);
+}
+
+/// [`forward`] into new buffers, `y` written once (not zero-filled first): `(y, mean, rstd)`.
+pub fn forward_new<T: Real>(x: &[T], w: &[T], b: &[T], dim: usize, eps: f64) -> (Vec<T>, Vec<T>, Vec<T>) {
+    let rows = x.len() / dim.max(1);
+    let (mut y, mut mean, mut rstd) = (Vec::with_capacity(rows * dim), vec![T::zero(); rows], vec![T::zero(); rows]);
+    forward_rows(&mut y.spare_capacity_mut()[..rows * dim], &mut mean, &mut rstd, x, w, b, dim, eps);
+    // Safety: each row's kernel wrote every element of its row.
+    unsafe { y.set_len(rows * dim) };
+    (y, mean, rstd)
+}
+
+#[allow(clippy::too_many_arguments)]
+fn forward_rows<T: Real>(
+    y: &mut [std::mem::MaybeUninit<T>],
+    mean: &mut [T],
+    rstd: &mut [T],
+    x: &[T],
+    w: &[T],
+    b: &[T],
+    dim: usize,
+    eps: f64,
+) {
     let inv_d = T::from_f64(1.0 / dim as f64);
     let eps = T::from_f64(eps);
     y.par_chunks_mut(dim).zip(x.par_chunks(dim)).zip(mean.par_iter_mut().zip(rstd.par_iter_mut())).for_each(
@@ -90,7 +115,7 @@ fn param_grads<T: Real>(dy: &[T], x: &[T], mean: &[T], rstd: &[T], dim: usize) -
 
 /// One row of the forward; returns `(μ, rstd)`.
 struct ForwardRow<'a, T> {
-    y: &'a mut [T],
+    y: &'a mut [std::mem::MaybeUninit<T>],
     x: &'a [T],
     w: &'a [T],
     b: &'a [T],
@@ -106,7 +131,7 @@ impl<T: Real> simd::Kernel for ForwardRow<'_, T> {
         let var = simd::sum_map3(self.x, self.x, self.x, |v, _, _| (v - m) * (v - m)) * self.inv_d;
         let r = T::one() / (var + self.eps).sqrt();
         for (((y, &x), &w), &b) in self.y.iter_mut().zip(self.x).zip(self.w).zip(self.b) {
-            *y = (x - m) * r * w + b;
+            y.write((x - m) * r * w + b);
         }
         (m, r)
     }

@@ -25,6 +25,8 @@
 //! summed in f64.
 
 use half::bf16;
+use std::mem::MaybeUninit;
+
 use rayon::prelude::*;
 
 /// Output features per panel (two zmm registers of fp32 sums).
@@ -84,18 +86,22 @@ impl PackedBf16 {
         assert_view(w.len(), ld, out_features, in_features, "pack");
         let pairs = in_features.div_ceil(2);
         let panels = out_features.div_ceil(NR);
-        let mut data = super::filled(panels * pairs * NR, 0u32);
+        let len = panels * pairs * NR;
+        let mut data: Vec<u32> = Vec::with_capacity(len);
         // Each panel's rows are rounded as whole rows (vectorised), then their words are
-        // interleaved into the panel; columns past `out_features` stay zero.
-        data.par_chunks_mut((pairs * NR).max(1)).enumerate().for_each(|(p, panel)| {
+        // interleaved into the panel, zero pairs in the columns past `out_features`; every
+        // word is written (no zero fill first).
+        data.spare_capacity_mut()[..len].par_chunks_mut((pairs * NR).max(1)).enumerate().for_each(|(p, panel)| {
             let (j0, width) = (p * NR, NR.min(out_features - p * NR));
             let rows = pack_rows(&w[j0 * ld..], ld, width, in_features, pairs);
-            for (l, row) in rows.chunks_exact(pairs.max(1)).enumerate() {
-                for (q, &word) in row.iter().enumerate() {
-                    panel[q * NR + l] = word;
+            for q in 0..pairs {
+                for l in 0..NR {
+                    panel[q * NR + l].write(if l < width { rows[l * pairs + q] } else { 0 });
                 }
             }
         });
+        // Safety: the loop above wrote all `len` words.
+        unsafe { data.set_len(len) };
         PackedBf16 { out_features, in_features, pairs, panels, data }
     }
 
@@ -158,6 +164,13 @@ pub fn linear(x: &[f32], w: &PackedBf16, b: &[f32], n: usize) -> Vec<f32> {
     y
 }
 
+/// `bf16(dy)[n, out] · bf16(W)[out, in]` (fp32 sums) as a new buffer, written once: the
+/// input gradient of [`linear`] where no other contribution to it exists yet. Panics
+/// unless [`supported`].
+pub fn linear_input_grad(dy: &[f32], w: &[f32], n: usize, out: usize, inp: usize) -> Vec<f32> {
+    linear(dy, &PackedBf16::pack_columns(w, out, inp), &[], n)
+}
+
 /// `dx[n, in] += bf16(dy)[n, out] · bf16(W)[out, in]` (fp32 sums), the input gradient of
 /// [`linear`]. Panics unless [`supported`].
 pub fn linear_backward_input(dx: &mut [f32], dy: &[f32], w: &[f32], n: usize, out: usize, inp: usize) {
@@ -168,24 +181,52 @@ pub fn linear_backward_input(dx: &mut [f32], dy: &[f32], w: &[f32], n: usize, ou
 }
 
 /// `dW[out, in] += bf16(dy)[n, out]ᵀ · bf16(x)[n, in]` (fp32 sums), the weight gradient of
-/// [`linear`]: K is the `n` rows, `dyᵀ` is packed pair-major and `x` as panels. Panics
-/// unless [`supported`].
+/// [`linear`]. Panics unless [`supported`].
 pub fn linear_backward_weight(dw: &mut [f32], dy: &[f32], x: &[f32], n: usize, out: usize, inp: usize) {
-    assert!(supported(), "bf16 products need AVX512-BF16");
     assert_eq!(dw.len(), out * inp, "bf16 dW: not [out, in]");
+    // Safety: `dw` holds out·in initialised floats.
+    unsafe { weight_grad(dw.as_mut_ptr(), dy, x, n, out, inp, true) }
+}
+
+/// `bf16(dy)[n, out]ᵀ · bf16(x)[n, in]` (fp32 sums) as a new buffer, written once: the
+/// weight gradient of [`linear`] where none exists yet. Panics unless [`supported`].
+pub fn linear_weight_grad(dy: &[f32], x: &[f32], n: usize, out: usize, inp: usize) -> Vec<f32> {
+    let mut dw: Vec<f32> = Vec::with_capacity(out * inp);
+    if n == 0 {
+        dw.resize(out * inp, 0.0); // an empty sum
+        return dw;
+    }
+    // Safety: with `accumulate` off every element is written before it is read.
+    unsafe {
+        weight_grad(dw.spare_capacity_mut().as_mut_ptr() as *mut f32, dy, x, n, out, inp, false);
+        dw.set_len(out * inp);
+    }
+    dw
+}
+
+/// `dW (+)= bf16(dy)ᵀ · bf16(x)`: K is the `n` rows, `dyᵀ` is packed pair-major and `x` as
+/// panels; blocks of `dW` rows over the rayon pool.
+///
+/// # Safety
+/// `dw` points to `out·in` floats, initialised when `accumulate` is on; when it is off,
+/// `n > 0` (the block writes every element in its first K block).
+unsafe fn weight_grad(dw: *mut f32, dy: &[f32], x: &[f32], n: usize, out: usize, inp: usize, accumulate: bool) {
+    assert!(supported(), "bf16 products need AVX512-BF16");
     assert_eq!(dy.len(), n * out, "bf16 dW: dy is not [n, out]");
+    assert_eq!(x.len(), n * inp, "bf16 dW: x is not [n, in]");
     if out == 0 || inp == 0 || n == 0 {
         return;
     }
     let xs = PackedBf16::pack_columns(x, n, inp);
     let a = pair_major(dy, n, out);
     let rows = rows_per_task(out, inp, n);
+    let dw = std::slice::from_raw_parts_mut(dw as *mut std::mem::MaybeUninit<f32>, out * inp);
     dw.par_chunks_mut(rows * inp).enumerate().for_each(|(t, dc)| {
         let r0 = t * rows;
         let left = Left { words: a[r0..].as_ptr(), row_stride: 1, pair_stride: out };
         // Safety: `supported()` was checked; the chunk holds its rows of `dw`, and `left`
         // reads rows r0.. of `a` at pair stride `out`, all inside `a`.
-        unsafe { block(dc.as_mut_ptr(), inp, left, dc.len() / inp, &xs, &[], true) }
+        block(dc.as_mut_ptr() as *mut f32, inp, left, dc.len() / inp, &xs, &[], accumulate)
     });
 }
 
@@ -288,12 +329,14 @@ unsafe fn block(c: *mut f32, ldc: usize, a: Left, n: usize, w: &PackedBf16, b: &
 /// `aᵀ` for `a: [k, n]` as bf16 pairs along K, pair-major: word `(i, q)` at `q·n + i` is
 /// `(a[2q, i], a[2q + 1, i])` (odd `k`: a zero high half), over the rayon pool.
 fn pair_major(a: &[f32], k: usize, n: usize) -> Vec<u32> {
-    let mut words = super::filled(k.div_ceil(2) * n, 0u32);
-    words.par_chunks_mut(n.max(1)).enumerate().for_each(|(q, dst)| {
-        let hi = (2 * q + 1 < k).then(|| &a[(2 * q + 1) * n..][..n]);
-        pair_rows(&a[2 * q * n..][..n], hi, dst);
-    });
-    words
+    // Safety: `pair_rows` writes every word of its row.
+    unsafe {
+        super::written(k.div_ceil(2) * n, n, |start, dst| {
+            let q = start / n;
+            let hi = (2 * q + 1 < k).then(|| &a[(2 * q + 1) * n..][..n]);
+            pair_rows(&a[2 * q * n..][..n], hi, dst);
+        })
+    }
 }
 
 /// Where the kernel reads the left operand: word `(i, q)` at `words[i·row_stride +
@@ -330,14 +373,14 @@ unsafe fn rows_times_panels(c: *mut f32, a: &[f32], n: usize, w: &PackedBf16, b:
 }
 
 /// `dst[l] = (bf16(lo[l]), bf16(hi[l]))` as one word (`hi` absent: zero).
-fn pair_rows(lo: &[f32], hi: Option<&[f32]>, dst: &mut [u32]) {
+fn pair_rows(lo: &[f32], hi: Option<&[f32]>, dst: &mut [MaybeUninit<u32>]) {
     #[cfg(target_arch = "x86_64")]
     if supported() {
         // Safety: AVX512-BF16 was just checked.
         return unsafe { x86::pair_rows(lo, hi, dst) };
     }
     for l in 0..dst.len() {
-        dst[l] = pair(lo[l], hi.map_or(0.0, |h| h[l]));
+        dst[l].write(pair(lo[l], hi.map_or(0.0, |h| h[l])));
     }
 }
 
@@ -365,8 +408,8 @@ fn assert_view(len: usize, ld: usize, rows: usize, cols: usize, what: &str) {
 /// Activation rows (row `i` at `x[i·ld..]`) as bf16 pairs, `pairs` words a row (odd `k`
 /// padded with a zero).
 fn pack_rows(x: &[f32], ld: usize, n: usize, k: usize, pairs: usize) -> Vec<u32> {
-    let mut a = vec![0u32; n * pairs];
-    for (i, dst) in a.chunks_mut(pairs.max(1)).enumerate().take(n) {
+    let mut a: Vec<u32> = Vec::with_capacity(n * pairs);
+    for (i, dst) in a.spare_capacity_mut()[..n * pairs].chunks_mut(pairs.max(1)).enumerate() {
         let src = &x[i * ld..][..k];
         // Safety: the bf16 kernels only run where `supported()` holds.
         #[cfg(target_arch = "x86_64")]
@@ -374,11 +417,13 @@ fn pack_rows(x: &[f32], ld: usize, n: usize, k: usize, pairs: usize) -> Vec<u32>
         #[cfg(not(target_arch = "x86_64"))]
         let done = 0;
         for q in done..pairs {
-            let lo = src[2 * q];
-            let hi = if 2 * q + 1 < k { src[2 * q + 1] } else { 0.0 };
-            dst[q] = pair(lo, hi);
+            let lo = src.get(2 * q).copied().unwrap_or(0.0);
+            let hi = src.get(2 * q + 1).copied().unwrap_or(0.0);
+            dst[q].write(pair(lo, hi));
         }
     }
+    // Safety: every row's `pairs` words were written above.
+    unsafe { a.set_len(n * pairs) };
     a
 }
 
@@ -425,171 +470,4 @@ pub fn reference_backward_weight(dw: &[f32], dy: &[f32], x: &[f32], n: usize, ou
 mod x86;
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn random(len: usize, seed: u64) -> Vec<f32> {
-        super::super::test_values(len, seed).into_iter().map(|v| v as f32).collect()
-    }
-
-    /// Odd shapes: partial tiles, partial panels, an odd K and more than one K block.
-    #[test]
-    fn matches_the_scalar_twin_on_ragged_shapes() {
-        if !supported() {
-            eprintln!("skipped: this CPU has no AVX512-BF16");
-            return;
-        }
-        for &(n, k, m) in &[
-            (1, 1, 1),
-            (13, 7, 33),
-            (25, 320, 320),
-            (37, 301, 95),
-            (50, 1280, 64),
-            (61, 40, 16),
-            (47, 24, 24),
-            (26, 8, 16),
-            (2, 8, 16),
-        ] {
-            let (x, w, b) = (random(n * k, 1), random(m * k, 2), random(m, 3));
-            for bias in [&b[..], &[]] {
-                let y = linear(&x, &PackedBf16::pack(&w, m, k), bias, n);
-                let want = reference(&x, &w, bias, n, k, m);
-                let scale = (k as f32).sqrt();
-                for (i, (g, r)) in y.iter().zip(&want).enumerate() {
-                    // fp32 sums of at most k terms against f64 ones.
-                    assert!((g - r).abs() <= 1e-6 * scale * (1.0 + r.abs()), "{n}x{k}x{m} [{i}]: {g} vs {r}");
-                }
-            }
-        }
-    }
-
-    /// The two backward products against their scalar twins, accumulating onto gradients
-    /// that already hold values; ragged shapes, odd K (an odd token count for `dW`) and
-    /// more than one K block.
-    #[test]
-    fn backward_products_match_their_scalar_twins() {
-        if !supported() {
-            eprintln!("skipped: this CPU has no AVX512-BF16");
-            return;
-        }
-        for &(n, out, inp) in
-            &[(1, 1, 1), (13, 7, 33), (37, 95, 301), (301, 64, 40), (600, 33, 17), (59, 16, 16), (45, 40, 24)]
-        {
-            let (dy, w, x) = (random(n * out, 4), random(out * inp, 5), random(n * inp, 6));
-            let (dx0, dw0) = (random(n * inp, 7), random(out * inp, 8));
-            let close = |got: &[f32], want: &[f32], what: &str, k: usize| {
-                for (i, (g, r)) in got.iter().zip(want).enumerate() {
-                    let tol = 1e-6 * (k as f32).sqrt() * (1.0 + r.abs());
-                    assert!((g - r).abs() <= tol, "{what} {n}x{out}x{inp} [{i}]: {g} vs {r}");
-                }
-            };
-            let mut dx = dx0.clone();
-            linear_backward_input(&mut dx, &dy, &w, n, out, inp);
-            close(&dx, &reference_backward_input(&dx0, &dy, &w, n, out, inp), "dx", out);
-            let mut dw = dw0.clone();
-            linear_backward_weight(&mut dw, &dy, &x, n, out, inp);
-            close(&dw, &reference_backward_weight(&dw0, &dy, &x, n, out, inp), "dW", n);
-        }
-    }
-
-    /// A product into a wider matrix (`ldc` past its columns, a row below it) writes its
-    /// own `n × cols` and nothing else, for every row count a tile can end on, narrow
-    /// (≤ 16 columns) and full panels, row-major and pair-major left operands.
-    #[test]
-    fn products_write_only_their_rows_and_columns() {
-        if !supported() {
-            eprintln!("skipped: this CPU has no AVX512-BF16");
-            return;
-        }
-        let k = 10;
-        for cols in [8usize, 16, 24, 40] {
-            for n in 1..=27 {
-                let (a, b) = (random(n * k, 11), random(k * cols, 12));
-                let packed = PackedBf16::pack_columns(&b, k, cols);
-                let ldc = cols + 3;
-                let want = reference(&a, &transpose(&b, k, cols), &[], n, k, cols);
-                let words = pack_rows(&a, k, n, k, k / 2);
-                let columns = pair_major(&transpose(&a, n, k), k, n);
-                for left in [PairedLeft::row_major(&words, n, k / 2), PairedLeft::pair_major(&columns, n, k / 2)] {
-                    let mut c = vec![f32::NAN; (n + 1) * ldc];
-                    // Safety: `c` holds n + 1 rows of ldc ≥ cols floats.
-                    unsafe { paired_product_at(c.as_mut_ptr(), ldc, left, &packed, false) };
-                    for (i, row) in c.chunks(ldc).enumerate() {
-                        for (j, &got) in row.iter().enumerate() {
-                            if i < n && j < cols {
-                                let r = want[i * cols + j];
-                                assert!((got - r).abs() <= 1e-5 * (1.0 + r.abs()), "{n}x{cols} [{i}, {j}]");
-                            } else {
-                                assert!(got.is_nan(), "{n}x{cols}: wrote [{i}, {j}] outside the product");
-                            }
-                        }
-                    }
-                }
-            }
-        }
-    }
-
-    /// `m: [rows, cols]` transposed.
-    fn transpose(m: &[f32], rows: usize, cols: usize) -> Vec<f32> {
-        (0..cols * rows).map(|t| m[(t % rows) * cols + t / rows]).collect()
-    }
-
-    /// The vectorised pairing rounds exactly as the scalar one, bit for bit.
-    #[test]
-    fn vector_pairing_equals_scalar_pairing() {
-        let (lo, hi) = (random(53, 9), random(53, 10));
-        for h in [Some(&hi[..]), None] {
-            let mut got = vec![0u32; 53];
-            pair_rows(&lo, h, &mut got);
-            for (l, g) in got.iter().enumerate() {
-                assert_eq!(*g, pair(lo[l], h.map_or(0.0, |h| h[l])), "word {l}");
-            }
-        }
-    }
-
-    /// The vectorised panel packing of `scale·src` (strided, odd K, a partial last panel)
-    /// equals the scalar twin's, bit for bit, and `scale` 1 equals `pack_columns`.
-    #[test]
-    fn scaled_column_packing_equals_the_scalar_twin() {
-        let (k, cols, ld) = (37usize, 45usize, 50usize);
-        let src = random(k * ld, 13);
-        for scale in [1.0f32, 0.3] {
-            let packed = PackedBf16::pack_scaled_columns(&src, ld, k, cols, scale);
-            for (p, panel) in packed.data.chunks(packed.pairs * NR).enumerate() {
-                let (c0, width) = (p * NR, NR.min(cols - p * NR));
-                let view = PanelSource { src: &src[c0..], ld, k, width, scale };
-                let mut want = vec![std::mem::MaybeUninit::new(0u32); panel.len()];
-                view.pack_scalar(&mut want);
-                for (i, (g, w)) in panel.iter().zip(&want).enumerate() {
-                    // Safety: `pack_scalar` wrote every word.
-                    assert_eq!(*g, unsafe { w.assume_init() }, "scale {scale} panel {p} word {i}");
-                }
-            }
-        }
-        let contiguous: Vec<f32> = (0..k).flat_map(|r| src[r * ld..][..cols].to_vec()).collect();
-        assert_eq!(
-            PackedBf16::pack_scaled_columns(&src, ld, k, cols, 1.0).data,
-            PackedBf16::pack_columns(&contiguous, k, cols).data
-        );
-    }
-
-    /// Bits PyTorch gives (torch 2.15: `torch.tensor(xs).bfloat16().view(torch.int16)`),
-    /// two of them ties (1 + 2⁻⁸ rounds down to even, 1 + 3·2⁻⁸ up), through the scalar
-    /// rounding and through the AVX-512 packing of a 32-wide row.
-    #[test]
-    fn rounds_to_nearest_even_as_pytorch() {
-        let xs = [1.0 + 1.0 / 256.0, 1.0 + 3.0 / 256.0, -2.0, 0.1, 3.3, 1e-30, 65504.0];
-        let torch_bits = [0x3f80u32, 0x3f82, 0xc000, 0x3dcd, 0x4053, 0x0da2, 0x4780];
-        for (x, want) in xs.iter().zip(torch_bits) {
-            assert_eq!(to_bf16_bits(*x), want, "{x}");
-        }
-        if supported() {
-            let row: Vec<f32> = (0..32).map(|i| xs[i % xs.len()]).collect();
-            let packed = pack_rows(&row, 32, 1, 32, 16);
-            for (q, word) in packed.iter().enumerate() {
-                let (lo, hi) = (torch_bits[(2 * q) % xs.len()], torch_bits[(2 * q + 1) % xs.len()]);
-                assert_eq!(*word, lo | (hi << 16), "pair {q}");
-            }
-        }
-    }
-}
+mod tests;

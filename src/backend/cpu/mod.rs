@@ -120,6 +120,40 @@ pub fn filled<T: Copy + Send + Sync>(n: usize, value: T) -> Vec<T> {
     v
 }
 
+/// A new buffer of `n` elements written by `write(start, chunk)` over the rayon pool, in
+/// chunks of `chunk` elements (the last one shorter) starting at element `start`, with no
+/// fill first: where an op's kernel writes every output element, a zero fill is one more
+/// pass over memory (the gradient and activation buffers of an ESM-2 35M bf16 training
+/// step were about 3.5 % of it in fills).
+///
+/// # Safety
+/// `write` must write every element of each chunk it is given.
+pub unsafe fn written<T: Send>(
+    n: usize,
+    chunk: usize,
+    write: impl Fn(usize, &mut [std::mem::MaybeUninit<T>]) + Sync + Send,
+) -> Vec<T> {
+    use rayon::prelude::*;
+    let mut v = Vec::with_capacity(n);
+    if n > 0 {
+        let chunk = chunk.max(1);
+        v.spare_capacity_mut()[..n].par_chunks_mut(chunk).enumerate().for_each(|(i, c)| write(i * chunk, c));
+    }
+    // Safety: the caller's `write` wrote every element of every chunk.
+    v.set_len(n);
+    v
+}
+
+/// `dst` viewed as slots to write, for kernels that write their whole output and serve both
+/// fresh buffers ([`written`]) and existing ones.
+///
+/// # Safety
+/// Only valid `T`s may be stored through the result (never `MaybeUninit::uninit()`).
+pub(crate) unsafe fn as_slots<T>(dst: &mut [T]) -> &mut [std::mem::MaybeUninit<T>] {
+    // `MaybeUninit<T>` has `T`'s layout.
+    std::slice::from_raw_parts_mut(dst.as_mut_ptr() as *mut std::mem::MaybeUninit<T>, dst.len())
+}
+
 /// Keep freed memory in the process heap for reuse instead of returning it to the OS.
 ///
 /// A training step allocates and frees the same large activation buffers every step;

@@ -81,16 +81,34 @@ pub struct RotaryDims {
 
 /// `out[t] = R(pos[t])·x[t]·scale` for every head.
 pub fn forward<T: Real>(out: &mut [T], x: &[T], positions: &[i32], dims: RotaryDims, scale: T) {
-    rotate(out, x, positions, dims, scale, false, false);
+    // Safety: `rotate` stores only rotated values.
+    rotate(unsafe { super::as_slots(out) }, x, positions, dims, scale, false, false);
 }
 
 /// `dx[t] += R(pos[t])ᵀ·dout[t]·scale`.
 pub fn backward<T: Real>(dx: &mut [T], dout: &[T], positions: &[i32], dims: RotaryDims, scale: T) {
-    rotate(dx, dout, positions, dims, scale, true, true);
+    // Safety: `rotate` stores only valid values; with `accumulate` it reads `dx`'s own.
+    rotate(unsafe { super::as_slots(dx) }, dout, positions, dims, scale, true, true);
 }
 
+/// [`forward`] (`inverse` off) or the input gradient `R(pos[t])ᵀ·dout[t]·scale` (on) as a
+/// new buffer of `positions.len()` rows, written once (not zero-filled first). Panics
+/// unless the rows are dense (`out_stride = n_heads·head_dim`).
+pub fn rotated_new<T: Real>(x: &[T], positions: &[i32], dims: RotaryDims, scale: T, inverse: bool) -> Vec<T> {
+    let width = dims.n_heads * dims.head_dim;
+    assert_eq!(dims.out_stride, width, "rotary: a new output has dense rows");
+    assert!(dims.head_dim % 2 == 0, "rotary: an odd head width leaves a column unrotated");
+    let n = positions.len() * width;
+    let mut out = Vec::with_capacity(n);
+    rotate(&mut out.spare_capacity_mut()[..n], x, positions, dims, scale, inverse, false);
+    // Safety: `rotate` wrote every element of each dense row.
+    unsafe { out.set_len(n) };
+    out
+}
+
+/// `out[t] (+)= R(±pos[t])·x[t]·scale` for the rows of `positions`.
 fn rotate<T: Real>(
-    out: &mut [T],
+    out: &mut [std::mem::MaybeUninit<T>],
     x: &[T],
     positions: &[i32],
     dims: RotaryDims,
@@ -113,13 +131,37 @@ fn rotate<T: Real>(
                 let y1 = (x1 * c[i] - x2 * sn) * scale;
                 let y2 = (x2 * c[i] + x1 * sn) * scale;
                 if accumulate {
-                    o[base + i] += y1;
-                    o[base + i + half] += y2;
+                    // Safety: with `accumulate` the caller's buffer is initialised.
+                    let (o1, o2) = unsafe { (o[base + i].assume_init(), o[base + i + half].assume_init()) };
+                    o[base + i].write(o1 + y1);
+                    o[base + i + half].write(o2 + y2);
                 } else {
-                    o[base + i] = y1;
-                    o[base + i + half] = y2;
+                    o[base + i].write(y1);
+                    o[base + i + half].write(y2);
                 }
             }
         }
     });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The new-buffer rotation equals the in-place kernels bit for bit: the forward into a
+    /// buffer, and the input gradient accumulated onto zeros.
+    #[test]
+    fn new_buffers_equal_the_in_place_kernels() {
+        let (n_heads, head_dim, rows) = (3, 8, 11);
+        let width = n_heads * head_dim;
+        let dims = RotaryDims { n_heads, head_dim, in_stride: width, out_stride: width };
+        let x: Vec<f32> = super::super::test_values(rows * width, 3).into_iter().map(|v| v as f32).collect();
+        let positions: Vec<i32> = (0..rows as i32).map(|p| (p * 7) % 40).collect();
+        let mut y = vec![0f32; rows * width];
+        forward(&mut y, &x, &positions, dims, 0.5);
+        assert_eq!(rotated_new(&x, &positions, dims, 0.5, false), y);
+        let mut dx = vec![0f32; rows * width];
+        backward(&mut dx, &x, &positions, dims, 0.5);
+        assert_eq!(rotated_new(&x, &positions, dims, 0.5, true), dx);
+    }
 }

@@ -2,13 +2,14 @@
 //! `vdpbf16ps` micro-kernel ([`block`], one [`super::MR`]×[`super::NR`] tile at a time).
 
 use std::arch::x86_64::*;
+use std::mem::MaybeUninit;
 
 use super::{Left, PackedBf16, PanelSource, KC_PAIRS, MR, NR};
 
 /// Words `(bf16(lo[l]), bf16(hi[l]))` (`hi` absent: a zero high half), 16 at a time and
 /// the rest through masks.
 #[target_feature(enable = "avx512f,avx512bf16")]
-pub(super) unsafe fn pair_rows(lo: &[f32], hi: Option<&[f32]>, dst: &mut [u32]) {
+pub(super) unsafe fn pair_rows(lo: &[f32], hi: Option<&[f32]>, dst: &mut [MaybeUninit<u32>]) {
     let mut i = 0;
     while i < dst.len() {
         let mask = column_mask(dst.len() - i, 0);
@@ -49,7 +50,7 @@ pub(super) unsafe fn pack_panel(panel: *mut u32, s: &PanelSource) {
 /// Round `src` to bf16 pairs, 32 floats at a time and the rest through masks (an odd
 /// length leaves a zero in the last pair's high half); returns how many pairs it wrote.
 #[target_feature(enable = "avx512f,avx512bf16")]
-pub(super) unsafe fn pack_row(dst: &mut [u32], src: &[f32]) -> usize {
+pub(super) unsafe fn pack_row(dst: &mut [MaybeUninit<u32>], src: &[f32]) -> usize {
     let pairs = src.len().div_ceil(2).min(dst.len());
     let mut i = 0;
     while 2 * i < 2 * pairs {
