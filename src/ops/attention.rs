@@ -92,9 +92,8 @@ pub fn attention(
         // Inference: nothing reads the probabilities, so none are kept.
         if uses_bf16(q.dtype(), dims, CpuBf16::Inference) {
             // `--precision bf16`: both products in bf16, as the linear layers.
-            let mut out = crate::backend::cpu::filled(n * width, 0f32);
             let (qs, ks, vs) = (q.as_slice::<f32>()?, k.as_slice::<f32>()?, v.as_slice::<f32>()?);
-            cpu_bf16::forward_inference(&mut out, qs, ks, vs, &layout.cu, dims, scale as f32);
+            let out = cpu_bf16::forward_inference_new(qs, ks, vs, &layout.cu, dims, scale as f32);
             return Tensor::from_vec(out, &[n, width]).map(|o| (o, None));
         }
         return with_real!(q.dtype(), T => {
@@ -108,15 +107,17 @@ pub fn attention(
     // `train --precision bf16`: the four products (two forward, four backward) in bf16.
     let bf16 = uses_bf16(q.dtype(), dims, CpuBf16::Training);
     with_real!(q.dtype(), T => {
-        let mut out = crate::backend::cpu::filled(n * width, T::zero());
-        let mut probs = crate::backend::cpu::filled(total, T::zero());
         let sc = T::from_f64(scale);
         let (qs, ks, vs) = (q.as_slice::<T>()?, k.as_slice::<T>()?, v.as_slice::<T>()?);
-        if bf16 {
-            cpu_bf16::forward_training(f32s_mut(&mut out), f32s_mut(&mut probs), f32s(qs), f32s(ks), f32s(vs), &layout.cu, dims, scale as f32);
+        let (out, probs): (Vec<T>, Vec<T>) = if bf16 {
+            let (out, probs) = cpu_bf16::forward_training_new(f32s(qs), f32s(ks), f32s(vs), &layout.cu, dims, scale as f32);
+            (reals(out), reals(probs))
         } else {
+            let mut out = crate::backend::cpu::filled(n * width, T::zero());
+            let mut probs = crate::backend::cpu::filled(total, T::zero());
             cpu::forward(&mut out, &mut probs, qs, ks, vs, &layout.cu, dims, sc);
-        }
+            (out, probs)
+        };
         let needs = tape.needs_grad(&[q, k, v]);
         let out = Tensor::from_vec(out, &[n, width])?.with_requires_grad(needs);
         let probs = Tensor::from_vec(probs, &[total])?.with_requires_grad(needs);
@@ -133,9 +134,24 @@ pub fn attention(
                     Some(t) => Some(t.as_slice::<T>()?),
                     None => None,
                 };
+                let (p, qs, ks, vs) = (saved.as_slice::<T>()?, q.as_slice::<T>()?, k.as_slice::<T>()?, v.as_slice::<T>()?);
+                let distinct = q.id() != k.id() && q.id() != v.id() && k.id() != v.id();
+                if let (true, true, Some(dout)) = (bf16, distinct, dout) {
+                    if [&q, &k, &v].iter().all(|t| !grads.has(t)) {
+                        // The first contributions are written into fresh buffers, not added to zeros.
+                        let want = [&q, &k, &v].map(|t| t.requires_grad());
+                        let args = (f32s(dout), dprobs.map(f32s), f32s(p), f32s(qs), f32s(ks), f32s(vs));
+                        let new = cpu_bf16::backward_training_new(want, args.0, args.1, args.2, args.3, args.4, args.5, &cu, dims, scale as f32);
+                        for ((t, g), w) in [&q, &k, &v].into_iter().zip(new).zip(want) {
+                            if w {
+                                grads.put(t, Some(Tensor::from_vec(g, t.shape())?));
+                            }
+                        }
+                        return Ok(());
+                    }
+                }
                 let (mut dq, mut dk, mut dv) = (grads.take_acc(&q)?, grads.take_acc(&k)?, grads.take_acc(&v)?);
                 let (gq, gk, gv) = (grad_slice::<T>(&mut dq)?, grad_slice::<T>(&mut dk)?, grad_slice::<T>(&mut dv)?);
-                let (p, qs, ks, vs) = (saved.as_slice::<T>()?, q.as_slice::<T>()?, k.as_slice::<T>()?, v.as_slice::<T>()?);
                 if bf16 {
                     cpu_bf16::backward_training(
                         f32s_mut(gq),
@@ -202,6 +218,12 @@ fn f32s<T: Real>(x: &[T]) -> &[f32] {
     assert_eq!(std::any::TypeId::of::<T>(), std::any::TypeId::of::<f32>(), "bf16 attention takes f32");
     // Safety: T is f32 (checked above).
     unsafe { std::slice::from_raw_parts(x.as_ptr() as *const f32, x.len()) }
+}
+
+/// A `Vec<f32>` as the `Vec<T>` it is (`T` is f32 where the bf16 kernels run).
+fn reals<T: 'static>(v: Vec<f32>) -> Vec<T> {
+    let any: Box<dyn std::any::Any> = Box::new(v);
+    *any.downcast::<Vec<T>>().expect("bf16 attention takes f32")
 }
 
 /// [`f32s`] for a mutable slice.

@@ -58,9 +58,36 @@ pub fn supported() -> bool {
 /// products (see the module notes). Sequences are `cu[s]..cu[s+1]`. Panics unless
 /// [`supported`] and the head width is even (bf16 pairs never straddle two heads).
 pub fn forward_inference(out: &mut [f32], q: &[f32], k: &[f32], v: &[f32], cu: &[usize], dims: AttnDims, scale: f32) {
+    assert_eq!(out.len(), q.len(), "attention: out and q differ in size");
+    // Safety: `out` holds q.len() floats.
+    unsafe { forward_inference_into(out.as_mut_ptr(), q, k, v, cu, dims, scale) }
+}
+
+/// [`forward_inference`] into a new buffer, written once (not zero-filled first).
+pub fn forward_inference_new(q: &[f32], k: &[f32], v: &[f32], cu: &[usize], dims: AttnDims, scale: f32) -> Vec<f32> {
+    let mut out = Vec::with_capacity(q.len());
+    // Safety: the heads write every column of every row of every sequence, and the
+    // sequences cover every row (checked against `cu` below).
+    unsafe {
+        forward_inference_into(out.spare_capacity_mut().as_mut_ptr() as *mut f32, q, k, v, cu, dims, scale);
+        out.set_len(q.len());
+    }
+    out
+}
+
+/// # Safety
+/// `out` points to `q.len()` writable floats.
+unsafe fn forward_inference_into(
+    out: *mut f32,
+    q: &[f32],
+    k: &[f32],
+    v: &[f32],
+    cu: &[usize],
+    dims: AttnDims,
+    scale: f32,
+) {
     assert!(supported(), "bf16 attention needs AVX512-BF16");
     assert!(dims.head_dim % 2 == 0, "bf16 attention needs an even head width, not {}", dims.head_dim);
-    assert_eq!(out.len(), q.len(), "attention: out and q differ in size");
     assert!(q.len() == k.len() && q.len() == v.len(), "attention: q, k and v differ in size");
     let width = dims.n_heads * dims.head_dim;
     assert_eq!(q.len(), cu.last().copied().unwrap_or(0) * width, "attention: cu_seqlens do not cover q");
@@ -71,7 +98,8 @@ pub fn forward_inference(out: &mut [f32], q: &[f32], k: &[f32], v: &[f32], cu: &
         .flat_map(|w| (0..dims.n_heads).map(move |h| (w[0], w[1] - w[0], h)))
         .filter(|&(_, len, _)| len > 0)
         .collect();
-    let out_ptr = SharedMut(out.as_mut_ptr());
+    assert_eq!(cu.first().copied().unwrap_or(0), 0, "attention: cu_seqlens do not start at row 0");
+    let out_ptr = SharedMut(out);
     tasks.par_iter().for_each(|&(start, len, head)| {
         let view = HeadView { q: &qb, k: &kb, v: &vb, start, len, col: head * dims.head_dim, width, d: dims.head_dim };
         // Safety: AVX512-BF16 was checked above; each task writes only its head's columns of
@@ -137,9 +165,58 @@ pub fn forward_training(
     dims: AttnDims,
     scale: f32,
 ) {
+    assert_eq!(out.len(), q.len(), "attention: out and q differ in size");
+    assert_eq!(probs.len(), attention::prob_offsets(cu, dims.n_heads).1, "attention: probs is not Σ heads·l²");
+    // Safety: the sizes were just checked.
+    unsafe { forward_training_into(out.as_mut_ptr(), probs.as_mut_ptr(), q, k, v, cu, dims, scale) }
+}
+
+/// [`forward_training`] into new buffers `(out, probs)`, written once (not zero-filled
+/// first).
+pub fn forward_training_new(
+    q: &[f32],
+    k: &[f32],
+    v: &[f32],
+    cu: &[usize],
+    dims: AttnDims,
+    scale: f32,
+) -> (Vec<f32>, Vec<f32>) {
+    let total = attention::prob_offsets(cu, dims.n_heads).1;
+    let (mut out, mut probs) = (Vec::with_capacity(q.len()), Vec::with_capacity(total));
+    // Safety: every (sequence, head) task writes its probability block and its head's
+    // columns of its rows; the tasks cover every block and, the sequences covering every
+    // row (checked inside), every element of `out`.
+    unsafe {
+        let (o, p) =
+            (out.spare_capacity_mut().as_mut_ptr() as *mut f32, probs.spare_capacity_mut().as_mut_ptr() as *mut f32);
+        forward_training_into(o, p, q, k, v, cu, dims, scale);
+        out.set_len(q.len());
+        probs.set_len(total);
+    }
+    (out, probs)
+}
+
+/// # Safety
+/// `out` points to `q.len()` writable floats and `probs` to `Σ heads·l²`.
+#[allow(clippy::too_many_arguments)]
+unsafe fn forward_training_into(
+    out: *mut f32,
+    probs: *mut f32,
+    q: &[f32],
+    k: &[f32],
+    v: &[f32],
+    cu: &[usize],
+    dims: AttnDims,
+    scale: f32,
+) {
     assert!(supported(), "bf16 attention needs AVX512-BF16");
     let (d, width) = (dims.head_dim, dims.n_heads * dims.head_dim);
-    let (out_ptr, prob_ptr) = (SharedMut(out.as_mut_ptr()), SharedMut(probs.as_mut_ptr()));
+    assert!(q.len() == k.len() && q.len() == v.len(), "attention: q, k and v differ in size");
+    assert!(
+        cu.first().copied().unwrap_or(0) == 0 && q.len() == cu.last().copied().unwrap_or(0) * width,
+        "attention: cu_seqlens do not cover q"
+    );
+    let (out_ptr, prob_ptr) = (SharedMut(out), SharedMut(probs));
     attention::task_list(cu, dims.n_heads).par_iter().for_each(|&(start, l, head, prob)| {
         // This head's rows of Q, K and V, `width` floats apart.
         let at = start * width + head * d;
@@ -177,10 +254,71 @@ pub fn backward_training(
     dims: AttnDims,
     scale: f32,
 ) {
+    for g in [&*dq, &*dk, &*dv] {
+        assert!(g.is_empty() || g.len() == q.len(), "attention: a gradient is not q's size");
+    }
+    let grads = [&mut *dq, &mut *dk, &mut *dv].map(|g| (!g.is_empty()).then_some(g.as_mut_ptr()));
+    // Safety: each wanted gradient holds q.len() initialised floats (checked above).
+    unsafe { backward_training_into(grads, true, dout, dprobs, probs, q, k, v, cu, dims, scale) }
+}
+
+/// [`backward_training`] with `dout`, into new buffers `[dq, dk, dv]` (the wanted ones;
+/// empty for the others), written once (not zero-filled first).
+#[allow(clippy::too_many_arguments)]
+pub fn backward_training_new(
+    want: [bool; 3],
+    dout: &[f32],
+    dprobs: Option<&[f32]>,
+    probs: &[f32],
+    q: &[f32],
+    k: &[f32],
+    v: &[f32],
+    cu: &[usize],
+    dims: AttnDims,
+    scale: f32,
+) -> [Vec<f32>; 3] {
+    let width = dims.n_heads * dims.head_dim;
+    assert!(
+        cu.first().copied().unwrap_or(0) == 0 && q.len() == cu.last().copied().unwrap_or(0) * width,
+        "attention: cu_seqlens do not cover q"
+    );
+    let mut new = want.map(|w| Vec::with_capacity(if w { q.len() } else { 0 }));
+    let grads = [0, 1, 2].map(|i| want[i].then(|| new[i].spare_capacity_mut().as_mut_ptr() as *mut f32));
+    // Safety: with `dout` given, every (sequence, head) task writes its head's columns of
+    // its rows in each wanted gradient, and the sequences cover every row (checked above).
+    unsafe {
+        backward_training_into(grads, false, Some(dout), dprobs, probs, q, k, v, cu, dims, scale);
+        for (g, w) in new.iter_mut().zip(want) {
+            if w {
+                g.set_len(q.len());
+            }
+        }
+    }
+    new
+}
+
+/// # Safety
+/// Each `Some` in `grads` points to `q.len()` writable floats, initialised when
+/// `accumulate`; without `accumulate`, `dout` is given (so that `dv` is written).
+#[allow(clippy::too_many_arguments)]
+unsafe fn backward_training_into(
+    grads: [Option<*mut f32>; 3],
+    accumulate: bool,
+    dout: Option<&[f32]>,
+    dprobs: Option<&[f32]>,
+    probs: &[f32],
+    q: &[f32],
+    k: &[f32],
+    v: &[f32],
+    cu: &[usize],
+    dims: AttnDims,
+    scale: f32,
+) {
     assert!(supported(), "bf16 attention needs AVX512-BF16");
+    assert!(accumulate || dout.is_some() || grads[2].is_none(), "attention: a fresh dv needs dout");
     let (d, width) = (dims.head_dim, dims.n_heads * dims.head_dim);
-    let (dq_ptr, dk_ptr, dv_ptr) = (SharedMut(dq.as_mut_ptr()), SharedMut(dk.as_mut_ptr()), SharedMut(dv.as_mut_ptr()));
-    let (want_dq, want_dk, want_dv) = (!dq.is_empty(), !dk.is_empty(), !dv.is_empty());
+    let [dq_ptr, dk_ptr, dv_ptr] = grads.map(|g| SharedMut(g.unwrap_or(std::ptr::null_mut())));
+    let [want_dq, want_dk, want_dv] = grads.map(|g| g.is_some());
     attention::task_list(cu, dims.n_heads).par_iter().for_each(|&(start, l, head, prob)| {
         let p = &probs[prob..][..l * l];
         // This head's first element in dq, dk, dv (and dout, v: rows `width` apart).
@@ -206,16 +344,16 @@ pub fn backward_training(
         // dq, dk and dv.
         if let (Some(dout), Some(pt)) = (dout, pairs.p_transposed(l)) {
             let dos = PackedBf16::pack_columns_strided(&dout[at..], width, l, d);
-            unsafe { matmul_bf16::paired_product_at(dv_ptr.at(at), width, pt, &dos, true) };
+            unsafe { matmul_bf16::paired_product_at(dv_ptr.at(at), width, pt, &dos, accumulate) };
         }
         // dQ += scale·dS K and dK += scale·dSᵀ Q, the scale folded into K and Q.
         if want_dq {
             let ks = PackedBf16::pack_scaled_columns(&k[at..], width, l, d, scale);
-            unsafe { matmul_bf16::paired_product_at(dq_ptr.at(at), width, pairs.ds(l), &ks, true) };
+            unsafe { matmul_bf16::paired_product_at(dq_ptr.at(at), width, pairs.ds(l), &ks, accumulate) };
         }
         if want_dk {
             let qs = PackedBf16::pack_scaled_columns(&q[at..], width, l, d, scale);
-            unsafe { matmul_bf16::paired_product_at(dk_ptr.at(at), width, pairs.ds_transposed(l), &qs, true) };
+            unsafe { matmul_bf16::paired_product_at(dk_ptr.at(at), width, pairs.ds_transposed(l), &qs, accumulate) };
         }
     });
 }
@@ -427,134 +565,4 @@ mod x86 {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    /// Values in [-2, 2).
-    fn random(len: usize, seed: u64) -> Vec<f32> {
-        super::super::test_values(len, seed).into_iter().map(|v| (2.0 * v) as f32).collect()
-    }
-
-    /// Against the scalar twin on ragged sequences (length 1, lengths that are not whole
-    /// blocks, one longer than two blocks of keys) at ESM-2's head widths (16, 24, 32, 64)
-    /// and odd ones. Both round the same operands; what may differ is a softmax weight
-    /// whose fp32 value lies within the sums' rounding of a bf16 tie, which then rounds the
-    /// other way: one bf16 step (2⁻⁸ relative) of one weight. So nearly every output agrees
-    /// to fp32 rounding, and none is off by more than one such step.
-    #[test]
-    fn matches_the_scalar_twin_on_ragged_sequences() {
-        if !supported() {
-            eprintln!("skipped: this CPU has no AVX512-BF16");
-            return;
-        }
-        let cu = [0usize, 1, 18, 57, 90, 131, 433];
-        let n = cu[cu.len() - 1];
-        for &(heads, d) in &[(2usize, 16usize), (3, 24), (2, 32), (1, 64), (2, 6), (1, 40)] {
-            let dims = AttnDims { n_heads: heads, head_dim: d };
-            let w = heads * d;
-            let (q, k, v) = (random(n * w, 11), random(n * w, 12), random(n * w, 13));
-            let mut got = vec![f32::NAN; n * w];
-            forward_inference(&mut got, &q, &k, &v, &cu, dims, 0.7);
-            let want = reference_inference(&q, &k, &v, &cu, dims, 0.7);
-            let mut close = 0;
-            for (i, (g, r)) in got.iter().zip(&want).enumerate() {
-                // |v| < 2: one weight one bf16 step off moves an output by < 2·2⁻⁸.
-                assert!((g - r).abs() < 2.0 / 256.0, "heads {heads} d {d} [{i}]: {g} vs {r}");
-                close += usize::from((g - r).abs() <= 2e-6 * (1.0 + r.abs()));
-            }
-            assert!(close as f64 >= 0.99 * want.len() as f64, "heads {heads} d {d}: {close} of {} agree", want.len());
-        }
-    }
-
-    /// Against fp32 attention: within bf16's rounding (a different computation, so an
-    /// error in the twin's shared reading of the maths would show here).
-    #[test]
-    fn stays_within_bf16_rounding_of_fp32_attention() {
-        if !supported() {
-            eprintln!("skipped: this CPU has no AVX512-BF16");
-            return;
-        }
-        let cu = [0usize, 7, 70, 300];
-        let n = cu[3];
-        let dims = AttnDims { n_heads: 2, head_dim: 24 };
-        let w = 48;
-        let (q, k, v) = (random(n * w, 21), random(n * w, 22), random(n * w, 23));
-        let mut got = vec![0f32; n * w];
-        forward_inference(&mut got, &q, &k, &v, &cu, dims, 0.4);
-        let mut want = vec![0f32; n * w];
-        super::super::attention::forward_inference(&mut want, &q, &k, &v, &cu, dims, 0.4);
-        let num: f64 = got.iter().zip(&want).map(|(g, r)| ((g - r) as f64).powi(2)).sum();
-        let den: f64 = want.iter().map(|r| (*r as f64).powi(2)).sum();
-        let rel = (num / den).sqrt();
-        assert!(rel < 2e-2 && rel > 1e-5, "relative error {rel:e} (bf16 rounds at 2⁻⁹)");
-    }
-}
-
-#[cfg(test)]
-mod training_tests {
-    use super::*;
-    use crate::backend::cpu::attention as fp32;
-
-    fn random(len: usize, seed: u64) -> Vec<f32> {
-        super::super::test_values(len, seed).into_iter().map(|v| (2.0 * v) as f32).collect()
-    }
-
-    /// ‖a − b‖ / ‖b‖.
-    fn rel(a: &[f32], b: &[f32]) -> f64 {
-        let num: f64 = a.iter().zip(b).map(|(x, y)| ((x - y) as f64).powi(2)).sum();
-        let den: f64 = b.iter().map(|y| (*y as f64).powi(2)).sum();
-        (num / den).sqrt()
-    }
-
-    /// The training forward (output and kept probabilities) and backward (dq, dk, dv
-    /// accumulated onto existing values, with and without a gradient into the
-    /// probabilities, and with that gradient alone) against the fp32 kernels: within bf16's rounding (8 significant bits),
-    /// and not equal (the bf16 products ran). Ragged sequences, ESM-2's head widths and an
-    /// odd one.
-    #[test]
-    fn training_attention_stays_within_bf16_rounding_of_fp32() {
-        if !supported() {
-            eprintln!("skipped: this CPU has no AVX512-BF16");
-            return;
-        }
-        let cu = [0usize, 1, 18, 57, 140];
-        let n = cu[cu.len() - 1];
-        for &(heads, d) in &[(2usize, 16usize), (3, 24), (1, 64), (2, 5)] {
-            let dims = AttnDims { n_heads: heads, head_dim: d };
-            let w = heads * d;
-            let (q, k, v) = (random(n * w, 31), random(n * w, 32), random(n * w, 33));
-            let (_, total) = fp32::prob_offsets(&cu, heads);
-            let (mut out, mut probs) = (vec![0f32; n * w], vec![0f32; total]);
-            forward_training(&mut out, &mut probs, &q, &k, &v, &cu, dims, 0.6);
-            let (mut out32, mut probs32) = (vec![0f32; n * w], vec![0f32; total]);
-            fp32::forward(&mut out32, &mut probs32, &q, &k, &v, &cu, dims, 0.6);
-            for (what, got, want) in [("out", &out, &out32), ("probs", &probs, &probs32)] {
-                let e = rel(got, want);
-                assert!(e < 2e-2 && e > 1e-6, "heads {heads} d {d} {what}: relative error {e:.2e}");
-            }
-            let dout = random(n * w, 34);
-            let dprobs = random(total, 35);
-            for (with_dout, with_dprobs) in [(true, false), (true, true), (false, true)] {
-                let start = (random(n * w, 36), random(n * w, 37), random(n * w, 38));
-                let (mut dq, mut dk, mut dv) = start.clone();
-                let (dp, dout) = (with_dprobs.then_some(&dprobs[..]), with_dout.then_some(&dout[..]));
-                backward_training(&mut dq, &mut dk, &mut dv, dout, dp, &probs32, &q, &k, &v, &cu, dims, 0.6);
-                let (mut dq32, mut dk32, mut dv32) = start.clone();
-                fp32::backward(&mut dq32, &mut dk32, &mut dv32, dout, dp, &probs32, &q, &k, &v, &cu, dims, 0.6);
-                let sub = |a: &[f32], b: &[f32]| a.iter().zip(b).map(|(x, y)| x - y).collect::<Vec<f32>>();
-                for (what, got, want, s) in
-                    [("dq", &dq, &dq32, &start.0), ("dk", &dk, &dk32, &start.1), ("dv", &dv, &dv32, &start.2)]
-                {
-                    if what == "dv" && !with_dout {
-                        assert_eq!(got, s, "dv changed without an output gradient");
-                        continue;
-                    }
-                    // The added gradient, so that the start values do not hide its error.
-                    let e = rel(&sub(got, s), &sub(want, s));
-                    let case = format!("heads {heads} d {d} {what} (dout {with_dout}, dprobs {with_dprobs})");
-                    assert!(e < 3e-2 && e > 1e-6, "{case}: {e:.2e}");
-                }
-            }
-        }
-    }
-}
+mod tests;
