@@ -90,7 +90,7 @@ unsafe fn forward_inference_into(
     assert!(dims.head_dim % 2 == 0, "bf16 attention needs an even head width, not {}", dims.head_dim);
     assert!(q.len() == k.len() && q.len() == v.len(), "attention: q, k and v differ in size");
     let width = dims.n_heads * dims.head_dim;
-    assert_eq!(q.len(), cu.last().copied().unwrap_or(0) * width, "attention: cu_seqlens do not cover q");
+    assert_rows_covered(cu, q.len(), width);
     // Round each operand once (Q after scaling), for every head at once.
     let (qb, kb, vb) = (to_bf16(q, scale), to_bf16(k, 1.0), to_bf16(v, 1.0));
     let tasks: Vec<(usize, usize, usize)> = cu
@@ -98,7 +98,6 @@ unsafe fn forward_inference_into(
         .flat_map(|w| (0..dims.n_heads).map(move |h| (w[0], w[1] - w[0], h)))
         .filter(|&(_, len, _)| len > 0)
         .collect();
-    assert_eq!(cu.first().copied().unwrap_or(0), 0, "attention: cu_seqlens do not start at row 0");
     let out_ptr = SharedMut(out);
     tasks.par_iter().for_each(|&(start, len, head)| {
         let view = HeadView { q: &qb, k: &kb, v: &vb, start, len, col: head * dims.head_dim, width, d: dims.head_dim };
@@ -111,6 +110,16 @@ unsafe fn forward_inference_into(
         #[cfg(not(target_arch = "x86_64"))]
         let _ = (view, &out_ptr);
     });
+}
+
+/// Panics unless the sequences `cu[s]..cu[s+1]` cover the `len / width` rows of an operand
+/// from row 0 (the kernels then write every row of a new output).
+fn assert_rows_covered(cu: &[usize], len: usize, width: usize) {
+    let (first, last) = (cu.first().copied().unwrap_or(0), cu.last().copied().unwrap_or(0));
+    assert!(
+        first == 0 && len == last * width,
+        "attention: cu_seqlens {first}..{last} do not cover {len} / {width} rows"
+    );
 }
 
 /// `bf16(scale·x)` as bits (round to nearest even), in parallel.
@@ -212,10 +221,7 @@ unsafe fn forward_training_into(
     assert!(supported(), "bf16 attention needs AVX512-BF16");
     let (d, width) = (dims.head_dim, dims.n_heads * dims.head_dim);
     assert!(q.len() == k.len() && q.len() == v.len(), "attention: q, k and v differ in size");
-    assert!(
-        cu.first().copied().unwrap_or(0) == 0 && q.len() == cu.last().copied().unwrap_or(0) * width,
-        "attention: cu_seqlens do not cover q"
-    );
+    assert_rows_covered(cu, q.len(), width);
     let (out_ptr, prob_ptr) = (SharedMut(out), SharedMut(probs));
     attention::task_list(cu, dims.n_heads).par_iter().for_each(|&(start, l, head, prob)| {
         // This head's rows of Q, K and V, `width` floats apart.
@@ -278,10 +284,7 @@ pub fn backward_training_new(
     scale: f32,
 ) -> [Vec<f32>; 3] {
     let width = dims.n_heads * dims.head_dim;
-    assert!(
-        cu.first().copied().unwrap_or(0) == 0 && q.len() == cu.last().copied().unwrap_or(0) * width,
-        "attention: cu_seqlens do not cover q"
-    );
+    assert_rows_covered(cu, q.len(), width);
     let mut new = want.map(|w| Vec::with_capacity(if w { q.len() } else { 0 }));
     let grads = [0, 1, 2].map(|i| want[i].then(|| new[i].spare_capacity_mut().as_mut_ptr() as *mut f32));
     // Safety: with `dout` given, every (sequence, head) task writes its head's columns of
