@@ -135,38 +135,33 @@ pub fn attention(
                     None => None,
                 };
                 let (p, qs, ks, vs) = (saved.as_slice::<T>()?, q.as_slice::<T>()?, k.as_slice::<T>()?, v.as_slice::<T>()?);
+                let bf16_inputs = || cpu_bf16::BackwardInputs {
+                    dout: dout.map(f32s),
+                    dprobs: dprobs.map(f32s),
+                    probs: f32s(p),
+                    q: f32s(qs),
+                    k: f32s(ks),
+                    v: f32s(vs),
+                    cu: &cu,
+                    dims,
+                    scale: scale as f32,
+                };
                 let distinct = q.id() != k.id() && q.id() != v.id() && k.id() != v.id();
-                if let (true, true, Some(dout)) = (bf16, distinct, dout) {
-                    if [&q, &k, &v].iter().all(|t| !grads.has(t)) {
-                        // The first contributions are written into fresh buffers, not added to zeros.
-                        let want = [&q, &k, &v].map(|t| t.requires_grad());
-                        let args = (f32s(dout), dprobs.map(f32s), f32s(p), f32s(qs), f32s(ks), f32s(vs));
-                        let new = cpu_bf16::backward_training_new(want, args.0, args.1, args.2, args.3, args.4, args.5, &cu, dims, scale as f32);
-                        for ((t, g), w) in [&q, &k, &v].into_iter().zip(new).zip(want) {
-                            if w {
-                                grads.put(t, Some(Tensor::from_vec(g, t.shape())?));
-                            }
+                if bf16 && distinct && dout.is_some() && [&q, &k, &v].iter().all(|t| !grads.has(t)) {
+                    // The first contributions are written into fresh buffers, not added to zeros.
+                    let want = [&q, &k, &v].map(|t| t.requires_grad());
+                    let new = cpu_bf16::backward_training_new(want, bf16_inputs());
+                    for ((t, g), w) in [&q, &k, &v].into_iter().zip(new).zip(want) {
+                        if w {
+                            grads.put(t, Some(Tensor::from_vec(g, t.shape())?));
                         }
-                        return Ok(());
                     }
+                    return Ok(());
                 }
                 let (mut dq, mut dk, mut dv) = (grads.take_acc(&q)?, grads.take_acc(&k)?, grads.take_acc(&v)?);
                 let (gq, gk, gv) = (grad_slice::<T>(&mut dq)?, grad_slice::<T>(&mut dk)?, grad_slice::<T>(&mut dv)?);
                 if bf16 {
-                    cpu_bf16::backward_training(
-                        f32s_mut(gq),
-                        f32s_mut(gk),
-                        f32s_mut(gv),
-                        dout.map(f32s),
-                        dprobs.map(f32s),
-                        f32s(p),
-                        f32s(qs),
-                        f32s(ks),
-                        f32s(vs),
-                        &cu,
-                        dims,
-                        scale as f32,
-                    );
+                    cpu_bf16::backward_training(f32s_mut(gq), f32s_mut(gk), f32s_mut(gv), bf16_inputs());
                 } else {
                     cpu::backward(gq, gk, gv, dout, dprobs, p, qs, ks, vs, &cu, dims, sc);
                 }

@@ -241,59 +241,49 @@ unsafe fn forward_training_into(
     });
 }
 
+/// What the training backward reads: the gradients flowing into the output and into the
+/// probabilities (either may be absent), the kept probabilities and the forward's operands.
+#[derive(Clone, Copy)]
+pub struct BackwardInputs<'a> {
+    pub dout: Option<&'a [f32]>,
+    pub dprobs: Option<&'a [f32]>,
+    pub probs: &'a [f32],
+    pub q: &'a [f32],
+    pub k: &'a [f32],
+    pub v: &'a [f32],
+    pub cu: &'a [usize],
+    pub dims: AttnDims,
+    pub scale: f32,
+}
+
 /// Training backward with bf16 products: what [`super::attention::backward`] computes
 /// (accumulating into `dq`, `dk`, `dv`; an empty one is skipped), with `dP = dO Vᵀ`,
 /// `dV = Pᵀ dO`, `dQ = scale·dS K` and `dK = scale·dSᵀ Q` on bf16-rounded operands with
 /// fp32 sums; the softmax backward runs in fp32 on the kept probabilities.
-#[allow(clippy::too_many_arguments)]
-pub fn backward_training(
-    dq: &mut [f32],
-    dk: &mut [f32],
-    dv: &mut [f32],
-    dout: Option<&[f32]>,
-    dprobs: Option<&[f32]>,
-    probs: &[f32],
-    q: &[f32],
-    k: &[f32],
-    v: &[f32],
-    cu: &[usize],
-    dims: AttnDims,
-    scale: f32,
-) {
+pub fn backward_training(dq: &mut [f32], dk: &mut [f32], dv: &mut [f32], inp: BackwardInputs) {
     for g in [&*dq, &*dk, &*dv] {
-        assert!(g.is_empty() || g.len() == q.len(), "attention: a gradient is not q's size");
+        assert!(g.is_empty() || g.len() == inp.q.len(), "attention: a gradient is not q's size");
     }
-    let grads = [&mut *dq, &mut *dk, &mut *dv].map(|g| (!g.is_empty()).then_some(g.as_mut_ptr()));
+    let grads = [dq, dk, dv].map(|g| (!g.is_empty()).then_some(g.as_mut_ptr()));
     // Safety: each wanted gradient holds q.len() initialised floats (checked above).
-    unsafe { backward_training_into(grads, true, dout, dprobs, probs, q, k, v, cu, dims, scale) }
+    unsafe { backward_training_into(grads, true, inp) }
 }
 
-/// [`backward_training`] with `dout`, into new buffers `[dq, dk, dv]` (the wanted ones;
-/// empty for the others), written once (not zero-filled first).
-#[allow(clippy::too_many_arguments)]
-pub fn backward_training_new(
-    want: [bool; 3],
-    dout: &[f32],
-    dprobs: Option<&[f32]>,
-    probs: &[f32],
-    q: &[f32],
-    k: &[f32],
-    v: &[f32],
-    cu: &[usize],
-    dims: AttnDims,
-    scale: f32,
-) -> [Vec<f32>; 3] {
-    let width = dims.n_heads * dims.head_dim;
-    assert_rows_covered(cu, q.len(), width);
-    let mut new = want.map(|w| Vec::with_capacity(if w { q.len() } else { 0 }));
+/// [`backward_training`] into new buffers `[dq, dk, dv]` (the wanted ones; empty for the
+/// others), written once (not zero-filled first). Panics unless `inp.dout` is given.
+pub fn backward_training_new(want: [bool; 3], inp: BackwardInputs) -> [Vec<f32>; 3] {
+    assert!(inp.dout.is_some(), "attention: new gradient buffers need the output's gradient");
+    assert_rows_covered(inp.cu, inp.q.len(), inp.dims.n_heads * inp.dims.head_dim);
+    let n = inp.q.len();
+    let mut new = want.map(|w| Vec::with_capacity(if w { n } else { 0 }));
     let grads = [0, 1, 2].map(|i| want[i].then(|| new[i].spare_capacity_mut().as_mut_ptr() as *mut f32));
     // Safety: with `dout` given, every (sequence, head) task writes its head's columns of
     // its rows in each wanted gradient, and the sequences cover every row (checked above).
     unsafe {
-        backward_training_into(grads, false, Some(dout), dprobs, probs, q, k, v, cu, dims, scale);
+        backward_training_into(grads, false, inp);
         for (g, w) in new.iter_mut().zip(want) {
             if w {
-                g.set_len(q.len());
+                g.set_len(n);
             }
         }
     }
@@ -303,20 +293,8 @@ pub fn backward_training_new(
 /// # Safety
 /// Each `Some` in `grads` points to `q.len()` writable floats, initialised when
 /// `accumulate`; without `accumulate`, `dout` is given (so that `dv` is written).
-#[allow(clippy::too_many_arguments)]
-unsafe fn backward_training_into(
-    grads: [Option<*mut f32>; 3],
-    accumulate: bool,
-    dout: Option<&[f32]>,
-    dprobs: Option<&[f32]>,
-    probs: &[f32],
-    q: &[f32],
-    k: &[f32],
-    v: &[f32],
-    cu: &[usize],
-    dims: AttnDims,
-    scale: f32,
-) {
+unsafe fn backward_training_into(grads: [Option<*mut f32>; 3], accumulate: bool, inp: BackwardInputs) {
+    let BackwardInputs { dout, dprobs, probs, q, k, v, cu, dims, scale } = inp;
     assert!(supported(), "bf16 attention needs AVX512-BF16");
     assert!(accumulate || dout.is_some() || grads[2].is_none(), "attention: a fresh dv needs dout");
     let (d, width) = (dims.head_dim, dims.n_heads * dims.head_dim);

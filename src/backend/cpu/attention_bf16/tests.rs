@@ -109,7 +109,18 @@ mod training {
                 let start = (random(n * w, 36), random(n * w, 37), random(n * w, 38));
                 let (mut dq, mut dk, mut dv) = start.clone();
                 let (dp, dout) = (with_dprobs.then_some(&dprobs[..]), with_dout.then_some(&dout[..]));
-                backward_training(&mut dq, &mut dk, &mut dv, dout, dp, &probs32, &q, &k, &v, &cu, dims, 0.6);
+                let inp = BackwardInputs {
+                    dout,
+                    dprobs: dp,
+                    probs: &probs32,
+                    q: &q,
+                    k: &k,
+                    v: &v,
+                    cu: &cu,
+                    dims,
+                    scale: 0.6,
+                };
+                backward_training(&mut dq, &mut dk, &mut dv, inp);
                 let (mut dq32, mut dk32, mut dv32) = start.clone();
                 fp32::backward(&mut dq32, &mut dk32, &mut dv32, dout, dp, &probs32, &q, &k, &v, &cu, dims, 0.6);
                 let sub = |a: &[f32], b: &[f32]| a.iter().zip(b).map(|(x, y)| x - y).collect::<Vec<f32>>();
@@ -155,8 +166,19 @@ mod training {
             for want in [[true, true, true], [false, true, true], [true, false, false], [false, false, true]] {
                 let mut zeros = want.map(|on| vec![0f32; if on { n * w } else { 0 }]);
                 let [dq, dk, dv] = &mut zeros;
-                backward_training(dq, dk, dv, Some(&dout), dp, &probs, &q, &k, &v, &cu, dims, 0.6);
-                let new = backward_training_new(want, &dout, dp, &probs, &q, &k, &v, &cu, dims, 0.6);
+                let inp = BackwardInputs {
+                    dout: Some(&dout),
+                    dprobs: dp,
+                    probs: &probs,
+                    q: &q,
+                    k: &k,
+                    v: &v,
+                    cu: &cu,
+                    dims,
+                    scale: 0.6,
+                };
+                backward_training(dq, dk, dv, inp);
+                let new = backward_training_new(want, inp);
                 assert_eq!(new, zeros, "backward, wanted {want:?}, dprobs {}", dp.is_some());
             }
         }
