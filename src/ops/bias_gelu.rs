@@ -59,7 +59,7 @@ fn forward(x: &Tensor, bias: Option<&Tensor>) -> Result<Tensor> {
     }
     let (rows, cols) = x.dims2()?;
     with_real!(x.dtype(), T => {
-        Tensor::from_vec(cpu::forward_new(x.as_slice::<T>()?, bias_slice::<T>(bias)?, cols), &[rows, cols])
+        Tensor::from_vec(cpu::forward(x.as_slice::<T>()?, bias_slice::<T>(bias)?, cols), &[rows, cols])
     })
 }
 

@@ -13,7 +13,7 @@ pub fn add(tape: &Tape, a: &Tensor, b: &Tensor) -> Result<Tensor> {
     super::ensure_same_device("add", &[a, b])?;
     let y = match a.storage() {
         Storage::Cpu(_) => with_real!(a.dtype(), T => {
-            Tensor::from_vec(cpu::added(a.as_slice::<T>()?, b.as_slice::<T>()?), a.shape())?
+            Tensor::from_vec(cpu::add(a.as_slice::<T>()?, b.as_slice::<T>()?), a.shape())?
         }),
         Storage::Cuda(_) => crate::backend::cuda::elementwise::add(a, b)?,
     };

@@ -39,7 +39,7 @@ fn forward(x: &Tensor, w: &Tensor, b: &Tensor, eps: f64) -> Result<(Tensor, Tens
     }
     let (rows, dim) = x.dims2()?;
     with_real!(x.dtype(), T => {
-        let (y, mean, rstd) = cpu::forward_new(x.as_slice::<T>()?, w.as_slice::<T>()?, b.as_slice::<T>()?, dim, eps);
+        let (y, mean, rstd) = cpu::forward(x.as_slice::<T>()?, w.as_slice::<T>()?, b.as_slice::<T>()?, dim, eps);
         Ok((Tensor::from_vec(y, &[rows, dim])?, Tensor::from_vec(mean, &[rows])?, Tensor::from_vec(rstd, &[rows])?))
     })
 }

@@ -5,8 +5,6 @@
 
 use std::mem::MaybeUninit;
 
-use rayon::prelude::*;
-
 use super::{simd, Real};
 
 /// 1/√(2π).
@@ -70,15 +68,9 @@ impl<T: Real> simd::Kernel for BackwardRow<'_, T> {
     }
 }
 
-/// `y = gelu(x + bias[col])`; `bias` may be empty (no bias).
-pub fn forward<T: Real>(y: &mut [T], x: &[T], bias: &[T], cols: usize) {
-    // Safety: the rows store only gelu values.
-    let y = unsafe { super::as_slots(y) };
-    y.par_chunks_mut(cols).zip(x.par_chunks(cols)).for_each(|(y, x)| simd::dispatch(ForwardRow { y, x, bias }));
-}
-
-/// [`forward`] into a new `[rows, cols]` buffer (written once, not zero-filled first).
-pub fn forward_new<T: Real>(x: &[T], bias: &[T], cols: usize) -> Vec<T> {
+/// `y = gelu(x + bias[col])` (`bias` empty: no bias) into a new `[rows, cols]` buffer,
+/// written once (not zero-filled first).
+pub fn forward<T: Real>(x: &[T], bias: &[T], cols: usize) -> Vec<T> {
     let rows = x.len() / cols.max(1);
     // Safety: each row's kernel writes every element of its row.
     unsafe {

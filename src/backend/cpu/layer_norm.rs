@@ -11,33 +11,12 @@ use super::{simd, Real};
 /// Rows per parallel task in the backward's parameter-gradient reduction.
 const ROWS_PER_TASK: usize = 64;
 
-#[allow(clippy::too_many_arguments)]
-pub fn forward<T: Real>(y: &mut [T], mean: &mut [T], rstd: &mut [T], x: &[T], w: &[T], b: &[T], dim: usize, eps: f64) {
-    // Safety: the rows store only normalised values.
-    forward_rows(unsafe { super::as_slots(y) }, mean, rstd, x, w, b, dim, eps);
-}
-
-/// [`forward`] into new buffers, `y` written once (not zero-filled first): `(y, mean, rstd)`.
-pub fn forward_new<T: Real>(x: &[T], w: &[T], b: &[T], dim: usize, eps: f64) -> (Vec<T>, Vec<T>, Vec<T>) {
+/// `y = (x − μ)·rstd·w + b` per row of `dim`, into a new buffer written once (not
+/// zero-filled first), with the per-row `μ` and `rstd` the backward reads: `(y, mean, rstd)`.
+pub fn forward<T: Real>(x: &[T], w: &[T], b: &[T], dim: usize, eps: f64) -> (Vec<T>, Vec<T>, Vec<T>) {
     let rows = x.len() / dim.max(1);
-    let (mut y, mut mean, mut rstd) = (Vec::with_capacity(rows * dim), vec![T::zero(); rows], vec![T::zero(); rows]);
-    forward_rows(&mut y.spare_capacity_mut()[..rows * dim], &mut mean, &mut rstd, x, w, b, dim, eps);
-    // Safety: each row's kernel wrote every element of its row.
-    unsafe { y.set_len(rows * dim) };
-    (y, mean, rstd)
-}
-
-#[allow(clippy::too_many_arguments)]
-fn forward_rows<T: Real>(
-    y: &mut [std::mem::MaybeUninit<T>],
-    mean: &mut [T],
-    rstd: &mut [T],
-    x: &[T],
-    w: &[T],
-    b: &[T],
-    dim: usize,
-    eps: f64,
-) {
+    let (mut out, mut mean, mut rstd) = (Vec::with_capacity(rows * dim), vec![T::zero(); rows], vec![T::zero(); rows]);
+    let y = &mut out.spare_capacity_mut()[..rows * dim];
     let inv_d = T::from_f64(1.0 / dim as f64);
     let eps = T::from_f64(eps);
     y.par_chunks_mut(dim).zip(x.par_chunks(dim)).zip(mean.par_iter_mut().zip(rstd.par_iter_mut())).for_each(
@@ -47,6 +26,9 @@ fn forward_rows<T: Real>(
             *rs = r;
         },
     );
+    // Safety: each row's kernel wrote every element of its row.
+    unsafe { out.set_len(rows * dim) };
+    (out, mean, rstd)
 }
 
 /// Accumulates into `dx`, `dw` and `db`; an empty output slice is not computed.
