@@ -219,6 +219,32 @@ fn attention_bf16_training(c: &mut Criterion) {
     ops::linear::set_cpu_bf16(ops::linear::CpuBf16::Off).unwrap();
 }
 
+/// Inference attention in bf16 (`predict --precision bf16`, no probabilities kept) over
+/// 32 Pfam-like sequences: 20 heads of 16 (ESM-2 8M) and of 24 (35M); throughput in the
+/// multiply-adds of its two products (`2·l²·d` a head).
+fn attention_bf16_inference(c: &mut Criterion) {
+    use qf_engine::backend::cpu::attention::AttnDims;
+    use qf_engine::backend::cpu::attention_bf16;
+    if !attention_bf16::supported() {
+        println!("attention_bf16_inference: skipped, this CPU has no AVX512-BF16");
+        return;
+    }
+    let cu: Vec<usize> = layout(32).into_iter().map(|x| x as usize).collect();
+    let t = *cu.last().unwrap();
+    let pairs: usize = cu.windows(2).map(|w| (w[1] - w[0]).pow(2)).sum();
+    let mut g = c.benchmark_group("attention_bf16_inference");
+    g.sample_size(20);
+    for (model, d) in [("8M", 16usize), ("35M", 24)] {
+        let dims = AttnDims { n_heads: 20, head_dim: d };
+        let (q, k, v) = (values(t * 20 * d, 1), values(t * 20 * d, 2), values(t * 20 * d, 3));
+        g.throughput(Throughput::Elements((2 * pairs * 20 * d) as u64));
+        g.bench_function(BenchmarkId::new("forward", format!("{model}_20x{d}")), |bch| {
+            bch.iter(|| attention_bf16::forward_inference_new(&q, &k, &v, &cu, dims, 0.25))
+        });
+    }
+    g.finish();
+}
+
 fn cross_entropy(c: &mut Criterion) {
     let mut g = c.benchmark_group("cross_entropy_5000_classes");
     g.sample_size(20);
@@ -264,6 +290,7 @@ criterion_group!(
     bf16_peak,
     linear_products,
     attention_bf16_training,
+    attention_bf16_inference,
     cross_entropy,
     training_step
 );

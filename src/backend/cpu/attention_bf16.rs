@@ -4,22 +4,16 @@
 //! Training ([`forward_training`], [`backward_training`]) keeps the fp32 probabilities and
 //! runs each (sequence, head)'s products, two forward and four backward, through the linear
 //! layers' bf16 kernels (`matmul_bf16`); the softmax passes write the `l × l` operands of
-//! the next products as bf16 pairs directly (`softmax_pairs`). Inference ([`forward_inference`]) has its own
-//! kernel, described here, which keeps no probabilities: both
+//! the next products as bf16 pairs directly (`softmax_pairs`). Inference
+//! ([`forward_inference`]) has its own kernel, which keeps no probabilities: both
 //! products `S = scale·Q Kᵀ` and `O = P V` multiply bf16-rounded operands with fp32 sums
 //! on `vdpbf16ps`; the softmax runs in fp32 and its unnormalised weights `exp(S − max)`
 //! are rounded to bf16 for the second product, the row sum is taken over the fp32 weights
 //! and divides the fp32 output (PyTorch's CPU flash attention does the same).
 //!
-//! Per (sequence, head) task, with `d` the head width and `L` the sequence length:
-//! - `K` is packed as bf16 pairs along `d` (`kp[c/2][j]`, one 32-bit word per key), `V` as
-//!   pairs along the keys (`vp[j/2][c]`), both zero-padded to whole 16-lane vectors;
-//! - [`ROWS`] queries at a time (scaled, then rounded, as pairs along `d`) are scored
-//!   against 16 keys per step: 16 accumulators, one key load and 16 broadcast
-//!   `vdpbf16ps` per pair of `d`;
-//! - each row's softmax weights are written as bf16 in key order, so a 32-bit read is the
-//!   pair `vdpbf16ps` wants for `P V`, which runs 16 output columns per step in the same
-//!   shape.
+//! One rayon task per (sequence, head); the kernel (`inference`) puts 32 query rows in
+//! the vector lanes, broadcasts each key's and each value's bf16 pair straight from the
+//! rounded operands, and takes the softmax down the keys lane by lane (see its notes).
 //!
 //! [`reference_inference`] is the scalar twin the tests compare against: the same bf16
 //! roundings, sums and exponentials in f64.
@@ -27,18 +21,16 @@
 use half::bf16;
 use rayon::prelude::*;
 
+#[cfg(target_arch = "x86_64")]
+mod inference;
 mod softmax_pairs;
 
 use super::attention::{self, AttnDims};
 use super::matmul_bf16::{self, PackedBf16, PairedLeft};
 use super::SharedMut;
 
-/// Query rows per block (16 fp32 accumulators of 16 lanes).
-const ROWS: usize = 16;
 /// Lanes of a zmm register of fp32.
 const LANES: usize = 16;
-/// Keys per chunk of the softmax weights' buffer (a multiple of [`LANES`]).
-const KEY_CHUNK: usize = 256;
 
 /// Whether this CPU runs [`forward_inference`] (AVX-512F, BW, VL and AVX512-BF16).
 pub fn supported() -> bool {
@@ -105,7 +97,7 @@ unsafe fn forward_inference_into(
         // its sequence's rows, inside `out` (the same shape as `q`).
         #[cfg(target_arch = "x86_64")]
         unsafe {
-            x86::head(&view, out_ptr.at(0))
+            inference::head(&view, out_ptr.at(0))
         };
         #[cfg(not(target_arch = "x86_64"))]
         let _ = (view, &out_ptr);
@@ -149,14 +141,6 @@ struct HeadView<'a> {
     col: usize,
     width: usize,
     d: usize,
-}
-
-impl HeadView<'_> {
-    /// Word `c` (head columns `2c`, `2c + 1`) of token `j` of operand `m`.
-    fn word(&self, m: &[u16], j: usize, c: usize) -> u32 {
-        let at = (self.start + j) * self.width + self.col + 2 * c;
-        m[at] as u32 | (m[at + 1] as u32) << 16
-    }
 }
 
 /// Training forward with bf16 products (`train --precision bf16`): what
@@ -370,7 +354,7 @@ pub fn reference_inference(q: &[f32], k: &[f32], v: &[f32], cu: &[usize], dims: 
 mod x86 {
     use std::arch::x86_64::*;
 
-    use super::{HeadView, KEY_CHUNK, LANES, ROWS};
+    use super::LANES;
 
     /// `o[i] = bf16(scale·x[i])` 16 at a time; returns how many it wrote.
     #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512bf16")]
@@ -383,124 +367,6 @@ mod x86 {
             _mm256_storeu_si256(o.as_mut_ptr().add(LANES * i) as *mut __m256i, b);
         }
         full * LANES
-    }
-
-    /// One (sequence, head): pack K and V, then every block of [`ROWS`] queries.
-    #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512bf16")]
-    pub(super) unsafe fn head(h: &HeadView, out: *mut f32) {
-        let (l, d) = (h.len, h.d);
-        let dq = d / 2; // pairs of head columns
-        let lp = l.div_ceil(LANES) * LANES; // keys, padded
-        let dp = d.div_ceil(LANES) * LANES; // output columns, padded
-        let mut kp = vec![0u32; dq * lp];
-        for j in 0..l {
-            for c in 0..dq {
-                kp[c * lp + j] = h.word(h.k, j, c);
-            }
-        }
-        let vp = pack_values(h, lp, dp);
-        // Query pairs, pair-major: the 16 rows' words for one pair are adjacent.
-        let mut qp = vec![0u32; dq * ROWS];
-        let mut s = vec![0f32; ROWS * lp];
-        // Softmax weights as bf16 bits in key order (zero past the sequence), in chunks of
-        // `KEY_CHUNK` keys: [chunk][row][key], so the rows' words sit at fixed distances.
-        let chunks = lp.div_ceil(KEY_CHUNK);
-        let mut p = vec![0u16; chunks * ROWS * KEY_CHUNK];
-        for i0 in (0..l).step_by(ROWS) {
-            let rows = ROWS.min(l - i0);
-            for r in 0..ROWS {
-                for c in 0..dq {
-                    qp[c * ROWS + r] = if r < rows { h.word(h.q, i0 + r, c) } else { 0 };
-                }
-            }
-            scores(&mut s, &qp, &kp, dq, lp);
-            let mut inv = [0f32; ROWS];
-            for r in 0..rows {
-                inv[r] = 1.0 / softmax_weights(&s[r * lp..][..lp], &mut p, r, l);
-            }
-            for c0 in (0..dp).step_by(LANES) {
-                let acc = weighted_values(&p, &vp, lp, dp, c0);
-                let mask = lane_mask(d - c0);
-                for r in 0..rows {
-                    let o = out.add((h.start + i0 + r) * h.width + h.col + c0);
-                    _mm512_mask_storeu_ps(o, mask, _mm512_mul_ps(acc[r], _mm512_set1_ps(inv[r])));
-                }
-            }
-        }
-    }
-
-    /// `V` as pairs along the keys, `vp[j/2][c] = (v[j][c], v[j+1][c])`, `dp` words a row;
-    /// zero past the sequence and the head.
-    #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512bf16")]
-    unsafe fn pack_values(h: &HeadView, lp: usize, dp: usize) -> Vec<u32> {
-        let (l, d) = (h.len, h.d);
-        let mut vp = vec![0u32; lp / 2 * dp];
-        let row = |j: usize| h.v.as_ptr().add((h.start + j) * h.width + h.col);
-        for jp in 0..l.div_ceil(2) {
-            for c0 in (0..d).step_by(LANES) {
-                let m = lane_mask(d - c0);
-                let lo = _mm512_cvtepu16_epi32(_mm256_maskz_loadu_epi16(m, row(2 * jp).add(c0) as *const i16));
-                let hi = if 2 * jp + 1 < l {
-                    _mm512_cvtepu16_epi32(_mm256_maskz_loadu_epi16(m, row(2 * jp + 1).add(c0) as *const i16))
-                } else {
-                    _mm512_setzero_si512()
-                };
-                let w = _mm512_or_si512(lo, _mm512_slli_epi32::<16>(hi));
-                _mm512_storeu_si512(vp.as_mut_ptr().add(jp * dp + c0) as *mut _, w);
-            }
-        }
-        vp
-    }
-
-    /// The first `n` (≤ 16, or all) lanes.
-    fn lane_mask(n: usize) -> __mmask16 {
-        if n >= LANES {
-            0xffff
-        } else {
-            ((1u32 << n) - 1) as __mmask16
-        }
-    }
-
-    /// `s[r, j] = Σ_c qp[c, r]·kp[c, j]` over pairs `c`, for all [`ROWS`] rows and `lp` keys.
-    #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512bf16")]
-    unsafe fn scores(s: &mut [f32], qp: &[u32], kp: &[u32], dq: usize, lp: usize) {
-        let qp = qp.as_ptr();
-        for j0 in (0..lp).step_by(LANES) {
-            let mut acc = [_mm512_setzero_ps(); ROWS];
-            for c in 0..dq {
-                let kv: __m512bh = std::mem::transmute(_mm512_loadu_si512(kp.as_ptr().add(c * lp + j0) as *const _));
-                for (r, a) in acc.iter_mut().enumerate() {
-                    let qv: __m512bh = std::mem::transmute(_mm512_set1_epi32(*qp.add(c * ROWS + r) as i32));
-                    *a = _mm512_dpbf16_ps(*a, qv, kv);
-                }
-            }
-            for (r, a) in acc.iter().enumerate() {
-                _mm512_storeu_ps(s.as_mut_ptr().add(r * lp + j0), *a);
-            }
-        }
-    }
-
-    /// Row `r` of the chunked weights: `bf16(exp(s[j] − max))` for the `l` keys (zero for
-    /// the padding), returning the fp32 sum of the unrounded weights.
-    #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512bf16")]
-    unsafe fn softmax_weights(s: &[f32], p: &mut [u16], r: usize, l: usize) -> f32 {
-        let mut m = _mm512_set1_ps(f32::MIN);
-        for j0 in (0..l).step_by(LANES) {
-            let x = _mm512_maskz_loadu_ps(lane_mask(l - j0), s.as_ptr().add(j0));
-            m = _mm512_mask_max_ps(m, lane_mask(l - j0), m, x);
-        }
-        let m = _mm512_set1_ps(_mm512_reduce_max_ps(m));
-        let mut sum = _mm512_setzero_ps();
-        for j0 in (0..s.len()).step_by(LANES) {
-            let live = lane_mask(l.saturating_sub(j0));
-            let x = _mm512_sub_ps(_mm512_loadu_ps(s.as_ptr().add(j0)), m);
-            let e = _mm512_maskz_mov_ps(live, exp(x));
-            sum = _mm512_add_ps(sum, e);
-            let bits: __m256i = std::mem::transmute(_mm512_cvtneps_pbh(e));
-            let at = (j0 / KEY_CHUNK * ROWS + r) * KEY_CHUNK + j0 % KEY_CHUNK;
-            _mm256_storeu_si256(p[at..][..LANES].as_mut_ptr() as *mut __m256i, bits);
-        }
-        _mm512_reduce_add_ps(sum)
     }
 
     /// `exp(x)` for `x ≤ 0` lane-wise: the Cephes polynomial of `real::exp_f32` with FMAs
@@ -521,27 +387,6 @@ mod x86 {
         }
         let y = _mm512_fmadd_ps(_mm512_mul_ps(p, r), r, _mm512_add_ps(r, _mm512_set1_ps(1.0)));
         _mm512_maskz_mov_ps(!under, _mm512_scalef_ps(y, n))
-    }
-
-    /// `Σ_j p[r, j]·v[j, c0..c0+16]` for all [`ROWS`] rows, over pairs of keys.
-    #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512bf16")]
-    unsafe fn weighted_values(p: &[u16], vp: &[u32], lp: usize, dp: usize, c0: usize) -> [__m512; ROWS] {
-        const CHUNK_WORDS: usize = KEY_CHUNK / 2;
-        let mut acc = [_mm512_setzero_ps(); ROWS];
-        for k0 in (0..lp).step_by(KEY_CHUNK) {
-            // Row r's pair jp of this chunk is word r·CHUNK_WORDS + jp: fixed offsets.
-            let pw = p.as_ptr().add(k0 * ROWS) as *const u32;
-            let vrow = vp.as_ptr().add(k0 / 2 * dp + c0);
-            for jp in 0..CHUNK_WORDS.min((lp - k0) / 2) {
-                let vv: __m512bh = std::mem::transmute(_mm512_loadu_si512(vrow.add(jp * dp) as *const _));
-                for (r, a) in acc.iter_mut().enumerate() {
-                    let w = pw.add(r * CHUNK_WORDS + jp).read_unaligned();
-                    *a =
-                        _mm512_dpbf16_ps(*a, std::mem::transmute::<__m512i, __m512bh>(_mm512_set1_epi32(w as i32)), vv);
-                }
-            }
-        }
-        acc
     }
 }
 
