@@ -17,6 +17,7 @@
 use std::arch::x86_64::*;
 use std::mem::MaybeUninit;
 
+use super::x86::exp2;
 use super::{HeadView, LANES};
 
 /// Query rows per block: two vectors of lanes.
@@ -188,24 +189,6 @@ unsafe fn interleaved_pairs(a: __m512, b: __m512) -> __m512i {
         16, 0,
     );
     _mm512_permutexvar_epi16(order, both)
-}
-
-/// `2^t` lane-wise: `t = n + f` with `n` the nearest integer, `2^f` on `[−½, ½]` by a
-/// degree-6 polynomial (a relative least-squares fit on Chebyshev nodes, Lawson-weighted
-/// toward minimax: 1.9e-9 relative, about 1.4 fp32 ulp after rounding), then `vscalefps`
-/// for `2ⁿ` (0 below the normal range, so no clamp is needed).
-#[target_feature(enable = "avx512f")]
-#[inline]
-unsafe fn exp2(t: __m512) -> __m512 {
-    const C: [f32; 7] =
-        [1.0, std::f32::consts::LN_2, 0.240_226_46, 0.055_503_286, 0.009_618_489, 0.001_339_993_1, 0.000_153_458_11];
-    let n = _mm512_roundscale_ps::<{ _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC }>(t);
-    let f = _mm512_sub_ps(t, n);
-    let mut p = _mm512_set1_ps(C[6]);
-    for c in C[..6].iter().rev() {
-        p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(*c));
-    }
-    _mm512_scalef_ps(p, n)
 }
 
 /// `N` output columns of the block: `Σ_j V[j, c]·P[rows, j]` over key pairs, times the

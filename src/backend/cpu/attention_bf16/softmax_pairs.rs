@@ -87,7 +87,7 @@ pub(super) fn softmax_backward_pairs(dp: &[f32], p: &[f32], l: usize, with_p: bo
 mod x86 {
     use std::arch::x86_64::*;
 
-    use super::super::x86::exp;
+    use super::super::x86::exp2;
 
     /// The lanes below `n` of 16.
     fn first(n: usize) -> __mmask16 {
@@ -135,11 +135,14 @@ mod x86 {
             }
             max = _mm512_mask_max_ps(max, mask, max, x);
         }
-        let max = _mm512_set1_ps(_mm512_reduce_max_ps(max));
+        // exp(x − max) = 2^(x·log₂e − max·log₂e), the second term rounded once for the row.
+        let log2e = _mm512_set1_ps(std::f32::consts::LOG2_E);
+        let shift = _mm512_set1_ps(_mm512_reduce_max_ps(max) * std::f32::consts::LOG2_E);
         let mut sum = _mm512_setzero_ps();
         for c in (0..l).step_by(16) {
             let (mask, at) = (first(l - c), row.as_mut_ptr().add(c));
-            let e = _mm512_maskz_mov_ps(mask, exp(_mm512_sub_ps(_mm512_maskz_loadu_ps(mask, at), max)));
+            let t = _mm512_fmsub_ps(_mm512_maskz_loadu_ps(mask, at), log2e, shift);
+            let e = _mm512_maskz_mov_ps(mask, exp2(t));
             _mm512_mask_storeu_ps(at, mask, e);
             sum = _mm512_add_ps(sum, e);
         }
