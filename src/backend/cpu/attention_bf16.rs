@@ -114,20 +114,23 @@ fn assert_rows_covered(cu: &[usize], len: usize, width: usize) {
     );
 }
 
-/// `bf16(scale·x)` as bits (round to nearest even), in parallel.
+/// `bf16(scale·x)` as bits (round to nearest even), in parallel, into a new buffer written
+/// once.
 fn to_bf16(x: &[f32], scale: f32) -> Vec<u16> {
-    let mut out = vec![0u16; x.len()];
-    out.par_chunks_mut(1 << 14).zip(x.par_chunks(1 << 14)).for_each(|(o, x)| {
+    const CHUNK: usize = 1 << 14;
+    let write = |start: usize, o: &mut [std::mem::MaybeUninit<u16>]| {
+        let x = &x[start..][..o.len()];
         #[cfg(target_arch = "x86_64")]
         // Safety: AVX512-BF16 was checked by the caller.
         let done = unsafe { x86::to_bf16(o, x, scale) };
         #[cfg(not(target_arch = "x86_64"))]
         let done = 0;
         for (o, &x) in o[done..].iter_mut().zip(&x[done..]) {
-            *o = bf16::from_f32(scale * x).to_bits();
+            o.write(bf16::from_f32(scale * x).to_bits());
         }
-    });
-    out
+    };
+    // Safety: each chunk's slots are written, by the vector loop and then the scalar one.
+    unsafe { super::written(x.len(), CHUNK, write) }
 }
 
 /// One head of one sequence inside the packed `[tokens, width]` bf16 operands.
@@ -358,7 +361,7 @@ mod x86 {
 
     /// `o[i] = bf16(scale·x[i])` 16 at a time; returns how many it wrote.
     #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512bf16")]
-    pub(super) unsafe fn to_bf16(o: &mut [u16], x: &[f32], scale: f32) -> usize {
+    pub(super) unsafe fn to_bf16(o: &mut [std::mem::MaybeUninit<u16>], x: &[f32], scale: f32) -> usize {
         let full = x.len().min(o.len()) / LANES;
         let s = _mm512_set1_ps(scale);
         for i in 0..full {

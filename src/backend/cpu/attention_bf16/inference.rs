@@ -229,11 +229,11 @@ unsafe fn weigh_values<const N: usize>(
 }
 
 /// `V` as pairs along the keys, `vp[j/2][c] = (v[j][c], v[j+1][c])`, `dp` words a row;
-/// zero past the sequence and the head.
+/// zero past the sequence and the head; written once, not zero-filled first.
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512bf16")]
 unsafe fn pack_values(h: &HeadView, dp: usize) -> Vec<u32> {
     let (l, d) = (h.len, h.d);
-    let mut vp = vec![0u32; l.div_ceil(2) * dp];
+    let mut vp: Vec<u32> = Vec::with_capacity(l.div_ceil(2) * dp);
     let row = |j: usize| h.v.as_ptr().add((h.start + j) * h.width + h.col);
     for jp in 0..l.div_ceil(2) {
         for c0 in (0..d).step_by(LANES) {
@@ -248,6 +248,8 @@ unsafe fn pack_values(h: &HeadView, dp: usize) -> Vec<u32> {
             _mm512_storeu_si512(vp.as_mut_ptr().add(jp * dp + c0) as *mut _, w);
         }
     }
+    // Every word of every row was stored: `dp` is `d` rounded up to whole vectors.
+    vp.set_len(l.div_ceil(2) * dp);
     vp
 }
 
