@@ -1,7 +1,7 @@
 //! Criterion benchmarks of the CPU backend: the ops of one ESM-2 8M layer at a Pfam-like
 //! batch (forward + backward, and inference in fp32 and bf16), the linear layer's products
-//! at 8M/35M shapes beside the CPU's bf16 peak (`bf16_peak`), bf16 training attention at
-//! 8M/35M head widths, and a whole training step.
+//! at 8M/35M shapes beside the CPU's bf16 peak (`bf16_peak`), bf16 attention at 8M/35M
+//! head widths (training and inference), and a whole training step.
 //!
 //! `cargo bench --bench cpu_ops` (add `-- <filter>` for one group). CUDA kernel benchmarks
 //! live in `benches/cuda_ops.rs` and skip without a GPU.
