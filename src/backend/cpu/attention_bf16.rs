@@ -372,6 +372,29 @@ mod x86 {
         full * LANES
     }
 
+    /// The lanes below `n` of 16.
+    pub(super) fn first(n: usize) -> __mmask16 {
+        if n >= 16 {
+            0xffff
+        } else {
+            ((1u32 << n) - 1) as __mmask16
+        }
+    }
+
+    /// 16 words `(bf16(a[j]), bf16(b[j]))`: two vectors' bf16 lanes interleaved (two rows of a
+    /// column pair, or two keys' weights of one row).
+    #[target_feature(enable = "avx512f,avx512bw,avx512bf16")]
+    #[inline]
+    pub(super) unsafe fn interleaved_pairs(a: __m512, b: __m512) -> __m512i {
+        let both = std::mem::transmute::<__m512bh, __m512i>(_mm512_cvtne2ps_pbh(b, a));
+        // Lane 2j takes a[j] (lane j), lane 2j + 1 takes b[j] (lane 16 + j).
+        let order = _mm512_set_epi16(
+            31, 15, 30, 14, 29, 13, 28, 12, 27, 11, 26, 10, 25, 9, 24, 8, 23, 7, 22, 6, 21, 5, 20, 4, 19, 3, 18, 2, 17,
+            1, 16, 0,
+        );
+        _mm512_permutexvar_epi16(order, both)
+    }
+
     /// `2^t` lane-wise: `t = n + f` with `n` the nearest integer, `2^f` on `[−½, ½]` by a
     /// degree-6 polynomial (a relative least-squares fit on Chebyshev nodes, Lawson-weighted
     /// toward minimax: 1.9e-9 relative, about 1.4 fp32 ulp after rounding), then `vscalefps`

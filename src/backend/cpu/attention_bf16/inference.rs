@@ -17,7 +17,7 @@
 use std::arch::x86_64::*;
 use std::mem::MaybeUninit;
 
-use super::x86::exp2;
+use super::x86::{exp2, first, interleaved_pairs};
 use super::{HeadView, LANES};
 
 /// Query rows per block: two vectors of lanes.
@@ -96,11 +96,11 @@ unsafe fn gather_queries<'a>(
         _mm512_set_epi32(15, 14, 13, 12, 11, 10, 9, 8, 7, 6, 5, 4, 3, 2, 1, 0),
         _mm512_set1_epi32(stride as i32),
     );
-    let first = h.q.as_ptr().add((h.start + i0) * h.width + h.col) as *const i32;
-    let masks = [lanes(rows), lanes(rows.saturating_sub(LANES))];
+    let block = h.q.as_ptr().add((h.start + i0) * h.width + h.col) as *const i32;
+    let masks = [first(rows), first(rows.saturating_sub(LANES))];
     for (c, slot) in queries.iter_mut().enumerate() {
         let half = |k: usize| {
-            let base = first.add(c + k * LANES * stride);
+            let base = block.add(c + k * LANES * stride);
             _mm512_mask_i32gather_epi32::<4>(_mm512_setzero_si512(), masks[k], index, base)
         };
         slot.write([half(0), half(1)]);
@@ -178,19 +178,6 @@ unsafe fn softmax_weights(
     sums
 }
 
-/// 16 words `(bf16(a[r]), bf16(b[r]))`.
-#[target_feature(enable = "avx512f,avx512bw,avx512bf16")]
-#[inline]
-unsafe fn interleaved_pairs(a: __m512, b: __m512) -> __m512i {
-    let both = std::mem::transmute::<__m512bh, __m512i>(_mm512_cvtne2ps_pbh(b, a));
-    // Lane 2r takes a[r] (bf16 lane r), lane 2r + 1 takes b[r] (bf16 lane 16 + r).
-    let order = _mm512_set_epi16(
-        31, 15, 30, 14, 29, 13, 28, 12, 27, 11, 26, 10, 25, 9, 24, 8, 23, 7, 22, 6, 21, 5, 20, 4, 19, 3, 18, 2, 17, 1,
-        16, 0,
-    );
-    _mm512_permutexvar_epi16(order, both)
-}
-
 /// `N` output columns of the block: `Σ_j V[j, c]·P[rows, j]` over key pairs, times the
 /// rows' `inv` sums, written to the block's first `rows` rows at `dst` (`width` apart).
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512bf16")]
@@ -237,7 +224,7 @@ unsafe fn pack_values(h: &HeadView, dp: usize) -> Vec<u32> {
     let row = |j: usize| h.v.as_ptr().add((h.start + j) * h.width + h.col);
     for jp in 0..l.div_ceil(2) {
         for c0 in (0..d).step_by(LANES) {
-            let m = lanes(d - c0);
+            let m = first(d - c0);
             let lo = _mm512_cvtepu16_epi32(_mm256_maskz_loadu_epi16(m, row(2 * jp).add(c0) as *const i16));
             let hi = if 2 * jp + 1 < l {
                 _mm512_cvtepu16_epi32(_mm256_maskz_loadu_epi16(m, row(2 * jp + 1).add(c0) as *const i16))
@@ -251,13 +238,4 @@ unsafe fn pack_values(h: &HeadView, dp: usize) -> Vec<u32> {
     // Every word of every row was stored: `dp` is `d` rounded up to whole vectors.
     vp.set_len(l.div_ceil(2) * dp);
     vp
-}
-
-/// The first `n` (≤ 16, or all) lanes.
-fn lanes(n: usize) -> __mmask16 {
-    if n >= LANES {
-        0xffff
-    } else {
-        ((1u32 << n) - 1) as __mmask16
-    }
 }

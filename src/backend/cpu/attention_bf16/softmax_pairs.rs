@@ -87,16 +87,7 @@ pub(super) fn softmax_backward_pairs(dp: &[f32], p: &[f32], l: usize, with_p: bo
 mod x86 {
     use std::arch::x86_64::*;
 
-    use super::super::x86::exp2;
-
-    /// The lanes below `n` of 16.
-    fn first(n: usize) -> __mmask16 {
-        if n >= 16 {
-            0xffff
-        } else {
-            ((1u32 << n) - 1) as __mmask16
-        }
-    }
+    use super::super::x86::{exp2, first, interleaved_pairs};
 
     /// 32 floats (two halves) as 16 words of adjacent pairs: `(x[2w], x[2w+1])`.
     #[target_feature(enable = "avx512f,avx512bf16")]
@@ -104,19 +95,6 @@ mod x86 {
     unsafe fn adjacent_pairs(lo: __m512, hi: __m512) -> __m512i {
         // The second operand fills the low 16 bf16 lanes, in order.
         std::mem::transmute::<__m512bh, __m512i>(_mm512_cvtne2ps_pbh(hi, lo))
-    }
-
-    /// 16 words `(a[j], b[j])`: the two rows' bf16 lanes interleaved.
-    #[target_feature(enable = "avx512f,avx512bw,avx512bf16")]
-    #[inline]
-    unsafe fn interleaved_pairs(a: __m512, b: __m512) -> __m512i {
-        let both = std::mem::transmute::<__m512bh, __m512i>(_mm512_cvtne2ps_pbh(b, a));
-        // Lane 2j takes a[j] (lane j), lane 2j + 1 takes b[j] (lane 16 + j).
-        let order = _mm512_set_epi16(
-            31, 15, 30, 14, 29, 13, 28, 12, 27, 11, 26, 10, 25, 9, 24, 8, 23, 7, 22, 6, 21, 5, 20, 4, 19, 3, 18, 2, 17,
-            1, 16, 0,
-        );
-        _mm512_permutexvar_epi16(order, both)
     }
 
     /// One row of the forward: `row = softmax(scale·row)` in fp32 (max, `exp(x − max)`
