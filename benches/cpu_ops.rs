@@ -108,6 +108,28 @@ fn inference_ops(c: &mut Criterion) {
     g.finish();
 }
 
+/// The passes between the products of one ESM-2 35M layer at inference (no tape) over a
+/// Pfam-like batch of ≈ 4,000 tokens: LayerNorm, bias + GELU over the 1,920-wide
+/// feed-forward rows, the residual add and rotary. Throughput in elements of the output.
+fn inference_passes_35m(c: &mut Criterion) {
+    let cu = layout(26);
+    let t = *cu.last().unwrap() as usize;
+    let (h, f, heads) = (480usize, 1920usize, 20usize);
+    let fixed = |shape: &[usize], seed| param(shape, seed).with_requires_grad(false);
+    let (x, y, xf, b) = (fixed(&[t, h], 1), fixed(&[t, h], 2), fixed(&[t, f], 3), fixed(&[f], 4));
+    let (ln_w, ln_b) = (fixed(&[h], 5), fixed(&[h], 6));
+    let pos = Tensor::from_vec((0..t as i32).map(|i| i % 300).collect::<Vec<i32>>(), &[t]).unwrap();
+    let tape = Tape::inference();
+    let mut g = c.benchmark_group("esm2_35M_inference_passes");
+    g.throughput(Throughput::Elements((t * h) as u64));
+    g.bench_function("layer_norm", |bch| bch.iter(|| ops::layer_norm(&tape, &x, &ln_w, &ln_b, 1e-5).unwrap()));
+    g.bench_function("add", |bch| bch.iter(|| ops::add(&tape, &x, &y).unwrap()));
+    g.bench_function("rotary", |bch| bch.iter(|| ops::rotary(&tape, &x, &pos, heads, 0.25).unwrap()));
+    g.throughput(Throughput::Elements((t * f) as u64));
+    g.bench_function("bias_gelu", |bch| bch.iter(|| ops::bias_gelu(&tape, &xf, Some(&b)).unwrap()));
+    g.finish();
+}
+
 /// The roofline of `linear_products`: `vdpbf16ps` on registers only (16 independent sums,
 /// no memory traffic) on every rayon thread at once; throughput in multiply-adds (32 an
 /// instruction), so a product's rate over this one is its fraction of the CPU's bf16 peak.
@@ -287,6 +309,7 @@ criterion_group!(
     benches,
     layer_ops,
     inference_ops,
+    inference_passes_35m,
     bf16_peak,
     linear_products,
     attention_bf16_training,

@@ -12,7 +12,7 @@ use std::sync::{Arc, Mutex};
 
 use rayon::prelude::*;
 
-use super::Real;
+use super::{simd, Real};
 
 /// `inv_freq` exactly as HF computes it, in f32: `1 / 10000^(float(2i) / d)`.
 pub fn inv_freq(head_dim: usize) -> Vec<f32> {
@@ -120,33 +120,142 @@ fn rotate<T: Real>(
     let half = head_dim / 2;
     let max_pos = positions.iter().copied().max().unwrap_or(0).max(0) as usize;
     let t = tables::<T>(max_pos, head_dim);
-    let (cos, sin) = (&t.cos, &t.sin);
-    out.par_chunks_mut(out_stride).zip(x.par_chunks(in_stride)).zip(positions.par_iter()).for_each(|((o, x), &p)| {
-        let (c, s) = (&cos[p as usize * half..][..half], &sin[p as usize * half..][..half]);
-        for h in 0..n_heads {
-            let base = h * head_dim;
-            for i in 0..half {
-                let (x1, x2) = (x[base + i], x[base + i + half]);
-                let sn = if inverse { -s[i] } else { s[i] };
-                let y1 = (x1 * c[i] - x2 * sn) * scale;
-                let y2 = (x2 * c[i] + x1 * sn) * scale;
-                if accumulate {
-                    // Safety: with `accumulate` the caller's buffer is initialised.
-                    let (o1, o2) = unsafe { (o[base + i].assume_init(), o[base + i + half].assume_init()) };
-                    o[base + i].write(o1 + y1);
-                    o[base + i + half].write(o2 + y2);
-                } else {
-                    o[base + i].write(y1);
-                    o[base + i + half].write(y2);
+    // The inverse rotation is the rotation by −θ: sin changes sign, cos does not.
+    let sign = if inverse { -T::one() } else { T::one() };
+    let rows = out.par_chunks_mut(out_stride * ROWS_PER_TASK).zip(x.par_chunks(in_stride * ROWS_PER_TASK));
+    rows.zip(positions.par_chunks(ROWS_PER_TASK)).for_each(|((out, x), positions)| {
+        let dims = RotaryDims { n_heads, head_dim, in_stride, out_stride };
+        simd::dispatch(RotateRows { out, x, positions, dims, cos: &t.cos, sin: &t.sin, sign, scale, accumulate });
+    });
+}
+
+/// Rows a parallel task rotates (one row is a few hundred floats: too little work alone).
+const ROWS_PER_TASK: usize = 64;
+
+/// A run of rows of [`rotate`], compiled per SIMD level: each head's halves are contiguous
+/// columns, so every step is a vector over `i`.
+struct RotateRows<'a, T> {
+    out: &'a mut [std::mem::MaybeUninit<T>],
+    x: &'a [T],
+    positions: &'a [i32],
+    dims: RotaryDims,
+    cos: &'a [T],
+    sin: &'a [T],
+    sign: T,
+    scale: T,
+    accumulate: bool,
+}
+
+impl<'a, T: Real> simd::Kernel for RotateRows<'a, T> {
+    type Output = ();
+    #[inline(always)]
+    fn run(self) {
+        let RotaryDims { n_heads, head_dim, in_stride, out_stride } = self.dims;
+        let half = head_dim / 2;
+        let (sign, scale) = (self.sign, self.scale);
+        for (r, &p) in self.positions.iter().enumerate() {
+            let c = &self.cos[p as usize * half..][..half];
+            let s = &self.sin[p as usize * half..][..half];
+            let x = &self.x[r * in_stride..];
+            let o = &mut self.out[r * out_stride..];
+            for h in 0..n_heads {
+                let base = h * head_dim;
+                let (x1, x2) = (&x[base..][..half], &x[base + half..][..half]);
+                let (o1, o2) = o[base..][..head_dim].split_at_mut(half);
+                // Eight columns at a time as fixed-width steps (vectorised as such; a loop
+                // of `half` = 8–32 columns is too short for the compiler's own vector loop).
+                let mut i = 0;
+                while i + LANES <= half {
+                    let pick = |v: &'a [T]| -> &'a [T; LANES] { v[i..i + LANES].try_into().unwrap() };
+                    let (o1, o2) = (&mut o1[i..i + LANES], &mut o2[i..i + LANES]);
+                    rotate_columns::<T, LANES>(
+                        o1,
+                        o2,
+                        pick(x1),
+                        pick(x2),
+                        pick(c),
+                        pick(s),
+                        sign,
+                        scale,
+                        self.accumulate,
+                    );
+                    i += LANES;
+                }
+                for i in i..half {
+                    let one = |v: &'a [T]| -> &'a [T; 1] { v[i..i + 1].try_into().unwrap() };
+                    let (o1, o2) = (&mut o1[i..i + 1], &mut o2[i..i + 1]);
+                    rotate_columns::<T, 1>(o1, o2, one(x1), one(x2), one(c), one(s), sign, scale, self.accumulate);
                 }
             }
         }
-    });
+    }
+}
+
+/// Columns rotated together by [`RotateRows`].
+const LANES: usize = 8;
+
+/// `N` columns `i` of one head: `y₁ = (x₁·cos − x₂·sin)·scale`, `y₂ = (x₂·cos + x₁·sin)·scale`
+/// (`sin` times `sign`), written to or added onto `o₁`, `o₂`.
+#[allow(clippy::too_many_arguments)]
+#[inline(always)]
+fn rotate_columns<T: Real, const N: usize>(
+    o1: &mut [std::mem::MaybeUninit<T>],
+    o2: &mut [std::mem::MaybeUninit<T>],
+    x1: &[T; N],
+    x2: &[T; N],
+    c: &[T; N],
+    s: &[T; N],
+    sign: T,
+    scale: T,
+    accumulate: bool,
+) {
+    for i in 0..N {
+        let sn = s[i] * sign;
+        let y1 = (x1[i] * c[i] - x2[i] * sn) * scale;
+        let y2 = (x2[i] * c[i] + x1[i] * sn) * scale;
+        if accumulate {
+            // Safety: with `accumulate` the caller's buffer is initialised.
+            let (a1, a2) = unsafe { (o1[i].assume_init(), o2[i].assume_init()) };
+            o1[i].write(a1 + y1);
+            o2[i].write(a2 + y2);
+        } else {
+            o1[i].write(y1);
+            o2[i].write(y2);
+        }
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The vectorised rows equal the plain per-pair formula bit for bit (no fused
+    /// multiply-adds), forward and inverse, for head widths whose halves take the
+    /// eight-column steps, their remainder, or both (8, 11, 12, 32 pairs).
+    #[test]
+    fn rows_equal_the_plain_formula_at_every_head_width() {
+        for (n_heads, head_dim) in [(2, 16), (3, 22), (20, 24), (1, 64)] {
+            let (width, rows, half) = (n_heads * head_dim, 9, head_dim / 2);
+            let dims = RotaryDims { n_heads, head_dim, in_stride: width, out_stride: width };
+            let x: Vec<f32> = super::super::test_values(rows * width, 5).into_iter().map(|v| v as f32).collect();
+            let positions: Vec<i32> = (0..rows as i32).map(|p| 100 * p + 3).collect();
+            let f = inv_freq(head_dim);
+            for inverse in [false, true] {
+                let got = rotated_new(&x, &positions, dims, 0.3, inverse);
+                for (r, &p) in positions.iter().enumerate() {
+                    for h in 0..n_heads {
+                        for i in 0..half {
+                            let (s, c) = (p as f32 * f[i]).sin_cos();
+                            let s = if inverse { -s } else { s };
+                            let (j1, j2) = (r * width + h * head_dim + i, r * width + h * head_dim + i + half);
+                            assert_eq!(got[j1], (x[j1] * c - x[j2] * s) * 0.3, "{n_heads}x{head_dim} row {r} pair {i}");
+                            assert_eq!(got[j2], (x[j2] * c + x[j1] * s) * 0.3, "{n_heads}x{head_dim} row {r} pair {i}");
+                        }
+                    }
+                }
+            }
+        }
+    }
 
     /// The new-buffer rotation equals the in-place kernels bit for bit: the forward into a
     /// buffer, and the input gradient accumulated onto zeros.
