@@ -117,7 +117,6 @@ fn rotate<T: Real>(
     accumulate: bool,
 ) {
     let RotaryDims { n_heads, head_dim, in_stride, out_stride } = dims;
-    let half = head_dim / 2;
     let max_pos = positions.iter().copied().max().unwrap_or(0).max(0) as usize;
     let t = tables::<T>(max_pos, head_dim);
     // The inverse rotation is the rotation by −θ: sin changes sign, cos does not.
