@@ -359,6 +359,8 @@ mod x86 {
 
     use super::LANES;
 
+    pub(super) use super::super::vector_exp::exp2;
+
     /// `o[i] = bf16(scale·x[i])` 16 at a time; returns how many it wrote.
     #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512bf16")]
     pub(super) unsafe fn to_bf16(o: &mut [std::mem::MaybeUninit<u16>], x: &[f32], scale: f32) -> usize {
@@ -393,32 +395,6 @@ mod x86 {
             1, 16, 0,
         );
         _mm512_permutexvar_epi16(order, both)
-    }
-
-    /// `2^t` lane-wise: `t = n + f` with `n` the nearest integer, `2^f` on `[−½, ½]` by a
-    /// degree-6 polynomial (a relative least-squares fit on Chebyshev nodes, Lawson-weighted
-    /// toward minimax: 1.9e-9 relative, about 1.4 fp32 ulp after rounding), then `vscalefps`
-    /// for `2ⁿ`, which needs no clamp: far below the normal range it gives 0 (just below
-    /// it, a subnormal, unless the thread flushes them as the CLI's threads do).
-    #[target_feature(enable = "avx512f")]
-    #[inline]
-    pub(super) unsafe fn exp2(t: __m512) -> __m512 {
-        const C: [f32; 7] = [
-            1.0,
-            std::f32::consts::LN_2,
-            0.240_226_46,
-            0.055_503_286,
-            0.009_618_489,
-            0.001_339_993_1,
-            0.000_153_458_11,
-        ];
-        let n = _mm512_roundscale_ps::<{ _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC }>(t);
-        let f = _mm512_sub_ps(t, n);
-        let mut p = _mm512_set1_ps(C[6]);
-        for c in C[..6].iter().rev() {
-            p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(*c));
-        }
-        _mm512_scalef_ps(p, n)
     }
 }
 

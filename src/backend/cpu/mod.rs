@@ -30,6 +30,7 @@ pub mod quant8;
 pub mod real;
 pub mod rotary;
 pub mod simd;
+pub mod vector_exp;
 
 use anyhow::Result;
 

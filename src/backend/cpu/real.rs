@@ -78,6 +78,21 @@ pub fn exp_f32(x: f32) -> f32 {
     }
 }
 
+/// The coefficients of [`normal_cdf_f32`]'s `erfc(z) = t·exp(−z² + Σ cᵢ·tⁱ)`,
+/// `t = 1/(1 + z/2)` (Numerical Recipes' `erfcc`), `cᵢ` multiplying `tⁱ`.
+pub(crate) const ERFC_CHEBYSHEV: [f32; 10] = [
+    -1.265_512_2,
+    1.000_023_7,
+    0.374_091_96,
+    0.096_784_18,
+    -0.186_288_06,
+    0.278_868_07,
+    -1.135_203_98,
+    1.488_515_87,
+    -0.822_152_23,
+    0.170_872_77,
+];
+
 /// `Φ(x)` for f32 without branches: `Φ(x) = ½·erfc(−x/√2)` with the Chebyshev-fitted
 /// `erfc` of Numerical Recipes (`erfcc`, fractional error < 1.2e-7 for all arguments),
 /// so small tail probabilities keep their relative accuracy. Horner steps are fused
@@ -87,20 +102,9 @@ pub fn normal_cdf_f32(x: f32) -> f32 {
     let v = -x * std::f32::consts::FRAC_1_SQRT_2;
     let z = v.abs();
     let t = 1.0 / (1.0 + 0.5 * z);
-    const C: [f32; 10] = [
-        -1.265_512_2,
-        1.000_023_7,
-        0.374_091_96,
-        0.096_784_18,
-        -0.186_288_06,
-        0.278_868_07,
-        -1.135_203_98,
-        1.488_515_87,
-        -0.822_152_23,
-        0.170_872_77,
-    ];
-    let mut poly = C[9];
-    for c in C[..9].iter().rev() {
+    let c = ERFC_CHEBYSHEV;
+    let mut poly = c[9];
+    for c in c[..9].iter().rev() {
         poly = poly.mul_add(t, *c);
     }
     let tail = t * exp_f32((-z).mul_add(z, poly)); // erfc(|v|)

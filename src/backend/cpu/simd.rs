@@ -149,15 +149,16 @@ pub fn max<T: super::Real>(xs: &[T]) -> T {
 #[inline(always)]
 pub fn sum_map3<T: super::Real>(a: &[T], b: &[T], c: &[T], f: impl Fn(T, T, T) -> T) -> T {
     let n = a.len().min(b.len()).min(c.len());
+    let (a, b, c) = (&a[..n], &b[..n], &c[..n]);
     let mut acc = [T::zero(); LANES];
-    let split = n - n % LANES;
-    let mut i = 0;
-    while i < split {
+    // Whole chunks as fixed-size arrays: no bounds checks, so the lanes vectorise.
+    let chunks = a.chunks_exact(LANES).zip(b.chunks_exact(LANES)).zip(c.chunks_exact(LANES));
+    for ((ca, cb), cc) in chunks {
         for l in 0..LANES {
-            acc[l] += f(a[i + l], b[i + l], c[i + l]);
+            acc[l] += f(ca[l], cb[l], cc[l]);
         }
-        i += LANES;
     }
+    let split = n - n % LANES;
     for j in split..n {
         acc[j - split] += f(a[j], b[j], c[j]);
     }
