@@ -409,14 +409,16 @@ fn assert_view(len: usize, ld: usize, rows: usize, cols: usize, what: &str) {
 /// padded with a zero).
 fn pack_rows(x: &[f32], ld: usize, n: usize, k: usize, pairs: usize) -> Vec<u32> {
     let mut a: Vec<u32> = Vec::with_capacity(n * pairs);
-    for (i, dst) in a.spare_capacity_mut()[..n * pairs].chunks_mut(pairs.max(1)).enumerate() {
+    let dst = &mut a.spare_capacity_mut()[..n * pairs];
+    #[cfg(target_arch = "x86_64")]
+    // Safety: the bf16 kernels only run where `supported()` holds.
+    unsafe {
+        x86::pack_rows(dst, x, ld, n, k, pairs)
+    };
+    #[cfg(not(target_arch = "x86_64"))]
+    for (i, dst) in dst.chunks_mut(pairs.max(1)).enumerate() {
         let src = &x[i * ld..][..k];
-        // Safety: the bf16 kernels only run where `supported()` holds.
-        #[cfg(target_arch = "x86_64")]
-        let done = unsafe { x86::pack_row(dst, src) };
-        #[cfg(not(target_arch = "x86_64"))]
-        let done = 0;
-        for q in done..pairs {
+        for q in 0..pairs {
             let lo = src.get(2 * q).copied().unwrap_or(0.0);
             let hi = src.get(2 * q + 1).copied().unwrap_or(0.0);
             dst[q].write(pair(lo, hi));

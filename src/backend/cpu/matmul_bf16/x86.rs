@@ -47,33 +47,48 @@ pub(super) unsafe fn pack_panel(panel: *mut u32, s: &PanelSource) {
     }
 }
 
-/// Round `src` to bf16 pairs, 32 floats at a time and the rest through masks (an odd
-/// length leaves a zero in the last pair's high half); returns how many pairs it wrote.
+/// Rows `i < n` of `x` (at `x[i·ld..]`, `k` floats each) as bf16 pairs, `pairs` words a
+/// row (≥ `k/2` rounded up; the words past the row's floats are zero pairs).
 #[target_feature(enable = "avx512f,avx512bf16")]
-pub(super) unsafe fn pack_row(dst: &mut [MaybeUninit<u32>], src: &[f32]) -> usize {
-    let pairs = src.len().div_ceil(2).min(dst.len());
-    let mut i = 0;
-    while 2 * i < 2 * pairs {
-        // Floats left from 32·(i/16): masks for the low and high 16.
-        let left = src.len() - 2 * i;
-        let mask = |from: usize| -> __mmask16 {
-            let n = left.saturating_sub(from).min(16);
-            if n == 16 {
-                0xffff
-            } else {
-                ((1u32 << n) - 1) as __mmask16
-            }
-        };
-        let lo = _mm512_maskz_loadu_ps(mask(0), src.as_ptr().add(2 * i));
-        let hi = _mm512_maskz_loadu_ps(mask(16), src.as_ptr().wrapping_add(2 * i + 16));
+pub(super) unsafe fn pack_rows(dst: &mut [MaybeUninit<u32>], x: &[f32], ld: usize, n: usize, k: usize, pairs: usize) {
+    assert!(pairs >= k.div_ceil(2) && dst.len() >= n * pairs, "bf16 pack: short destination");
+    assert!(n == 0 || x.len() >= (n - 1) * ld + k, "bf16 pack: short source");
+    for i in 0..n {
+        pack_row(dst.as_mut_ptr().add(i * pairs), x.as_ptr().add(i * ld), k, pairs);
+    }
+}
+
+/// One row: `k` floats at `src` as `pairs` words at `dst`, 32 floats a step without masks,
+/// then the rest (and any zero pairs past it) through masks.
+#[target_feature(enable = "avx512f,avx512bf16")]
+#[inline]
+unsafe fn pack_row(dst: *mut MaybeUninit<u32>, src: *const f32, k: usize, pairs: usize) {
+    let mut q = 0; // pairs written
+    while 2 * q + 32 <= k {
+        let lo = _mm512_loadu_ps(src.add(2 * q));
+        let hi = _mm512_loadu_ps(src.add(2 * q + 16));
         // The second operand fills the low 16 bf16 lanes, in order.
         let v = std::mem::transmute::<__m512bh, __m512i>(_mm512_cvtne2ps_pbh(hi, lo));
-        let words = (pairs - i).min(16);
-        let wmask = if words == 16 { 0xffff } else { ((1u32 << words) - 1) as __mmask16 };
-        _mm512_mask_storeu_epi32(dst.as_mut_ptr().add(i) as *mut _, wmask, v);
-        i += 16;
+        _mm512_storeu_si512(dst.add(q) as *mut _, v);
+        q += 16;
     }
-    pairs
+    while q < pairs {
+        let left = k.saturating_sub(2 * q); // floats left (0 past the row: zero pairs)
+        let lo = _mm512_maskz_loadu_ps(first_lanes(left), src.add(2 * q));
+        let hi = _mm512_maskz_loadu_ps(first_lanes(left.saturating_sub(16)), src.wrapping_add(2 * q + 16));
+        let v = std::mem::transmute::<__m512bh, __m512i>(_mm512_cvtne2ps_pbh(hi, lo));
+        _mm512_mask_storeu_epi32(dst.add(q) as *mut _, first_lanes(pairs - q), v);
+        q += 16;
+    }
+}
+
+/// The first `min(n, 16)` lanes.
+fn first_lanes(n: usize) -> __mmask16 {
+    if n >= 16 {
+        0xffff
+    } else {
+        ((1u32 << n) - 1) as __mmask16
+    }
 }
 
 /// All of one row block: K blocks outermost, then panels, then micro-tiles. `c` is
