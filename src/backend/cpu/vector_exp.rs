@@ -48,7 +48,7 @@ const LOG2E_LO: f32 = 1.925_963e-8;
 #[target_feature(enable = "avx512f")]
 #[inline]
 pub(crate) unsafe fn exp_n<const N: usize>(a: [__m512; N]) -> [__m512; N] {
-    let each = |f: &dyn Fn(usize) -> __m512| -> [__m512; N] { std::array::from_fn(|k| f(k)) };
+    let each = |f: &dyn Fn(usize) -> __m512| -> [__m512; N] { std::array::from_fn(f) };
     let n = each(&|k| {
         _mm512_roundscale_ps::<{ _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC }>(_mm512_mul_ps(
             a[k],

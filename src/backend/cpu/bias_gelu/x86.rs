@@ -57,7 +57,7 @@ pub(super) unsafe fn forward_row(y: &mut [MaybeUninit<f32>], x: &[f32], bias: &[
 pub(super) unsafe fn gelu<const N: usize>(u: [__m512; N]) -> [__m512; N] {
     let one = _mm512_set1_ps(1.0);
     let half = _mm512_set1_ps(0.5);
-    let each = |f: &dyn Fn(usize) -> __m512| -> [__m512; N] { std::array::from_fn(|k| f(k)) };
+    let each = |f: &dyn Fn(usize) -> __m512| -> [__m512; N] { std::array::from_fn(f) };
     let z = each(&|k| _mm512_abs_ps(_mm512_mul_ps(u[k], _mm512_set1_ps(-std::f32::consts::FRAC_1_SQRT_2))));
     let t = each(&|k| _mm512_div_ps(one, _mm512_fmadd_ps(z[k], half, one)));
     let c = ERFC_CHEBYSHEV;
