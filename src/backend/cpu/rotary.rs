@@ -145,7 +145,7 @@ struct RotateRows<'a, T> {
     accumulate: bool,
 }
 
-impl<'a, T: Real> simd::Kernel for RotateRows<'a, T> {
+impl<T: Real> simd::Kernel for RotateRows<'_, T> {
     type Output = ();
     #[inline(always)]
     fn run(self) {
@@ -165,25 +165,15 @@ impl<'a, T: Real> simd::Kernel for RotateRows<'a, T> {
                 // of `half` = 8–32 columns is too short for the compiler's own vector loop).
                 let mut i = 0;
                 while i + LANES <= half {
-                    let pick = |v: &'a [T]| -> &'a [T; LANES] { v[i..i + LANES].try_into().unwrap() };
-                    let (o1, o2) = (&mut o1[i..i + LANES], &mut o2[i..i + LANES]);
-                    rotate_columns::<T, LANES>(
-                        o1,
-                        o2,
-                        pick(x1),
-                        pick(x2),
-                        pick(c),
-                        pick(s),
-                        sign,
-                        scale,
-                        self.accumulate,
-                    );
+                    let cols = i..i + LANES;
+                    let (o1, o2) = (&mut o1[cols.clone()], &mut o2[cols.clone()]);
+                    let (x1, x2, c, s) = (&x1[cols.clone()], &x2[cols.clone()], &c[cols.clone()], &s[cols]);
+                    rotate_columns::<T, LANES>(o1, o2, x1, x2, c, s, sign, scale, self.accumulate);
                     i += LANES;
                 }
                 for i in i..half {
-                    let one = |v: &'a [T]| -> &'a [T; 1] { v[i..i + 1].try_into().unwrap() };
                     let (o1, o2) = (&mut o1[i..i + 1], &mut o2[i..i + 1]);
-                    rotate_columns::<T, 1>(o1, o2, one(x1), one(x2), one(c), one(s), sign, scale, self.accumulate);
+                    rotate_columns::<T, 1>(o1, o2, &x1[i..], &x2[i..], &c[i..], &s[i..], sign, scale, self.accumulate);
                 }
             }
         }
@@ -193,21 +183,24 @@ impl<'a, T: Real> simd::Kernel for RotateRows<'a, T> {
 /// Columns rotated together by [`RotateRows`].
 const LANES: usize = 8;
 
-/// `N` columns `i` of one head: `y₁ = (x₁·cos − x₂·sin)·scale`, `y₂ = (x₂·cos + x₁·sin)·scale`
-/// (`sin` times `sign`), written to or added onto `o₁`, `o₂`.
+/// The first `N` columns `i` of these slices of one head: `y₁ = (x₁·cos − x₂·sin)·scale`,
+/// `y₂ = (x₂·cos + x₁·sin)·scale` (`sin` times `sign`), written to or added onto `o₁`, `o₂`.
+/// Every slice is cut to `N` first, so the loop has a constant length and no bounds checks.
 #[allow(clippy::too_many_arguments)]
 #[inline(always)]
 fn rotate_columns<T: Real, const N: usize>(
     o1: &mut [std::mem::MaybeUninit<T>],
     o2: &mut [std::mem::MaybeUninit<T>],
-    x1: &[T; N],
-    x2: &[T; N],
-    c: &[T; N],
-    s: &[T; N],
+    x1: &[T],
+    x2: &[T],
+    c: &[T],
+    s: &[T],
     sign: T,
     scale: T,
     accumulate: bool,
 ) {
+    let (o1, o2) = (&mut o1[..N], &mut o2[..N]);
+    let (x1, x2, c, s) = (&x1[..N], &x2[..N], &c[..N], &s[..N]);
     for i in 0..N {
         let sn = s[i] * sign;
         let y1 = (x1[i] * c[i] - x2[i] * sn) * scale;
