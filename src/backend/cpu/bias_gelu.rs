@@ -10,9 +10,6 @@ use super::{simd, Real};
 #[cfg(target_arch = "x86_64")]
 mod x86;
 
-/// Rows per parallel task (one row is too little work to schedule alone).
-const ROWS_PER_TASK: usize = 16;
-
 /// 1/√(2π).
 const FRAC_1_SQRT_2PI: f64 = 0.398_942_280_401_432_7;
 
@@ -79,13 +76,7 @@ impl<T: Real> simd::Kernel for BackwardRow<'_, T> {
 pub fn forward<T: Real>(x: &[T], bias: &[T], cols: usize) -> Vec<T> {
     let rows = x.len() / cols.max(1);
     // Safety: each row's kernel writes every element of its row.
-    unsafe {
-        super::written(rows * cols, cols * ROWS_PER_TASK, |start, y| {
-            for (r, y) in y.chunks_mut(cols).enumerate() {
-                forward_row(y, &x[start + r * cols..][..cols], bias)
-            }
-        })
-    }
+    unsafe { super::written(rows * cols, cols, |start, y| forward_row(y, &x[start..][..cols], bias)) }
 }
 
 /// One row of [`forward`]: fp32 on CPUs with AVX-512 through the explicit 16-lane kernel
